@@ -1,0 +1,372 @@
+//! Scope-to-route rules (SPEC §3), compiled at load: paths checked to be in normal form,
+//! scopes turned into masks, so matching is string comparison and one bitwise test.
+
+use crate::error::ConfigError;
+use crate::header::is_token;
+use crate::path;
+use crate::scope::{Scope, ScopeIndex, ScopeMask};
+use serde::Deserialize;
+
+/// A rule as written in configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// 403 for any request no rule matches.
+    #[default]
+    Deny,
+    /// Any valid key may call a route no rule matches.
+    Authenticate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(Box<str>),
+    /// Segment-aware: `/data/query` matches `/data/query` and `/data/query/x`, never
+    /// `/data/queryx`. Stored without a trailing slash (except `/` itself).
+    Prefix(Box<str>),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == &**p,
+            PathMatch::Prefix(p) => {
+                &**p == "/"
+                    || (path.starts_with(&**p)
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Scopes {
+        mask: ScopeMask,
+        /// The scopes, space-separated, as `WWW-Authenticate` names them.
+        needed: Box<str>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub path: PathMatch,
+    /// `None`: any method.
+    pub methods: Option<Box<[Box<str>]>>,
+    pub access: Access,
+}
+
+impl Rule {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.path.matches(path)
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|methods| methods.iter().any(|m| &**m == method))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub unmatched: Unmatched,
+}
+
+impl RuleSet {
+    /// Compiles the rules, numbering their scopes in `index`; every problem is reported.
+    pub fn build(
+        docs: Vec<RuleDoc>,
+        unmatched: Unmatched,
+        index: &mut ScopeIndex,
+    ) -> Result<RuleSet, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::with_capacity(docs.len());
+        for (i, doc) in docs.into_iter().enumerate() {
+            match compile(doc, index, &format!("rules[{i}]")) {
+                Ok(rule) => rules.push(rule),
+                Err(mut problems) => errors.append(&mut problems),
+            }
+        }
+        if errors.is_empty() {
+            Ok(RuleSet { rules, unmatched })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The first rule that matches a normalized path and a method.
+    pub fn find(&self, method: &str, path: &str) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.matches(method, path))
+    }
+}
+
+fn compile(doc: RuleDoc, index: &mut ScopeIndex, at: &str) -> Result<Rule, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let path = match (doc.path, doc.path_prefix) {
+        (Some(p), None) => check_rule_path(&p, &format!("{at}.path"), &mut errors)
+            .map(|p| PathMatch::Exact(p.into())),
+        (None, Some(p)) => {
+            check_rule_path(&p, &format!("{at}.path_prefix"), &mut errors).map(|p| {
+                let trimmed = p.trim_end_matches('/');
+                PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
+            })
+        }
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                at,
+                "has both \"path\" and \"path_prefix\"; give exactly one",
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(ConfigError::new(at, "needs \"path\" or \"path_prefix\""));
+            None
+        }
+    };
+    let methods = doc.methods.map(|methods| {
+        if methods.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.methods"),
+                "is empty; leave it out to match any method",
+            ));
+        }
+        for (j, m) in methods.iter().enumerate() {
+            if !is_token(m) {
+                errors.push(ConfigError::new(
+                    format!("{at}.methods[{j}]"),
+                    format!("{m:?} is not an HTTP method"),
+                ));
+            } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.methods[{j}]"),
+                    format!(
+                        "{m:?}: methods are case-sensitive; write {:?}",
+                        m.to_ascii_uppercase()
+                    ),
+                ));
+            }
+        }
+        methods.into_iter().map(String::into_boxed_str).collect()
+    });
+    let access = match (doc.public, doc.scopes.is_empty()) {
+        (true, true) => Some(Access::Public),
+        (true, false) => {
+            errors.push(ConfigError::new(
+                format!("{at}.scopes"),
+                "a public rule cannot require scopes",
+            ));
+            None
+        }
+        (false, true) => {
+            errors.push(ConfigError::new(
+                at,
+                "has no scopes and is not public: add \"scopes\" or \"public\": true",
+            ));
+            None
+        }
+        (false, false) => {
+            for (j, scope) in doc.scopes.iter().enumerate() {
+                if let Err(message) = index.add(scope) {
+                    errors.push(ConfigError::new(format!("{at}.scopes[{j}]"), message));
+                }
+            }
+            let needed: Vec<&str> = doc.scopes.iter().map(Scope::as_str).collect();
+            Some(Access::Scopes {
+                mask: index.mask(&doc.scopes),
+                needed: needed.join(" ").into(),
+            })
+        }
+    };
+    match (path, access) {
+        (Some(path), Some(access)) if errors.is_empty() => Ok(Rule {
+            path,
+            methods,
+            access,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// A rule path must already be what [`path::normalize`] makes of a request path; otherwise
+/// it could never match (or would match something other than what it says).
+fn check_rule_path(p: &str, at: &str, errors: &mut Vec<ConfigError>) -> Option<String> {
+    if p.contains('?') {
+        errors.push(ConfigError::new(
+            at,
+            format!("{p:?} contains a query string"),
+        ));
+        return None;
+    }
+    match path::normalize(p) {
+        Ok(normal) if normal == p => Some(p.to_string()),
+        Ok(normal) => {
+            errors.push(ConfigError::new(
+                at,
+                format!("{p:?} is not in normal form; write {normal:?}"),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(
+                at,
+                format!(
+                    "{p:?}: {}",
+                    e.description().replacen("request path", "path", 1)
+                ),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn build(rules: serde_json::Value, unmatched: Unmatched) -> Result<RuleSet, Vec<String>> {
+        let docs: Vec<RuleDoc> = serde_json::from_value(rules).unwrap();
+        RuleSet::build(docs, unmatched, &mut ScopeIndex::default())
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+    }
+
+    fn immport() -> RuleSet {
+        build(
+            json!([
+                {"path_prefix": "/healthz", "public": true},
+                {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
+                {"path_prefix": "/data/download", "scopes": ["download"]},
+                {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
+                {"path": "/admin/keys", "scopes": ["admin"]}
+            ]),
+            Unmatched::Deny,
+        )
+        .unwrap()
+    }
+
+    fn which(set: &RuleSet, method: &str, path: &str) -> Option<usize> {
+        let rule = set.find(method, path)?;
+        set.rules.iter().position(|r| std::ptr::eq(r, rule))
+    }
+
+    #[test]
+    fn prefixes_are_segment_aware() {
+        let set = immport();
+        assert_eq!(which(&set, "GET", "/data/query"), Some(1));
+        assert_eq!(which(&set, "GET", "/data/query/"), Some(1));
+        assert_eq!(which(&set, "GET", "/data/query/data/query/study"), Some(1));
+        assert_eq!(which(&set, "GET", "/data/queryx"), None);
+        assert_eq!(which(&set, "GET", "/data"), None);
+        assert_eq!(which(&set, "GET", "/healthz"), Some(0));
+        assert_eq!(which(&set, "POST", "/healthz/live"), Some(0));
+    }
+
+    #[test]
+    fn exact_paths_and_methods() {
+        let set = immport();
+        assert_eq!(which(&set, "GET", "/admin/keys"), Some(4));
+        assert_eq!(which(&set, "GET", "/admin/keys/1"), None);
+        assert_eq!(which(&set, "GET", "/admin/keys/"), None);
+        assert_eq!(which(&set, "POST", "/data/query"), None);
+        assert_eq!(which(&set, "HEAD", "/data/query"), Some(1));
+        assert_eq!(which(&set, "get", "/data/query"), None);
+        assert_eq!(which(&set, "PUT", "/data/upload/x"), Some(3));
+        assert_eq!(which(&set, "DELETE", "/data/upload/x"), None);
+        assert_eq!(which(&set, "DELETE", "/data/download/x"), Some(2));
+    }
+
+    #[test]
+    fn first_match_wins_and_root_prefix_matches_all() {
+        let set = build(
+            json!([
+                {"path_prefix": "/", "methods": ["OPTIONS"], "public": true},
+                {"path_prefix": "/api/", "scopes": ["rest"]},
+                {"path_prefix": "/", "scopes": ["ui"]}
+            ]),
+            Unmatched::Deny,
+        )
+        .unwrap();
+        assert_eq!(which(&set, "OPTIONS", "/api/x"), Some(0));
+        assert_eq!(which(&set, "GET", "/api"), Some(1));
+        assert_eq!(which(&set, "GET", "/api/v3/users"), Some(1));
+        assert_eq!(which(&set, "GET", "/apis"), Some(2));
+        assert_eq!(which(&set, "GET", "/"), Some(2));
+        assert_eq!(set.rules[1].path, PathMatch::Prefix("/api".into()));
+    }
+
+    #[test]
+    fn scope_masks_and_needed_text() {
+        let set = build(
+            json!([{"path": "/x", "scopes": ["browse", "download"]}]),
+            Unmatched::Deny,
+        )
+        .unwrap();
+        match &set.rules[0].access {
+            Access::Scopes { needed, .. } => assert_eq!(&**needed, "browse download"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_rules_naming_the_field() {
+        let errors = build(
+            json!([
+                {"path_prefix": "/a", "scopes": []},
+                {"path_prefix": "/b", "public": true, "scopes": ["x"]},
+                {"path": "/c", "path_prefix": "/c", "scopes": ["x"]},
+                {"scopes": ["x"]},
+                {"path": "c", "scopes": ["x"]},
+                {"path": "/d//e", "scopes": ["x"]},
+                {"path": "/f/../g", "scopes": ["x"]},
+                {"path_prefix": "/h%2Fi", "scopes": ["x"]},
+                {"path": "/j?k=1", "scopes": ["x"]},
+                {"path": "/k", "methods": [], "scopes": ["x"]},
+                {"path": "/l", "methods": ["get", "PO ST"], "scopes": ["x"]}
+            ]),
+            Unmatched::Deny,
+        )
+        .unwrap_err();
+        let expect = [
+            "rules[0]: has no scopes and is not public",
+            "rules[1].scopes: a public rule cannot require scopes",
+            "rules[2]: has both",
+            "rules[3]: needs \"path\" or \"path_prefix\"",
+            "rules[4].path: \"c\": path must start with '/'",
+            "rules[5].path: \"/d//e\" is not in normal form; write \"/d/e\"",
+            "rules[6].path: \"/f/../g\" is not in normal form; write \"/g\"",
+            "rules[7].path_prefix: \"/h%2Fi\": path contains an encoded '/'",
+            "rules[8].path: \"/j?k=1\" contains a query string",
+            "rules[9].methods: is empty",
+            "rules[10].methods[0]: \"get\": methods are case-sensitive; write \"GET\"",
+            "rules[10].methods[1]: \"PO ST\" is not an HTTP method",
+        ];
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+        for (got, want) in errors.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_rule_fields_are_refused() {
+        let err = serde_json::from_value::<RuleDoc>(json!({"path": "/a", "scope": ["x"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `scope`"), "{err}");
+    }
+}
