@@ -1,0 +1,304 @@
+//! The decision (SPEC §3–§5): from the request headers and the configuration to a verdict,
+//! and from an allowing verdict to the header edits the upstream request needs.
+
+use crate::config::{Config, KeySource};
+use crate::credential::{self, Presented, Source};
+use crate::keyset::{KeyHash, KeyRecord, KeyState};
+use crate::path::{self, PathError};
+use crate::query;
+use crate::rules::{Access, Rule, Unmatched};
+use crate::scope::ScopeMask;
+use crate::stats::Outcome;
+use crate::timestamp::Timestamp;
+use std::borrow::Cow;
+
+/// Why a request is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial<'c> {
+    /// 400: an unreadable credential, two different credentials, or a bad path.
+    BadRequest(&'static str),
+    /// 401: a protected route and no key.
+    Missing,
+    /// 401: a key the key set does not hold.
+    UnknownKey,
+    Expired(&'c KeyRecord),
+    Disabled(&'c KeyRecord),
+    /// 403: the rule needs scopes the key lacks.
+    MissingScope {
+        key: &'c KeyRecord,
+        needed: &'c str,
+    },
+    /// 403: a read-only key used a method other than GET, HEAD or OPTIONS.
+    ReadOnly(&'c KeyRecord),
+    /// 403: no rule matches and `unmatched` is `deny`.
+    NoRule,
+    /// 503: no key set to decide with (yet); the client may retry after this many seconds.
+    Unavailable {
+        retry_after_seconds: u32,
+    },
+}
+
+impl Denial<'_> {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Denial::BadRequest(_) => Outcome::Malformed,
+            Denial::Missing => Outcome::Missing,
+            Denial::UnknownKey => Outcome::Invalid,
+            Denial::Expired(_) => Outcome::Expired,
+            Denial::Disabled(_) => Outcome::Disabled,
+            Denial::MissingScope { .. } | Denial::ReadOnly(_) | Denial::NoRule => {
+                Outcome::Forbidden
+            }
+            Denial::Unavailable { .. } => Outcome::Unavailable,
+        }
+    }
+
+    /// The key the denial is about, for the log line (its id, never the key).
+    pub fn key(&self) -> Option<&KeyRecord> {
+        match self {
+            Denial::Expired(key)
+            | Denial::Disabled(key)
+            | Denial::ReadOnly(key)
+            | Denial::MissingScope { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// What to change in a request that may go upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed<'c> {
+    /// The caller, when a valid key was presented (always, except on public routes).
+    pub key: Option<&'c KeyRecord>,
+    /// Bit `i`: the credential in source `i` is removed before forwarding.
+    pub hide_sources: u32,
+    /// Bit `i`: the client sent forward header `i` itself.
+    pub spoofed: u8,
+    /// The `:path` to forward, when it differs from the one received.
+    pub new_path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict<'c> {
+    Allow(Allowed<'c>),
+    Deny(Denial<'c>),
+}
+
+impl Verdict<'_> {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Allow(Allowed { key: Some(_), .. }) => Outcome::Allowed,
+            Verdict::Allow(Allowed { key: None, .. }) => Outcome::Public,
+            Verdict::Deny(denial) => denial.outcome(),
+        }
+    }
+}
+
+/// The host side of header edits: implemented by the proxy-wasm shell, and by a recorder
+/// in tests.
+pub trait HeaderEditor {
+    /// Replaces every value of `name` with `value`.
+    fn set(&mut self, name: &str, value: &str);
+    /// Removes every value of `name`.
+    fn remove(&mut self, name: &str);
+}
+
+impl Allowed<'_> {
+    /// Strips identity headers the client sent, adds the caller's identity, hides the
+    /// credential and forwards the normalized path.
+    pub fn apply(&self, config: &Config, editor: &mut impl HeaderEditor) {
+        for (i, name) in config.forward.names().into_iter().enumerate() {
+            if self.spoofed & (1 << i) != 0 {
+                editor.remove(name.as_str());
+            }
+        }
+        if let Some(key) = self.key {
+            editor.set(config.forward.id.as_str(), key.id.as_str());
+            editor.set(config.forward.owner.as_str(), key.owner.as_str());
+            editor.set(config.forward.scopes.as_str(), &key.scopes_header);
+        }
+        for (i, source) in config.sources.iter().enumerate() {
+            if self.hide_sources & (1 << i) == 0 {
+                continue;
+            }
+            match source {
+                Source::Authorization { .. } => editor.remove("authorization"),
+                Source::Header(name) => editor.remove(name.as_str()),
+                Source::Query(_) => {} // part of `new_path`
+            }
+        }
+        if let Some(path) = &self.new_path {
+            editor.set(":path", path);
+        }
+    }
+}
+
+const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// Decides one request from its headers (pseudo-headers included, as Envoy lists them).
+/// `now` is read only if the key has an expiry.
+pub fn decide<'c>(
+    config: &'c Config,
+    headers: &[(String, Vec<u8>)],
+    now: impl FnOnce() -> Timestamp,
+) -> Verdict<'c> {
+    let mut method: Option<&[u8]> = None;
+    let mut target: Option<&[u8]> = None;
+    let mut spoofed = 0u8;
+    let forward = config.forward.names();
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => method = method.or(Some(value)),
+            ":path" => target = target.or(Some(value)),
+            other => {
+                for (i, f) in forward.iter().enumerate() {
+                    if f.as_str() == other {
+                        spoofed |= 1 << i;
+                    }
+                }
+            }
+        }
+    }
+    let Some(method) = method.and_then(|m| std::str::from_utf8(m).ok()) else {
+        return Verdict::Deny(Denial::BadRequest("request has no method"));
+    };
+    let Some(target) = target else {
+        return Verdict::Deny(Denial::BadRequest(PathError::Missing.description()));
+    };
+    let Ok(target) = std::str::from_utf8(target) else {
+        return Verdict::Deny(Denial::BadRequest(PathError::ForbiddenByte.description()));
+    };
+    let (raw_path, query) = path::split_query(target);
+    let normalized = match path::normalize(raw_path) {
+        Ok(p) => p,
+        Err(e) => return Verdict::Deny(Denial::BadRequest(e.description())),
+    };
+    let rule = config.rules.find(method, &normalized);
+
+    let (key, hide_sources) =
+        match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {
+            Presented::Malformed(why) => return Verdict::Deny(Denial::BadRequest(why)),
+            Presented::Nothing => match need(config, rule) {
+                Need::Nothing => (None, 0),
+                Need::Key { .. } => return Verdict::Deny(Denial::Missing),
+                Need::Closed => return Verdict::Deny(Denial::NoRule),
+            },
+            Presented::Key { key, sources } => {
+                let record = match authorize(config, rule, method, key.expose(), now) {
+                    Ok(record) => record,
+                    Err(denial) => return Verdict::Deny(denial),
+                };
+                let hide = if config.hide_credentials { sources } else { 0 };
+                (Some(record), hide)
+            }
+        };
+
+    Verdict::Allow(Allowed {
+        key,
+        hide_sources,
+        spoofed,
+        new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
+    })
+}
+
+/// What a route asks of a caller.
+enum Need<'c> {
+    /// Closed to everyone: no rule matches and `unmatched` is `deny`.
+    Closed,
+    /// A public route: no key needed.
+    Nothing,
+    /// A valid key holding these scopes (none, for an unmatched route under
+    /// `authenticate`).
+    Key { mask: ScopeMask, needed: &'c str },
+}
+
+fn need<'c>(config: &'c Config, rule: Option<&'c Rule>) -> Need<'c> {
+    match rule.map(|r| &r.access) {
+        Some(Access::Public) => Need::Nothing,
+        Some(Access::Scopes { mask, needed }) => Need::Key {
+            mask: *mask,
+            needed,
+        },
+        None => match config.rules.unmatched {
+            Unmatched::Deny => Need::Closed,
+            Unmatched::Authenticate => Need::Key {
+                mask: ScopeMask::EMPTY,
+                needed: "",
+            },
+        },
+    }
+}
+
+fn authorize<'c>(
+    config: &'c Config,
+    rule: Option<&'c Rule>,
+    method: &str,
+    key: &str,
+    now: impl FnOnce() -> Timestamp,
+) -> Result<&'c KeyRecord, Denial<'c>> {
+    let hash = KeyHash::of_key(key);
+    let record = match &config.keys {
+        KeySource::Inline(set) => set.get(&hash),
+    };
+    let Some(record) = record else {
+        return Err(Denial::UnknownKey);
+    };
+    match record.state_at(now) {
+        KeyState::Active => {}
+        KeyState::Disabled => return Err(Denial::Disabled(record)),
+        KeyState::Expired => return Err(Denial::Expired(record)),
+    }
+    if record.read_only && !READ_ONLY_METHODS.contains(&method) {
+        return Err(Denial::ReadOnly(record));
+    }
+    match need(config, rule) {
+        Need::Closed => Err(Denial::NoRule),
+        Need::Nothing => Ok(record),
+        Need::Key { mask, needed } => {
+            if record.scope_mask.holds_all(mask) {
+                Ok(record)
+            } else {
+                Err(Denial::MissingScope {
+                    key: record,
+                    needed,
+                })
+            }
+        }
+    }
+}
+
+/// The `:path` to send upstream when it must change: the normalized path (what the rules
+/// were matched against), and the query without a hidden key parameter.
+fn forwarded_path(
+    config: &Config,
+    raw_path: &str,
+    normalized: Cow<'_, str>,
+    query: Option<&str>,
+    hide_sources: u32,
+) -> Option<String> {
+    let mut new_query: Option<String> = None;
+    if let Some(q) = query {
+        for (i, source) in config.sources.iter().enumerate() {
+            if let Source::Query(param) = source {
+                if hide_sources & (1 << i) != 0 {
+                    let current = new_query.as_deref().unwrap_or(q);
+                    new_query = Some(query::without(current, param));
+                }
+            }
+        }
+    }
+    let path_changed = matches!(normalized, Cow::Owned(_)) && normalized != raw_path;
+    if !path_changed && new_query.is_none() {
+        return None;
+    }
+    let mut out = normalized.into_owned();
+    match (new_query.as_deref(), query) {
+        (Some(""), _) => {}
+        (Some(q), _) | (None, Some(q)) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (None, None) => {}
+    }
+    Some(out)
+}

@@ -1,0 +1,72 @@
+//! What each request came to, as the counters Envoy shows on `/stats` (SPEC §6).
+
+/// The outcome of one request, counted once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A valid key, allowed on its route.
+    Allowed,
+    /// A public route, no key presented.
+    Public,
+    Missing,
+    Malformed,
+    /// A key that is not in the key set.
+    Invalid,
+    Expired,
+    Disabled,
+    /// A valid key without the scope, a read-only key writing, or a route no rule allows.
+    Forbidden,
+    Unavailable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Allowed,
+        Outcome::Public,
+        Outcome::Missing,
+        Outcome::Malformed,
+        Outcome::Invalid,
+        Outcome::Expired,
+        Outcome::Disabled,
+        Outcome::Forbidden,
+        Outcome::Unavailable,
+    ];
+
+    /// The counter's name. Envoy shows proxy-wasm metrics under a `wasmcustom.` prefix.
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "keygate.allowed",
+            Outcome::Public => "keygate.public",
+            Outcome::Missing => "keygate.denied.missing",
+            Outcome::Malformed => "keygate.denied.malformed",
+            Outcome::Invalid => "keygate.denied.invalid",
+            Outcome::Expired => "keygate.denied.expired",
+            Outcome::Disabled => "keygate.denied.disabled",
+            Outcome::Forbidden => "keygate.denied.forbidden",
+            Outcome::Unavailable => "keygate.denied.unavailable",
+        }
+    }
+
+    /// Position in [`Outcome::ALL`], to index per-outcome tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The gauge of how many key records the filter holds.
+pub const KEYS_LOADED: &str = "keygate.keys_loaded";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_prefixed_and_indexed() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+            assert!(o.metric_name().starts_with("keygate."));
+            for other in &Outcome::ALL[..i] {
+                assert_ne!(o.metric_name(), other.metric_name());
+            }
+        }
+    }
+}
