@@ -302,3 +302,7 @@ fn forwarded_path(
     }
     Some(out)
 }
+
+#[cfg(test)]
+#[path = "decision_tests.rs"]
+mod tests;

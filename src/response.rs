@@ -113,3 +113,7 @@ pub fn render(realm: &str, denial: &Denial<'_>) -> LocalResponse {
         body,
     }
 }
+
+#[cfg(test)]
+#[path = "response_tests.rs"]
+mod tests;

@@ -1,0 +1,585 @@
+use super::*;
+use crate::config::Config;
+use crate::decision::{decide, Verdict};
+use crate::keyset::{KeyHash, KeyRecord, KeyRecordDoc};
+use crate::scope::ScopeIndex;
+use crate::timestamp::Timestamp;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+const SECRET: &str = "kg_sEcReT_raw_key_0123456789abcdef";
+
+fn record() -> KeyRecord {
+    let doc: KeyRecordDoc = serde_json::from_value(json!({
+        "id": "8c3e4394-10a9-46ef-8af9-b6401ba1400d",
+        "hash": KeyHash::of_key(SECRET).to_hex(),
+        "owner": "alice",
+        "label": "ci-runner",
+        "scopes": ["browse", "download"],
+        "expires_at": "2027-05-21T20:55:24Z"
+    }))
+    .unwrap();
+    KeyRecord::from_doc(doc, &ScopeIndex::default()).1
+}
+
+fn header<'r>(r: &'r LocalResponse, name: &str) -> Option<&'r str> {
+    let mut values = r
+        .headers
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str());
+    let first = values.next();
+    assert!(values.next().is_none(), "{name} appears twice: {r:?}");
+    first
+}
+
+fn names(r: &LocalResponse) -> Vec<&'static str> {
+    r.headers.iter().map(|(n, _)| *n).collect()
+}
+
+fn body(r: &LocalResponse) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {r:?}"))
+}
+
+/// Checks everything SPEC §4 fixes for one response.
+fn check(r: &LocalResponse, status: u32, challenge: Option<&str>, error: &str, description: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(header(r, "content-type"), Some("application/json"), "{r:?}");
+    assert_eq!(header(r, "cache-control"), Some("no-store"), "{r:?}");
+    assert_eq!(header(r, "www-authenticate"), challenge, "{r:?}");
+    assert_eq!(
+        body(r),
+        json!({"error": error, "error_description": description}),
+        "{r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// One test per row of the SPEC §4 table (and per description)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bad_request_is_400_invalid_request_with_the_reason() {
+    let r = render(
+        "api",
+        &Denial::BadRequest("conflicting credentials: more than one API key"),
+    );
+    check(
+        &r,
+        400,
+        Some(r#"Bearer realm="api", error="invalid_request""#),
+        "invalid_request",
+        "conflicting credentials: more than one API key",
+    );
+    assert_eq!(
+        names(&r),
+        ["content-type", "cache-control", "www-authenticate"]
+    );
+    assert_eq!(header(&r, "retry-after"), None);
+}
+
+#[test]
+fn bad_request_description_with_quotes_and_backslash_is_valid_json() {
+    let why = crate::path::PathError::EncodedBackslash.description();
+    assert!(why.contains('\\') && why.contains('\''));
+    let r = render("api", &Denial::BadRequest(why));
+    check(
+        &r,
+        400,
+        Some(r#"Bearer realm="api", error="invalid_request""#),
+        "invalid_request",
+        why,
+    );
+    let r = render("api", &Denial::BadRequest("a \"quoted\"\nline"));
+    assert_eq!(body(&r)["error_description"], "a \"quoted\"\nline");
+}
+
+#[test]
+fn missing_is_401_unauthorized_without_error_attribute() {
+    let r = render("api", &Denial::Missing);
+    check(
+        &r,
+        401,
+        Some(r#"Bearer realm="api""#),
+        "unauthorized",
+        "API key required",
+    );
+    let challenge = header(&r, "www-authenticate").unwrap();
+    assert!(!challenge.contains("error"), "RFC 6750 §3.1: {challenge}");
+    assert!(!challenge.contains("scope"), "{challenge}");
+}
+
+#[test]
+fn unknown_key_is_401_invalid_token() {
+    let r = render("api", &Denial::UnknownKey);
+    check(
+        &r,
+        401,
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+        "invalid_token",
+        "unknown API key",
+    );
+}
+
+#[test]
+fn expired_key_is_401_invalid_token_api_key_expired() {
+    let k = record();
+    let r = render("api", &Denial::Expired(&k));
+    check(
+        &r,
+        401,
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+        "invalid_token",
+        "API key expired",
+    );
+}
+
+#[test]
+fn disabled_key_is_401_invalid_token_api_key_disabled() {
+    let k = record();
+    let r = render("api", &Denial::Disabled(&k));
+    check(
+        &r,
+        401,
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+        "invalid_token",
+        "API key disabled",
+    );
+}
+
+#[test]
+fn missing_scope_is_403_insufficient_scope_naming_the_scope() {
+    let k = record();
+    let r = render(
+        "api",
+        &Denial::MissingScope {
+            key: &k,
+            needed: "upload",
+        },
+    );
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="upload""#),
+        "insufficient_scope",
+        "requires scope upload",
+    );
+}
+
+#[test]
+fn missing_scopes_are_named_together_in_the_plural() {
+    let k = record();
+    let r = render(
+        "api",
+        &Denial::MissingScope {
+            key: &k,
+            needed: "a b",
+        },
+    );
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="a b""#),
+        "insufficient_scope",
+        "requires scopes a b",
+    );
+    let r = render(
+        "api",
+        &Denial::MissingScope {
+            key: &k,
+            needed: "browse download read:users",
+        },
+    );
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(
+            r#"Bearer realm="api", error="insufficient_scope", scope="browse download read:users""#
+        )
+    );
+    assert_eq!(
+        body(&r)["error_description"],
+        "requires scopes browse download read:users"
+    );
+}
+
+#[test]
+fn read_only_is_403_insufficient_scope() {
+    let k = record();
+    let r = render("api", &Denial::ReadOnly(&k));
+    check(
+        &r,
+        403,
+        // No scope would help, so none is named (RFC 6750: `scope` is optional).
+        Some(r#"Bearer realm="api", error="insufficient_scope""#),
+        "insufficient_scope",
+        "read-only API key may only use GET, HEAD and OPTIONS",
+    );
+}
+
+#[test]
+fn no_rule_is_403_insufficient_scope() {
+    let r = render("api", &Denial::NoRule);
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope""#),
+        "insufficient_scope",
+        "no rule allows this route",
+    );
+}
+
+#[test]
+fn unavailable_is_503_with_retry_after_and_no_challenge() {
+    let r = render(
+        "api",
+        &Denial::Unavailable {
+            retry_after_seconds: 5,
+        },
+    );
+    check(
+        &r,
+        503,
+        None,
+        "temporarily_unavailable",
+        "API keys are not available yet; retry later",
+    );
+    assert_eq!(header(&r, "retry-after"), Some("5"));
+    assert_eq!(names(&r), ["content-type", "cache-control", "retry-after"]);
+}
+
+#[test]
+fn retry_after_is_the_given_number_of_seconds() {
+    for (secs, text) in [(0, "0"), (1, "1"), (30, "30"), (u32::MAX, "4294967295")] {
+        let r = render(
+            "api",
+            &Denial::Unavailable {
+                retry_after_seconds: secs,
+            },
+        );
+        assert_eq!(header(&r, "retry-after"), Some(text));
+    }
+}
+
+#[test]
+fn only_unavailable_has_retry_after_and_it_alone_lacks_a_challenge() {
+    let k = record();
+    for d in all_denials(&k) {
+        let r = render("api", &d);
+        let is_503 = matches!(d, Denial::Unavailable { .. });
+        assert_eq!(header(&r, "retry-after").is_some(), is_503, "{d:?}");
+        assert_eq!(header(&r, "www-authenticate").is_none(), is_503, "{d:?}");
+        assert_eq!(r.headers.len(), 3, "{r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Table-wide properties
+// ---------------------------------------------------------------------------------------
+
+fn all_denials(k: &KeyRecord) -> Vec<Denial<'_>> {
+    vec![
+        Denial::BadRequest("empty API key"),
+        Denial::Missing,
+        Denial::UnknownKey,
+        Denial::Expired(k),
+        Denial::Disabled(k),
+        Denial::MissingScope {
+            key: k,
+            needed: "upload",
+        },
+        Denial::ReadOnly(k),
+        Denial::NoRule,
+        Denial::Unavailable {
+            retry_after_seconds: 5,
+        },
+    ]
+}
+
+#[test]
+fn status_and_error_for_every_denial_follow_the_spec_table() {
+    let k = record();
+    let want = [
+        (400, "invalid_request", Some("invalid_request")),
+        (401, "unauthorized", None),
+        (401, "invalid_token", Some("invalid_token")),
+        (401, "invalid_token", Some("invalid_token")),
+        (401, "invalid_token", Some("invalid_token")),
+        (403, "insufficient_scope", Some("insufficient_scope")),
+        (403, "insufficient_scope", Some("insufficient_scope")),
+        (403, "insufficient_scope", Some("insufficient_scope")),
+        (503, "temporarily_unavailable", None),
+    ];
+    for (d, (status, error, challenge_error)) in all_denials(&k).iter().zip(want) {
+        let r = render("api", d);
+        assert_eq!(r.status, status, "{d:?}");
+        assert_eq!(body(&r)["error"], error, "{d:?}");
+        if let Some(challenge) = header(&r, "www-authenticate") {
+            assert!(
+                challenge.starts_with(r#"Bearer realm="api""#),
+                "{challenge}"
+            );
+            let attr = challenge_error.map(|e| format!(r#", error="{e}""#));
+            match attr {
+                Some(attr) => assert!(challenge.contains(&attr), "{challenge}"),
+                None => assert!(!challenge.contains("error="), "{challenge}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn bodies_have_exactly_error_and_description() {
+    let k = record();
+    for d in all_denials(&k) {
+        let r = render("api", &d);
+        let v = body(&r);
+        let obj = v.as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["error", "error_description"], "{d:?}");
+        assert!(obj["error"].is_string() && obj["error_description"].is_string());
+        assert!(
+            !obj["error_description"].as_str().unwrap().is_empty(),
+            "{d:?}"
+        );
+    }
+}
+
+#[test]
+fn responses_are_deterministic() {
+    let k = record();
+    for d in all_denials(&k) {
+        assert_eq!(render("api", &d), render("api", &d));
+    }
+}
+
+#[test]
+fn custom_realm_appears_in_every_challenge() {
+    let k = record();
+    let want = [
+        r#"Bearer realm="immport", error="invalid_request""#,
+        r#"Bearer realm="immport""#,
+        r#"Bearer realm="immport", error="invalid_token""#,
+        r#"Bearer realm="immport", error="invalid_token""#,
+        r#"Bearer realm="immport", error="invalid_token""#,
+        r#"Bearer realm="immport", error="insufficient_scope", scope="upload""#,
+        r#"Bearer realm="immport", error="insufficient_scope""#,
+        r#"Bearer realm="immport", error="insufficient_scope""#,
+    ];
+    let denials = all_denials(&k);
+    assert_eq!(denials.len(), want.len() + 1);
+    for (d, challenge) in denials.iter().zip(want) {
+        let r = render("immport", d);
+        assert_eq!(header(&r, "www-authenticate"), Some(challenge), "{d:?}");
+    }
+}
+
+#[test]
+fn realm_with_spaces_and_punctuation_is_quoted_verbatim() {
+    let r = render("LabKey Server (prod) / api", &Denial::Missing);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(r#"Bearer realm="LabKey Server (prod) / api""#)
+    );
+}
+
+#[test]
+fn configured_realm_reaches_the_response() {
+    let c = Config::parse(br#"{"realm": "vspc", "keys": []}"#).unwrap();
+    let r = render(&c.realm, &Denial::Missing);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(r#"Bearer realm="vspc""#)
+    );
+    let default = Config::parse(br#"{"keys": []}"#).unwrap();
+    let r = render(&default.realm, &Denial::Missing);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(r#"Bearer realm="api""#)
+    );
+}
+
+#[test]
+fn denial_descriptions_never_name_the_key_record() {
+    // Neither id, owner, label nor hash is disclosed to the client.
+    let k = record();
+    let hash = KeyHash::of_key(SECRET).to_hex();
+    for d in all_denials(&k) {
+        let r = render("api", &d);
+        let all = format!("{} {:?}", r.body, r.headers);
+        for secretish in [k.id.as_str(), "alice", "ci-runner", hash.as_str()] {
+            assert!(!all.contains(secretish), "{secretish} in {all}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end with decide(): no response ever contains the raw key
+// ---------------------------------------------------------------------------------------
+
+fn e2e_config() -> Config {
+    let h = |k: &str| KeyHash::of_key(k).to_hex();
+    let doc = json!({
+        "realm": "api",
+        "sources": [
+            {"authorization": {}},
+            {"header": "x-api-key"},
+            {"query": "api_key"}
+        ],
+        "keys": [
+            {"id": "k-ok", "hash": h(SECRET), "owner": "alice", "scopes": ["browse"]},
+            {"id": "k-exp", "hash": h(&format!("{SECRET}_exp")), "owner": "bob",
+             "scopes": ["browse"], "expires_at": "2020-01-01T00:00:00Z"},
+            {"id": "k-off", "hash": h(&format!("{SECRET}_off")), "owner": "carol",
+             "scopes": ["browse"], "status": "disabled"},
+            {"id": "k-ro", "hash": h(&format!("{SECRET}_ro")), "owner": "dan",
+             "scopes": ["browse", "upload"], "read_only": true}
+        ],
+        "rules": [
+            {"path_prefix": "/healthz", "public": true},
+            {"path_prefix": "/data/query", "scopes": ["browse"]},
+            {"path_prefix": "/data/upload", "scopes": ["upload"]}
+        ]
+    });
+    Config::parse(doc.to_string().as_bytes()).unwrap()
+}
+
+fn req(method: &str, path: &str, extra: &[(&str, String)]) -> Vec<(String, Vec<u8>)> {
+    let mut h = vec![
+        (":method".to_string(), method.as_bytes().to_vec()),
+        (":path".to_string(), path.as_bytes().to_vec()),
+        (":authority".to_string(), b"api".to_vec()),
+    ];
+    for (n, v) in extra {
+        h.push((n.to_string(), v.clone().into_bytes()));
+    }
+    h
+}
+
+#[test]
+fn no_response_contains_the_raw_key() {
+    let c = e2e_config();
+    let basic = |user_pass: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    };
+    let exp = format!("{SECRET}_exp");
+    let off = format!("{SECRET}_off");
+    let ro = format!("{SECRET}_ro");
+    let cases = [
+        // 400: conflicting, malformed (keys containing the secret), bad path with a key.
+        req(
+            "GET",
+            "/data/query",
+            &[
+                ("authorization", format!("Bearer {SECRET}")),
+                ("x-api-key", format!("{SECRET}X")),
+            ],
+        ),
+        req(
+            "GET",
+            "/data/query",
+            &[("authorization", format!("Bearer {SECRET} x"))],
+        ),
+        req("GET", "/data/query", &[("authorization", basic(SECRET))]),
+        req("GET", &format!("/data/query?api_key={SECRET}%zz"), &[]),
+        req(
+            "GET",
+            &format!("/data%2F{SECRET}"),
+            &[("x-api-key", SECRET.into())],
+        ),
+        // 401: unknown, expired, disabled.
+        req(
+            "GET",
+            "/data/query",
+            &[("authorization", format!("Bearer {SECRET}nope"))],
+        ),
+        req("GET", &format!("/healthz?api_key={SECRET}nope"), &[]),
+        req("GET", "/data/query", &[("x-api-key", exp.clone())]),
+        req("GET", "/data/query", &[("x-api-key", off.clone())]),
+        // 403: missing scope, read-only, no rule.
+        req(
+            "POST",
+            "/data/upload",
+            &[("authorization", format!("ApiKey {SECRET}"))],
+        ),
+        req(
+            "POST",
+            "/data/upload",
+            &[("authorization", format!("Bearer {ro}"))],
+        ),
+        req(
+            "GET",
+            &format!("/{SECRET}"),
+            &[("x-api-key", SECRET.into())],
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for h in cases {
+        let denial = match decide(&c, &h, || {
+            Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+        }) {
+            Verdict::Deny(d) => d,
+            Verdict::Allow(a) => panic!("expected a denial for {h:?}, got {a:?}"),
+        };
+        let r = render(&c.realm, &denial);
+        statuses.push(r.status);
+        for (name, value) in &r.headers {
+            assert!(!value.contains(SECRET), "{name}: {value}");
+        }
+        assert!(!r.body.contains(SECRET), "{}", r.body);
+        assert!(!format!("{denial:?}").contains(SECRET), "{denial:?}");
+    }
+    assert_eq!(
+        statuses,
+        [400, 400, 400, 400, 400, 401, 401, 401, 401, 403, 403, 403]
+    );
+}
+
+#[test]
+fn decided_denials_render_the_spec_descriptions() {
+    let c = e2e_config();
+    let now = || Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let render_for = |h: Vec<(String, Vec<u8>)>| match decide(&c, &h, now) {
+        Verdict::Deny(d) => render(&c.realm, &d),
+        Verdict::Allow(a) => panic!("expected a denial for {h:?}, got {a:?}"),
+    };
+    let r = render_for(req("GET", "/data/query", &[]));
+    check(
+        &r,
+        401,
+        Some(r#"Bearer realm="api""#),
+        "unauthorized",
+        "API key required",
+    );
+    let r = render_for(req(
+        "GET",
+        "/data/query",
+        &[("x-api-key", format!("{SECRET}_exp"))],
+    ));
+    assert_eq!(body(&r)["error_description"], "API key expired");
+    let r = render_for(req(
+        "GET",
+        "/data/query",
+        &[("x-api-key", format!("{SECRET}_off"))],
+    ));
+    assert_eq!(body(&r)["error_description"], "API key disabled");
+    let r = render_for(req(
+        "PUT",
+        "/data/upload/f",
+        &[("x-api-key", SECRET.into())],
+    ));
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="upload""#),
+        "insufficient_scope",
+        "requires scope upload",
+    );
+}
