@@ -173,7 +173,9 @@ pub fn decide<'c>(
         Ok(p) => p,
         Err(e) => return Verdict::Deny(Denial::BadRequest(e.description())),
     };
-    let rule = config.rules.find(method, &normalized);
+    let rule = config
+        .rules
+        .find(method, &path::without_parameters(&normalized));
 
     let (key, hide_sources) =
         match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {

@@ -2007,3 +2007,27 @@ fn verdicts_never_show_the_raw_key_when_debug_printed() {
         }
     }
 }
+
+#[test]
+fn path_parameters_do_not_slip_past_a_rule() {
+    let config = config_with("unmatched", json!("authenticate"));
+    for path in [
+        "/admin/keys;x",
+        "/admin;a=b/keys",
+        "/admin/keys;jsessionid=1",
+    ] {
+        let headers = request("GET", path, &[("authorization", &bearer(ALICE))]);
+        match denied(run(&config, &headers)) {
+            Denial::MissingScope { needed, .. } => assert_eq!(needed, "admin", "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    // The parameters still reach the upstream: only matching ignores them.
+    let headers = request(
+        "GET",
+        "/data/query;v=2/x",
+        &[("authorization", &bearer(ALICE))],
+    );
+    let a = assert_allowed_as(run(&config, &headers), "id-alice");
+    assert_eq!(a.new_path, None);
+}

@@ -90,6 +90,24 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(resolve_segments(&decoded)?))
 }
 
+/// The path rules are matched against: a normalized path without `;` segment parameters
+/// (`/admin;x/keys;jsessionid=1` reads as `/admin/keys`), since servers such as Tomcat drop
+/// them before routing; matching with them would let `/admin/keys;x` slip past a rule for
+/// `/admin/keys`. The upstream still receives the parameters.
+pub fn without_parameters(normalized: &str) -> Cow<'_, str> {
+    if !normalized.contains(';') {
+        return Cow::Borrowed(normalized);
+    }
+    let mut out = String::with_capacity(normalized.len());
+    for (i, segment) in normalized.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    Cow::Owned(out)
+}
+
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
@@ -282,5 +300,17 @@ mod tests {
         assert_eq!(split_query("/a?b=c?d"), ("/a", Some("b=c?d")));
         assert_eq!(split_query("/a"), ("/a", None));
         assert_eq!(split_query("/a?"), ("/a", Some("")));
+    }
+
+    #[test]
+    fn parameters_are_dropped_for_matching_only() {
+        assert!(matches!(without_parameters("/a/b"), Cow::Borrowed("/a/b")));
+        assert_eq!(without_parameters("/admin/keys;x"), "/admin/keys");
+        assert_eq!(
+            without_parameters("/admin;a=b/keys;jsessionid=1"),
+            "/admin/keys"
+        );
+        assert_eq!(without_parameters("/a/;x/"), "/a//");
+        assert_eq!(without_parameters("/;"), "/");
     }
 }

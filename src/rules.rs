@@ -213,6 +213,14 @@ fn check_rule_path(p: &str, at: &str, errors: &mut Vec<ConfigError>) -> Option<S
         ));
         return None;
     }
+    if p.contains(';') {
+        // Requests are matched without `;` parameters, so such a rule could never match.
+        errors.push(ConfigError::new(
+            at,
+            format!("{p:?} contains ';' (path parameters are ignored when matching)"),
+        ));
+        return None;
+    }
     match path::normalize(p) {
         Ok(normal) if normal == p => Some(p.to_string()),
         Ok(normal) => {
@@ -337,7 +345,8 @@ mod tests {
                 {"path_prefix": "/h%2Fi", "scopes": ["x"]},
                 {"path": "/j?k=1", "scopes": ["x"]},
                 {"path": "/k", "methods": [], "scopes": ["x"]},
-                {"path": "/l", "methods": ["get", "PO ST"], "scopes": ["x"]}
+                {"path": "/l", "methods": ["get", "PO ST"], "scopes": ["x"]},
+                {"path_prefix": "/m;v=1", "scopes": ["x"]}
             ]),
             Unmatched::Deny,
         )
@@ -355,6 +364,7 @@ mod tests {
             "rules[9].methods: is empty",
             "rules[10].methods[0]: \"get\": methods are case-sensitive; write \"GET\"",
             "rules[10].methods[1]: \"PO ST\" is not an HTTP method",
+            "rules[11].path_prefix: \"/m;v=1\" contains ';'",
         ];
         assert_eq!(errors.len(), expect.len(), "{errors:#?}");
         for (got, want) in errors.iter().zip(expect) {

@@ -424,6 +424,9 @@ fn paths_are_normalized_before_matching_and_forwarded_normalized() {
     let response = envoy.send(&Request::get("/data/query/../../admin/keys").bearer(BROWSE));
     assert_eq!(response.status, 403);
     assert_eq!(response.json()["error_description"], "requires scope admin");
+    // `;` parameters are ignored when matching (Tomcat drops them before routing).
+    let response = envoy.send(&Request::get("/admin/keys;jsessionid=1").bearer(BROWSE));
+    assert_eq!(response.json()["error_description"], "requires scope admin");
 
     // An encoded slash, backslash or NUL is refused, never decoded.
     for raw in [
