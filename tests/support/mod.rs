@@ -249,44 +249,66 @@ pub fn wasm_filter(plugin_config: &Value) -> Value {
     })
 }
 
-/// A bootstrap: admin and one listener on 127.0.0.1, keygate then the router, every route
-/// to `upstream`.
+/// The listener on 127.0.0.1:`port`: keygate then the router, every route to `upstream`.
+pub fn listener(plugin_config: &Value, port: u16) -> Value {
+    json!({
+        "name": "main",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "route_config": {"virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                }]},
+                "http_filters": [
+                    wasm_filter(plugin_config),
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    })
+}
+
+/// The `upstream` cluster: one endpoint.
+pub fn upstream_cluster(upstream: SocketAddr) -> Value {
+    json!({
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {
+                "address": upstream.ip().to_string(), "port_value": upstream.port()}}}
+        }]}]}
+    })
+}
+
+/// The admin endpoint, on a free port of 127.0.0.1.
+pub fn admin() -> Value {
+    json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}})
+}
+
+/// A static bootstrap: admin, the listener and the upstream cluster.
 pub fn bootstrap(plugin_config: &Value, upstream: SocketAddr, port: u16) -> Value {
     json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "admin": admin(),
         "static_resources": {
-            "listeners": [{
-                "name": "main",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all",
-                            "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
-                        }]},
-                        "http_filters": [
-                            wasm_filter(plugin_config),
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
-                }]}]
-            }],
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {
-                        "address": upstream.ip().to_string(), "port_value": upstream.port()}}}
-                }]}]}
-            }]
+            "listeners": [listener(plugin_config, port)],
+            "clusters": [upstream_cluster(upstream)]
         }
     })
+}
+
+/// A port that was free a moment ago, for configs that must name one in advance.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 /// A running Envoy. Killed when dropped.
