@@ -495,3 +495,35 @@ fn credentials_stay_when_hide_credentials_is_off_and_names_are_configurable() {
     assert_eq!(response.status, 401);
     assert!(upstream.take().is_empty());
 }
+
+#[test]
+fn hostile_bytes_are_refused_without_harming_the_filter() {
+    let (upstream, envoy) = gateway();
+    let hostile: [(&str, &[u8]); 4] = [
+        ("Authorization", b"Bearer kg_\xff\xfe"),
+        ("Authorization", b"Bearer \xc3\xa9t\xc3\xa9"),
+        ("x-api-key", b"kg_\x80abc"),
+        ("Authorization", b"Basic \xff"),
+    ];
+    for (name, value) in hostile {
+        let response = envoy.send(&Request::get("/data/query").header(name, value));
+        assert!(
+            response.status == 400 || response.status == 401,
+            "{name}: {value:?}: {}",
+            response.status
+        );
+    }
+    let response = envoy.send(&Request::get("/data/query/caf\u{e9}").bearer(BROWSE));
+    assert_eq!(response.status, 400);
+    assert!(upstream.take().is_empty());
+    // The VM is alive and was never restarted.
+    assert_eq!(
+        envoy
+            .send(&Request::get("/data/query").bearer(BROWSE))
+            .status,
+        200
+    );
+    assert_eq!(upstream.take().len(), 1);
+    let stats = envoy.keygate_stats();
+    assert_eq!(stats.get("wasm.keygate.vm_reload"), Some(&0), "{stats:?}");
+}
