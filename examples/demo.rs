@@ -87,13 +87,7 @@ fn plugin_config(keys: &[DemoKey]) -> Value {
             {"header": "x-api-key"}
         ],
         "keys": keys.iter().map(|k| k.record.clone()).collect::<Vec<_>>(),
-        "rules": [
-            {"path_prefix": "/healthz", "public": true},
-            {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
-            {"path_prefix": "/data/download", "scopes": ["download"]},
-            {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
-            {"path": "/admin/keys", "scopes": ["admin"]}
-        ],
+        "rules": support::immport_rules(),
         "unmatched": "deny"
     })
 }

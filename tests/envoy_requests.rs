@@ -40,13 +40,7 @@ fn immport_config() -> Value {
             {"id": "k-future", "hash": hash_of(FUTURE), "owner": "frank",
              "scopes": ["browse"], "expires_at": "2099-05-21T20:55:24.987654321+02:00"}
         ],
-        "rules": [
-            {"path_prefix": "/healthz", "public": true},
-            {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
-            {"path_prefix": "/data/download", "scopes": ["download"]},
-            {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
-            {"path": "/admin/keys", "scopes": ["admin"]}
-        ],
+        "rules": support::immport_rules(),
         "unmatched": "deny"
     })
 }

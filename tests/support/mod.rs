@@ -52,6 +52,17 @@ pub fn hash_of(key: &str) -> String {
     KeyHash::of_key(key).to_hex()
 }
 
+/// The SPEC §3 rules, shaped after ImmPort's scopes (browse, download, upload).
+pub fn immport_rules() -> Value {
+    json!([
+        {"path_prefix": "/healthz", "public": true},
+        {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
+        {"path_prefix": "/data/download", "scopes": ["download"]},
+        {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
+        {"path": "/admin/keys", "scopes": ["admin"]}
+    ])
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
