@@ -128,6 +128,12 @@ impl Config {
             let path = if path == "." { String::new() } else { path };
             vec![ConfigError::new(path, e.into_inner().to_string())]
         })?;
+        if let Err(e) = deserializer.end() {
+            return Err(vec![ConfigError::new(
+                "",
+                format!("unexpected text after the configuration object: {e}"),
+            )]);
+        }
         Config::from_doc(doc)
     }
 
@@ -278,6 +284,14 @@ fn check_sources(docs: Option<Vec<SourceDoc>>, errors: &mut Vec<ConfigError>) ->
                         format!("{at}.query"),
                         "the parameter name is empty",
                     ));
+                } else if !param
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"&=#?+%".contains(&b))
+                {
+                    errors.push(ConfigError::new(
+                        format!("{at}.query"),
+                        format!("{param:?} cannot be a query parameter name: printable ASCII without & = # ? + %"),
+                    ));
                 }
                 Source::Query(param.into())
             }
@@ -314,6 +328,25 @@ fn check_strip_prefixes(
     prefixes.into_iter().map(String::into_boxed_str).collect()
 }
 
+/// Headers that frame, route or hop: identity written into them would change what the
+/// request is, not say who sent it.
+const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "cookie",
+    "x-envoy-original-path",
+];
+
 fn check_forward(doc: ForwardDoc, sources: &[Source], errors: &mut Vec<ConfigError>) -> Forward {
     let forward = Forward {
         id: doc.id.unwrap_or_else(|| HeaderName::known("x-api-key-id")),
@@ -331,6 +364,14 @@ fn check_forward(doc: ForwardDoc, sources: &[Source], errors: &mut Vec<ConfigErr
             errors.push(ConfigError::new(
                 &at,
                 format!("\"{name}\" is already used by another forward header"),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            errors.push(ConfigError::new(
+                &at,
+                format!(
+                    "\"{name}\" is a header Envoy or HTTP itself relies on; choose another name"
+                ),
             ));
         }
         let carries_keys = name.as_str() == "authorization"
@@ -363,6 +404,11 @@ mod tests {
 
     fn parse(v: &Value) -> Result<Config, Vec<String>> {
         Config::parse(v.to_string().as_bytes())
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+    }
+
+    fn parse_text(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(text.as_bytes())
             .map_err(|errs| errs.iter().map(ToString::to_string).collect())
     }
 
@@ -593,5 +639,41 @@ mod tests {
     fn default_authorization_source_body() {
         let c = parse(&with(minimal(), "sources", json!([{"authorization": {}}]))).unwrap();
         assert_eq!(c.sources, default_sources());
+    }
+
+    #[test]
+    fn text_after_the_object_is_refused() {
+        let base = minimal().to_string();
+        for trailing in [" trailing", "{\"rules\": []}", "]"] {
+            let errors = parse_text(&format!("{base}{trailing}")).unwrap_err();
+            assert!(
+                errors[0].contains("unexpected text after the configuration object"),
+                "{errors:?}"
+            );
+        }
+        assert!(parse_text(&format!("{base}\n  ")).is_ok());
+    }
+
+    #[test]
+    fn forward_names_must_not_be_framing_or_routing_headers() {
+        for name in ["host", "content-length", "transfer-encoding", "cookie"] {
+            let doc = with(minimal(), "forward", json!({"id": name}));
+            let errors = parse(&doc).unwrap_err();
+            assert!(errors[0].starts_with("forward.id: "), "{errors:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameter_names_must_be_plain() {
+        for name in ["api key", "a&b", "k=v", "api%5Fkey"] {
+            let doc = with(minimal(), "sources", json!([{"query": name}]));
+            let errors = parse(&doc).unwrap_err();
+            assert!(
+                errors[0].starts_with("sources[0].query: "),
+                "{name}: {errors:?}"
+            );
+        }
+        let doc = with(minimal(), "sources", json!([{"query": "api_key"}]));
+        assert!(parse(&doc).is_ok());
     }
 }

@@ -74,6 +74,10 @@ pub struct Allowed<'c> {
     pub hide_sources: u32,
     /// Bit `i`: the client sent forward header `i` itself.
     pub spoofed: u8,
+    /// Headers the client sent that read as a forward header once `_` is taken for `-`
+    /// (`x_api_key_id`): CGI-style servers merge the two. Empty, without allocating, in
+    /// every honest request.
+    pub spoofed_lookalikes: Vec<String>,
     /// The `:path` to forward, when it differs from the one received.
     pub new_path: Option<String>,
 }
@@ -112,6 +116,9 @@ impl Allowed<'_> {
                 editor.remove(name.as_str());
             }
         }
+        for name in &self.spoofed_lookalikes {
+            editor.remove(name);
+        }
         if let Some(key) = self.key {
             editor.set(config.forward.id.as_str(), key.id.as_str());
             editor.set(config.forward.owner.as_str(), key.owner.as_str());
@@ -145,6 +152,7 @@ pub fn decide<'c>(
     let mut method: Option<&[u8]> = None;
     let mut target: Option<&[u8]> = None;
     let mut spoofed = 0u8;
+    let mut spoofed_lookalikes = Vec::new();
     let forward = config.forward.names();
     for (name, value) in headers {
         match name.as_str() {
@@ -154,6 +162,8 @@ pub fn decide<'c>(
                 for (i, f) in forward.iter().enumerate() {
                     if f.as_str() == other {
                         spoofed |= 1 << i;
+                    } else if reads_as(other, f.as_str()) {
+                        spoofed_lookalikes.push(other.to_string());
                     }
                 }
             }
@@ -199,8 +209,19 @@ pub fn decide<'c>(
         key,
         hide_sources,
         spoofed,
+        spoofed_lookalikes,
         new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
     })
+}
+
+/// Whether header `name` reads as `forward` where `_` and `-` are one (CGI's `HTTP_X_API_KEY_ID`).
+/// Both are lowercase, as Envoy and [`crate::header::HeaderName`] keep them.
+fn reads_as(name: &str, forward: &str) -> bool {
+    name.len() == forward.len()
+        && name
+            .bytes()
+            .zip(forward.bytes())
+            .all(|(n, f)| n == f || (n == b'_' && f == b'-') || (n == b'-' && f == b'_'))
 }
 
 /// What a route asks of a caller.
@@ -250,7 +271,11 @@ fn authorize<'c>(
         KeyState::Disabled => return Err(Denial::Disabled(record)),
         KeyState::Expired => return Err(Denial::Expired(record)),
     }
-    if record.read_only && !READ_ONLY_METHODS.contains(&method) {
+    if record.read_only
+        && !READ_ONLY_METHODS
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+    {
         return Err(Denial::ReadOnly(record));
     }
     match need(config, rule) {

@@ -1105,10 +1105,24 @@ fn first_matching_rule_wins() {
 }
 
 #[test]
-fn methods_are_case_sensitive() {
+fn methods_match_rules_in_any_case() {
+    // HTTP/2 lets a client send `get`; frameworks that treat it as GET must not see a
+    // looser rule applied to it.
     let c = config();
     let h = request("get", "/data/query", &[("authorization", &bearer(ALICE))]);
-    assert_eq!(denied(run(&c, &h)), Denial::NoRule);
+    assert_allowed_as(run(&c, &h), "id-alice");
+    let h = request(
+        "post",
+        "/data/upload/x",
+        &[("authorization", &bearer(ALICE))],
+    );
+    assert!(matches!(
+        denied(run(&c, &h)),
+        Denial::MissingScope {
+            needed: "upload",
+            ..
+        }
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1314,10 +1328,19 @@ fn exact_path_rule_matches_only_that_path() {
     let c = config();
     let ok = request("GET", "/admin/keys", &[("authorization", &bearer(ADMIN))]);
     assert_allowed_as(run(&c, &ok), "id-admin");
-    for raw in ["/admin/keys/", "/admin/keys/1", "/admin"] {
+    for raw in ["/admin/keys/1", "/admin", "/admin/keysx"] {
         let h = request("GET", raw, &[("authorization", &bearer(ADMIN))]);
         assert_eq!(denied(run(&c, &h)), Denial::NoRule, "{raw}");
     }
+    // A trailing slash names the same resource to many frameworks: the rule still applies.
+    let h = request("GET", "/admin/keys/", &[("authorization", &bearer(ALICE))]);
+    assert!(matches!(
+        denied(run(&c, &h)),
+        Denial::MissingScope {
+            needed: "admin",
+            ..
+        }
+    ));
     // But a path that normalizes to it matches.
     let h = request("GET", "/admin//keys", &[("authorization", &bearer(ADMIN))]);
     assert_eq!(
@@ -1769,6 +1792,7 @@ fn apply_follows_the_fields_it_is_given() {
         key: None,
         hide_sources: 0b110,
         spoofed: 0b100,
+        spoofed_lookalikes: Vec::new(),
         new_path: Some("/p?q=1".to_string()),
     };
     assert_eq!(
@@ -1885,6 +1909,7 @@ fn verdict_outcome_for_allows() {
         key: Some(a_record(&c)),
         hide_sources: 0,
         spoofed: 0,
+        spoofed_lookalikes: Vec::new(),
         new_path: None,
     });
     assert_eq!(with_key.outcome(), Outcome::Allowed);
@@ -1892,6 +1917,7 @@ fn verdict_outcome_for_allows() {
         key: None,
         hide_sources: 0,
         spoofed: 0b111,
+        spoofed_lookalikes: Vec::new(),
         new_path: Some("/x".into()),
     });
     assert_eq!(public.outcome(), Outcome::Public);
@@ -2030,4 +2056,43 @@ fn path_parameters_do_not_slip_past_a_rule() {
     );
     let a = assert_allowed_as(run(&config, &headers), "id-alice");
     assert_eq!(a.new_path, None);
+}
+
+#[test]
+fn parameter_only_segments_do_not_slip_past_a_rule() {
+    let config = config_with("unmatched", json!("authenticate"));
+    for path in ["/;x/admin/keys", "/admin/;/keys", "/admin/keys/;x"] {
+        let headers = request("GET", path, &[("authorization", &bearer(ALICE))]);
+        match denied(run(&config, &headers)) {
+            Denial::MissingScope { needed, .. } => assert_eq!(needed, "admin", "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn identity_lookalikes_with_underscores_are_removed() {
+    let c = config();
+    let h = request(
+        "GET",
+        "/healthz",
+        &[
+            ("x_api_key_id", "k-admin"),
+            ("x-api_key-owner", "root"),
+            ("x_api_key_idx", "keep"),
+        ],
+    );
+    let a = allowed(run(&c, &h));
+    assert_eq!(a.spoofed, 0);
+    assert_eq!(
+        a.spoofed_lookalikes,
+        vec!["x_api_key_id", "x-api_key-owner"]
+    );
+    assert_eq!(
+        edits(&a, &c),
+        vec![rm("x_api_key_id"), rm("x-api_key-owner")]
+    );
+    // An honest request allocates nothing for them.
+    let h = request("GET", "/healthz", &[]);
+    assert_eq!(allowed(run(&c, &h)).spoofed_lookalikes.capacity(), 0);
 }

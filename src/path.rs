@@ -93,17 +93,22 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The path rules are matched against: a normalized path without `;` segment parameters
 /// (`/admin;x/keys;jsessionid=1` reads as `/admin/keys`), since servers such as Tomcat drop
 /// them before routing; matching with them would let `/admin/keys;x` slip past a rule for
-/// `/admin/keys`. The upstream still receives the parameters.
+/// `/admin/keys`. A segment of parameters only (`/;x/admin/keys`) vanishes, as those
+/// servers merge the slashes it leaves. The upstream still receives the parameters.
 pub fn without_parameters(normalized: &str) -> Cow<'_, str> {
     if !normalized.contains(';') {
         return Cow::Borrowed(normalized);
     }
     let mut out = String::with_capacity(normalized.len());
-    for (i, segment) in normalized.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
+    let mut segments = normalized.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let name = segment.split(';').next().unwrap_or("");
+        let last = segments.peek().is_none();
+        if name.is_empty() && !last {
+            continue;
         }
-        out.push_str(segment.split(';').next().unwrap_or(""));
+        out.push('/');
+        out.push_str(name);
     }
     Cow::Owned(out)
 }
@@ -310,7 +315,11 @@ mod tests {
             without_parameters("/admin;a=b/keys;jsessionid=1"),
             "/admin/keys"
         );
-        assert_eq!(without_parameters("/a/;x/"), "/a//");
+        assert_eq!(without_parameters("/a/;x/"), "/a/");
         assert_eq!(without_parameters("/;"), "/");
+        assert_eq!(without_parameters("/;x/admin/keys"), "/admin/keys");
+        assert_eq!(without_parameters("/admin/;/keys"), "/admin/keys");
+        assert_eq!(without_parameters("/admin/keys/;x"), "/admin/keys/");
+        assert_eq!(without_parameters("/;a/;b/x;c"), "/x");
     }
 }

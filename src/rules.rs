@@ -44,7 +44,10 @@ pub enum PathMatch {
 impl PathMatch {
     pub fn matches(&self, path: &str) -> bool {
         match self {
-            PathMatch::Exact(p) => path == &**p,
+            // `/admin/keys/` is the same resource to many frameworks (Express, Spring).
+            PathMatch::Exact(p) => {
+                path == &**p || (path.len() > 1 && path.strip_suffix('/') == Some(&**p))
+            }
             PathMatch::Prefix(p) => {
                 &**p == "/"
                     || (path.starts_with(&**p)
@@ -78,7 +81,8 @@ impl Rule {
             && self
                 .methods
                 .as_ref()
-                .is_none_or(|methods| methods.iter().any(|m| &**m == method))
+                // HTTP/2 lets a client send `get`; some frameworks treat it as `GET`.
+                .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
@@ -290,10 +294,11 @@ mod tests {
         let set = immport();
         assert_eq!(which(&set, "GET", "/admin/keys"), Some(4));
         assert_eq!(which(&set, "GET", "/admin/keys/1"), None);
-        assert_eq!(which(&set, "GET", "/admin/keys/"), None);
+        assert_eq!(which(&set, "GET", "/admin/keys/"), Some(4));
+        assert_eq!(which(&set, "GET", "/admin/keysx"), None);
         assert_eq!(which(&set, "POST", "/data/query"), None);
         assert_eq!(which(&set, "HEAD", "/data/query"), Some(1));
-        assert_eq!(which(&set, "get", "/data/query"), None);
+        assert_eq!(which(&set, "get", "/data/query"), Some(1));
         assert_eq!(which(&set, "PUT", "/data/upload/x"), Some(3));
         assert_eq!(which(&set, "DELETE", "/data/upload/x"), None);
         assert_eq!(which(&set, "DELETE", "/data/download/x"), Some(2));

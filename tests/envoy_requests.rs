@@ -396,6 +396,16 @@ fn spoofed_identity_headers_never_reach_upstream() {
     for name in ["x-api-key-id", "x-api-key-owner", "x-api-key-scopes"] {
         assert!(seen.values(name).is_empty(), "{name}: {seen:?}");
     }
+    // Lookalikes with underscores, which CGI-style servers read as the same header.
+    let response = envoy.send(
+        &Request::get("/healthz")
+            .header("x_api_key_id", "k-admin")
+            .header("X_Api_Key_Owner", "root"),
+    );
+    assert_eq!(response.status, 200);
+    let seen = upstream.take_one();
+    assert!(seen.values("x_api_key_id").is_empty(), "{seen:?}");
+    assert!(seen.values("x_api_key_owner").is_empty(), "{seen:?}");
     // An allowed request: exactly one value of each, the real one.
     let response = envoy.send(&spoof(Request::get("/data/query").bearer(BROWSE)));
     assert_eq!(response.status, 200);
@@ -419,8 +429,20 @@ fn paths_are_normalized_before_matching_and_forwarded_normalized() {
     assert_eq!(response.status, 403);
     assert_eq!(response.json()["error_description"], "requires scope admin");
     // `;` parameters are ignored when matching (Tomcat drops them before routing).
-    let response = envoy.send(&Request::get("/admin/keys;jsessionid=1").bearer(BROWSE));
-    assert_eq!(response.json()["error_description"], "requires scope admin");
+    // A trailing slash or a segment of parameters only does not escape an exact rule.
+    for raw in [
+        "/admin/keys;jsessionid=1",
+        "/;x/admin/keys",
+        "/admin/;/keys",
+        "/admin/keys/",
+    ] {
+        let response = envoy.send(&Request::get(raw).bearer(BROWSE));
+        assert_eq!(
+            response.json()["error_description"],
+            "requires scope admin",
+            "{raw}"
+        );
+    }
 
     // An encoded slash, backslash or NUL is refused, never decoded.
     for raw in [
