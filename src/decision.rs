@@ -303,17 +303,8 @@ fn forwarded_path(
     query: Option<&str>,
     hide_sources: u32,
 ) -> Option<String> {
-    let mut new_query: Option<String> = None;
-    if let Some(q) = query {
-        for (i, source) in config.sources.iter().enumerate() {
-            if let Source::Query(param) = source {
-                if hide_sources & (1 << i) != 0 {
-                    let current = new_query.as_deref().unwrap_or(q);
-                    new_query = Some(query::without(current, param));
-                }
-            }
-        }
-    }
+    let new_query =
+        query.and_then(|q| strip_query_sources(config, q, |i| hide_sources & (1 << i) != 0));
     let path_changed = matches!(normalized, Cow::Owned(_)) && normalized != raw_path;
     if !path_changed && new_query.is_none() {
         return None;
@@ -326,6 +317,43 @@ fn forwarded_path(
             out.push_str(q);
         }
         (None, None) => {}
+    }
+    Some(out)
+}
+
+/// `query` without the parameters of the query sources `chosen` selects (by source index);
+/// `None` when no query source is chosen.
+fn strip_query_sources(
+    config: &Config,
+    query: &str,
+    chosen: impl Fn(usize) -> bool,
+) -> Option<String> {
+    let mut out: Option<String> = None;
+    for (i, source) in config.sources.iter().enumerate() {
+        if let Source::Query(param) = source {
+            if chosen(i) {
+                let current = out.as_deref().unwrap_or(query);
+                out = Some(query::without(current, param));
+            }
+        }
+    }
+    out
+}
+
+/// The `:path` of a refused request without any query-parameter credential, so that
+/// Envoy's access log does not record a key. `None` when there is nothing to remove.
+pub fn redacted_target(config: &Config, headers: &[(String, Vec<u8>)]) -> Option<String> {
+    let (_, target) = headers.iter().find(|(name, _)| name == ":path")?;
+    let (path, query) = path::split_query(std::str::from_utf8(target).ok()?);
+    let query = query?;
+    let kept = strip_query_sources(config, query, |_| true)?;
+    if kept == query {
+        return None;
+    }
+    let mut out = path.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept);
     }
     Some(out)
 }

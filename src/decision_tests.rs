@@ -2096,3 +2096,24 @@ fn identity_lookalikes_with_underscores_are_removed() {
     let h = request("GET", "/healthz", &[]);
     assert_eq!(allowed(run(&c, &h)).spoofed_lookalikes.capacity(), 0);
 }
+
+#[test]
+fn a_refused_request_has_its_query_key_redacted_for_the_access_log() {
+    let c = config();
+    let h = request("GET", "/data/query?a=1&api_key=kg_wrong&b=2", &[]);
+    assert_eq!(denied(run(&c, &h)), Denial::UnknownKey);
+    assert_eq!(
+        redacted_target(&c, &h).as_deref(),
+        Some("/data/query?a=1&b=2")
+    );
+    let h = request("GET", "/data/query?api_key=kg_wrong", &[]);
+    assert_eq!(redacted_target(&c, &h).as_deref(), Some("/data/query"));
+    // Nothing to remove: nothing to change.
+    let h = request("GET", "/data/query?a=1", &[]);
+    assert_eq!(redacted_target(&c, &h), None);
+    let h = request("GET", "/data/query", &[]);
+    assert_eq!(redacted_target(&c, &h), None);
+    let no_query_source = config_with("sources", json!([{"header": "x-api-key"}]));
+    let h = request("GET", "/data/query?api_key=kg_wrong", &[]);
+    assert_eq!(redacted_target(&no_query_source, &h), None);
+}

@@ -3,7 +3,7 @@
 //! decision is made here.
 
 use crate::config::Config;
-use crate::decision::{decide, HeaderEditor, Verdict};
+use crate::decision::{decide, redacted_target, HeaderEditor, Verdict};
 use crate::response;
 use crate::stats::{Outcome, KEYS_LOADED};
 use crate::timestamp::Timestamp;
@@ -141,6 +141,9 @@ impl HttpContext for Request {
                     denial.outcome(),
                     denial.key().map_or("-", |k| k.id.as_str())
                 );
+                if let Some(target) = redacted_target(&config, &headers) {
+                    self.set_http_request_header(":path", Some(&target));
+                }
                 self.respond(&response::render(&config.realm, &denial));
                 Action::Pause
             }

@@ -543,3 +543,56 @@ fn hostile_bytes_are_refused_without_harming_the_filter() {
     let stats = envoy.keygate_stats();
     assert_eq!(stats.get("wasm.keygate.vm_reload"), Some(&0), "{stats:?}");
 }
+
+#[test]
+fn access_log_never_records_a_query_key() {
+    let upstream = Upstream::start();
+    let dir = support::TempDir::new("access-log");
+    let log = dir.path().join("access.log");
+    let mut bootstrap = support::bootstrap(&immport_config(), upstream.addr, 0);
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": log,
+            "log_format": {"text_format_source": {
+                "inline_string": "%RESPONSE_CODE% %REQ(:PATH)%\n"}}
+        }
+    }]);
+    let options = support::EnvoyOptions {
+        extra_args: vec!["--file-flush-interval-msec", "50"],
+        ..support::EnvoyOptions::default()
+    };
+    let envoy = Envoy::start_bootstrap(&bootstrap, options);
+    let requests = [
+        (format!("/data/query?a=1&api_key={BROWSE}"), 200),
+        (format!("/data/upload?api_key={BROWSE}&b=2"), 403),
+        ("/data/query?api_key=kg_guess_0001".to_string(), 401),
+        (format!("/data/query?api_key={EXPIRED}"), 401),
+    ];
+    for (target, status) in &requests {
+        assert_eq!(
+            envoy.send(&Request::get(target)).status,
+            *status,
+            "{target}"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut text = String::new();
+    while text.lines().count() < requests.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    drop(envoy);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "200 /data/query?a=1",
+            "403 /data/upload?b=2",
+            "401 /data/query",
+            "401 /data/query"
+        ],
+        "{text}"
+    );
+}

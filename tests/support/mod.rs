@@ -224,6 +224,8 @@ pub struct EnvoyOptions {
     /// Listener port; 0 picks a free one.
     pub port: u16,
     pub log_level: &'static str,
+    /// More command-line arguments for Envoy.
+    pub extra_args: Vec<&'static str>,
 }
 
 impl Default for EnvoyOptions {
@@ -232,6 +234,7 @@ impl Default for EnvoyOptions {
             concurrency: 1,
             port: 0,
             log_level: "info",
+            extra_args: Vec::new(),
         }
     }
 }
@@ -354,6 +357,7 @@ fn spawn(bootstrap: &Value, options: &EnvoyOptions, dir: &TempDir) -> (Child, Pa
         .arg(&admin_file)
         .arg("--log-path")
         .arg(&log)
+        .args(&options.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
