@@ -119,6 +119,7 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
             Request::new(method, path).bearer(&k),
         )
     };
+    let anonymous = |path: &str| (format!("curl -i '{base}{path}'"), Request::get(path));
     let mut out = Vec::new();
     let mut add = |what, (curl, request): (String, Request), status| {
         out.push(Example {
@@ -167,17 +168,10 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
         bearer("POST", "/data/upload/batch-1", "upload"),
         200,
     );
-    add(
-        "public route, no key",
-        (format!("curl -i {base}/healthz"), Request::get("/healthz")),
-        200,
-    );
+    add("public route, no key", anonymous("/healthz"), 200);
     add(
         "no key on a protected route",
-        (
-            format!("curl -i {base}/data/query/studies"),
-            Request::get("/data/query/studies"),
-        ),
+        anonymous("/data/query/studies"),
         401,
     );
     add(

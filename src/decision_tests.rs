@@ -55,17 +55,6 @@ fn keys() -> Value {
     ])
 }
 
-/// The SPEC §3 example rules.
-fn spec_rules() -> Value {
-    json!([
-        {"path_prefix": "/healthz", "public": true},
-        {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
-        {"path_prefix": "/data/download", "scopes": ["download"]},
-        {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
-        {"path": "/admin/keys", "scopes": ["admin"]}
-    ])
-}
-
 fn all_sources() -> Value {
     json!([
         {"authorization": {"schemes": ["Bearer", "ApiKey", "Basic"], "basic_username": "apikey"}},
@@ -79,7 +68,7 @@ fn base_doc() -> Value {
     json!({
         "sources": all_sources(),
         "keys": keys(),
-        "rules": spec_rules(),
+        "rules": crate::rules::spec_example_rules(),
         "unmatched": "deny"
     })
 }

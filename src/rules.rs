@@ -247,6 +247,18 @@ fn check_rule_path(p: &str, at: &str, errors: &mut Vec<ConfigError>) -> Option<S
     }
 }
 
+/// The SPEC §3 example rules, the fixture of the rule and decision tests.
+#[cfg(test)]
+pub(crate) fn spec_example_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"path_prefix": "/healthz", "public": true},
+        {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
+        {"path_prefix": "/data/download", "scopes": ["download"]},
+        {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
+        {"path": "/admin/keys", "scopes": ["admin"]}
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,17 +271,7 @@ mod tests {
     }
 
     fn immport() -> RuleSet {
-        build(
-            json!([
-                {"path_prefix": "/healthz", "public": true},
-                {"path_prefix": "/data/query", "methods": ["GET", "HEAD"], "scopes": ["browse"]},
-                {"path_prefix": "/data/download", "scopes": ["download"]},
-                {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]},
-                {"path": "/admin/keys", "scopes": ["admin"]}
-            ]),
-            Unmatched::Deny,
-        )
-        .unwrap()
+        build(spec_example_rules(), Unmatched::Deny).unwrap()
     }
 
     fn which(set: &RuleSet, method: &str, path: &str) -> Option<usize> {

@@ -28,15 +28,9 @@ fn plugin_config(keys: Vec<Value>) -> Value {
 
 /// Replaces the listener file in one step, as Envoy's file watch expects.
 fn write_listener(file: &Path, plugin_config: &Value, port: u16) {
-    let doc = json!({"resources": [{
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "main"
-    }]});
-    let mut doc = doc;
-    let listener = support::listener(plugin_config, port);
-    for (k, v) in listener.as_object().unwrap() {
-        doc["resources"][0][k] = v.clone();
-    }
+    let mut listener = support::listener(plugin_config, port);
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let doc = json!({"resources": [listener]});
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     std::fs::rename(&tmp, file).unwrap();
