@@ -187,34 +187,14 @@ impl KeySet {
         index: &ScopeIndex,
         field: &str,
     ) -> Result<KeySet, Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        let mut ids: HashMap<HeaderText, usize> = HashMap::with_capacity(docs.len());
+        check_unique(&docs, field)?;
         let mut by_hash: DigestMap<KeyRecord> = DigestMap::default();
         by_hash.reserve(docs.len());
-        let mut hash_at: DigestMap<usize> = DigestMap::default();
-        hash_at.reserve(docs.len());
-        for (i, doc) in docs.into_iter().enumerate() {
-            if let Some(first) = ids.insert(doc.id.clone(), i) {
-                errors.push(ConfigError::new(
-                    format!("{field}[{i}].id"),
-                    format!("duplicate id {:?} (also {field}[{first}])", doc.id.as_str()),
-                ));
-            }
-            if let Some(first) = hash_at.insert(doc.hash, i) {
-                errors.push(ConfigError::new(
-                    format!("{field}[{i}].hash"),
-                    format!("duplicate hash (also {field}[{first}]): two records for one key"),
-                ));
-                continue;
-            }
+        for doc in docs {
             let (hash, record) = KeyRecord::from_doc(doc, index);
             by_hash.insert(hash, record);
         }
-        if errors.is_empty() {
-            Ok(KeySet { by_hash })
-        } else {
-            Err(errors)
-        }
+        Ok(KeySet { by_hash })
     }
 
     pub fn get(&self, hash: &KeyHash) -> Option<&KeyRecord> {
@@ -227,6 +207,69 @@ impl KeySet {
 
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
+    }
+}
+
+/// A key-set document (SPEC §2): `{"version": "<opaque>", "keys": [records...]}`, as served
+/// on `/v1/keyset` and kept in `keys.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetDoc {
+    #[serde(default)]
+    pub version: Option<String>,
+    pub keys: Vec<KeyRecordDoc>,
+}
+
+impl KeySetDoc {
+    /// Parses a document and checks that its records can form a set (no duplicate id or
+    /// hash). Errors name the field, as `keys[3].expires_at`.
+    pub fn parse(json: &[u8]) -> Result<KeySetDoc, Vec<ConfigError>> {
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let doc: KeySetDoc = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            vec![ConfigError::new(path, e.into_inner().to_string())]
+        })?;
+        deserializer.end().map_err(|e| {
+            vec![ConfigError::new(
+                "",
+                format!("unexpected text after the key-set document: {e}"),
+            )]
+        })?;
+        check_unique(&doc.keys, "keys")?;
+        Ok(doc)
+    }
+
+    /// The set the filter uses, scopes read against the configuration's index.
+    pub fn into_set(self, index: &ScopeIndex) -> Result<KeySet, Vec<ConfigError>> {
+        KeySet::build(self.keys, index, "keys")
+    }
+}
+
+/// Refuses duplicate ids and duplicate hashes, naming each repeat and its first place.
+pub fn check_unique(docs: &[KeyRecordDoc], field: &str) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(docs.len());
+    let mut hash_at: DigestMap<usize> = DigestMap::default();
+    hash_at.reserve(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        if let Some(first) = ids.insert(doc.id.as_str(), i) {
+            errors.push(ConfigError::new(
+                format!("{field}[{i}].id"),
+                format!("duplicate id {:?} (also {field}[{first}])", doc.id.as_str()),
+            ));
+        }
+        if let Some(first) = hash_at.insert(doc.hash, i) {
+            errors.push(ConfigError::new(
+                format!("{field}[{i}].hash"),
+                format!("duplicate hash (also {field}[{first}]): two records for one key"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
@@ -358,6 +401,45 @@ mod tests {
         assert_eq!(shown.len(), 2, "{shown:?}");
         assert!(shown[0].starts_with("keys[1].id: duplicate id \"a\" (also keys[0])"));
         assert!(shown[1].starts_with("keys[2].hash: duplicate hash (also keys[0])"));
+    }
+
+    #[test]
+    fn key_set_documents() {
+        let h = |k: &str| KeyHash::of_key(k).to_hex();
+        let text = json!({"version": "v7", "keys": [
+            {"id": "a", "hash": h("ka"), "owner": "alice", "scopes": ["browse"]},
+            {"id": "b", "hash": h("kb"), "owner": "bob"}
+        ]})
+        .to_string();
+        let doc = KeySetDoc::parse(text.as_bytes()).unwrap();
+        assert_eq!(doc.version.as_deref(), Some("v7"));
+        let set = doc.into_set(&ScopeIndex::default()).unwrap();
+        assert_eq!(
+            set.get(&KeyHash::of_key("ka")).unwrap().owner.as_str(),
+            "alice"
+        );
+
+        let shown = |text: &str| -> Vec<String> {
+            KeySetDoc::parse(text.as_bytes())
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let bad_expiry = json!({"keys": [
+            {"id": "a", "hash": h("ka"), "owner": "alice", "expires_at": "soon"}
+        ]})
+        .to_string();
+        assert!(shown(&bad_expiry)[0].starts_with("keys[0].expires_at: "));
+        let dup = json!({"keys": [
+            {"id": "a", "hash": h("ka"), "owner": "alice"},
+            {"id": "a", "hash": h("ka"), "owner": "alice"}
+        ]})
+        .to_string();
+        assert_eq!(shown(&dup).len(), 2);
+        assert!(shown("{\"keys\": []} x")[0].contains("unexpected text"));
+        assert!(shown("{\"version\": \"1\"}")[0].contains("missing field `keys`"));
+        assert!(shown("[]")[0].contains("expected struct"));
     }
 
     #[test]
