@@ -8,7 +8,7 @@ use crate::header::HeaderName;
 use crate::keyset::{KeyRecordDoc, KeySet};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
 use crate::scope::ScopeIndex;
-use serde::de::IgnoredAny;
+use crate::remote::{FetchConfig, FetchDoc, LookupConfig, LookupDoc};
 use serde::Deserialize;
 
 /// The names of the headers that carry the caller's identity upstream. They are removed
@@ -31,6 +31,10 @@ impl Forward {
 pub enum KeySource {
     /// `"keys"`: carried in the configuration itself.
     Inline(KeySet),
+    /// `"key_set"`: fetched from a key service and refreshed on a timer.
+    Fetched(FetchConfig),
+    /// `"lookup"`: each key asked of a key service, and cached.
+    Lookup(LookupConfig),
 }
 
 /// A configuration that has passed every check. Shared, read-only, by all requests.
@@ -62,9 +66,9 @@ struct ConfigDoc {
     #[serde(default)]
     keys: Option<Vec<KeyRecordDoc>>,
     #[serde(default)]
-    key_set: Option<IgnoredAny>,
+    key_set: Option<FetchDoc>,
     #[serde(default)]
-    lookup: Option<IgnoredAny>,
+    lookup: Option<LookupDoc>,
     #[serde(default)]
     rules: Vec<RuleDoc>,
     #[serde(default)]
@@ -155,26 +159,20 @@ impl Config {
             ("lookup", doc.lookup.is_some()),
         ];
         let named: Vec<&str> = chosen.iter().filter(|c| c.1).map(|c| c.0).collect();
-        let keys = match (named.len(), doc.keys) {
-            (0, _) => {
+        let keys = match (named.len(), doc.keys, doc.key_set, doc.lookup) {
+            (0, ..) => {
                 errors.push(ConfigError::new(
                     "",
                     "no key source: give \"keys\" (inline records), \"key_set\" or \"lookup\"",
                 ));
                 None
             }
-            (1, Some(records)) => KeySet::build(records, &scopes, "keys")
+            (1, Some(records), ..) => KeySet::build(records, &scopes, "keys")
                 .map_err(|mut e| errors.append(&mut e))
                 .ok()
                 .map(KeySource::Inline),
-            (1, None) => {
-                errors.push(ConfigError::new(
-                    named[0],
-                    "this key source is not supported by this version of keygate yet; \
-                     use \"keys\" (inline records)",
-                ));
-                None
-            }
+            (1, _, Some(fetch), _) => fetch.check(&mut errors).map(KeySource::Fetched),
+            (1, _, _, Some(lookup)) => lookup.check(&mut errors).map(KeySource::Lookup),
             _ => {
                 errors.push(ConfigError::new(
                     "",
@@ -199,10 +197,11 @@ impl Config {
         }
     }
 
-    /// How many key records are loaded.
+    /// How many key records the configuration itself carries (none, for a key service).
     pub fn keys_loaded(&self) -> usize {
         match &self.keys {
             KeySource::Inline(set) => set.len(),
+            KeySource::Fetched(_) | KeySource::Lookup(_) => 0,
         }
     }
 }
@@ -604,21 +603,22 @@ mod tests {
 
     #[test]
     fn exactly_one_key_source() {
-        let both = with(minimal(), "key_set", json!({"cluster": "keyservice"}));
+        let both = with(minimal(), "key_set", json!({"cluster": "keyservice", "path": "/v1/keyset"}));
         let e = parse(&both).unwrap_err();
         assert!(
             e[0].contains("exactly one key source, not keys and key_set"),
             "{e:?}"
         );
-        let fetched = json!({"key_set": {"cluster": "keyservice"}});
-        let e = parse(&fetched).unwrap_err();
-        assert!(
-            e[0].starts_with("key_set: this key source is not supported"),
-            "{e:?}"
-        );
-        let lookup = json!({"lookup": {"cluster": "keyservice"}});
-        let e = parse(&lookup).unwrap_err();
-        assert!(e[0].starts_with("lookup: "), "{e:?}");
+        let fetched = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset"}});
+        assert!(matches!(parse(&fetched).unwrap().keys, KeySource::Fetched(_)));
+        let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}"}});
+        assert!(matches!(parse(&lookup).unwrap().keys, KeySource::Lookup(_)));
+        let no_path = json!({"key_set": {"cluster": "keyservice"}});
+        let e = parse(&no_path).unwrap_err();
+        assert!(e[0].starts_with("key_set: missing field `path`"), "{e:?}");
+        let bad = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys"}});
+        let e = parse(&bad).unwrap_err();
+        assert!(e[0].starts_with("lookup.path: "), "{e:?}");
     }
 
     #[test]

@@ -142,13 +142,58 @@ impl Allowed<'_> {
 
 const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 
-/// Decides one request from its headers (pseudo-headers included, as Envoy lists them).
-/// `now` is read only if the key has an expiry.
+/// The first part of a decision: either the verdict itself, or the key to look up.
+#[derive(Debug)]
+pub enum Step<'c> {
+    Done(Verdict<'c>),
+    /// A key was presented: its record decides. The check owns what it needs, so a request
+    /// can wait for a key service with it.
+    Key(KeyCheck),
+}
+
+/// What a request asked, kept while its key's record is found: at once in an inline set,
+/// or after a call to the key service.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// `sha256` of the presented key (after `strip_prefixes`).
+    pub hash: KeyHash,
+    /// The matching rule, by position in the rule set.
+    rule: Option<usize>,
+    /// The method is not one a read-only key may use.
+    writes: bool,
+    hide_sources: u32,
+    spoofed: u8,
+    spoofed_lookalikes: Vec<String>,
+    new_path: Option<String>,
+}
+
+/// Decides one request from its headers (pseudo-headers included, as Envoy lists them),
+/// with an inline key set. `now` is read only if the key has an expiry.
 pub fn decide<'c>(
     config: &'c Config,
     headers: &[(String, Vec<u8>)],
     now: impl FnOnce() -> Timestamp,
 ) -> Verdict<'c> {
+    match begin(config, headers) {
+        Step::Done(verdict) => verdict,
+        Step::Key(check) => match &config.keys {
+            KeySource::Inline(set) => {
+                let record = set.get(&check.hash);
+                check.finish(config, record, now)
+            }
+            // No set to read here: the shell looks the key up and calls `finish` itself.
+            KeySource::Fetched(_) | KeySource::Lookup(_) => {
+                check.unavailable(config, UNAVAILABLE_RETRY_SECONDS)
+            }
+        },
+    }
+}
+
+/// `Retry-After` when keygate cannot check a key, in seconds.
+pub const UNAVAILABLE_RETRY_SECONDS: u32 = 5;
+
+/// Everything a request can be decided on without its key's record.
+pub fn begin<'c>(config: &'c Config, headers: &[(String, Vec<u8>)]) -> Step<'c> {
     let mut method: Option<&[u8]> = None;
     let mut target: Option<&[u8]> = None;
     let mut spoofed = 0u8;
@@ -169,49 +214,90 @@ pub fn decide<'c>(
             }
         }
     }
+    let deny = |denial| Step::Done(Verdict::Deny(denial));
     let Some(method) = method.and_then(|m| std::str::from_utf8(m).ok()) else {
-        return Verdict::Deny(Denial::BadRequest("request has no method"));
+        return deny(Denial::BadRequest("request has no method"));
     };
     let Some(target) = target else {
-        return Verdict::Deny(Denial::BadRequest(PathError::Missing.description()));
+        return deny(Denial::BadRequest(PathError::Missing.description()));
     };
     let Ok(target) = std::str::from_utf8(target) else {
-        return Verdict::Deny(Denial::BadRequest(PathError::ForbiddenByte.description()));
+        return deny(Denial::BadRequest(PathError::ForbiddenByte.description()));
     };
     let (raw_path, query) = path::split_query(target);
     let normalized = match path::normalize(raw_path) {
         Ok(p) => p,
-        Err(e) => return Verdict::Deny(Denial::BadRequest(e.description())),
+        Err(e) => return deny(Denial::BadRequest(e.description())),
     };
     let rule = config
         .rules
-        .find(method, &path::without_parameters(&normalized));
+        .position(method, &path::without_parameters(&normalized));
 
-    let (key, hide_sources) =
-        match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {
-            Presented::Malformed(why) => return Verdict::Deny(Denial::BadRequest(why)),
-            Presented::Nothing => match need(config, rule) {
-                Need::Nothing => (None, 0),
-                Need::Key { .. } => return Verdict::Deny(Denial::Missing),
-                Need::Closed => return Verdict::Deny(Denial::NoRule),
-            },
-            Presented::Key { key, sources } => {
-                let record = match authorize(config, rule, method, key.expose(), now) {
-                    Ok(record) => record,
-                    Err(denial) => return Verdict::Deny(denial),
-                };
-                let hide = if config.hide_credentials { sources } else { 0 };
-                (Some(record), hide)
-            }
-        };
+    match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {
+        Presented::Malformed(why) => deny(Denial::BadRequest(why)),
+        Presented::Nothing => match need(config, rule) {
+            Need::Nothing => Step::Done(Verdict::Allow(Allowed {
+                key: None,
+                hide_sources: 0,
+                spoofed,
+                spoofed_lookalikes,
+                new_path: forwarded_path(config, raw_path, normalized, query, 0),
+            })),
+            Need::Key { .. } => deny(Denial::Missing),
+            Need::Closed => deny(Denial::NoRule),
+        },
+        Presented::Key { key, sources } => {
+            let hide_sources = if config.hide_credentials { sources } else { 0 };
+            Step::Key(KeyCheck {
+                hash: KeyHash::of_key(key.expose()),
+                rule,
+                writes: !READ_ONLY_METHODS
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(method)),
+                hide_sources,
+                spoofed,
+                spoofed_lookalikes,
+                new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
+            })
+        }
+    }
+}
 
-    Verdict::Allow(Allowed {
-        key,
-        hide_sources,
-        spoofed,
-        spoofed_lookalikes,
-        new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
-    })
+impl KeyCheck {
+    /// Decides with the key's record, `None` when the key set does not hold the key.
+    pub fn finish<'k>(
+        self,
+        config: &'k Config,
+        record: Option<&'k KeyRecord>,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Verdict<'k> {
+        match authorize(config, self.rule, self.writes, record, now) {
+            Ok(record) => Verdict::Allow(self.allow(Some(record))),
+            Err(denial) => Verdict::Deny(denial),
+        }
+    }
+
+    /// Decides when the key cannot be checked (no key set loaded yet, key service down):
+    /// a protected route answers 503; a public route passes, without an identity.
+    pub fn unavailable(self, config: &Config, retry_after_seconds: u32) -> Verdict<'_> {
+        match need(config, self.rule) {
+            Need::Nothing => Verdict::Allow(self.allow(None)),
+            Need::Closed => Verdict::Deny(Denial::NoRule),
+            Need::Key { .. } => Verdict::Deny(Denial::Unavailable {
+                retry_after_seconds,
+            }),
+        }
+    }
+
+    fn allow(self, key: Option<&KeyRecord>) -> Allowed<'_> {
+        Allowed {
+            key,
+            hide_sources: self.hide_sources,
+            spoofed: self.spoofed,
+            spoofed_lookalikes: self.spoofed_lookalikes,
+            new_path: self.new_path,
+        }
+    }
 }
 
 /// Whether header `name` reads as `forward` where `_` and `-` are one (CGI's `HTTP_X_API_KEY_ID`).
@@ -235,8 +321,11 @@ enum Need<'c> {
     Key { mask: ScopeMask, needed: &'c str },
 }
 
-fn need<'c>(config: &'c Config, rule: Option<&'c Rule>) -> Need<'c> {
-    match rule.map(|r| &r.access) {
+fn need(config: &Config, rule: Option<usize>) -> Need<'_> {
+    match rule
+        .and_then(|i| config.rules.rules.get(i))
+        .map(|r: &Rule| &r.access)
+    {
         Some(Access::Public) => Need::Nothing,
         Some(Access::Scopes { mask, needed }) => Need::Key {
             mask: *mask,
@@ -252,17 +341,13 @@ fn need<'c>(config: &'c Config, rule: Option<&'c Rule>) -> Need<'c> {
     }
 }
 
-fn authorize<'c>(
-    config: &'c Config,
-    rule: Option<&'c Rule>,
-    method: &str,
-    key: &str,
+fn authorize<'k>(
+    config: &'k Config,
+    rule: Option<usize>,
+    writes: bool,
+    record: Option<&'k KeyRecord>,
     now: impl FnOnce() -> Timestamp,
-) -> Result<&'c KeyRecord, Denial<'c>> {
-    let hash = KeyHash::of_key(key);
-    let record = match &config.keys {
-        KeySource::Inline(set) => set.get(&hash),
-    };
+) -> Result<&'k KeyRecord, Denial<'k>> {
     let Some(record) = record else {
         return Err(Denial::UnknownKey);
     };
@@ -271,11 +356,7 @@ fn authorize<'c>(
         KeyState::Disabled => return Err(Denial::Disabled(record)),
         KeyState::Expired => return Err(Denial::Expired(record)),
     }
-    if record.read_only
-        && !READ_ONLY_METHODS
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(method))
-    {
+    if record.read_only && writes {
         return Err(Denial::ReadOnly(record));
     }
     match need(config, rule) {

@@ -992,10 +992,7 @@ fn rule_with_several_scopes_needs_every_one() {
         Denial::MissingScope {
             key: allowed(run(&c, &ok)).key.map(|_| ()).map_or_else(
                 || unreachable!(),
-                |()| match &c.keys {
-                    crate::config::KeySource::Inline(set) =>
-                        set.get(&KeyHash::of_key(UPLOADER)).unwrap(),
-                }
+                |()| inline_record(&c, UPLOADER)
             ),
             needed: "browse download",
         }
@@ -1886,8 +1883,13 @@ fn pseudo_headers_are_never_treated_as_identity_or_credentials() {
 // ---------------------------------------------------------------------------------------
 
 fn a_record(c: &Config) -> &KeyRecord {
+    inline_record(c, ALICE)
+}
+
+fn inline_record<'c>(c: &'c Config, key: &str) -> &'c KeyRecord {
     match &c.keys {
-        crate::config::KeySource::Inline(set) => set.get(&KeyHash::of_key(ALICE)).unwrap(),
+        crate::config::KeySource::Inline(set) => set.get(&KeyHash::of_key(key)).unwrap(),
+        _ => panic!("the test configurations carry their keys inline"),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod header;
 pub mod keyset;
 pub mod path;
 pub mod query;
+pub mod remote;
 pub mod response;
 pub mod rules;
 pub mod scope;

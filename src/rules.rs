@@ -118,6 +118,11 @@ impl RuleSet {
     pub fn find(&self, method: &str, path: &str) -> Option<&Rule> {
         self.rules.iter().find(|rule| rule.matches(method, path))
     }
+
+    /// The position of the first rule that matches, to name it without borrowing it.
+    pub fn position(&self, method: &str, path: &str) -> Option<usize> {
+        self.rules.iter().position(|rule| rule.matches(method, path))
+    }
 }
 
 fn compile(doc: RuleDoc, index: &mut ScopeIndex, at: &str) -> Result<Rule, Vec<ConfigError>> {
