@@ -38,6 +38,14 @@ impl KeyHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        KeyHash(bytes)
+    }
+
+    pub const fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for KeyHash {
@@ -171,7 +179,7 @@ impl KeyRecord {
     }
 }
 
-type DigestMap<V> = HashMap<KeyHash, V, BuildHasherDefault<DigestHasher>>;
+pub(crate) type DigestMap<V> = HashMap<KeyHash, V, BuildHasherDefault<DigestHasher>>;
 
 /// Records indexed by key hash: lookup costs the same for ten keys or a million.
 #[derive(Clone, Debug, Default)]

@@ -17,12 +17,15 @@ pub mod decision;
 pub mod error;
 pub mod header;
 pub mod keyset;
+pub mod lookup_cache;
 pub mod path;
 pub mod query;
+pub mod record_codec;
 pub mod remote;
 pub mod response;
 pub mod rules;
 pub mod scope;
+pub mod shared_set;
 pub mod stats;
 pub mod timestamp;
 

@@ -1,0 +1,257 @@
+//! `lookup` mode's memory (SPEC §2): answers of the key service, kept for their lifetime,
+//! and the requests waiting on a call already made for the same key. Per VM; the shell
+//! makes the calls and wakes the waiters.
+
+use crate::keyset::{DigestMap, KeyHash, KeyRecord, KeyRecordDoc};
+use crate::scope::ScopeIndex;
+use std::rc::Rc;
+
+/// What the key service said about a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Found(Rc<KeyRecord>),
+    /// 404: the key service does not hold this key.
+    Unknown,
+}
+
+/// What a request should do about its key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Decide now with this answer.
+    Hit(Answer),
+    /// A call for this key is on its way; wait for it.
+    Wait,
+    /// Make the call; later requests for the key wait for it.
+    Ask,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Known { answer: Answer, until_ms: u64 },
+    Pending { since_ms: u64, waiters: Vec<u32> },
+}
+
+#[derive(Debug)]
+pub struct LookupCache {
+    entries: DigestMap<Entry>,
+    found_ms: u64,
+    unknown_ms: u64,
+    capacity: usize,
+}
+
+/// Answers one VM keeps at most; past that, answers are used once and not kept.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+impl LookupCache {
+    pub fn new(cache_seconds: u32, negative_cache_seconds: u32, capacity: usize) -> Self {
+        LookupCache {
+            entries: DigestMap::default(),
+            found_ms: u64::from(cache_seconds) * 1000,
+            unknown_ms: u64::from(negative_cache_seconds) * 1000,
+            capacity,
+        }
+    }
+
+    /// Looks `hash` up for request `context_id`. `Wait` and `Ask` register the request as
+    /// waiting: it is in the list [`LookupCache::resolve`] returns.
+    pub fn probe(&mut self, hash: &KeyHash, context_id: u32, now_ms: u64) -> Probe {
+        match self.entries.get_mut(hash) {
+            Some(Entry::Known { answer, until_ms }) if now_ms < *until_ms => {
+                return Probe::Hit(answer.clone());
+            }
+            Some(Entry::Pending { waiters, .. }) => {
+                waiters.push(context_id);
+                return Probe::Wait;
+            }
+            _ => {}
+        }
+        self.entries.insert(
+            *hash,
+            Entry::Pending {
+                since_ms: now_ms,
+                waiters: vec![context_id],
+            },
+        );
+        Probe::Ask
+    }
+
+    /// Records the key service's answer (`None`: no answer, the service failed) and
+    /// returns the requests that were waiting for it.
+    pub fn resolve(&mut self, hash: &KeyHash, answer: Option<Answer>, now_ms: u64) -> Vec<u32> {
+        let waiters = match self.entries.remove(hash) {
+            Some(Entry::Pending { waiters, .. }) => waiters,
+            _ => Vec::new(),
+        };
+        let lifetime = match &answer {
+            Some(Answer::Found(_)) => self.found_ms,
+            Some(Answer::Unknown) => self.unknown_ms,
+            None => 0,
+        };
+        if let (Some(answer), true) = (answer, lifetime > 0) {
+            if self.entries.len() >= self.capacity {
+                self.entries.retain(|_, e| match e {
+                    Entry::Known { until_ms, .. } => now_ms < *until_ms,
+                    Entry::Pending { .. } => true,
+                });
+            }
+            if self.entries.len() < self.capacity {
+                self.entries.insert(
+                    *hash,
+                    Entry::Known {
+                        answer,
+                        until_ms: now_ms.saturating_add(lifetime),
+                    },
+                );
+            }
+        }
+        waiters
+    }
+
+    /// A waiting request went away (the client left).
+    pub fn leave(&mut self, hash: &KeyHash, context_id: u32) {
+        if let Some(Entry::Pending { waiters, .. }) = self.entries.get_mut(hash) {
+            waiters.retain(|&id| id != context_id);
+        }
+    }
+
+    /// Keys whose call has been on its way since before `cutoff_ms`: its answer will not
+    /// come (the request that made it is gone, and its call with it).
+    pub fn overdue(&self, cutoff_ms: u64) -> Vec<KeyHash> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Pending { since_ms, .. } if *since_ms < cutoff_ms))
+            .map(|(hash, _)| *hash)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Reads the key service's answer for `hash`: 200 with the record, 404 for a key it does
+/// not hold. Anything else, or a record for another key, is a failure (`Err`, the reason).
+pub fn read_answer(
+    status: Option<&str>,
+    body: &[u8],
+    hash: &KeyHash,
+    index: &ScopeIndex,
+) -> Result<Answer, String> {
+    match status {
+        Some("200") => {
+            let doc: KeyRecordDoc = serde_json::from_slice(body)
+                .map_err(|e| format!("invalid key record: {e}"))?;
+            if doc.hash != *hash {
+                return Err("the key service answered with another key's record".into());
+            }
+            Ok(Answer::Found(Rc::new(KeyRecord::from_doc(doc, index).1)))
+        }
+        Some("404") => Ok(Answer::Unknown),
+        Some(other) => Err(format!("key service answered {other}")),
+        None => Err("no answer from the key service (timeout or connection failure)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(id: &str) -> Answer {
+        let doc: KeyRecordDoc = serde_json::from_value(
+            json!({"id": id, "hash": KeyHash::of_key(id).to_hex(), "owner": "o"}),
+        )
+        .unwrap();
+        Answer::Found(Rc::new(KeyRecord::from_doc(doc, &ScopeIndex::default()).1))
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_key_share_one_call() {
+        let mut cache = LookupCache::new(60, 10, 100);
+        let h = KeyHash::of_key("k");
+        assert_eq!(cache.probe(&h, 1, 0), Probe::Ask);
+        assert_eq!(cache.probe(&h, 2, 5), Probe::Wait);
+        assert_eq!(cache.probe(&h, 3, 6), Probe::Wait);
+        cache.leave(&h, 2);
+        assert_eq!(cache.resolve(&h, Some(record("k")), 10), vec![1, 3]);
+        assert_eq!(cache.probe(&h, 4, 11), Probe::Hit(record("k")));
+        // Another key is another call.
+        assert_eq!(cache.probe(&KeyHash::of_key("j"), 5, 11), Probe::Ask);
+    }
+
+    #[test]
+    fn answers_live_for_their_lifetime() {
+        let mut cache = LookupCache::new(60, 10, 100);
+        let (found, unknown) = (KeyHash::of_key("f"), KeyHash::of_key("u"));
+        cache.probe(&found, 1, 0);
+        cache.resolve(&found, Some(record("f")), 0);
+        cache.probe(&unknown, 2, 0);
+        cache.resolve(&unknown, Some(Answer::Unknown), 0);
+        assert_eq!(cache.probe(&unknown, 3, 9_999), Probe::Hit(Answer::Unknown));
+        assert_eq!(cache.probe(&unknown, 3, 10_000), Probe::Ask);
+        assert_eq!(cache.probe(&found, 4, 59_999), Probe::Hit(record("f")));
+        assert_eq!(cache.probe(&found, 4, 60_000), Probe::Ask);
+    }
+
+    #[test]
+    fn failures_and_zero_lifetimes_are_not_kept() {
+        let mut cache = LookupCache::new(0, 10, 100);
+        let h = KeyHash::of_key("k");
+        cache.probe(&h, 1, 0);
+        assert_eq!(cache.resolve(&h, None, 0), vec![1]);
+        assert_eq!(cache.probe(&h, 2, 1), Probe::Ask, "a failure is not cached");
+        cache.resolve(&h, Some(record("k")), 1);
+        assert_eq!(cache.probe(&h, 3, 2), Probe::Ask, "cache_seconds 0");
+        assert_eq!(cache.resolve(&KeyHash::of_key("nobody"), None, 3), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn capacity_is_a_bound() {
+        let mut cache = LookupCache::new(60, 60, 3);
+        for i in 0..10 {
+            let h = KeyHash::of_key(&i.to_string());
+            cache.probe(&h, i, 0);
+            cache.resolve(&h, Some(Answer::Unknown), 0);
+        }
+        assert_eq!(cache.len(), 3);
+        // Once those expire, room is made for new answers.
+        let h = KeyHash::of_key("late");
+        cache.probe(&h, 1, 61_000);
+        cache.resolve(&h, Some(Answer::Unknown), 61_000);
+        assert_eq!(cache.probe(&h, 2, 61_001), Probe::Hit(Answer::Unknown));
+    }
+
+    #[test]
+    fn reads_the_key_services_answers() {
+        let h = KeyHash::of_key("k");
+        let body = json!({"id": "k1", "hash": h.to_hex(), "owner": "alice"}).to_string();
+        let index = ScopeIndex::default();
+        match read_answer(Some("200"), body.as_bytes(), &h, &index).unwrap() {
+            Answer::Found(r) => assert_eq!(r.owner.as_str(), "alice"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_answer(Some("404"), b"", &h, &index), Ok(Answer::Unknown));
+        let other = read_answer(Some("200"), body.as_bytes(), &KeyHash::of_key("j"), &index);
+        assert!(other.unwrap_err().contains("another key"));
+        assert!(read_answer(Some("200"), b"{", &h, &index).unwrap_err().contains("invalid"));
+        assert_eq!(
+            read_answer(Some("500"), b"", &h, &index).unwrap_err(),
+            "key service answered 500"
+        );
+        assert!(read_answer(None, b"", &h, &index).unwrap_err().contains("timeout"));
+    }
+
+    #[test]
+    fn overdue_calls_are_found() {
+        let mut cache = LookupCache::new(60, 10, 100);
+        let (old, new) = (KeyHash::of_key("old"), KeyHash::of_key("new"));
+        cache.probe(&old, 1, 1_000);
+        cache.probe(&new, 2, 5_000);
+        assert_eq!(cache.overdue(2_000), vec![old]);
+        assert!(cache.overdue(500).is_empty());
+    }
+}
