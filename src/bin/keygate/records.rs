@@ -1,0 +1,174 @@
+//! Key records as the CLI writes, reads and edits them (SPEC §2).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// A record as `keygate new` writes it, fields in the SPEC's order. `expires_at` is written
+/// as `null` for a key that never expires, so the record says so rather than leaving it to
+/// a default.
+#[derive(Serialize)]
+pub struct NewRecord<'a> {
+    pub id: &'a str,
+    pub hash: &'a str,
+    pub owner: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub created_at: &'a str,
+    pub expires_at: Option<&'a str>,
+    pub status: &'static str,
+    pub read_only: bool,
+}
+
+impl NewRecord<'_> {
+    pub fn to_raw(&self) -> Result<Box<RawValue>> {
+        serde_json::value::to_raw_value(self).map_err(|e| Error::new(e.to_string()))
+    }
+}
+
+/// The fields `list` shows, read leniently (the file has been checked already). Times are
+/// kept as written.
+#[derive(Deserialize)]
+pub struct RecordView {
+    pub id: String,
+    pub owner: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl RecordView {
+    pub fn of(raw: &RawValue) -> Result<RecordView> {
+        serde_json::from_str(raw.get()).map_err(|e| Error::new(format!("unreadable record: {e}")))
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.status.as_deref() == Some("disabled")
+    }
+}
+
+/// A record as fields in the SPEC's order, for an edit that must leave the other fields
+/// as they are: an absent field stays absent, a `null` stays `null`.
+#[derive(Serialize, Deserialize)]
+struct RecordFields {
+    id: Value,
+    hash: Value,
+    owner: Value,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    label: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    scopes: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    created_at: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    expires_at: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    status: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    read_only: Option<Value>,
+    /// Whatever a later format adds: kept, not dropped.
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// `Some` for a field that is there, even as `null` (serde's `Option` would read `null` as
+/// absent).
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The record with `status` set.
+pub fn with_status(raw: &RawValue, status: &str) -> Result<Box<RawValue>> {
+    let mut fields: RecordFields = serde_json::from_str(raw.get())
+        .map_err(|e| Error::new(format!("unreadable record: {e}")))?;
+    fields.status = Some(Value::String(status.to_string()));
+    serde_json::value::to_raw_value(&fields).map_err(|e| Error::new(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_edit_keeps_every_other_field_and_the_order() {
+        let raw = RawValue::from_string(
+            r#"{"id":"k1","hash":"h","owner":"alice","label":"ci","scopes":["a","b"],"created_at":"2026-11-01T10:00:00Z","expires_at":"2027-05-21T20:55:24.654328038+02:00","read_only":true}"#
+                .to_string(),
+        )
+        .unwrap();
+        let disabled = with_status(&raw, "disabled").unwrap();
+        assert_eq!(
+            disabled.get(),
+            r#"{"id":"k1","hash":"h","owner":"alice","label":"ci","scopes":["a","b"],"created_at":"2026-11-01T10:00:00Z","expires_at":"2027-05-21T20:55:24.654328038+02:00","status":"disabled","read_only":true}"#
+        );
+        let enabled = with_status(&disabled, "enabled").unwrap();
+        let never = RawValue::from_string(
+            r#"{"id":"k2","owner":"o","hash":"h","expires_at":null,"label":null}"#.to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            with_status(&never, "disabled").unwrap().get(),
+            r#"{"id":"k2","hash":"h","owner":"o","label":null,"expires_at":null,"status":"disabled"}"#
+        );
+        assert!(enabled.get().contains(r#""status":"enabled""#));
+        let view = RecordView::of(&disabled).unwrap();
+        assert!(view.is_disabled() && view.read_only);
+    }
+
+    #[test]
+    fn new_records_say_never_explicitly() {
+        let scopes = vec!["browse".to_string()];
+        let record = NewRecord {
+            id: "i",
+            hash: "h",
+            owner: "o",
+            label: None,
+            scopes: &scopes,
+            created_at: "2026-11-01T10:00:00Z",
+            expires_at: None,
+            status: "enabled",
+            read_only: false,
+        };
+        assert_eq!(
+            record.to_raw().unwrap().get(),
+            r#"{"id":"i","hash":"h","owner":"o","scopes":["browse"],"created_at":"2026-11-01T10:00:00Z","expires_at":null,"status":"enabled","read_only":false}"#
+        );
+    }
+}
