@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, value_name = "SCOPES")]
         scopes: Vec<String>,
         /// never, or a lifetime: 7d, 30d, 90d, 365d, 45m, 12h, 2w, 1y (365 days)
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
         expires_in: String,
         /// The key may only use GET, HEAD and OPTIONS
         #[arg(long)]
