@@ -679,6 +679,34 @@ fn check_accepts_a_config_made_from_the_key_file() {
     );
 }
 
+/// Configs that take their keys from `keygate serve` are checked the same way.
+#[test]
+fn check_accepts_key_service_configs() {
+    let dir = Scratch::new("check-remote");
+    let rules = json!([{"path_prefix": "/data", "scopes": ["browse"]}]);
+    let key_set = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset",
+        "authority": "keyservice", "refresh_seconds": 30, "timeout_ms": 2000}, "rules": rules});
+    let path = write_config(&dir, "key_set.json", &key_set);
+    let run = keygate(&["check", p(&path)]).ok();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "{}: ok: key set fetched over HTTP (key_set), 1 rule\n",
+            path.display()
+        )
+    );
+    let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}",
+        "authority": "keyservice", "cache_seconds": 60, "negative_cache_seconds": 10,
+        "timeout_ms": 1000}, "rules": rules});
+    let path = write_config(&dir, "lookup.json", &lookup);
+    let run = keygate(&["check", p(&path)]).ok();
+    assert!(
+        run.stdout
+            .ends_with(": ok: keys looked up one by one (lookup), 1 rule\n"),
+        "{run:?}"
+    );
+}
+
 #[test]
 fn check_names_every_problem_by_field() {
     let dir = Scratch::new("check-bad");

@@ -1,7 +1,7 @@
 //! `keygate check CONFIG`: a plugin configuration, read by the filter's own parser.
 
 use crate::error::{Error, Result};
-use keygate::config::Config;
+use keygate::config::{Config, KeySource};
 use std::path::Path;
 
 /// On success one line; otherwise every problem on stdout as `CONFIG: field: message`
@@ -10,11 +10,15 @@ pub fn run(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
     match Config::parse(&bytes) {
         Ok(config) => {
+            let keys = match &config.keys {
+                KeySource::Inline(set) => count(set.len(), "key"),
+                KeySource::Fetched(_) => "key set fetched over HTTP (key_set)".to_string(),
+                KeySource::Lookup(_) => "keys looked up one by one (lookup)".to_string(),
+            };
             println!(
-                "{}: ok: {} keys, {} rules",
+                "{}: ok: {keys}, {}",
                 path.display(),
-                config.keys_loaded(),
-                config.rules.rules.len()
+                count(config.rules.rules.len(), "rule")
             );
             Ok(())
         }
@@ -22,14 +26,17 @@ pub fn run(path: &Path) -> Result<()> {
             for problem in &problems {
                 println!("{}: {problem}", path.display());
             }
-            let count = problems.len();
             Err(Error::at(
                 path,
                 format!(
-                    "{count} problem{}: the filter would refuse this configuration",
-                    if count == 1 { "" } else { "s" }
+                    "{}: the filter would refuse this configuration",
+                    count(problems.len(), "problem")
                 ),
             ))
         }
     }
+}
+
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
