@@ -633,6 +633,16 @@ fn hash_reads_a_key_on_stdin() {
         assert_eq!(run.stdout, "", "{bad:?}");
     }
     assert!(hash(b"", &[]).failed().stderr.contains("no key on stdin"));
+    let huge = "k".repeat(64 * 1024 + 1);
+    assert!(hash(huge.as_bytes(), &[])
+        .failed()
+        .stderr
+        .contains("give one key"));
+    let largest = "k".repeat(64 * 1024);
+    assert_eq!(
+        hash(largest.as_bytes(), &[]).ok().stdout,
+        format!("{}\n", KeyHash::of_key(&largest).to_hex())
+    );
     assert_eq!(hash(b"abc", &["--no-strip", "--strip-prefix", "x"]).code, 2);
 }
 

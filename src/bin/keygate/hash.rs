@@ -8,6 +8,9 @@ use keygate::config::DEFAULT_STRIP_PREFIX;
 use keygate::keyset::KeyHash;
 use std::io::Read;
 
+/// Far more than any key; Envoy refuses longer headers anyway.
+const MAX_INPUT: u64 = 64 * 1024;
+
 /// The key as read: only the line ending is removed, so a key with stray spaces is refused
 /// rather than quietly changed.
 pub fn key_from_input(input: &[u8]) -> Result<&str> {
@@ -57,9 +60,15 @@ pub fn run(strip_prefixes: Vec<String>, no_strip: bool) -> Result<()> {
     }
     let mut input = Vec::new();
     std::io::stdin()
-        .take(64 * 1024)
+        .take(MAX_INPUT + 1)
         .read_to_end(&mut input)
         .map_err(|e| Error::new(format!("cannot read stdin: {e}")))?;
+    // Hashing the first part of something longer would give a hash that matches nothing.
+    if input.len() as u64 > MAX_INPUT {
+        return Err(Error::new(format!(
+            "more than {MAX_INPUT} bytes on stdin: give one key"
+        )));
+    }
     println!("{}", hash_key(key_from_input(&input)?, &prefixes)?);
     Ok(())
 }
