@@ -6,9 +6,9 @@ use crate::credential::{Scheme, Source};
 use crate::error::ConfigError;
 use crate::header::HeaderName;
 use crate::keyset::{KeyRecordDoc, KeySet};
+use crate::remote::{FetchConfig, FetchDoc, LookupConfig, LookupDoc};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
 use crate::scope::ScopeIndex;
-use crate::remote::{FetchConfig, FetchDoc, LookupConfig, LookupDoc};
 use serde::Deserialize;
 
 /// The names of the headers that carry the caller's identity upstream. They are removed
@@ -603,14 +603,21 @@ mod tests {
 
     #[test]
     fn exactly_one_key_source() {
-        let both = with(minimal(), "key_set", json!({"cluster": "keyservice", "path": "/v1/keyset"}));
+        let both = with(
+            minimal(),
+            "key_set",
+            json!({"cluster": "keyservice", "path": "/v1/keyset"}),
+        );
         let e = parse(&both).unwrap_err();
         assert!(
             e[0].contains("exactly one key source, not keys and key_set"),
             "{e:?}"
         );
         let fetched = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset"}});
-        assert!(matches!(parse(&fetched).unwrap().keys, KeySource::Fetched(_)));
+        assert!(matches!(
+            parse(&fetched).unwrap().keys,
+            KeySource::Fetched(_)
+        ));
         let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}"}});
         assert!(matches!(parse(&lookup).unwrap().keys, KeySource::Lookup(_)));
         let no_path = json!({"key_set": {"cluster": "keyservice"}});

@@ -990,10 +990,10 @@ fn rule_with_several_scopes_needs_every_one() {
     assert_eq!(
         denied(run(&c, &partial)),
         Denial::MissingScope {
-            key: allowed(run(&c, &ok)).key.map(|_| ()).map_or_else(
-                || unreachable!(),
-                |()| inline_record(&c, UPLOADER)
-            ),
+            key: allowed(run(&c, &ok))
+                .key
+                .map(|_| ())
+                .map_or_else(|| unreachable!(), |()| inline_record(&c, UPLOADER)),
             needed: "browse download",
         }
     );

@@ -143,8 +143,8 @@ pub fn read_answer(
 ) -> Result<Answer, String> {
     match status {
         Some("200") => {
-            let doc: KeyRecordDoc = serde_json::from_slice(body)
-                .map_err(|e| format!("invalid key record: {e}"))?;
+            let doc: KeyRecordDoc =
+                serde_json::from_slice(body).map_err(|e| format!("invalid key record: {e}"))?;
             if doc.hash != *hash {
                 return Err("the key service answered with another key's record".into());
             }
@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(cache.probe(&h, 2, 1), Probe::Ask, "a failure is not cached");
         cache.resolve(&h, Some(record("k")), 1);
         assert_eq!(cache.probe(&h, 3, 2), Probe::Ask, "cache_seconds 0");
-        assert_eq!(cache.resolve(&KeyHash::of_key("nobody"), None, 3), Vec::<u32>::new());
+        assert_eq!(
+            cache.resolve(&KeyHash::of_key("nobody"), None, 3),
+            Vec::<u32>::new()
+        );
     }
 
     #[test]
@@ -234,15 +237,22 @@ mod tests {
             Answer::Found(r) => assert_eq!(r.owner.as_str(), "alice"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(read_answer(Some("404"), b"", &h, &index), Ok(Answer::Unknown));
+        assert_eq!(
+            read_answer(Some("404"), b"", &h, &index),
+            Ok(Answer::Unknown)
+        );
         let other = read_answer(Some("200"), body.as_bytes(), &KeyHash::of_key("j"), &index);
         assert!(other.unwrap_err().contains("another key"));
-        assert!(read_answer(Some("200"), b"{", &h, &index).unwrap_err().contains("invalid"));
+        assert!(read_answer(Some("200"), b"{", &h, &index)
+            .unwrap_err()
+            .contains("invalid"));
         assert_eq!(
             read_answer(Some("500"), b"", &h, &index).unwrap_err(),
             "key service answered 500"
         );
-        assert!(read_answer(None, b"", &h, &index).unwrap_err().contains("timeout"));
+        assert!(read_answer(None, b"", &h, &index)
+            .unwrap_err()
+            .contains("timeout"));
     }
 
     #[test]

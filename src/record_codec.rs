@@ -16,8 +16,9 @@ const EXPIRES: u8 = 4;
 /// u32 LE length and its bytes; scopes space-separated.
 pub fn encode(doc: &KeyRecordDoc) -> Vec<u8> {
     let scopes_len: usize = doc.scopes.iter().map(|s| s.as_str().len() + 1).sum();
-    let mut out =
-        Vec::with_capacity(2 + 16 + 12 + doc.id.as_str().len() + doc.owner.as_str().len() + scopes_len);
+    let mut out = Vec::with_capacity(
+        2 + 16 + 12 + doc.id.as_str().len() + doc.owner.as_str().len() + scopes_len,
+    );
     let mut flags = 0;
     if doc.status == KeyStatus::Disabled {
         flags |= DISABLED;
@@ -153,15 +154,20 @@ mod tests {
 
         let plain = doc(json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o"}));
         let got = decode(&encode(&plain), &index).unwrap();
-        assert_eq!((got.expires_at, got.status, got.read_only), (None, KeyStatus::Enabled, false));
+        assert_eq!(
+            (got.expires_at, got.status, got.read_only),
+            (None, KeyStatus::Enabled, false)
+        );
         assert!(got.scopes.is_empty());
     }
 
     #[test]
     fn anything_malformed_is_no_record() {
         let index = index(&[]);
-        let d = doc(json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o",
-            "scopes": ["x"], "expires_at": "2027-01-01T00:00:00Z"}));
+        let d = doc(
+            json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o",
+            "scopes": ["x"], "expires_at": "2027-01-01T00:00:00Z"}),
+        );
         let good = encode(&d);
         for cut in 0..good.len() {
             assert!(decode(&good[..cut], &index).is_none(), "cut at {cut}");

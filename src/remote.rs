@@ -37,8 +37,7 @@ pub struct LookupConfig {
 impl LookupConfig {
     /// The path to ask for one key: the hash, never the key, leaves the proxy.
     pub fn path_for(&self, hash: &KeyHash) -> String {
-        let mut path =
-            String::with_capacity(self.path_before.len() + 64 + self.path_after.len());
+        let mut path = String::with_capacity(self.path_before.len() + 64 + self.path_after.len());
         path.push_str(&self.path_before);
         path.push_str(&hash.to_hex());
         path.push_str(&self.path_after);
@@ -93,7 +92,13 @@ impl FetchDoc {
         );
         check_path("key_set.path", &self.path, errors);
         let refresh_seconds = self.refresh_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS);
-        check_range("key_set.refresh_seconds", refresh_seconds, 1, 86_400, errors);
+        check_range(
+            "key_set.refresh_seconds",
+            refresh_seconds,
+            1,
+            86_400,
+            errors,
+        );
         (errors.len() == before).then(|| FetchConfig {
             endpoint,
             path: self.path.into(),
@@ -117,7 +122,10 @@ impl LookupDoc {
         if self.path.matches(HASH_PLACEHOLDER).count() != 1 {
             errors.push(ConfigError::new(
                 "lookup.path",
-                format!("{:?} must contain {HASH_PLACEHOLDER} exactly once", self.path),
+                format!(
+                    "{:?} must contain {HASH_PLACEHOLDER} exactly once",
+                    self.path
+                ),
             ));
         }
         let cache_seconds = self.cache_seconds.unwrap_or(DEFAULT_CACHE_SECONDS);
@@ -156,7 +164,9 @@ fn check_endpoint(
     if !plain(&cluster) {
         errors.push(ConfigError::new(
             format!("{field}.cluster"),
-            format!("{cluster:?} must be a non-empty Envoy cluster name (printable ASCII, no spaces)"),
+            format!(
+                "{cluster:?} must be a non-empty Envoy cluster name (printable ASCII, no spaces)"
+            ),
         ));
     }
     let authority = authority.unwrap_or_else(|| cluster.clone());
@@ -170,7 +180,13 @@ fn check_endpoint(
             format!("{authority:?} must be a host name, optionally with :port"),
         ));
     }
-    check_range(&format!("{field}.timeout_ms"), timeout_ms, 1, 60_000, errors);
+    check_range(
+        &format!("{field}.timeout_ms"),
+        timeout_ms,
+        1,
+        60_000,
+        errors,
+    );
     Endpoint {
         cluster: cluster.into(),
         authority: authority.into(),
@@ -237,7 +253,10 @@ mod tests {
         let errors = fetch(json!({"cluster": "key service", "path": "v1/keyset",
             "authority": "a b", "refresh_seconds": 0, "timeout_ms": 0}))
         .unwrap_err();
-        let fields: Vec<&str> = errors.iter().map(|e| e.split(':').next().unwrap()).collect();
+        let fields: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap())
+            .collect();
         assert_eq!(
             fields,
             [
@@ -249,13 +268,15 @@ mod tests {
             ]
         );
         let unknown = fetch(json!({"cluster": "k", "path": "/", "refresh": 3})).unwrap_err();
-        assert!(unknown[0].contains("unknown field `refresh`"), "{unknown:?}");
+        assert!(
+            unknown[0].contains("unknown field `refresh`"),
+            "{unknown:?}"
+        );
     }
 
     #[test]
     fn lookup_path_holds_the_hash_once() {
-        let c = lookup(json!({"cluster": "keyservice", "path": "/v1/keys/{hash}?full=1"}))
-            .unwrap();
+        let c = lookup(json!({"cluster": "keyservice", "path": "/v1/keys/{hash}?full=1"})).unwrap();
         let hash = KeyHash::of_key("abc");
         assert_eq!(
             c.path_for(&hash),
@@ -268,7 +289,8 @@ mod tests {
             assert!(errors[0].starts_with("lookup.path: "), "{errors:?}");
         }
         let errors = lookup(json!({"cluster": "k", "path": "/{hash}",
-            "cache_seconds": 100000})).unwrap_err();
+            "cache_seconds": 100000}))
+        .unwrap_err();
         assert!(errors[0].starts_with("lookup.cache_seconds: 100000 is out of range"));
     }
 }

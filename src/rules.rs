@@ -121,7 +121,9 @@ impl RuleSet {
 
     /// The position of the first rule that matches, to name it without borrowing it.
     pub fn position(&self, method: &str, path: &str) -> Option<usize> {
-        self.rules.iter().position(|rule| rule.matches(method, path))
+        self.rules
+            .iter()
+            .position(|rule| rule.matches(method, path))
     }
 }
 

@@ -34,7 +34,7 @@ pub trait SharedStore {
 /// over: covers a fetcher that is slow to tick.
 pub const LEASE_GRACE_MS: u64 = 5_000;
 /// After a switch of slots, how long the slot just left stays untouched: every worker
-/// re-reads the active slot at least once a second.
+/// re-reads the active slot every half second.
 pub const SLOT_SETTLE_MS: u64 = 3_000;
 /// The first retry after a failed fetch; doubled per failure up to the refresh interval.
 pub const FIRST_RETRY_MS: u64 = 1_000;
@@ -73,9 +73,15 @@ pub enum FetchAnswer<'a> {
 /// What came of a fetch, for the stats and the log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched {
-    Loaded { keys: usize, version: Option<String> },
+    Loaded {
+        keys: usize,
+        version: Option<String>,
+    },
     NotModified,
-    Failed { reason: String, retry_in_ms: u64 },
+    Failed {
+        reason: String,
+        retry_in_ms: u64,
+    },
 }
 
 /// The names of one key set's entries. Sets from different sources (cluster, authority,
@@ -164,7 +170,11 @@ impl SharedSet {
             }
         }
         let until = now_ms + self.timeout_ms + LEASE_GRACE_MS;
-        let claimed = store.set(&key, format!("{holder}:{until}").as_bytes(), cas.or(Some(0)));
+        let claimed = store.set(
+            &key,
+            format!("{holder}:{until}").as_bytes(),
+            cas.or(Some(0)),
+        );
         claimed.then_some(meta.etag)
     }
 
@@ -190,7 +200,10 @@ impl SharedSet {
                     Fetched::Loaded { keys, version }
                 }
                 Err(problems) => {
-                    let first = problems.first().map(ToString::to_string).unwrap_or_default();
+                    let first = problems
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     self.failed(
                         &meta,
                         format!("invalid key set ({} problem(s)): {first}", problems.len()),
@@ -220,7 +233,11 @@ impl SharedSet {
         self.write_meta(store, &meta);
         // The holder keeps the lease until shortly after its next fetch is due.
         let until = meta.next_due_ms + self.timeout_ms + LEASE_GRACE_MS;
-        store.set(&self.name("lease"), format!("{holder}:{until}").as_bytes(), None);
+        store.set(
+            &self.name("lease"),
+            format!("{holder}:{until}").as_bytes(),
+            None,
+        );
         outcome
     }
 
@@ -294,7 +311,12 @@ impl SharedSet {
 
     /// `keygate/<source>/<slot>/<hash hex>`, written into `buf`: the request path builds
     /// it without allocating.
-    fn record_name<'b>(&self, buf: &'b mut [u8; RECORD_NAME_LEN], slot: u8, hash: &KeyHash) -> &'b str {
+    fn record_name<'b>(
+        &self,
+        buf: &'b mut [u8; RECORD_NAME_LEN],
+        slot: u8,
+        hash: &KeyHash,
+    ) -> &'b str {
         buf[..PREFIX_LEN].copy_from_slice(self.prefix.as_bytes());
         buf[PREFIX_LEN] = b'0' + (slot & 1);
         buf[PREFIX_LEN + 1] = b'/';

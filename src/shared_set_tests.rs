@@ -61,7 +61,9 @@ fn doc(version: &str, keys: &[(&str, &str)]) -> Vec<u8> {
                    "scopes": ["browse"]})
         })
         .collect();
-    json!({"version": version, "keys": keys}).to_string().into_bytes()
+    json!({"version": version, "keys": keys})
+        .to_string()
+        .into_bytes()
 }
 
 fn id_of(set: &SharedSet, store: &Store, key: &str) -> Option<String> {
@@ -124,8 +126,13 @@ fn another_worker_takes_over_when_the_holder_is_gone() {
     let (a, b) = (set.new_holder(&mut store), set.new_holder(&mut store));
     assert!(set.claim(&mut store, a, 10_000).is_some());
     // a never answers: its lease runs out after the timeout and the grace.
-    assert_eq!(set.claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS - 1), None);
-    assert!(set.claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS).is_some());
+    assert_eq!(
+        set.claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS - 1),
+        None
+    );
+    assert!(set
+        .claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS)
+        .is_some());
 }
 
 #[test]
@@ -148,25 +155,41 @@ fn a_new_set_replaces_the_old_one_whole() {
     let set = shared(30);
     let mut store = Store::default();
     let a = set.new_holder(&mut store);
-    load(&set, &mut store, a, 0, &doc("1", &[("a", "ka"), ("b", "kb")]));
+    load(
+        &set,
+        &mut store,
+        a,
+        0,
+        &doc("1", &[("a", "ka"), ("b", "kb")]),
+    );
     assert_eq!(set.read_meta(&store).active, Some(0));
     assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
 
-    load(&set, &mut store, a, 40_000, &doc("2", &[("b", "kb"), ("c", "kc")]));
+    load(
+        &set,
+        &mut store,
+        a,
+        40_000,
+        &doc("2", &[("b", "kb"), ("c", "kc")]),
+    );
     let meta = set.read_meta(&store);
     assert_eq!((meta.active, meta.keys), (Some(1), 2));
     assert_eq!(id_of(&set, &store, "ka"), None, "a revoked");
     assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"));
     // The slot just left still holds the old set whole, for workers that have not
     // switched yet.
-    assert!(set.lookup(&store, 0, &KeyHash::of_key("ka"), &index()).is_some());
+    assert!(set
+        .lookup(&store, 0, &KeyHash::of_key("ka"), &index())
+        .is_some());
 
     // The third set goes back to slot 0, and clears what slot 0 held that it lacks.
     load(&set, &mut store, a, 80_000, &doc("3", &[("c", "kc")]));
     assert_eq!(set.read_meta(&store).active, Some(0));
     for gone in ["ka", "kb"] {
         assert_eq!(id_of(&set, &store, gone), None, "{gone}");
-        assert!(set.lookup(&store, 0, &KeyHash::of_key(gone), &index()).is_none());
+        assert!(set
+            .lookup(&store, 0, &KeyHash::of_key(gone), &index())
+            .is_none());
     }
     assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"));
 }
@@ -205,7 +228,13 @@ fn failures_keep_the_last_good_set_and_back_off() {
         }
         assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
     }
-    let failed = set.complete(&mut store, a, now, 3, FetchAnswer::Failed("status 500".into()));
+    let failed = set.complete(
+        &mut store,
+        a,
+        now,
+        3,
+        FetchAnswer::Failed("status 500".into()),
+    );
     assert!(matches!(failed, Fetched::Failed { .. }));
     let meta = set.read_meta(&store);
     assert_eq!(meta.failures, 4);
@@ -234,9 +263,13 @@ fn backoff_never_exceeds_the_refresh_interval() {
     let a = set.new_holder(&mut store);
     let mut last = 0;
     for i in 0..40 {
-        if let Fetched::Failed { retry_in_ms, .. } =
-            set.complete(&mut store, a, i * 10_000, i, FetchAnswer::Failed("down".into()))
-        {
+        if let Fetched::Failed { retry_in_ms, .. } = set.complete(
+            &mut store,
+            a,
+            i * 10_000,
+            i,
+            FetchAnswer::Failed("down".into()),
+        ) {
             last = retry_in_ms;
             assert!(retry_in_ms <= 5_000, "{retry_in_ms}");
         }
@@ -271,7 +304,9 @@ fn a_garbled_entry_is_an_unknown_key() {
     let mut store = Store::default();
     load(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
     let mut name = [0u8; RECORD_NAME_LEN];
-    let key = set.record_name(&mut name, 0, &KeyHash::of_key("ka")).to_string();
+    let key = set
+        .record_name(&mut name, 0, &KeyHash::of_key("ka"))
+        .to_string();
     store.set(&key, b"\x01garbage", None);
     assert_eq!(id_of(&set, &store, "ka"), None);
     store.set(&set.name("meta"), b"not json", None);
@@ -282,7 +317,9 @@ fn a_garbled_entry_is_an_unknown_key() {
 fn writes_grow_with_the_set_not_with_workers() {
     let set = shared(30);
     let mut store = Store::default();
-    let keys: Vec<(String, String)> = (0..1000).map(|i| (format!("id{i}"), format!("k{i}"))).collect();
+    let keys: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("id{i}"), format!("k{i}")))
+        .collect();
     let pairs: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let before = store.writes;
     load(&set, &mut store, 1, 0, &doc("1", &pairs));

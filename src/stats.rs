@@ -55,6 +55,19 @@ impl Outcome {
 /// The gauge of how many key records the filter holds.
 pub const KEYS_LOADED: &str = "keygate.keys_loaded";
 
+/// `key_set` fetches, by what the key service answered (counted once per fetch, by the
+/// worker that made it).
+pub const FETCH_OK: &str = "keygate.fetch.ok";
+pub const FETCH_NOT_MODIFIED: &str = "keygate.fetch.not_modified";
+pub const FETCH_FAILED: &str = "keygate.fetch.failed";
+/// Seconds since the key service last answered with a good set (200 or 304).
+pub const FETCH_AGE_SECONDS: &str = "keygate.fetch.age_seconds";
+
+/// `lookup` calls made, keys answered from the cache, and calls that failed.
+pub const LOOKUP_CALLS: &str = "keygate.lookup.calls";
+pub const LOOKUP_CACHE_HITS: &str = "keygate.lookup.cache_hits";
+pub const LOOKUP_FAILED: &str = "keygate.lookup.failed";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,59 +1,68 @@
-//! The proxy-wasm shell. It reads the request headers once, asks [`decide`], and carries
-//! out the verdict: header edits and `Continue`, or a local response and `Pause`. No
-//! decision is made here.
+//! The proxy-wasm shell. It reads the request headers once, asks [`begin`] and, when a key
+//! was presented, finds the key's record where the configuration keeps it (inline, the
+//! shared fetched set, or the key service). Then it carries out the verdict: header edits
+//! and `Continue`, or a local response. No decision is made here.
 
-use crate::config::Config;
-use crate::decision::{decide, redacted_target, HeaderEditor, Verdict};
+mod fetch;
+mod host;
+mod lookup;
+
+use crate::config::{Config, KeySource};
+use crate::decision::{begin, redacted_target, Denial, Step, UNAVAILABLE_RETRY_SECONDS};
 use crate::response;
-use crate::stats::{Outcome, KEYS_LOADED};
 use crate::timestamp::Timestamp;
-use log::{debug, error, info};
+use fetch::{DecidedWith, FetchState};
+use host::{carry_out, Metrics};
+use log::{error, info};
+use lookup::{LookupState, Next};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Metric ids, defined once per VM. Envoy hands out the same stat for the same name, so
-/// counts from every worker add up.
-struct Metrics {
-    outcomes: [Option<u32>; Outcome::ALL.len()],
-    keys_loaded: Option<u32>,
+/// Where this VM finds key records, with the state that takes.
+#[derive(Clone)]
+enum Keys {
+    Inline,
+    Fetched(Rc<FetchState>),
+    Lookup(Rc<LookupState>),
 }
 
-impl Metrics {
-    fn define() -> Self {
-        Metrics {
-            outcomes: Outcome::ALL
-                .map(|o| hostcalls::define_metric(MetricType::Counter, o.metric_name()).ok()),
-            keys_loaded: hostcalls::define_metric(MetricType::Gauge, KEYS_LOADED).ok(),
-        }
-    }
-
-    fn count(&self, outcome: Outcome) {
-        if let Some(id) = self.outcomes[outcome.index()] {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
-
-    fn keys_loaded(&self, n: usize) {
-        if let Some(id) = self.keys_loaded {
-            let _ = hostcalls::record_metric(id, n as u64);
-        }
-    }
+/// What every request of this VM shares, read-only but for the remote key state.
+#[derive(Clone)]
+struct Shared {
+    config: Rc<Config>,
+    metrics: Rc<Metrics>,
+    keys: Keys,
 }
 
 #[derive(Default)]
 struct Root {
-    config: Option<Rc<Config>>,
+    shared: Option<Shared>,
     metrics: Option<Rc<Metrics>>,
 }
 
-impl Context for Root {}
+// Often enough that a switched set reaches every worker well within a second.
+const TICK: Duration = Duration::from_millis(500);
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some(Shared {
+            metrics,
+            keys: Keys::Fetched(state),
+            ..
+        }) = &self.shared
+        {
+            state.answered(metrics, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -66,20 +75,8 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&json) {
-            Ok(config) => {
-                let metrics = self
-                    .metrics
-                    .get_or_insert_with(|| Rc::new(Metrics::define()));
-                metrics.keys_loaded(config.keys_loaded());
-                info!(
-                    "keygate: configuration accepted: {} keys, {} rules",
-                    config.keys_loaded(),
-                    config.rules.rules.len()
-                );
-                self.config = Some(Rc::new(config));
-                true
-            }
+        let config = match Config::parse(&json) {
+            Ok(config) => config,
             Err(problems) => {
                 for problem in &problems {
                     error!("keygate: invalid configuration: {problem}");
@@ -88,15 +85,74 @@ impl RootContext for Root {
                     "keygate: configuration refused ({} problem(s)); the filter will not run",
                     problems.len()
                 );
-                false
+                return false;
             }
+        };
+        let metrics = self
+            .metrics
+            .get_or_insert_with(|| Rc::new(Metrics::define()))
+            .clone();
+        let keys = match &config.keys {
+            KeySource::Inline(set) => {
+                metrics.keys_loaded(set.len());
+                info!(
+                    "keygate: configuration accepted: {} keys, {} rules",
+                    set.len(),
+                    config.rules.rules.len()
+                );
+                Keys::Inline
+            }
+            KeySource::Fetched(fetch) => {
+                info!(
+                    "keygate: configuration accepted: key set from cluster {} path {} every {} s, {} rules",
+                    fetch.endpoint.cluster,
+                    fetch.path,
+                    fetch.refresh_seconds,
+                    config.rules.rules.len()
+                );
+                // The first fetch waits for the first tick: during on_configure Envoy may
+                // not have its clusters yet, and a call made then can go unanswered.
+                let _ = hostcalls::set_tick_period(TICK);
+                Keys::Fetched(Rc::new(FetchState::new(fetch)))
+            }
+            KeySource::Lookup(lookup) => {
+                info!(
+                    "keygate: configuration accepted: keys looked up on cluster {}, {} rules",
+                    lookup.endpoint.cluster,
+                    config.rules.rules.len()
+                );
+                let _ = hostcalls::set_tick_period(TICK);
+                Keys::Lookup(Rc::new(LookupState::new(lookup)))
+            }
+        };
+        self.shared = Some(Shared {
+            config: Rc::new(config),
+            metrics,
+            keys,
+        });
+        true
+    }
+
+    fn on_tick(&mut self) {
+        match &self.shared {
+            Some(Shared {
+                metrics,
+                keys: Keys::Fetched(state),
+                ..
+            }) => state.tick(metrics),
+            Some(Shared {
+                config,
+                metrics,
+                keys: Keys::Lookup(state),
+            }) => state.sweep(config, metrics),
+            _ => {}
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
+            context_id,
+            shared: self.shared.clone(),
         }))
     }
 
@@ -106,70 +162,126 @@ impl RootContext for Root {
 }
 
 struct Request {
-    config: Option<Rc<Config>>,
-    metrics: Option<Rc<Metrics>>,
+    context_id: u32,
+    shared: Option<Shared>,
 }
 
-impl Context for Request {}
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some(Shared {
+            config,
+            metrics,
+            keys: Keys::Lookup(state),
+        }) = &self.shared
+        {
+            state.answered(config, metrics, token, body_size);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(Shared {
+            keys: Keys::Lookup(state),
+            ..
+        }) = &self.shared
+        {
+            state.done(self.context_id);
+        }
+        true
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
+        let Some(Shared {
+            config,
+            metrics,
+            keys,
+        }) = self.shared.clone()
+        else {
             // Envoy does not create request contexts for a refused configuration; should
             // one appear anyway, nothing passes unchecked.
-            let denial = crate::decision::Denial::Unavailable {
-                retry_after_seconds: 5,
+            let denial = Denial::Unavailable {
+                retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
             };
-            self.respond(&response::render(crate::config::DEFAULT_REALM, &denial));
+            host::respond(&response::render(crate::config::DEFAULT_REALM, &denial));
             return Action::Pause;
         };
         let headers = self.get_http_request_headers_bytes();
-        let verdict = decide(&config, &headers, || {
-            Timestamp::from_system_time(self.get_current_time())
-        });
-        if let Some(metrics) = &self.metrics {
-            metrics.count(verdict.outcome());
-        }
-        match verdict {
-            Verdict::Allow(allowed) => {
-                allowed.apply(&config, &mut Editor(self));
-                Action::Continue
+        let now = || Timestamp::from_system_time(host::now());
+        let check = match begin(&config, &headers) {
+            Step::Done(verdict) => {
+                let redacted = denied_path(&config, &verdict, &headers);
+                return action(carry_out(
+                    &config,
+                    &metrics,
+                    verdict,
+                    redacted.as_deref(),
+                    false,
+                ));
             }
-            Verdict::Deny(denial) => {
-                debug!(
-                    "keygate: denied ({:?}) key id {}",
-                    denial.outcome(),
-                    denial.key().map_or("-", |k| k.id.as_str())
-                );
-                if let Some(target) = redacted_target(&config, &headers) {
-                    self.set_http_request_header(":path", Some(&target));
+            Step::Key(check) => check,
+        };
+        let proceed = match &keys {
+            Keys::Inline => {
+                let record = match &config.keys {
+                    KeySource::Inline(set) => set.get(&check.hash),
+                    _ => None,
+                };
+                let verdict = check.finish(&config, record, now);
+                let redacted = denied_path(&config, &verdict, &headers);
+                carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+            }
+            Keys::Fetched(state) => match state.decide(&config, check) {
+                DecidedWith::Owned(verdict) => {
+                    let redacted = denied_path(&config, &verdict, &headers);
+                    carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
                 }
-                self.respond(&response::render(&config.realm, &denial));
-                Action::Pause
+                DecidedWith::Record(record, check) => {
+                    let verdict = fetch::finish(&config, record.as_ref(), check);
+                    let redacted = denied_path(&config, &verdict, &headers);
+                    carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                }
+            },
+            Keys::Lookup(state) => {
+                let redacted = redacted_target(&config, &headers);
+                match state.start(&metrics, self.context_id, check, redacted.clone()) {
+                    Next::Decide(check, answer) => {
+                        let record = match &answer {
+                            crate::lookup_cache::Answer::Found(r) => Some(&**r),
+                            crate::lookup_cache::Answer::Unknown => None,
+                        };
+                        let verdict = check.finish(&config, record, now);
+                        carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                    }
+                    Next::Unavailable(check) => {
+                        let verdict = check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS);
+                        carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                    }
+                    Next::Paused => false,
+                }
             }
-        }
+        };
+        action(proceed)
     }
 }
 
-impl Request {
-    fn respond(&self, answer: &response::LocalResponse) {
-        let headers: Vec<(&str, &str)> = answer
-            .headers
-            .iter()
-            .map(|(name, value)| (*name, value.as_str()))
-            .collect();
-        self.send_http_response(answer.status, headers, Some(answer.body.as_bytes()));
+/// For a refused request, its `:path` without a query-parameter key (Envoy's access log
+/// records the path as it stands).
+fn denied_path(
+    config: &Config,
+    verdict: &crate::decision::Verdict<'_>,
+    headers: &[(String, Vec<u8>)],
+) -> Option<String> {
+    match verdict {
+        crate::decision::Verdict::Deny(_) => redacted_target(config, headers),
+        crate::decision::Verdict::Allow(_) => None,
     }
 }
 
-struct Editor<'a>(&'a Request);
-
-impl HeaderEditor for Editor<'_> {
-    fn set(&mut self, name: &str, value: &str) {
-        self.0.set_http_request_header(name, Some(value));
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.0.set_http_request_header(name, None);
+fn action(proceed: bool) -> Action {
+    if proceed {
+        Action::Continue
+    } else {
+        Action::Pause
     }
 }

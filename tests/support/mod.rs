@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod key_service;
+
 pub use keygate::keyset::KeyHash;
 use serde_json::{json, Value};
 
@@ -317,6 +319,47 @@ pub fn bootstrap(plugin_config: &Value, upstream: SocketAddr, port: u16) -> Valu
     })
 }
 
+/// A cluster named `name` with one endpoint, for keygate's calls to a key service.
+pub fn key_service_cluster(name: &str, addr: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port()}}}
+        }]}]}
+    })
+}
+
+/// [`bootstrap`] with a `keyservice` cluster at `key_service`.
+pub fn bootstrap_with_key_service(
+    plugin_config: &Value,
+    upstream: SocketAddr,
+    key_service: SocketAddr,
+) -> Value {
+    let mut doc = bootstrap(plugin_config, upstream, 0);
+    doc["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(key_service_cluster("keyservice", key_service));
+    doc
+}
+
+/// Polls `check` every 50 ms until it holds or `within` has passed; true if it held.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A port that was free a moment ago, for configs that must name one in advance.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -587,11 +630,48 @@ pub fn try_request(addr: SocketAddr, request: &Request) -> std::io::Result<Respo
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.write_all(&request.to_bytes())?;
+    // Read until the response is complete, not until the connection closes: after a local
+    // reply Envoy closes only after its delayed-close timeout (1 s).
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw, request.method == "HEAD").ok_or_else(|| {
+    let mut buf = [0u8; 16 * 1024];
+    let head = request.method == "HEAD";
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if response_complete(&raw, head) {
+            break;
+        }
+    }
+    parse_response(&raw, head).ok_or_else(|| {
         std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
     })
+}
+
+/// Whether `raw` holds a whole response: headers, then the body its framing announces.
+fn response_complete(raw: &[u8], head: bool) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head_text = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if head || head_text.starts_with("http/1.1 304") || head_text.starts_with("http/1.1 204") {
+        return true;
+    }
+    for line in head_text.split("\r\n") {
+        if let Some(len) = line.strip_prefix("content-length:") {
+            return len
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|len| body.len() >= len);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return dechunk(body).is_some();
+        }
+    }
+    false
 }
 
 fn parse_response(raw: &[u8], head: bool) -> Option<Response> {

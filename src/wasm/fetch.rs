@@ -1,0 +1,177 @@
+//! `key_set` mode in the shell: every worker's root context ticks once a second, reads
+//! which slot of the shared set is in force, and fetches when the lease says it is its
+//! turn. Requests read their key's entry from shared data.
+
+use super::host::{self, Metrics, SharedData};
+use crate::config::Config;
+use crate::decision::{KeyCheck, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use crate::remote::FetchConfig;
+use crate::shared_set::{FetchAnswer, Fetched, SharedSet};
+use crate::timestamp::Timestamp;
+use log::{info, warn};
+use proxy_wasm::hostcalls;
+use std::cell::Cell;
+use std::time::Duration;
+
+/// One VM's view of the shared set.
+pub struct FetchState {
+    set: SharedSet,
+    fetch: FetchConfig,
+    holder: u64,
+    /// The slot in force, as last read; `None` until a first set has loaded.
+    active: Cell<Option<u8>>,
+    /// While this worker's own fetch is on its way: until when.
+    in_flight_until_ms: Cell<u64>,
+}
+
+impl FetchState {
+    pub fn new(fetch: &FetchConfig) -> Self {
+        let set = SharedSet::new(fetch);
+        let holder = set.new_holder(&mut SharedData);
+        let state = FetchState {
+            set,
+            fetch: fetch.clone(),
+            holder,
+            active: Cell::new(None),
+            in_flight_until_ms: Cell::new(0),
+        };
+        state.active.set(state.set.read_meta(&SharedData).active);
+        state
+    }
+
+    /// Decides a request whose key must be found in the shared set.
+    pub fn decide<'c>(&self, config: &'c Config, check: KeyCheck) -> DecidedWith<'c> {
+        // Before a first load, look again on every request, so the first set serves at
+        // once rather than at the next tick.
+        let slot = self.active.get().or_else(|| {
+            let active = self.set.read_meta(&SharedData).active;
+            self.active.set(active);
+            active
+        });
+        let Some(slot) = slot else {
+            return DecidedWith::Owned(check.unavailable(config, UNAVAILABLE_RETRY_SECONDS));
+        };
+        let record = self
+            .set
+            .lookup(&SharedData, slot, &check.hash, &config.scopes);
+        DecidedWith::Record(record, check)
+    }
+
+    /// Once a second, on every worker.
+    pub fn tick(&self, metrics: &Metrics) {
+        let now = host::now_ms();
+        let meta = self.set.read_meta(&SharedData);
+        log::debug!(
+            "keygate: tick holder {} active {:?}",
+            self.holder,
+            meta.active
+        );
+        self.active.set(meta.active);
+        metrics.keys_loaded(meta.keys);
+        if let Some(ok) = meta.last_ok_ms {
+            metrics.fetch_age(now.saturating_sub(ok) / 1000);
+        }
+        if now < self.in_flight_until_ms.get() {
+            return;
+        }
+        let Some(etag) = self.set.claim(&mut SharedData, self.holder, now) else {
+            return;
+        };
+        let endpoint = &self.fetch.endpoint;
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", &*self.fetch.path),
+            (":authority", &*endpoint.authority),
+            ("accept", "application/json"),
+        ];
+        if let Some(etag) = etag.as_deref() {
+            headers.push(("if-none-match", etag));
+        }
+        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
+        match hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout) {
+            Ok(_) => self
+                .in_flight_until_ms
+                .set(now + u64::from(endpoint.timeout_ms) + 1000),
+            Err(status) => self.record(
+                metrics,
+                FetchAnswer::Failed(format!(
+                    "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
+                    &*endpoint.cluster
+                )),
+            ),
+        }
+    }
+
+    /// The answer to this worker's fetch.
+    pub fn answered(&self, metrics: &Metrics, body_size: usize) {
+        self.in_flight_until_ms.set(0);
+        let (status, etag) = host::call_response("etag");
+        let body;
+        let answer = match status.as_deref() {
+            Some("200") => {
+                body = host::call_body(body_size);
+                FetchAnswer::Set {
+                    etag: etag.as_deref(),
+                    body: &body,
+                }
+            }
+            Some("304") => FetchAnswer::NotModified,
+            Some(other) => FetchAnswer::Failed(format!("key service answered {other}")),
+            None => FetchAnswer::Failed(
+                "no answer from the key service (timeout or connection failure)".into(),
+            ),
+        };
+        self.record(metrics, answer);
+    }
+
+    fn record(&self, metrics: &Metrics, answer: FetchAnswer<'_>) {
+        let now = host::now_ms();
+        let jitter = host::jitter(self.holder);
+        let cluster = &*self.fetch.endpoint.cluster;
+        match self
+            .set
+            .complete(&mut SharedData, self.holder, now, jitter, answer)
+        {
+            Fetched::Loaded { keys, version } => {
+                Metrics::bump(metrics.fetch_ok);
+                metrics.keys_loaded(keys);
+                metrics.fetch_age(0);
+                info!(
+                    "keygate: key set loaded from cluster {cluster}: {keys} keys, version {}",
+                    version.as_deref().unwrap_or("-")
+                );
+            }
+            Fetched::NotModified => {
+                Metrics::bump(metrics.fetch_not_modified);
+                metrics.fetch_age(0);
+            }
+            Fetched::Failed {
+                reason,
+                retry_in_ms,
+            } => {
+                Metrics::bump(metrics.fetch_failed);
+                warn!(
+                    "keygate: key set fetch from cluster {cluster} failed, keeping the last \
+                     good set, retrying in {retry_in_ms} ms: {reason}"
+                );
+            }
+        }
+        self.active.set(self.set.read_meta(&SharedData).active);
+    }
+}
+
+/// A decision that still needs its record's lifetime: the record was decoded for this
+/// request, so the caller finishes the check where the record lives.
+pub enum DecidedWith<'c> {
+    Owned(Verdict<'c>),
+    Record(Option<crate::keyset::KeyRecord>, KeyCheck),
+}
+
+/// Finishes with a decoded record: the clock is read only for a key with an expiry.
+pub fn finish<'k>(
+    config: &'k Config,
+    record: Option<&'k crate::keyset::KeyRecord>,
+    check: KeyCheck,
+) -> Verdict<'k> {
+    check.finish(config, record, || Timestamp::from_system_time(host::now()))
+}

@@ -1,0 +1,197 @@
+//! `lookup` mode in the shell: a request whose key is not cached pauses while one call
+//! asks the key service for the key's hash; requests for the same key meanwhile wait on
+//! that call, and all are decided when it answers.
+
+use super::host::{self, carry_out, Metrics};
+use crate::config::Config;
+use crate::decision::{KeyCheck, UNAVAILABLE_RETRY_SECONDS};
+use crate::keyset::KeyHash;
+use crate::lookup_cache::{self, Answer, LookupCache, Probe, DEFAULT_CAPACITY};
+use crate::remote::LookupConfig;
+use crate::timestamp::Timestamp;
+use log::warn;
+use proxy_wasm::hostcalls;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A request paused for its key: what it needs to be decided later.
+struct Waiting {
+    check: KeyCheck,
+    redacted_path: Option<String>,
+}
+
+/// One VM's cache, calls on their way and paused requests.
+pub struct LookupState {
+    lookup: LookupConfig,
+    cache: RefCell<LookupCache>,
+    /// Call token → the key it asks about.
+    calls: RefCell<HashMap<u32, KeyHash>>,
+    waiting: RefCell<HashMap<u32, Waiting>>,
+}
+
+/// What the request should do now.
+pub enum Next {
+    /// Decide with this answer (a cache hit).
+    Decide(KeyCheck, Answer),
+    /// The request is paused; it is decided when the key service answers.
+    Paused,
+    /// The key service cannot be asked: decide without it.
+    Unavailable(KeyCheck),
+}
+
+impl LookupState {
+    pub fn new(lookup: &LookupConfig) -> Self {
+        LookupState {
+            lookup: lookup.clone(),
+            cache: RefCell::new(LookupCache::new(
+                lookup.cache_seconds,
+                lookup.negative_cache_seconds,
+                DEFAULT_CAPACITY,
+            )),
+            calls: RefCell::new(HashMap::new()),
+            waiting: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn start(
+        &self,
+        metrics: &Metrics,
+        context_id: u32,
+        check: KeyCheck,
+        redacted_path: Option<String>,
+    ) -> Next {
+        let probe = self
+            .cache
+            .borrow_mut()
+            .probe(&check.hash, context_id, host::now_ms());
+        match probe {
+            Probe::Hit(answer) => {
+                Metrics::bump(metrics.lookup_cache_hits);
+                return Next::Decide(check, answer);
+            }
+            Probe::Wait => {}
+            Probe::Ask => {
+                let path = self.lookup.path_for(&check.hash);
+                let endpoint = &self.lookup.endpoint;
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", path.as_str()),
+                    (":authority", &*endpoint.authority),
+                    ("accept", "application/json"),
+                ];
+                let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
+                Metrics::bump(metrics.lookup_calls);
+                match hostcalls::dispatch_http_call(
+                    &endpoint.cluster,
+                    headers,
+                    None,
+                    vec![],
+                    timeout,
+                ) {
+                    Ok(token) => {
+                        self.calls.borrow_mut().insert(token, check.hash);
+                    }
+                    Err(status) => {
+                        Metrics::bump(metrics.lookup_failed);
+                        warn!(
+                            "keygate: cannot call cluster {:?} ({status:?}): is it defined in \
+                             Envoy's config?",
+                            &*endpoint.cluster
+                        );
+                        self.cache
+                            .borrow_mut()
+                            .resolve(&check.hash, None, host::now_ms());
+                        return Next::Unavailable(check);
+                    }
+                }
+            }
+        }
+        self.waiting.borrow_mut().insert(
+            context_id,
+            Waiting {
+                check,
+                redacted_path,
+            },
+        );
+        Next::Paused
+    }
+
+    /// The key service answered call `token` (or failed to): decides every request that
+    /// waited for it. Each is made the effective context in turn.
+    pub fn answered(&self, config: &Config, metrics: &Metrics, token: u32, body_size: usize) {
+        let Some(hash) = self.calls.borrow_mut().remove(&token) else {
+            return;
+        };
+        let (status, _) = host::call_response("content-type");
+        let body = if status.as_deref() == Some("200") {
+            host::call_body(body_size)
+        } else {
+            Vec::new()
+        };
+        let answer =
+            match lookup_cache::read_answer(status.as_deref(), &body, &hash, &config.scopes) {
+                Ok(answer) => Some(answer),
+                Err(reason) => {
+                    Metrics::bump(metrics.lookup_failed);
+                    warn!("keygate: key lookup failed: {reason}");
+                    None
+                }
+            };
+        let waiters = self
+            .cache
+            .borrow_mut()
+            .resolve(&hash, answer.clone(), host::now_ms());
+        self.wake(config, metrics, &waiters, answer.as_ref());
+    }
+
+    /// Calls that will not answer (the request that made one went away, and Envoy
+    /// cancelled its call): their waiters are decided without the key service.
+    pub fn sweep(&self, config: &Config, metrics: &Metrics) {
+        let timeout = u64::from(self.lookup.endpoint.timeout_ms);
+        let cutoff = host::now_ms().saturating_sub(timeout + 1000);
+        let overdue = self.cache.borrow().overdue(cutoff);
+        for hash in overdue {
+            self.calls.borrow_mut().retain(|_, h| *h != hash);
+            let waiters = self.cache.borrow_mut().resolve(&hash, None, host::now_ms());
+            self.wake(config, metrics, &waiters, None);
+        }
+    }
+
+    fn wake(&self, config: &Config, metrics: &Metrics, waiters: &[u32], answer: Option<&Answer>) {
+        for &context_id in waiters {
+            let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) else {
+                continue;
+            };
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue;
+            }
+            let redacted = waiting.redacted_path.as_deref();
+            match answer {
+                Some(answer) => {
+                    let record = match answer {
+                        Answer::Found(record) => Some(&**record),
+                        Answer::Unknown => None,
+                    };
+                    let verdict = waiting
+                        .check
+                        .finish(config, record, || Timestamp::from_system_time(host::now()));
+                    carry_out(config, metrics, verdict, redacted, true);
+                }
+                None => {
+                    let verdict = waiting.check.unavailable(config, UNAVAILABLE_RETRY_SECONDS);
+                    carry_out(config, metrics, verdict, redacted, true);
+                }
+            }
+        }
+    }
+
+    /// A request ends (answered, or its client went away): it waits no more.
+    pub fn done(&self, context_id: u32) {
+        if let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) {
+            self.cache
+                .borrow_mut()
+                .leave(&waiting.check.hash, context_id);
+        }
+    }
+}
