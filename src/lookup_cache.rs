@@ -114,6 +114,26 @@ impl LookupCache {
         }
     }
 
+    /// The call for `hash` will not answer (the request that made it is gone): the next
+    /// [`LookupCache::overdue`] lists it whatever its age.
+    pub fn orphan(&mut self, hash: &KeyHash) {
+        if let Some(Entry::Pending { since_ms, .. }) = self.entries.get_mut(hash) {
+            *since_ms = 0;
+        }
+    }
+
+    /// A new call for `hash` is on its way: its age counts from `now_ms`. Returns how many
+    /// requests wait for it.
+    pub fn renew(&mut self, hash: &KeyHash, now_ms: u64) -> usize {
+        match self.entries.get_mut(hash) {
+            Some(Entry::Pending { since_ms, waiters }) => {
+                *since_ms = now_ms;
+                waiters.len()
+            }
+            _ => 0,
+        }
+    }
+
     /// Keys whose call has been on its way since before `cutoff_ms`: its answer will not
     /// come (the request that made it is gone, and its call with it).
     pub fn overdue(&self, cutoff_ms: u64) -> Vec<KeyHash> {
@@ -263,5 +283,10 @@ mod tests {
         cache.probe(&new, 2, 5_000);
         assert_eq!(cache.overdue(2_000), vec![old]);
         assert!(cache.overdue(500).is_empty());
+        cache.orphan(&new);
+        assert_eq!(cache.overdue(500), vec![new]);
+        assert_eq!(cache.renew(&new, 6_000), 1);
+        assert!(cache.overdue(5_500).is_empty());
+        assert_eq!(cache.renew(&KeyHash::of_key("none"), 6_000), 0);
     }
 }

@@ -21,12 +21,18 @@ struct Waiting {
     redacted_path: Option<String>,
 }
 
+struct Call {
+    hash: KeyHash,
+    by: u32,
+}
+
 /// One VM's cache, calls on their way and paused requests.
 pub struct LookupState {
     lookup: LookupConfig,
     cache: RefCell<LookupCache>,
-    /// Call token → the key it asks about.
-    calls: RefCell<HashMap<u32, KeyHash>>,
+    /// Call token → the key it asks about, and the context whose call it is (the root's
+    /// when it re-asks for requests whose call went away with its request).
+    calls: RefCell<HashMap<u32, Call>>,
     waiting: RefCell<HashMap<u32, Waiting>>,
 }
 
@@ -72,38 +78,11 @@ impl LookupState {
             }
             Probe::Wait => {}
             Probe::Ask => {
-                let path = self.lookup.path_for(&check.hash);
-                let endpoint = &self.lookup.endpoint;
-                let headers = vec![
-                    (":method", "GET"),
-                    (":path", path.as_str()),
-                    (":authority", &*endpoint.authority),
-                    ("accept", "application/json"),
-                ];
-                let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
-                Metrics::bump(metrics.lookup_calls);
-                match hostcalls::dispatch_http_call(
-                    &endpoint.cluster,
-                    headers,
-                    None,
-                    vec![],
-                    timeout,
-                ) {
-                    Ok(token) => {
-                        self.calls.borrow_mut().insert(token, check.hash);
-                    }
-                    Err(status) => {
-                        Metrics::bump(metrics.lookup_failed);
-                        warn!(
-                            "keygate: cannot call cluster {:?} ({status:?}): is it defined in \
-                             Envoy's config?",
-                            &*endpoint.cluster
-                        );
-                        self.cache
-                            .borrow_mut()
-                            .resolve(&check.hash, None, host::now_ms());
-                        return Next::Unavailable(check);
-                    }
+                if !self.ask(metrics, &check.hash, context_id) {
+                    self.cache
+                        .borrow_mut()
+                        .resolve(&check.hash, None, host::now_ms());
+                    return Next::Unavailable(check);
                 }
             }
         }
@@ -117,10 +96,41 @@ impl LookupState {
         Next::Paused
     }
 
+    /// Calls the key service about `hash` on behalf of context `by` (the effective one).
+    fn ask(&self, metrics: &Metrics, hash: &KeyHash, by: u32) -> bool {
+        let path = self.lookup.path_for(hash);
+        let endpoint = &self.lookup.endpoint;
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", &*endpoint.authority),
+            ("accept", "application/json"),
+        ];
+        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
+        Metrics::bump(metrics.lookup_calls);
+        match hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout) {
+            Ok(token) => {
+                self.calls
+                    .borrow_mut()
+                    .insert(token, Call { hash: *hash, by });
+                true
+            }
+            Err(status) => {
+                Metrics::bump(metrics.lookup_failed);
+                warn!(
+                    "keygate: cannot call cluster {:?} ({status:?}): is it defined in Envoy's \
+                     config?",
+                    &*endpoint.cluster
+                );
+                false
+            }
+        }
+    }
+
     /// The key service answered call `token` (or failed to): decides every request that
     /// waited for it. Each is made the effective context in turn.
     pub fn answered(&self, config: &Config, metrics: &Metrics, token: u32, body_size: usize) {
-        let Some(hash) = self.calls.borrow_mut().remove(&token) else {
+        let Some(Call { hash, .. }) = self.calls.borrow_mut().remove(&token) else {
             return;
         };
         let (status, _) = host::call_response("content-type");
@@ -145,15 +155,28 @@ impl LookupState {
         self.wake(config, metrics, &waiters, answer.as_ref());
     }
 
-    /// Calls that will not answer (the request that made one went away, and Envoy
-    /// cancelled its call): their waiters are decided without the key service.
-    pub fn sweep(&self, config: &Config, metrics: &Metrics) {
+    /// Runs on the root's tick. A call whose request went away (Envoy cancels it with its
+    /// request) is made again by the root for the requests still waiting; a call that is
+    /// overdue anyway fails them.
+    pub fn sweep(&self, config: &Config, metrics: &Metrics, root_id: u32) {
         let timeout = u64::from(self.lookup.endpoint.timeout_ms);
-        let cutoff = host::now_ms().saturating_sub(timeout + 1000);
-        let overdue = self.cache.borrow().overdue(cutoff);
+        let now = host::now_ms();
+        let overdue = self
+            .cache
+            .borrow()
+            .overdue(now.saturating_sub(timeout + 1000));
         for hash in overdue {
-            self.calls.borrow_mut().retain(|_, h| *h != hash);
-            let waiters = self.cache.borrow_mut().resolve(&hash, None, host::now_ms());
+            let root_call_overdue = self
+                .calls
+                .borrow()
+                .values()
+                .any(|call| call.hash == hash && call.by == root_id);
+            self.calls.borrow_mut().retain(|_, call| call.hash != hash);
+            let waiting = self.cache.borrow_mut().renew(&hash, now);
+            if !root_call_overdue && waiting > 0 && self.ask(metrics, &hash, root_id) {
+                continue;
+            }
+            let waiters = self.cache.borrow_mut().resolve(&hash, None, now);
             self.wake(config, metrics, &waiters, None);
         }
     }

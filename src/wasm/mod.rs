@@ -23,7 +23,9 @@ use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, ..Root::default() })
+    });
 }}
 
 /// Where this VM finds key records, with the state that takes.
@@ -44,6 +46,7 @@ struct Shared {
 
 #[derive(Default)]
 struct Root {
+    context_id: u32,
     shared: Option<Shared>,
     metrics: Option<Rc<Metrics>>,
 }
@@ -52,14 +55,19 @@ struct Root {
 const TICK: Duration = Duration::from_millis(500);
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _: usize) {
-        if let Some(Shared {
-            metrics,
-            keys: Keys::Fetched(state),
-            ..
-        }) = &self.shared
-        {
-            state.answered(metrics, body_size);
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        match &self.shared {
+            Some(Shared {
+                metrics,
+                keys: Keys::Fetched(state),
+                ..
+            }) => state.answered(metrics, body_size),
+            Some(Shared {
+                config,
+                metrics,
+                keys: Keys::Lookup(state),
+            }) => state.answered(config, metrics, token, body_size),
+            _ => {}
         }
     }
 }
@@ -144,7 +152,7 @@ impl RootContext for Root {
                 config,
                 metrics,
                 keys: Keys::Lookup(state),
-            }) => state.sweep(config, metrics),
+            }) => state.sweep(config, metrics, self.context_id),
             _ => {}
         }
     }

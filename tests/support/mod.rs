@@ -574,7 +574,7 @@ impl Request {
         self
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
