@@ -385,9 +385,29 @@ pub struct Refused {
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn spawn(bootstrap: &Value, options: &EnvoyOptions, dir: &TempDir) -> (Child, PathBuf, PathBuf) {
-    let config = dir.path().join("envoy.json");
-    std::fs::write(&config, serde_json::to_vec_pretty(bootstrap).unwrap()).unwrap();
+/// A bootstrap as Envoy reads it from a file: JSON, or the YAML of a config under `envoy/`.
+pub enum Bootstrap<'a> {
+    Json(&'a Value),
+    Yaml(&'a str),
+}
+
+fn spawn(
+    bootstrap: Bootstrap<'_>,
+    options: &EnvoyOptions,
+    dir: &TempDir,
+) -> (Child, PathBuf, PathBuf) {
+    let config = match bootstrap {
+        Bootstrap::Json(value) => {
+            let config = dir.path().join("envoy.json");
+            std::fs::write(&config, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+            config
+        }
+        Bootstrap::Yaml(text) => {
+            let config = dir.path().join("envoy.yaml");
+            std::fs::write(&config, text).unwrap();
+            config
+        }
+    };
     let admin_file = dir.path().join("admin-address");
     let log = dir.path().join("envoy.log");
     let child = Command::new(envoy_binary())
@@ -423,7 +443,11 @@ impl Envoy {
     }
 
     pub fn start_bootstrap(bootstrap: &Value, options: EnvoyOptions) -> Envoy {
-        match Envoy::try_start(bootstrap, options) {
+        Envoy::start_from(Bootstrap::Json(bootstrap), options)
+    }
+
+    pub fn start_from(bootstrap: Bootstrap<'_>, options: EnvoyOptions) -> Envoy {
+        match Envoy::try_start_from(bootstrap, options) {
             Ok(envoy) => envoy,
             Err(refused) => panic!(
                 "Envoy did not start (exit {:?}):\n{}",
@@ -434,6 +458,13 @@ impl Envoy {
 
     /// Starts Envoy and waits until it serves, or until it exits.
     pub fn try_start(bootstrap: &Value, options: EnvoyOptions) -> Result<Envoy, Refused> {
+        Envoy::try_start_from(Bootstrap::Json(bootstrap), options)
+    }
+
+    pub fn try_start_from(
+        bootstrap: Bootstrap<'_>,
+        options: EnvoyOptions,
+    ) -> Result<Envoy, Refused> {
         let dir = TempDir::new("envoy");
         let (mut child, admin_file, log) = spawn(bootstrap, &options, &dir);
         let deadline = Instant::now() + START_TIMEOUT;
