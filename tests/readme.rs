@@ -2,7 +2,7 @@
 //! accepted by the filter's own parser, and its example keys do what the text says.
 
 use base64::Engine;
-use keygate::config::Config;
+use keygate::config::{Config, KeySource};
 use keygate::decision::{decide, Verdict};
 use keygate::timestamp::Timestamp;
 
@@ -49,10 +49,19 @@ fn status(config: &Config, method: &str, path: &str, authorization: &str) -> u16
 #[test]
 fn every_readme_config_parses_and_its_keys_work() {
     let configs = readme_configs();
-    assert_eq!(configs.len(), 4, "ImmPort, LabKey, IMMUNE, VSPC");
-    let [immport, labkey, immune, vspc] = &configs[..] else {
+    assert_eq!(
+        configs.len(),
+        6,
+        "ImmPort, LabKey, IMMUNE, VSPC, key_set, lookup"
+    );
+    let [immport, labkey, immune, vspc, fetched, lookup] = &configs[..] else {
         unreachable!()
     };
+    assert!(matches!(fetched.keys, KeySource::Fetched(_)));
+    assert!(matches!(lookup.keys, KeySource::Lookup(_)));
+    // With no set to read, a protected route cannot be decided here: 503.
+    assert_eq!(status(fetched, "GET", "/data/query/x", "Bearer k"), 503);
+    assert_eq!(status(fetched, "GET", "/healthz", ""), 200);
 
     let browse = "Bearer kg_example_browse_key_replace_me";
     assert_eq!(
