@@ -125,7 +125,19 @@ fn concurrent_requests_for_one_key_share_one_call() {
         .collect();
     for client in clients {
         let response = client.join().unwrap();
-        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(
+            response.status,
+            200,
+            "{}\nupstream saw {:?}\nlookups {:?}\n{}",
+            response.text(),
+            upstream
+                .take()
+                .iter()
+                .map(|s| s.target.clone())
+                .collect::<Vec<_>>(),
+            service.calls().lookups,
+            envoy.log()
+        );
     }
     assert_eq!(
         service.calls().lookups.len(),

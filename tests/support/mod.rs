@@ -290,12 +290,24 @@ pub fn listener(plugin_config: &Value, port: u16) -> Value {
     })
 }
 
+/// One request per upstream connection. The test servers (tiny_http) hand each
+/// connection to a thread of a pool that can leave a new connection queued behind idle
+/// keep-alive ones; Envoy closing each connection after its answer frees the thread.
+fn one_request_per_connection() -> Value {
+    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": 1},
+        "explicit_http_config": {"http_protocol_options": {}}
+    }})
+}
+
 /// The `upstream` cluster: one endpoint.
 pub fn upstream_cluster(upstream: SocketAddr) -> Value {
     json!({
         "name": "upstream",
         "type": "STATIC",
         "connect_timeout": "2s",
+        "typed_extension_protocol_options": one_request_per_connection(),
         "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {
                 "address": upstream.ip().to_string(), "port_value": upstream.port()}}}
@@ -325,6 +337,7 @@ pub fn key_service_cluster(name: &str, addr: SocketAddr) -> Value {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "typed_extension_protocol_options": one_request_per_connection(),
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {
                 "address": addr.ip().to_string(), "port_value": addr.port()}}}
