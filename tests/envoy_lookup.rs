@@ -45,14 +45,6 @@ fn status(envoy: &Envoy, key: &str) -> u16 {
     envoy.send(&Request::get("/data").bearer(key)).status
 }
 
-fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy
-        .keygate_stats()
-        .get(&format!("wasmcustom.keygate.{name}"))
-        .copied()
-        .unwrap_or(0)
-}
-
 #[test]
 fn keys_are_asked_by_hash_and_cache_hits_make_no_call() {
     let upstream = Upstream::start();
@@ -94,9 +86,9 @@ fn keys_are_asked_by_hash_and_cache_hits_make_no_call() {
     assert_eq!(envoy.send(&Request::get("/healthz")).status, 200);
     assert_eq!(service.calls().lookups.len(), 3);
 
-    assert_eq!(stat(&envoy, "lookup.calls"), 3);
-    assert_eq!(stat(&envoy, "lookup.cache_hits"), 15);
-    assert_eq!(stat(&envoy, "allowed"), 11);
+    assert_eq!(envoy.keygate_stat("lookup.calls"), 3);
+    assert_eq!(envoy.keygate_stat("lookup.cache_hits"), 15);
+    assert_eq!(envoy.keygate_stat("allowed"), 11);
     // The raw key never left the proxy.
     let calls = service.calls().lookups.join("\n");
     for key in [ALICE, BOB, STRANGER] {
@@ -180,8 +172,8 @@ fn service_down_and_nothing_cached_is_503_and_cached_answers_still_serve() {
     let seen = upstream.take();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].header("x-api-key-id"), None);
-    assert!(stat(&envoy, "lookup.failed") >= 1);
-    assert!(stat(&envoy, "denied.unavailable") >= 1);
+    assert!(envoy.keygate_stat("lookup.failed") >= 1);
+    assert!(envoy.keygate_stat("denied.unavailable") >= 1);
 
     // The failure was not cached: once the service is back, bob gets in.
     service.restart();

@@ -550,6 +550,14 @@ impl Envoy {
             .collect()
     }
 
+    /// One keygate stat by its name under `keygate.` (`fetch.ok`); 0 until it is defined.
+    pub fn keygate_stat(&self, name: &str) -> u64 {
+        self.keygate_stats()
+            .get(&format!("wasmcustom.keygate.{name}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Sends a request to the listener.
     pub fn send(&self, request: &Request) -> Response {
         self::request(self.listener, request)
