@@ -227,3 +227,42 @@ fn a_waiting_request_is_served_when_the_request_that_asked_goes_away() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(service.calls().lookups.len(), 2);
 }
+
+#[test]
+fn a_request_body_does_not_move_a_waiting_request_on() {
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc(vec![record("alice", ALICE, &["browse"])]),
+    );
+    service.delay_lookups(Duration::from_millis(500));
+    let envoy = start(&service, &upstream, 60);
+
+    let listener = envoy.listener;
+    let send = move |key: &'static str| {
+        std::thread::spawn(move || {
+            let body = "x".repeat(100_000);
+            support::request(
+                listener,
+                &Request::new("POST", "/data/upload").bearer(key).body(&body),
+            )
+        })
+    };
+    // Unknown keys, each waiting for the key service while its body streams in.
+    let strangers: Vec<_> = (0..3).map(|_| send(STRANGER)).collect();
+    for client in strangers {
+        let answer = client.join().unwrap();
+        assert_eq!(answer.status, 401, "{}", answer.text());
+    }
+    assert!(
+        upstream.take().is_empty(),
+        "a refused request reached the upstream"
+    );
+    assert_eq!(service.calls().lookups.len(), 1);
+
+    let allowed = send(ALICE).join().unwrap();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let seen = upstream.take_one();
+    assert_eq!(seen.header("x-api-key-id"), Some("alice"));
+    assert_eq!(seen.header("content-length"), Some("100000"));
+}

@@ -209,6 +209,11 @@ impl LookupState {
         }
     }
 
+    /// Whether request `context_id` is paused for its key.
+    pub fn is_waiting(&self, context_id: u32) -> bool {
+        self.waiting.borrow().contains_key(&context_id)
+    }
+
     /// A request ends (answered, or its client went away): it waits no more.
     pub fn done(&self, context_id: u32) {
         if let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) {

@@ -271,6 +271,28 @@ impl HttpContext for Request {
         };
         action(proceed)
     }
+
+    // A body or trailers arriving while the request waits for its key must not move it on:
+    // only the key service's answer does.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_while_waiting()
+    }
+}
+
+impl Request {
+    fn hold_while_waiting(&self) -> Action {
+        match &self.shared {
+            Some(Shared {
+                keys: Keys::Lookup(state),
+                ..
+            }) if state.is_waiting(self.context_id) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
 }
 
 /// For a refused request, its `:path` without a query-parameter key (Envoy's access log
