@@ -10,7 +10,7 @@ WASM := target/wasm32-wasip1/release/keygate.wasm
 export KEYGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export KEYGATE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean
+.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench-memory
 
 run: tools wasm
 	cargo run --quiet --example demo
@@ -53,3 +53,9 @@ validate: tools wasm
 clean:
 	cargo clean
 	rm -rf $(VENV) .run
+
+# Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
+# workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.
+bench-memory: tools wasm
+	cargo build --release --bin keygate
+	cargo run --release --example keyset_memory
