@@ -231,3 +231,27 @@ fn the_last_good_set_is_kept_through_every_kind_of_failure() {
         &envoy, ALICE, 401, 20
     )));
 }
+
+#[test]
+fn a_set_larger_than_envoys_buffer_limit_is_named_as_the_cause() {
+    let upstream = Upstream::start();
+    let records = (0..40)
+        .map(|i| record(&format!("id{i}"), &format!("kg_big_{i}")))
+        .collect();
+    let service = KeyService::start_on("127.0.0.1:0", doc("1", records));
+    let mut bootstrap = bootstrap_with_key_service(&plugin_config(), upstream.addr, service.addr);
+    bootstrap["layered_runtime"] = json!({"layers": [{"name": "small", "static_layer": {
+        "http.async_response_buffer_limit": 2048}}]});
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    assert!(eventually(Duration::from_secs(10), || envoy
+        .keygate_stat("fetch.failed")
+        >= 2));
+    assert_eq!(status(&envoy, "kg_big_1"), 503, "no set loaded");
+    assert!(
+        eventually(Duration::from_secs(15), || envoy.log().contains(
+            "the call was reset: an answer larger than Envoy's http.async_response_buffer_limit"
+        )),
+        "{}",
+        envoy.log()
+    );
+}

@@ -117,8 +117,13 @@ impl FetchState {
             }
             Some("304") => FetchAnswer::NotModified,
             Some(other) => FetchAnswer::Failed(format!("key service answered {other}")),
+            // Envoy resets a call whose answer outgrows its buffer limit, and says so only in
+            // its own log, now and then: name that cause here, it is the likely one for a
+            // large set.
             None => FetchAnswer::Failed(
-                "no answer from the key service (timeout or connection failure)".into(),
+                "the call was reset: an answer larger than Envoy's \
+                 http.async_response_buffer_limit (32 MiB by default), or a lost connection"
+                    .into(),
             ),
         };
         self.record(metrics, answer);
