@@ -14,6 +14,16 @@ pub enum Answer {
     Unknown,
 }
 
+impl Answer {
+    /// The record to decide with; `None` for a key the service does not hold.
+    pub fn record(&self) -> Option<&KeyRecord> {
+        match self {
+            Answer::Found(record) => Some(record),
+            Answer::Unknown => None,
+        }
+    }
+}
+
 /// What a request should do about its key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Probe {

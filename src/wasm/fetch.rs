@@ -4,10 +4,9 @@
 
 use super::host::{self, Metrics, SharedData};
 use crate::config::Config;
-use crate::decision::{KeyCheck, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use crate::keyset::{KeyHash, KeyRecord};
 use crate::remote::FetchConfig;
 use crate::shared_set::{FetchAnswer, Fetched, SharedSet};
-use crate::timestamp::Timestamp;
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use std::cell::Cell;
@@ -39,8 +38,9 @@ impl FetchState {
         state
     }
 
-    /// Decides a request whose key must be found in the shared set.
-    pub fn decide<'c>(&self, config: &'c Config, check: KeyCheck) -> DecidedWith<'c> {
+    /// The record of `hash` in the set in force: `Ok(None)` for a key the set does not
+    /// hold, `Err(NotLoaded)` before a first set has loaded.
+    pub fn record(&self, config: &Config, hash: &KeyHash) -> Result<Option<KeyRecord>, NotLoaded> {
         // Before a first load, look again on every request, so the first set serves at
         // once rather than at the next tick.
         let slot = self.active.get().or_else(|| {
@@ -48,13 +48,8 @@ impl FetchState {
             self.active.set(active);
             active
         });
-        let Some(slot) = slot else {
-            return DecidedWith::Owned(check.unavailable(config, UNAVAILABLE_RETRY_SECONDS));
-        };
-        let record = self
-            .set
-            .lookup(&SharedData, slot, &check.hash, &config.scopes);
-        DecidedWith::Record(record, check)
+        let slot = slot.ok_or(NotLoaded)?;
+        Ok(self.set.lookup(&SharedData, slot, hash, &config.scopes))
     }
 
     /// Once a second, on every worker.
@@ -92,7 +87,7 @@ impl FetchState {
             Ok(_) => self
                 .in_flight_until_ms
                 .set(now + u64::from(endpoint.timeout_ms) + 1000),
-            Err(status) => self.record(
+            Err(status) => self.settle(
                 metrics,
                 FetchAnswer::Failed(format!(
                     "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
@@ -105,7 +100,7 @@ impl FetchState {
     /// The answer to this worker's fetch.
     pub fn answered(&self, metrics: &Metrics, body_size: usize) {
         self.in_flight_until_ms.set(0);
-        let (status, etag) = host::call_response("etag");
+        let host::CallResponse { status, etag } = host::call_response();
         let body;
         let answer = match status.as_deref() {
             Some("200") => {
@@ -126,10 +121,10 @@ impl FetchState {
                     .into(),
             ),
         };
-        self.record(metrics, answer);
+        self.settle(metrics, answer);
     }
 
-    fn record(&self, metrics: &Metrics, answer: FetchAnswer<'_>) {
+    fn settle(&self, metrics: &Metrics, answer: FetchAnswer<'_>) {
         let now = host::now_ms();
         let jitter = host::jitter(self.holder);
         let cluster = &*self.fetch.endpoint.cluster;
@@ -165,18 +160,5 @@ impl FetchState {
     }
 }
 
-/// A decision that still needs its record's lifetime: the record was decoded for this
-/// request, so the caller finishes the check where the record lives.
-pub enum DecidedWith<'c> {
-    Owned(Verdict<'c>),
-    Record(Option<crate::keyset::KeyRecord>, KeyCheck),
-}
-
-/// Finishes with a decoded record: the clock is read only for a key with an expiry.
-pub fn finish<'k>(
-    config: &'k Config,
-    record: Option<&'k crate::keyset::KeyRecord>,
-    check: KeyCheck,
-) -> Verdict<'k> {
-    check.finish(config, record, || Timestamp::from_system_time(host::now()))
-}
+/// No key set has loaded yet.
+pub struct NotLoaded;

@@ -8,7 +8,7 @@ use crate::shared_set::SharedStore;
 use crate::stats::{self, Outcome};
 use log::debug;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Proxy-wasm shared data: one map per Envoy process, shared by every worker's VM.
@@ -121,11 +121,7 @@ pub fn carry_out(
                 denial.key().map_or("-", |k| k.id.as_str())
             );
             if let Some(path) = redacted_path {
-                let _ = hostcalls::set_map_value(
-                    proxy_wasm::types::MapType::HttpRequestHeaders,
-                    ":path",
-                    Some(path),
-                );
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
             }
             respond(&response::render(&config.realm, &denial));
             false
@@ -146,35 +142,37 @@ struct Editor;
 
 impl HeaderEditor for Editor {
     fn set(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(
-            proxy_wasm::types::MapType::HttpRequestHeaders,
-            name,
-            Some(value),
-        );
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
     }
 
     fn remove(&mut self, name: &str) {
-        let _ =
-            hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, None);
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
 }
 
-/// The `:status` and one named header of a call's response, read as bytes (the string
-/// variant of the host call panics on a value that is not UTF-8).
-pub fn call_response(header: &str) -> (Option<String>, Option<String>) {
-    let headers = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpCallResponseHeaders)
-        .unwrap_or_default();
+/// What a call's response says in its headers, read as bytes (the string variant of the
+/// host call panics on a value that is not UTF-8).
+pub struct CallResponse {
+    pub status: Option<String>,
+    pub etag: Option<String>,
+}
+
+pub fn call_response() -> CallResponse {
+    let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let text = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
     };
-    (text(":status"), text(header))
+    CallResponse {
+        status: text(":status"),
+        etag: text("etag"),
+    }
 }
 
 pub fn call_body(size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, size)
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
         .ok()
         .flatten()
         .unwrap_or_default()

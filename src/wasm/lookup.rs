@@ -65,7 +65,7 @@ impl LookupState {
         metrics: &Metrics,
         context_id: u32,
         check: KeyCheck,
-        redacted_path: Option<String>,
+        redacted_path: impl FnOnce() -> Option<String>,
     ) -> Next {
         let probe = self
             .cache
@@ -90,7 +90,7 @@ impl LookupState {
             context_id,
             Waiting {
                 check,
-                redacted_path,
+                redacted_path: redacted_path(),
             },
         );
         Next::Paused
@@ -133,7 +133,7 @@ impl LookupState {
         let Some(Call { hash, .. }) = self.calls.borrow_mut().remove(&token) else {
             return;
         };
-        let (status, _) = host::call_response("content-type");
+        let status = host::call_response().status;
         let body = if status.as_deref() == Some("200") {
             host::call_body(body_size)
         } else {

@@ -9,9 +9,11 @@ mod lookup;
 
 use crate::config::{Config, KeySource};
 use crate::decision::{begin, redacted_target, Denial, Step, UNAVAILABLE_RETRY_SECONDS};
+use crate::keyset::KeyRecord;
+use crate::lookup_cache::Answer;
 use crate::response;
 use crate::timestamp::Timestamp;
-use fetch::{DecidedWith, FetchState};
+use fetch::{FetchState, NotLoaded};
 use host::{carry_out, Metrics};
 use log::{error, info};
 use lookup::{LookupState, Next};
@@ -229,46 +231,40 @@ impl HttpContext for Request {
             }
             Step::Key(check) => check,
         };
-        let proceed = match &keys {
+        // Records decoded for this request live here, so the verdict may borrow them.
+        let fetched: Option<KeyRecord>;
+        let answer: Answer;
+        let verdict = match &keys {
             Keys::Inline => {
                 let record = match &config.keys {
                     KeySource::Inline(set) => set.get(&check.hash),
                     _ => None,
                 };
-                let verdict = check.finish(&config, record, now);
-                let redacted = denied_path(&config, &verdict, &headers);
-                carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                check.finish(&config, record, now)
             }
-            Keys::Fetched(state) => match state.decide(&config, check) {
-                DecidedWith::Owned(verdict) => {
-                    let redacted = denied_path(&config, &verdict, &headers);
-                    carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+            Keys::Fetched(state) => match state.record(&config, &check.hash) {
+                Ok(record) => {
+                    fetched = record;
+                    check.finish(&config, fetched.as_ref(), now)
                 }
-                DecidedWith::Record(record, check) => {
-                    let verdict = fetch::finish(&config, record.as_ref(), check);
-                    let redacted = denied_path(&config, &verdict, &headers);
-                    carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
-                }
+                Err(NotLoaded) => check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS),
             },
             Keys::Lookup(state) => {
-                let redacted = redacted_target(&config, &headers);
-                match state.start(&metrics, self.context_id, check, redacted.clone()) {
-                    Next::Decide(check, answer) => {
-                        let record = match &answer {
-                            crate::lookup_cache::Answer::Found(r) => Some(&**r),
-                            crate::lookup_cache::Answer::Unknown => None,
-                        };
-                        let verdict = check.finish(&config, record, now);
-                        carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                let redacted = || redacted_target(&config, &headers);
+                match state.start(&metrics, self.context_id, check, redacted) {
+                    Next::Decide(check, found) => {
+                        answer = found;
+                        check.finish(&config, answer.record(), now)
                     }
                     Next::Unavailable(check) => {
-                        let verdict = check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS);
-                        carry_out(&config, &metrics, verdict, redacted.as_deref(), false)
+                        check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS)
                     }
-                    Next::Paused => false,
+                    Next::Paused => return Action::Pause,
                 }
             }
         };
+        let redacted = denied_path(&config, &verdict, &headers);
+        let proceed = carry_out(&config, &metrics, verdict, redacted.as_deref(), false);
         action(proceed)
     }
 
