@@ -3,8 +3,9 @@
 //!
 //! Envoy runs one VM per worker. Fetching and holding the set per VM would multiply the
 //! calls to the key service and the memory by the worker count, so:
-//! - one worker at a time holds a lease (a compare-and-swap on a shared entry) and
-//!   fetches; the holder keeps it while it lives, so one VM, not all, pays for parsing;
+//! - one VM at a time (a worker's, or the one on Envoy's main thread) holds a lease (a
+//!   compare-and-swap on a shared entry) and fetches; the holder keeps it while it lives,
+//!   so one VM, not all, pays for parsing;
 //! - each record is a shared entry of its own, keyed by hash, written once: a request
 //!   reads exactly one entry, and no VM holds a copy of the set;
 //! - entries live in two slots. A new set is written into the slot not in use, then one
@@ -144,8 +145,8 @@ impl SharedSet {
                 return next;
             }
         }
-        // Contended beyond reason: a holder number from the clock-free fallback still works,
-        // it only risks one duplicate fetch.
+        // Contended beyond reason: VMs sharing this number may both fetch at times, which
+        // costs a call, never correctness (both write the same set).
         u64::MAX
     }
 
