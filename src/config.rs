@@ -3,7 +3,7 @@
 //! by its field path.
 
 use crate::credential::{Scheme, Source};
-use crate::error::ConfigError;
+use crate::error::{parse_json, ConfigError};
 use crate::header::HeaderName;
 use crate::keyset::{KeyRecordDoc, KeySet};
 use crate::remote::{FetchConfig, FetchDoc, LookupConfig, LookupDoc};
@@ -126,18 +126,7 @@ impl Config {
                 "configuration must be a JSON object ({\"keys\": [...], \"rules\": [...]})",
             )]);
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let doc: ConfigDoc = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            vec![ConfigError::new(path, e.into_inner().to_string())]
-        })?;
-        if let Err(e) = deserializer.end() {
-            return Err(vec![ConfigError::new(
-                "",
-                format!("unexpected text after the configuration object: {e}"),
-            )]);
-        }
+        let doc: ConfigDoc = parse_json(json, "configuration object")?;
         Config::from_doc(doc)
     }
 

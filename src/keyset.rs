@@ -1,7 +1,7 @@
 //! Key records and the set they form: looked up by the SHA-256 of the presented key, so
 //! the filter holds and compares hashes, never keys.
 
-use crate::error::ConfigError;
+use crate::error::{parse_json, ConfigError};
 use crate::header::HeaderText;
 use crate::scope::{Scope, ScopeIndex, ScopeMask};
 use crate::timestamp::Timestamp;
@@ -232,18 +232,7 @@ impl KeySetDoc {
     /// Parses a document and checks that its records can form a set (no duplicate id or
     /// hash). Errors name the field, as `keys[3].expires_at`.
     pub fn parse(json: &[u8]) -> Result<KeySetDoc, Vec<ConfigError>> {
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let doc: KeySetDoc = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            vec![ConfigError::new(path, e.into_inner().to_string())]
-        })?;
-        deserializer.end().map_err(|e| {
-            vec![ConfigError::new(
-                "",
-                format!("unexpected text after the key-set document: {e}"),
-            )]
-        })?;
+        let doc: KeySetDoc = parse_json(json, "key-set document")?;
         check_unique(&doc.keys, "keys")?;
         Ok(doc)
     }
@@ -448,6 +437,12 @@ mod tests {
         assert!(shown("{\"keys\": []} x")[0].contains("unexpected text"));
         assert!(shown("{\"version\": \"1\"}")[0].contains("missing field `keys`"));
         assert!(shown("[]")[0].contains("expected struct"));
+        // A syntax error has no field to name: its line and column say where.
+        for (text, path) in [("not json", ""), ("{,", ""), ("{\"keys\": [{]}", "keys[0]")] {
+            let syntax = KeySetDoc::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(syntax[0].path, path, "{text}: {syntax:?}");
+            assert!(syntax[0].message.contains("line 1"), "{syntax:?}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Error {
                 .map(|p| match p.path.as_str() {
                     // Where a syntax error leaves no field to name, the message has the
                     // line and column.
-                    "" | "?" => format!("{}: {}", path.display(), p.message),
+                    "" => format!("{}: {}", path.display(), p.message),
                     field => format!("{}: {field}: {}", path.display(), p.message),
                 })
                 .collect(),
