@@ -236,11 +236,6 @@ impl KeySetDoc {
         check_unique(&doc.keys, "keys")?;
         Ok(doc)
     }
-
-    /// The set the filter uses, scopes read against the configuration's index.
-    pub fn into_set(self, index: &ScopeIndex) -> Result<KeySet, Vec<ConfigError>> {
-        KeySet::build(self.keys, index, "keys")
-    }
 }
 
 /// Refuses duplicate ids and duplicate hashes, naming each repeat and its first place.
@@ -410,7 +405,7 @@ mod tests {
         .to_string();
         let doc = KeySetDoc::parse(text.as_bytes()).unwrap();
         assert_eq!(doc.version.as_deref(), Some("v7"));
-        let set = doc.into_set(&ScopeIndex::default()).unwrap();
+        let set = KeySet::build(doc.keys, &ScopeIndex::default(), "keys").unwrap();
         assert_eq!(
             set.get(&KeyHash::of_key("ka")).unwrap().owner.as_str(),
             "alice"
