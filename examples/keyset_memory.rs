@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    bootstrap, bootstrap_with_key_service, hash_of, try_request, Envoy, EnvoyOptions, Request,
-    TempDir, Upstream,
+    bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Envoy,
+    EnvoyOptions, Request, TempDir, Upstream,
 };
 
 const REFRESH_SECONDS: u32 = 2;
@@ -106,29 +106,6 @@ fn options() -> Options {
 
 // ---------------------------------------------------------------------------------------
 // Keys
-
-/// The raw key of record `i`.
-fn key(i: usize) -> String {
-    format!("kg_bench_{i}")
-}
-
-/// `n` SPEC §2 records as a JSON array, written directly (a million in a few seconds).
-fn records_json(n: usize) -> String {
-    let mut out = String::with_capacity(n * 130 + 2);
-    out.push('[');
-    for i in 0..n {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            "{{\"id\":\"bench-{i}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]}}",
-            hash_of(&key(i)),
-            i % 1000
-        ));
-    }
-    out.push(']');
-    out
-}
 
 /// A small xorshift: which keys the requests use. Reproducible, and no dependency.
 struct Picks(u64);
@@ -655,7 +632,10 @@ fn run(case: &Case, options: &Options) -> Row {
     let sent = Instant::now();
     for _ in 0..options.requests {
         let i = picks.below(case.keys);
-        let answer = try_request(envoy.listener, &Request::get("/data/x").bearer(&key(i)));
+        let answer = try_request(
+            envoy.listener,
+            &Request::get("/data/x").bearer(&bench_key(i)),
+        );
         match answer {
             Ok(response) if response.status == 200 => {}
             Ok(response) => {
@@ -757,7 +737,10 @@ fn change_set(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let i = picks.below(case.keys);
                 let asked = Instant::now();
-                let answer = try_request(envoy.listener, &Request::get("/data/x").bearer(&key(i)));
+                let answer = try_request(
+                    envoy.listener,
+                    &Request::get("/data/x").bearer(&bench_key(i)),
+                );
                 slowest = slowest.max(asked.elapsed());
                 sent += 1;
                 if !matches!(answer, Ok(ref r) if r.status == 200) {
@@ -874,7 +857,7 @@ fn main() {
     let mut rows = Vec::new();
 
     // Baseline: one inline key.
-    let one: Value = serde_json::from_str(&records_json(1)).unwrap();
+    let one: Value = serde_json::from_str(&bench_records_json(1, None)).unwrap();
     for &workers in &options.workers {
         let mut row = run(
             &Case {
@@ -900,7 +883,7 @@ fn main() {
     sizes.dedup();
     for n in sizes {
         let made = Instant::now();
-        let records = records_json(n);
+        let records = bench_records_json(n, None);
         eprintln!(
             "\n{n} records: {:.1} MiB of JSON in {:.1} s",
             records.len() as f64 / 1048576.0,

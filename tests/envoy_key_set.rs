@@ -102,7 +102,9 @@ fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up(
     assert!(seen
         .iter()
         .all(|s| s.header("x-api-key-id") == Some("alice")));
-    assert!(envoy.keygate_stat("fetch.ok") >= 1);
+    assert!(eventually(Duration::from_secs(3), || envoy
+        .keygate_stat("fetch.ok")
+        >= 1));
     assert_eq!(envoy.keygate_stat("keys_loaded"), 1);
     // Envoy flushes its log file every few seconds.
     assert!(eventually(Duration::from_secs(15), || envoy
@@ -164,7 +166,9 @@ fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() 
         "{fetches} fetches in {seconds:.1} s with refresh 1 s"
     );
     assert!(service.calls().keyset_not_modified >= 1, "ETag not used");
-    assert!(envoy.keygate_stat("fetch.not_modified") >= 1);
+    assert!(eventually(Duration::from_secs(3), || envoy
+        .keygate_stat("fetch.not_modified")
+        >= 1));
 }
 
 #[test]

@@ -86,6 +86,7 @@ fn keys_are_asked_by_hash_and_cache_hits_make_no_call() {
     assert_eq!(envoy.send(&Request::get("/healthz")).status, 200);
     assert_eq!(service.calls().lookups.len(), 3);
 
+    envoy.await_stats_flush();
     assert_eq!(envoy.keygate_stat("lookup.calls"), 3);
     assert_eq!(envoy.keygate_stat("lookup.cache_hits"), 15);
     assert_eq!(envoy.keygate_stat("allowed"), 11);
@@ -172,6 +173,7 @@ fn service_down_and_nothing_cached_is_503_and_cached_answers_still_serve() {
     let seen = upstream.take();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].header("x-api-key-id"), None);
+    envoy.await_stats_flush();
     assert!(envoy.keygate_stat("lookup.failed") >= 1);
     assert!(envoy.keygate_stat("denied.unavailable") >= 1);
 

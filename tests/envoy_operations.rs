@@ -148,6 +148,7 @@ fn counters_per_outcome_on_stats_and_prometheus() {
         403
     );
 
+    envoy.await_stats_flush();
     let stats = envoy.keygate_stats();
     let expect = [
         ("keygate.allowed", 3),
@@ -215,6 +216,7 @@ fn two_workers_decide_alike() {
     assert!(seen
         .iter()
         .all(|s| s.header("x-api-key-id") == Some("ops-1")));
+    envoy.await_stats_flush();
     let stats = envoy.keygate_stats();
     assert_eq!(
         stats.get("wasmcustom.keygate.allowed"),

@@ -133,7 +133,7 @@ impl FetchState {
             .complete(&mut SharedData, self.holder, now, jitter, answer)
         {
             Fetched::Loaded { keys, version } => {
-                Metrics::bump(metrics.fetch_ok);
+                metrics.fetch_ok.add();
                 metrics.keys_loaded(keys);
                 metrics.fetch_age(0);
                 info!(
@@ -142,14 +142,14 @@ impl FetchState {
                 );
             }
             Fetched::NotModified => {
-                Metrics::bump(metrics.fetch_not_modified);
+                metrics.fetch_not_modified.add();
                 metrics.fetch_age(0);
             }
             Fetched::Failed {
                 reason,
                 retry_in_ms,
             } => {
-                Metrics::bump(metrics.fetch_failed);
+                metrics.fetch_failed.add();
                 warn!(
                     "keygate: key set fetch from cluster {cluster} failed, keeping the last \
                      good set, retrying in {retry_in_ms} ms: {reason}"

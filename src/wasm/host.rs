@@ -9,6 +9,7 @@ use crate::stats::{self, Outcome};
 use log::debug;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Proxy-wasm shared data: one map per Envoy process, shared by every worker's VM.
@@ -28,6 +29,36 @@ pub fn now() -> SystemTime {
     hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
 }
 
+thread_local! {
+    // A VM runs on one thread; this is the VM's clock as of its last tick.
+    static CLOCK: Cell<Option<SystemTime>> = const { Cell::new(None) };
+}
+
+/// Reads the host's clock into the VM's clock. On every tick (every 500 ms) and at
+/// configuration: a host call per request would cost more than keygate's whole decision,
+/// and expiry and cache lifetimes are counted in seconds.
+pub fn refresh_clock() {
+    CLOCK.with(|clock| clock.set(Some(now())));
+}
+
+/// The VM's clock: at most one tick behind the host's.
+pub fn clock() -> SystemTime {
+    CLOCK.with(|clock| match clock.get() {
+        Some(time) => time,
+        None => {
+            let time = now();
+            clock.set(Some(time));
+            time
+        }
+    })
+}
+
+pub fn clock_ms() -> u64 {
+    clock()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub fn now_ms() -> u64 {
     now()
         .duration_since(UNIX_EPOCH)
@@ -42,44 +73,79 @@ pub fn jitter(salt: u64) -> u64 {
     (nanos ^ salt.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
 }
 
+/// A counter whose increments are added up in the VM and handed to Envoy on the VM's
+/// tick (and when the VM stops): a host call per request would cost more than keygate's
+/// whole decision. Envoy's stats thus trail the requests by at most 500 ms.
+pub struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn define(name: &str) -> Self {
+        Counter {
+            id: hostcalls::define_metric(MetricType::Counter, name).ok(),
+            pending: Cell::new(0),
+        }
+    }
+
+    pub fn add(&self) {
+        self.pending.set(self.pending.get().saturating_add(1));
+    }
+
+    fn flush(&self) {
+        let n = self.pending.replace(0);
+        if let (Some(id), true) = (self.id, n > 0) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// Metric ids, defined once per VM. Envoy hands out the same stat for the same name, so
 /// counts from every worker add up.
 pub struct Metrics {
-    outcomes: [Option<u32>; Outcome::ALL.len()],
+    outcomes: [Counter; Outcome::ALL.len()],
     keys_loaded: Option<u32>,
-    pub fetch_ok: Option<u32>,
-    pub fetch_not_modified: Option<u32>,
-    pub fetch_failed: Option<u32>,
+    pub fetch_ok: Counter,
+    pub fetch_not_modified: Counter,
+    pub fetch_failed: Counter,
     fetch_age: Option<u32>,
-    pub lookup_calls: Option<u32>,
-    pub lookup_cache_hits: Option<u32>,
-    pub lookup_failed: Option<u32>,
+    pub lookup_calls: Counter,
+    pub lookup_cache_hits: Counter,
+    pub lookup_failed: Counter,
 }
 
 impl Metrics {
     pub fn define() -> Self {
-        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
         let gauge = |name| hostcalls::define_metric(MetricType::Gauge, name).ok();
         Metrics {
-            outcomes: Outcome::ALL.map(|o| counter(o.metric_name())),
+            outcomes: Outcome::ALL.map(|o| Counter::define(o.metric_name())),
             keys_loaded: gauge(stats::KEYS_LOADED),
-            fetch_ok: counter(stats::FETCH_OK),
-            fetch_not_modified: counter(stats::FETCH_NOT_MODIFIED),
-            fetch_failed: counter(stats::FETCH_FAILED),
+            fetch_ok: Counter::define(stats::FETCH_OK),
+            fetch_not_modified: Counter::define(stats::FETCH_NOT_MODIFIED),
+            fetch_failed: Counter::define(stats::FETCH_FAILED),
             fetch_age: gauge(stats::FETCH_AGE_SECONDS),
-            lookup_calls: counter(stats::LOOKUP_CALLS),
-            lookup_cache_hits: counter(stats::LOOKUP_CACHE_HITS),
-            lookup_failed: counter(stats::LOOKUP_FAILED),
+            lookup_calls: Counter::define(stats::LOOKUP_CALLS),
+            lookup_cache_hits: Counter::define(stats::LOOKUP_CACHE_HITS),
+            lookup_failed: Counter::define(stats::LOOKUP_FAILED),
         }
     }
 
     pub fn count(&self, outcome: Outcome) {
-        Self::bump(self.outcomes[outcome.index()]);
+        self.outcomes[outcome.index()].add();
     }
 
-    pub fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+    /// Hands the counts made since the last flush to Envoy.
+    pub fn flush(&self) {
+        for counter in self.outcomes.iter().chain([
+            &self.fetch_ok,
+            &self.fetch_not_modified,
+            &self.fetch_failed,
+            &self.lookup_calls,
+            &self.lookup_cache_hits,
+            &self.lookup_failed,
+        ]) {
+            counter.flush();
         }
     }
 
@@ -98,17 +164,36 @@ impl Metrics {
 
 /// Carries out a verdict on the effective request: header edits (and, for a request that
 /// waited, resuming it), or the local answer. Returns true when the request may go on.
+///
+/// `headers` are the request's headers as read for the decision; a request that waited
+/// for its key has them read again. The edits are made on them and written back in one
+/// host call: a call per edit (three identity headers, the credential) would cost more.
 pub fn carry_out(
     config: &Config,
     metrics: &Metrics,
     verdict: Verdict<'_>,
     redacted_path: Option<&str>,
-    resume: bool,
+    headers: Option<Vec<(String, Vec<u8>)>>,
 ) -> bool {
     metrics.count(verdict.outcome());
+    let resume = headers.is_none();
     match verdict {
         Verdict::Allow(allowed) => {
-            allowed.apply(config, &mut Editor);
+            let mut editor = Editor {
+                headers: headers.unwrap_or_else(|| {
+                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+                }),
+                changed: false,
+            };
+            allowed.apply(config, &mut editor);
+            if editor.changed {
+                let pairs: Vec<(&str, &[u8])> = editor
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_slice()))
+                    .collect();
+                let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, pairs);
+            }
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
@@ -138,15 +223,36 @@ pub fn respond(answer: &response::LocalResponse) {
     let _ = hostcalls::send_http_response(answer.status, headers, Some(answer.body.as_bytes()));
 }
 
-struct Editor;
+/// Header edits made on the request's headers in the VM (names are lowercase, as Envoy
+/// lists them and as the configuration holds them).
+struct Editor {
+    headers: Vec<(String, Vec<u8>)>,
+    changed: bool,
+}
 
 impl HeaderEditor for Editor {
     fn set(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        // In place, so the header keeps its position; any further value goes.
+        match self.headers.iter().position(|(n, _)| n == name) {
+            Some(first) => {
+                self.headers[first].1 = value.as_bytes().to_vec();
+                let mut i = 0;
+                self.headers.retain(|(n, _)| {
+                    i += 1;
+                    i - 1 == first || n != name
+                });
+            }
+            None => self
+                .headers
+                .push((name.to_string(), value.as_bytes().to_vec())),
+        }
+        self.changed = true;
     }
 
     fn remove(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        let before = self.headers.len();
+        self.headers.retain(|(n, _)| n != name);
+        self.changed |= self.headers.len() != before;
     }
 }
 

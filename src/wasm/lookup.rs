@@ -70,10 +70,10 @@ impl LookupState {
         let probe = self
             .cache
             .borrow_mut()
-            .probe(&check.hash, context_id, host::now_ms());
+            .probe(&check.hash, context_id, host::clock_ms());
         match probe {
             Probe::Hit(answer) => {
-                Metrics::bump(metrics.lookup_cache_hits);
+                metrics.lookup_cache_hits.add();
                 return Next::Decide(check, answer);
             }
             Probe::Wait => {}
@@ -81,7 +81,7 @@ impl LookupState {
                 if !self.ask(metrics, &check.hash, context_id) {
                     self.cache
                         .borrow_mut()
-                        .resolve(&check.hash, None, host::now_ms());
+                        .resolve(&check.hash, None, host::clock_ms());
                     return Next::Unavailable(check);
                 }
             }
@@ -107,7 +107,7 @@ impl LookupState {
             ("accept", "application/json"),
         ];
         let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
-        Metrics::bump(metrics.lookup_calls);
+        metrics.lookup_calls.add();
         match hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout) {
             Ok(token) => {
                 self.calls
@@ -116,7 +116,7 @@ impl LookupState {
                 true
             }
             Err(status) => {
-                Metrics::bump(metrics.lookup_failed);
+                metrics.lookup_failed.add();
                 warn!(
                     "keygate: cannot call cluster {:?} ({status:?}): is it defined in Envoy's \
                      config?",
@@ -143,7 +143,7 @@ impl LookupState {
             match lookup_cache::read_answer(status.as_deref(), &body, &hash, &config.scopes) {
                 Ok(answer) => Some(answer),
                 Err(reason) => {
-                    Metrics::bump(metrics.lookup_failed);
+                    metrics.lookup_failed.add();
                     warn!("keygate: key lookup failed: {reason}");
                     None
                 }
@@ -151,7 +151,7 @@ impl LookupState {
         let waiters = self
             .cache
             .borrow_mut()
-            .resolve(&hash, answer.clone(), host::now_ms());
+            .resolve(&hash, answer.clone(), host::clock_ms());
         self.wake(config, metrics, &waiters, answer.as_ref());
     }
 
@@ -160,7 +160,7 @@ impl LookupState {
     /// overdue anyway fails them.
     pub fn sweep(&self, config: &Config, metrics: &Metrics, root_id: u32) {
         let timeout = u64::from(self.lookup.endpoint.timeout_ms);
-        let now = host::now_ms();
+        let now = host::clock_ms();
         let overdue = self
             .cache
             .borrow()
@@ -196,14 +196,14 @@ impl LookupState {
                         Answer::Found(record) => Some(&**record),
                         Answer::Unknown => None,
                     };
-                    let verdict = waiting
-                        .check
-                        .finish(config, record, || Timestamp::from_system_time(host::now()));
-                    carry_out(config, metrics, verdict, redacted, true);
+                    let verdict = waiting.check.finish(config, record, || {
+                        Timestamp::from_system_time(host::clock())
+                    });
+                    carry_out(config, metrics, verdict, redacted, None);
                 }
                 None => {
                     let verdict = waiting.check.unavailable(config, UNAVAILABLE_RETRY_SECONDS);
-                    carry_out(config, metrics, verdict, redacted, true);
+                    carry_out(config, metrics, verdict, redacted, None);
                 }
             }
         }

@@ -53,7 +53,8 @@ struct Root {
     metrics: Option<Rc<Metrics>>,
 }
 
-// Often enough that a switched set reaches every worker well within a second.
+// Often enough that a switched set reaches every worker well within a second, and that
+// the VM's clock and Envoy's stats trail by at most half a second.
 const TICK: Duration = Duration::from_millis(500);
 
 impl Context for Root {
@@ -71,6 +72,13 @@ impl Context for Root {
             }) => state.answered(config, metrics, token, body_size),
             _ => {}
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
+        true
     }
 }
 
@@ -102,6 +110,8 @@ impl RootContext for Root {
             .metrics
             .get_or_insert_with(|| Rc::new(Metrics::define()))
             .clone();
+        host::refresh_clock();
+        let _ = hostcalls::set_tick_period(TICK);
         let keys = match &config.keys {
             KeySource::Inline(set) => {
                 metrics.keys_loaded(set.len());
@@ -122,7 +132,6 @@ impl RootContext for Root {
                 );
                 // The first fetch waits for the first tick: during on_configure Envoy may
                 // not have its clusters yet, and a call made then can go unanswered.
-                let _ = hostcalls::set_tick_period(TICK);
                 Keys::Fetched(Rc::new(FetchState::new(fetch)))
             }
             KeySource::Lookup(lookup) => {
@@ -131,7 +140,6 @@ impl RootContext for Root {
                     lookup.endpoint.cluster,
                     config.rules.rules.len()
                 );
-                let _ = hostcalls::set_tick_period(TICK);
                 Keys::Lookup(Rc::new(LookupState::new(lookup)))
             }
         };
@@ -144,6 +152,10 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        host::refresh_clock();
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
         match &self.shared {
             Some(Shared {
                 metrics,
@@ -217,7 +229,7 @@ impl HttpContext for Request {
             return Action::Pause;
         };
         let headers = self.get_http_request_headers_bytes();
-        let now = || Timestamp::from_system_time(host::now());
+        let now = || Timestamp::from_system_time(host::clock());
         let check = match begin(&config, &headers) {
             Step::Done(verdict) => {
                 let redacted = denied_path(&config, &verdict, &headers);
@@ -226,7 +238,7 @@ impl HttpContext for Request {
                     &metrics,
                     verdict,
                     redacted.as_deref(),
-                    false,
+                    Some(headers),
                 ));
             }
             Step::Key(check) => check,
@@ -264,7 +276,13 @@ impl HttpContext for Request {
             }
         };
         let redacted = denied_path(&config, &verdict, &headers);
-        let proceed = carry_out(&config, &metrics, verdict, redacted.as_deref(), false);
+        let proceed = carry_out(
+            &config,
+            &metrics,
+            verdict,
+            redacted.as_deref(),
+            Some(headers),
+        );
         action(proceed)
     }
 

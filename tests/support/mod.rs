@@ -54,6 +54,31 @@ pub fn hash_of(key: &str) -> String {
     KeyHash::of_key(key).to_hex()
 }
 
+/// The raw key of benchmark record `i`.
+pub fn bench_key(i: usize) -> String {
+    format!("kg_bench_{i}")
+}
+
+/// `n` SPEC §2 records with scope `browse` as a JSON array, written directly (a million in
+/// a few seconds): record `i` is `bench_key(i)`'s.
+pub fn bench_records_json(n: usize, expires_at: Option<&str>) -> String {
+    let expiry = expires_at.map_or(String::new(), |at| format!(",\"expires_at\":\"{at}\""));
+    let mut out = String::with_capacity(n * (130 + expiry.len()) + 2);
+    out.push('[');
+    for i in 0..n {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"id\":\"bench-{i}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]{expiry}}}",
+            hash_of(&bench_key(i)),
+            i % 1000
+        ));
+    }
+    out.push(']');
+    out
+}
+
 /// The SPEC §3 rules, shaped after ImmPort's scopes (browse, download, upload).
 pub fn immport_rules() -> Value {
     json!([
@@ -532,11 +557,22 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Envoy's process id (`.venv/bin/envoy` execs the binary, so it is the one spawned).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An admin endpoint's body.
     pub fn admin_get(&self, path: &str) -> String {
         let response = request(self.admin, &Request::get(path));
         assert_eq!(response.status, 200, "admin {path}: {}", response.text());
         response.text()
+    }
+
+    /// Waits until keygate's counts so far have reached Envoy: each VM hands them over on
+    /// its tick, every 500 ms.
+    pub fn await_stats_flush(&self) {
+        std::thread::sleep(Duration::from_millis(1100));
     }
 
     /// The `keygate` stats from `/stats`, by name as Envoy shows them.
