@@ -15,7 +15,7 @@ export KEYGATE_WASM := $(CURDIR)/$(WASM)
 run: tools wasm
 	cargo run --quiet --example demo
 
-test: tools lint wasm validate
+test: tools lint wasm validate validate-deploy
 	cargo test --all-targets
 	cargo run --quiet --example demo -- --check
 
@@ -59,3 +59,33 @@ clean:
 bench-memory: tools wasm
 	cargo build --release --bin keygate
 	cargo run --release --example keyset_memory
+
+# Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without
+# a cluster or a Docker engine by tests/deploy/validate.py, which needs Debian's
+# docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose') and, in .venv,
+# kubernetes-validate, jsonschema and PyYAML. `make run-compose` runs the compose stack natively.
+DEPLOY_PY_PACKAGES := kubernetes-validate==1.37.0 jsonschema==4.26.0 pyyaml==6.0.3
+DOCKER_COMPOSE ?= docker-compose
+export DOCKER_COMPOSE
+
+.PHONY: deploy-tools validate-deploy run-compose
+
+deploy-tools: envoy
+	@grep -qxF '$(DEPLOY_PY_PACKAGES)' $(VENV)/.deploy-tools 2>/dev/null || { \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check $(DEPLOY_PY_PACKAGES) && \
+	  echo '$(DEPLOY_PY_PACKAGES)' > $(VENV)/.deploy-tools; }
+	@[ "$(DOCKER_COMPOSE)" != docker-compose ] || command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose (for 'docker-compose config'; no Docker engine needed)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } || { \
+	  echo "validate-deploy needs docker-compose: apt-get install docker-compose, or DOCKER_COMPOSE='docker compose'"; \
+	  exit 1; }
+
+validate-deploy: tools wasm deploy-tools
+	cargo build --quiet --bin keygate
+	$(VENV)/bin/python tests/deploy/validate.py
+	cargo run --quiet --example compose -- --check
+
+run-compose: tools wasm
+	cargo build --quiet --bin keygate
+	cargo run --quiet --example compose

@@ -1,0 +1,483 @@
+"""`make validate-deploy`: every deployment target under envoy/ checked without a cluster or
+a Docker engine, and every check shown able to fail on a broken copy.
+
+- envoy/k8s/*.yaml: core kinds (Namespace, ConfigMap, Deployment, Service) with
+  kubernetes-validate in strict mode (unknown fields refused) for the oldest and newest
+  Kubernetes versions named below; WasmPlugin, EnvoyExtensionPolicy and HTTPRoute against
+  their CRDs' OpenAPI schemas kept in tests/schemas/ (see the README there), also strict.
+- keygate's configuration wherever a target carries it (WasmPlugin pluginConfig,
+  EnvoyExtensionPolicy config, the Envoy configs of the ConfigMap, the compose stack and the
+  ECDS resource): `keygate check`, the filter's own parser.
+- Envoy configs that only make sense in a container or a cluster (their module path is
+  /etc/...), and the ECDS resource inlined into its listener: `envoy --mode validate` on a
+  copy with the module path pointed at this build.
+- envoy/docker-compose.yaml: `docker-compose config`, and that the Envoy config it mounts
+  names the services, ports and paths the compose file defines.
+
+Run from the repository root with the .venv python (PyYAML, jsonschema, kubernetes-validate).
+Exits 1 on the first failing check, saying which.
+"""
+
+import copy
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ENVOY = os.environ.get("KEYGATE_ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
+WASM = os.environ.get(
+    "KEYGATE_WASM", os.path.join(ROOT, "target/wasm32-wasip1/release/keygate.wasm")
+)
+KEYGATE = os.environ.get("KEYGATE_BIN", os.path.join(ROOT, "target/debug/keygate"))
+COMPOSE = shlex.split(os.environ.get("DOCKER_COMPOSE", "docker-compose"))
+
+# Core kinds are checked against the oldest and the newest Kubernetes this targets.
+K8S_VERSIONS = ["1.30.0", "1.37.0"]
+
+CRD_SCHEMAS = {
+    ("extensions.istio.io/v1alpha1", "WasmPlugin"): "wasmplugin.extensions.istio.io.v1alpha1.yaml",
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): "envoyextensionpolicy.gateway.envoyproxy.io.v1alpha1.yaml",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute.gateway.networking.k8s.io.v1.json",
+}
+
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+TMP = tempfile.mkdtemp(prefix="keygate-validate-deploy-")
+passed = []
+
+
+def ok(what):
+    passed.append(what)
+    print(f"  ok  {what}")
+
+
+def fail(what, detail=""):
+    print(f"FAIL  {what}")
+    if detail:
+        print("      " + str(detail).strip().replace("\n", "\n      "))
+    sys.exit(1)
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def scratch(name, text):
+    path = os.path.join(TMP, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Kubernetes objects
+
+
+def strict(schema):
+    """The schema as the API server applies it with strict field validation (kubectl's
+    default): an object with declared properties accepts no others, unless the CRD keeps
+    unknown fields (x-kubernetes-preserve-unknown-fields)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "patternProperties", "definitions"):
+            out[key] = {name: strict(sub) for name, sub in value.items()}
+        elif key == "enum" or key == "default" or key == "required":
+            out[key] = value
+        else:
+            out[key] = strict(value)
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def crd_validator(api_version, kind):
+    schema = load_yaml(os.path.join(ROOT, "tests/schemas", CRD_SCHEMAS[(api_version, kind)]))
+    schema = strict(schema)
+    # What the API server checks itself on every object, whatever its schema says.
+    schema.setdefault("properties", {})
+    schema["properties"]["apiVersion"] = {"enum": [api_version]}
+    schema["properties"]["kind"] = {"enum": [kind]}
+    schema["properties"]["metadata"] = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 253, "pattern": DNS_SUBDOMAIN},
+            "namespace": {"type": "string", "maxLength": 63, "pattern": DNS_LABEL},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "additionalProperties": False,
+    }
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata"})
+    # OpenAPI v3.0 schemas are JSON Schema draft 4 in what they validate.
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema)
+
+
+VALIDATORS = {}
+
+
+def k8s_problems(doc):
+    """What the API server would refuse in this object: a list of messages."""
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key in CRD_SCHEMAS:
+        if key not in VALIDATORS:
+            VALIDATORS[key] = crd_validator(*key)
+        return [
+            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in VALIDATORS[key].iter_errors(doc)
+        ]
+    problems = []
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.absolute_path) or "(root)"
+            problems.append(f"kubernetes {version}: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            problems.append(e.message)
+    return problems
+
+
+def name_of(doc):
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def check_k8s_file(path):
+    docs = load_docs(path)
+    if not docs:
+        fail(f"{rel(path)}: no objects")
+    for doc in docs:
+        problems = k8s_problems(doc)
+        if problems:
+            fail(f"{rel(path)}: {name_of(doc)}", "\n".join(problems))
+        schema = "CRD schema" if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS else "kubernetes-validate --strict"
+        ok(f"{rel(path)}: {name_of(doc)} ({schema})")
+    return docs
+
+
+def refused_k8s(what, doc, expect):
+    """A broken copy must be refused, with a message that names `expect`."""
+    problems = k8s_problems(doc)
+    if not problems:
+        fail(f"refusal: {what}", "the broken copy was accepted")
+    if not any(expect in p for p in problems):
+        fail(f"refusal: {what}", f"refused, but not for {expect!r}: {problems}")
+    ok(f"refused: {what}")
+
+
+# ---------------------------------------------------------------------------------------
+# keygate's configuration
+
+
+def keygate_check(what, config):
+    """`keygate check` on a plugin configuration (a JSON string or a parsed value)."""
+    text = config if isinstance(config, str) else json.dumps(config, indent=1)
+    path = scratch("keygate-config.json", text)
+    run = subprocess.run([KEYGATE, "check", path], capture_output=True, text=True)
+    return run.returncode, (run.stdout + run.stderr).replace(path, what)
+
+
+def check_keygate(what, config):
+    code, output = keygate_check(what, config)
+    if code != 0:
+        fail(f"{what}: keygate check", output)
+    ok(f"{what}: keygate check: {output.strip().rsplit(': ok: ', 1)[-1]}")
+
+
+def keygate_filters(envoy_config):
+    """keygate's configuration strings in an Envoy config (any wasm filter rooted at keygate)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("@type") == WASM_TYPE and node.get("config", {}).get("root_id") == "keygate":
+                found.append(node["config"]["configuration"]["value"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(envoy_config)
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Envoy
+
+
+def envoy_validate(path):
+    run = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", path, "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return run.returncode, run.stdout + run.stderr
+
+
+def check_envoy(what, text):
+    code, output = envoy_validate(scratch("envoy.yaml", text))
+    if code != 0:
+        fail(f"{what}: envoy --mode validate", output)
+    ok(f"{what}: envoy --mode validate")
+
+
+def with_module(text, container_path):
+    if container_path not in text:
+        fail(f"no {container_path} in the config")
+    return text.replace(container_path, WASM)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def kubernetes():
+    print("Kubernetes manifests (envoy/k8s/)")
+    k8s = os.path.join(ROOT, "envoy/k8s")
+    files = sorted(f for f in os.listdir(k8s) if f.endswith(".yaml"))
+    if files != ["envoy-gateway.yaml", "envoy.yaml", "istio-wasmplugin.yaml"]:
+        fail("envoy/k8s/", f"unexpected files {files}: add them here")
+    objects = {}
+    for f in files:
+        for doc in check_k8s_file(os.path.join(k8s, f)):
+            objects[doc["kind"]] = doc
+
+    wasmplugin = objects["WasmPlugin"]
+    spec = wasmplugin["spec"]
+    for field, value in [("phase", "AUTHN"), ("failStrategy", "FAIL_CLOSE"), ("pluginName", "keygate")]:
+        if spec.get(field) != value:
+            fail(f"WasmPlugin: spec.{field} is {spec.get(field)!r}, not {value!r}")
+    if not spec.get("match"):
+        fail("WasmPlugin: no spec.match")
+    check_keygate("WasmPlugin keygate: pluginConfig", spec["pluginConfig"])
+
+    policy = objects["EnvoyExtensionPolicy"]
+    route = objects["HTTPRoute"]
+    wasm = policy["spec"]["wasm"]
+    if [w.get("rootID") for w in wasm] != ["keygate"] or wasm[0].get("failOpen") is not False:
+        fail("EnvoyExtensionPolicy: one wasm entry, rootID keygate, failOpen false")
+    if {"kind": "HTTPRoute", "name": route["metadata"]["name"]}.items() > policy["spec"]["targetRefs"][0].items():
+        fail("EnvoyExtensionPolicy: does not target the HTTPRoute beside it")
+    check_keygate("EnvoyExtensionPolicy keygate: config", wasm[0]["config"])
+
+    configmap = objects["ConfigMap"]
+    envoy_text = configmap["data"]["envoy.yaml"]
+    (plugin,) = keygate_filters(yaml.safe_load(envoy_text))
+    check_keygate("ConfigMap keygate-envoy: keygate's configuration", plugin)
+    check_envoy("ConfigMap keygate-envoy: envoy.yaml", with_module(envoy_text, "/etc/keygate/keygate.wasm"))
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in load_docs(os.path.join(k8s, "envoy.yaml"))
+        if d["kind"] == "Deployment"
+    }
+    envoy_pod = deployments["keygate-envoy"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in envoy_pod["containers"][0]["volumeMounts"]}
+    if not {"/etc/envoy", "/etc/keygate"} <= mounts:
+        fail("Deployment keygate-envoy: mounts", f"{mounts}: the config and the module must be at /etc/envoy and /etc/keygate")
+    ok("Deployment keygate-envoy mounts what envoy.yaml reads")
+
+    print("Kubernetes checks refuse broken copies")
+    broken = copy.deepcopy(wasmplugin)
+    broken["spec"]["failStrategy"] = "FAIL_CLOSED"
+    refused_k8s("WasmPlugin with failStrategy FAIL_CLOSED (Envoy's word, not Istio's)", broken, "FAIL_CLOSED")
+    broken = copy.deepcopy(wasmplugin)
+    broken["spec"]["pluginConfg"] = broken["spec"].pop("pluginConfig")
+    refused_k8s("WasmPlugin with a misspelled field (pluginConfg)", broken, "pluginConfg")
+    broken = copy.deepcopy(policy)
+    broken["spec"]["wasm"][0]["code"]["type"] = "Url"
+    refused_k8s("EnvoyExtensionPolicy with code.type Url", broken, "Url")
+    broken = copy.deepcopy(policy)
+    del broken["spec"]["wasm"][0]["code"]
+    refused_k8s("EnvoyExtensionPolicy with no wasm code", broken, "'code' is a required property")
+    broken = copy.deepcopy(route)
+    broken["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"
+    refused_k8s("HTTPRoute with path type Prefix", broken, "Prefix")
+    broken = copy.deepcopy(route)
+    broken["spec"]["rules"][0]["backendRefs"][0]["port"] = 70000
+    refused_k8s("HTTPRoute with backend port 70000", broken, "70000")
+    broken = copy.deepcopy(deployments["keygate-envoy"])
+    broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "10000"
+    refused_k8s("Deployment with a containerPort given as a string", broken, "'10000' is not of type 'integer'")
+    broken = copy.deepcopy(deployments["keygate-envoy"])
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    refused_k8s("Deployment with a misspelled field (volumeMount)", broken, "volumeMount")
+    broken = copy.deepcopy(configmap)
+    broken["data"]["envoy.yaml"] = 1
+    refused_k8s("ConfigMap with a number for data", broken, "1 is not of type 'string'")
+
+    print("keygate check refuses broken copies")
+    broken = copy.deepcopy(spec["pluginConfig"])
+    broken["keys"][0]["hash"] = broken["keys"][0]["hash"][:-1]
+    code, output = keygate_check("WasmPlugin pluginConfig", broken)
+    if code == 0 or "keys[0].hash" not in output:
+        fail("refusal: pluginConfig with a 63-character hash", output)
+    ok("refused: pluginConfig with a 63-character hash (keys[0].hash)")
+    broken = copy.deepcopy(wasm[0]["config"])
+    broken["rules"][0] = {"path_prefix": "/healthz"}
+    code, output = keygate_check("EnvoyExtensionPolicy config", broken)
+    if code == 0 or "rules[0]" not in output:
+        fail("refusal: config with a rule neither public nor scoped", output)
+    ok("refused: config with a rule neither public nor scoped (rules[0])")
+
+
+def compose():
+    print("docker-compose stack (envoy/docker-compose.yaml)")
+    path = os.path.join(ROOT, "envoy/docker-compose.yaml")
+    run = subprocess.run([*COMPOSE, "-f", path, "config", "-q"], capture_output=True, text=True)
+    if run.returncode != 0:
+        fail(f"{shlex.join(COMPOSE)} -f envoy/docker-compose.yaml config", run.stdout + run.stderr)
+    ok(f"{shlex.join(COMPOSE)} -f envoy/docker-compose.yaml config")
+
+    stack = load_yaml(path)
+    services = stack["services"]
+    if set(services) != {"envoy", "keyservice", "echo"}:
+        fail("compose services", f"{sorted(services)}")
+    if services["envoy"]["image"] != "envoyproxy/envoy:v1.40-latest":
+        fail("compose: envoy image", services["envoy"]["image"])
+    mounts = {v["target"]: v["source"] for v in services["envoy"]["volumes"]}
+    compose_dir = os.path.dirname(path)
+    config_path = os.path.normpath(os.path.join(compose_dir, mounts["/etc/envoy/envoy.yaml"]))
+    module_path = os.path.normpath(os.path.join(compose_dir, mounts["/etc/envoy/keygate.wasm"]))
+    if module_path != os.path.join(ROOT, "target/wasm32-wasip1/release/keygate.wasm"):
+        fail("compose: the module mounted is not the one `make wasm` builds", module_path)
+    build = services["keyservice"]["build"]
+    dockerfile = os.path.normpath(os.path.join(compose_dir, build["context"], build["dockerfile"]))
+    if not os.path.isfile(dockerfile):
+        fail("compose: keyservice Dockerfile", dockerfile)
+    text = open(config_path, encoding="utf-8").read()
+    config = yaml.safe_load(text)
+    # Every STRICT_DNS endpoint is a service of the stack, on a port that service offers.
+    exposed = {name: {int(p) for p in s.get("expose", [])} for name, s in services.items()}
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                host, port = address["address"], address["port_value"]
+                if port not in exposed.get(host, set()):
+                    fail(f"{rel(config_path)}: cluster {cluster['name']} calls {host}:{port}", f"not a service port of the stack: {exposed}")
+    published = {p.split(":")[-1] for p in services["envoy"]["ports"]}
+    listening = {str(config["admin"]["address"]["socket_address"]["port_value"])} | {
+        str(l["address"]["socket_address"]["port_value"]) for l in config["static_resources"]["listeners"]
+    }
+    if published != listening:
+        fail("compose: ports published for envoy", f"{published} vs what envoy.yaml listens on {listening}")
+    ok("compose: the Envoy config calls the stack's services and listens where compose publishes")
+    with open(dockerfile, encoding="utf-8") as f:
+        if "EXPOSE 8081" not in f.read():
+            fail(f"{rel(dockerfile)}: EXPOSE 8081")
+    (plugin,) = keygate_filters(config)
+    check_keygate(f"{rel(config_path)}: keygate's configuration", plugin)
+    check_envoy(rel(config_path), with_module(text, "/etc/envoy/keygate.wasm"))
+
+    print("docker-compose and envoy checks refuse broken copies")
+
+    def compose_config(stack_copy):
+        # Beside the original, so that its relative paths mean the same.
+        copy_path = os.path.join(compose_dir, ".docker-compose.check.yaml")
+        try:
+            with open(copy_path, "w", encoding="utf-8") as f:
+                yaml.safe_dump(stack_copy, f)
+            return subprocess.run([*COMPOSE, "-f", copy_path, "config", "-q"], capture_output=True, text=True)
+        finally:
+            os.remove(copy_path)
+
+    run = compose_config(stack)
+    if run.returncode != 0:
+        fail("compose: an unchanged copy, as the refusals below write it", run.stdout + run.stderr)
+    for what, expect, mutate in [
+        ("a misspelled top-level key (servics)", "'servics'", lambda s: s.__setitem__("servics", s.pop("services"))),
+        ("ports given as a number", "services.envoy.ports", lambda s: s["services"]["envoy"].__setitem__("ports", 10000)),
+    ]:
+        broken = copy.deepcopy(stack)
+        mutate(broken)
+        run = compose_config(broken)
+        if run.returncode == 0 or expect not in run.stdout + run.stderr:
+            fail(f"refusal: compose file with {what}", run.stdout + run.stderr or "accepted")
+        ok(f"refused: compose file with {what}")
+    code, output = envoy_validate(
+        scratch("broken-envoy.yaml", with_module(text, "/etc/envoy/keygate.wasm").replace('"unmatched": "deny"', '"unmatched": "nope"'))
+    )
+    if code == 0 or "unmatched" not in output:
+        fail("refusal: compose Envoy config with keygate's unmatched set to nope", output)
+    ok("refused: compose Envoy config with keygate's \"unmatched\": \"nope\" (envoy --mode validate)")
+
+
+def ecds():
+    print("ECDS (envoy/keygate-ecds.yaml + envoy/keygate-ecds-filter.yaml)")
+    listener_config = load_yaml(os.path.join(ROOT, "envoy/keygate-ecds.yaml"))
+    resource_file = load_yaml(os.path.join(ROOT, "envoy/keygate-ecds-filter.yaml"))
+    (resource,) = resource_file["resources"]
+    if resource["@type"] != "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig":
+        fail("ECDS resource type", resource["@type"])
+    hcm = listener_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = hcm["http_filters"]
+    discovered = [i for i, f in enumerate(filters) if "config_discovery" in f]
+    if len(discovered) != 1:
+        fail("keygate-ecds.yaml: one filter from config_discovery")
+    i = discovered[0]
+    source = filters[i]["config_discovery"]
+    if filters[i]["name"] != resource["name"]:
+        fail("ECDS: the listener asks for a resource the file does not hold", f"{filters[i]['name']} vs {resource['name']}")
+    if source["config_source"]["path_config_source"]["path"] != "envoy/keygate-ecds-filter.yaml":
+        fail("ECDS: the listener watches another file", source)
+    if resource["typed_config"]["@type"] not in source["type_urls"]:
+        fail("ECDS: the resource's type is not one the listener accepts")
+    ok("ECDS: the listener asks for the resource the file holds, of a type it accepts")
+    (plugin,) = keygate_filters(resource_file)
+    check_keygate("envoy/keygate-ecds-filter.yaml: keygate's configuration", plugin)
+    # `envoy --mode validate` does not read ECDS resources: validate the listener with the
+    # resource put in place of its config_discovery.
+    inlined = copy.deepcopy(listener_config)
+    inlined_hcm = inlined["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    inlined_hcm["http_filters"][i] = {"name": "envoy.filters.http.wasm", "typed_config": resource["typed_config"]}
+    check_envoy("envoy/keygate-ecds.yaml with its ECDS resource inlined", json.dumps(inlined))
+
+
+def main():
+    for tool in (ENVOY, WASM, KEYGATE):
+        if not os.path.isfile(tool):
+            fail(f"missing {tool}", "run `make tools wasm` and `cargo build --bin keygate`")
+    if not shutil.which(COMPOSE[0]):
+        fail(f"missing {COMPOSE[0]}", "`make deploy-tools` installs Debian's docker-compose")
+    os.chdir(ROOT)
+    kubernetes()
+    compose()
+    ecds()
+    refusals = sum(1 for p in passed if p.startswith("refused"))
+    print(f"validate-deploy: all {len(passed)} checks passed ({refusals} of them broken copies refused)")
+
+
+if __name__ == "__main__":
+    main()
