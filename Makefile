@@ -10,7 +10,7 @@ WASM := target/wasm32-wasip1/release/keygate.wasm
 export KEYGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export KEYGATE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench-memory
+.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench bench-memory
 
 run: tools wasm
 	cargo run --quiet --example demo
@@ -53,6 +53,16 @@ validate: tools wasm
 clean:
 	cargo clean
 	rm -rf $(VENV) .run
+
+# What keygate adds to every request, side by side with no filter, an empty wasm filter
+# (benches/empty-filter), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
+# wrk on CPU 0. Prints the table recorded in BENCHMARKS.md and draws benches/cost-vs-keys.svg.
+# About 10 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').
+bench: tools wasm
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
+	cargo build --release --bin keygate --example bench
+	target/release/examples/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.

@@ -16,6 +16,7 @@ pub mod credential;
 pub mod decision;
 pub mod error;
 pub mod header;
+pub mod header_edits;
 pub mod keyset;
 pub mod lookup_cache;
 pub mod path;

@@ -2,7 +2,8 @@
 //! clock, and carrying out a verdict on the effective request.
 
 use crate::config::Config;
-use crate::decision::{HeaderEditor, Verdict};
+use crate::decision::Verdict;
+use crate::header_edits::HeaderEdits;
 use crate::response;
 use crate::shared_set::SharedStore;
 use crate::stats::{self, Outcome};
@@ -179,20 +180,12 @@ pub fn carry_out(
     let resume = headers.is_none();
     match verdict {
         Verdict::Allow(allowed) => {
-            let mut editor = Editor {
-                headers: headers.unwrap_or_else(|| {
-                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
-                }),
-                changed: false,
-            };
-            allowed.apply(config, &mut editor);
-            if editor.changed {
-                let pairs: Vec<(&str, &[u8])> = editor
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_slice()))
-                    .collect();
-                let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, pairs);
+            let mut edits = HeaderEdits::new(headers.unwrap_or_else(|| {
+                hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+            }));
+            allowed.apply(config, &mut edits);
+            if edits.changed {
+                let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, edits.pairs());
             }
             if resume {
                 let _ = hostcalls::resume_http_request();
@@ -221,39 +214,6 @@ pub fn respond(answer: &response::LocalResponse) {
         .map(|(name, value)| (*name, value.as_str()))
         .collect();
     let _ = hostcalls::send_http_response(answer.status, headers, Some(answer.body.as_bytes()));
-}
-
-/// Header edits made on the request's headers in the VM (names are lowercase, as Envoy
-/// lists them and as the configuration holds them).
-struct Editor {
-    headers: Vec<(String, Vec<u8>)>,
-    changed: bool,
-}
-
-impl HeaderEditor for Editor {
-    fn set(&mut self, name: &str, value: &str) {
-        // In place, so the header keeps its position; any further value goes.
-        match self.headers.iter().position(|(n, _)| n == name) {
-            Some(first) => {
-                self.headers[first].1 = value.as_bytes().to_vec();
-                let mut i = 0;
-                self.headers.retain(|(n, _)| {
-                    i += 1;
-                    i - 1 == first || n != name
-                });
-            }
-            None => self
-                .headers
-                .push((name.to_string(), value.as_bytes().to_vec())),
-        }
-        self.changed = true;
-    }
-
-    fn remove(&mut self, name: &str) {
-        let before = self.headers.len();
-        self.headers.retain(|(n, _)| n != name);
-        self.changed |= self.headers.len() != before;
-    }
 }
 
 /// What a call's response says in its headers, read as bytes (the string variant of the
