@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{bench_key, bench_records_json, Bootstrap, Envoy, EnvoyOptions, TempDir};
 
@@ -375,58 +375,7 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------
-// Processes: the key service, CPU pinning, /proc
-
-struct KeyService {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl KeyService {
-    fn start(keys: &Path, dir: &Path) -> KeyService {
-        let binary = support::repo_root().join("target/release/keygate");
-        assert!(
-            binary.is_file(),
-            "no {}: `make bench` builds it",
-            binary.display()
-        );
-        let log = dir.join("serve.log");
-        let mut child = Command::new(&binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--keys"])
-            .arg(keys)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let addr = text.lines().find_map(|line| {
-                let rest = line.split_once("listening on http://")?.1;
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(addr) = addr {
-                return KeyService { child, addr };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("keygate serve exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate serve did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KeyService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// Processes: CPU pinning, /proc
 
 /// Pins every thread of `pid` to `cpus` (threads it starts later inherit it).
 fn pin(pid: u32, cpus: &str) {
@@ -832,7 +781,7 @@ fn main() {
             ),
         )
         .unwrap();
-        KeyService::start(&keys, dir.path())
+        support::KeygateServe::start(&keys, dir.path())
     });
 
     eprintln!("bench: {}", machine());

@@ -28,11 +28,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
     bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Envoy,
-    EnvoyOptions, Request, TempDir, Upstream,
+    EnvoyOptions, KeygateServe, Request, TempDir, Upstream,
 };
 
 const REFRESH_SECONDS: u32 = 2;
@@ -125,57 +124,6 @@ fn rules() -> Value {
 
 // ---------------------------------------------------------------------------------------
 // The key service: the real `keygate serve`
-
-struct KeyService {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl KeyService {
-    fn start(keys: &Path, dir: &Path) -> KeyService {
-        let binary = support::repo_root().join("target/release/keygate");
-        assert!(
-            binary.is_file(),
-            "no {}: run `cargo build --release --bin keygate`",
-            binary.display()
-        );
-        let log = dir.join("serve.log");
-        let mut child = Command::new(&binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--keys"])
-            .arg(keys)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let addr = text.lines().find_map(|line| {
-                let rest = line.split_once("listening on http://")?.1;
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(addr) = addr {
-                return KeyService { child, addr };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("keygate serve exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate serve did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KeyService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Envoy's memory
@@ -900,7 +848,7 @@ fn main() {
                 ],
             );
             let body_len = std::fs::metadata(&file).unwrap().len() as usize;
-            let service = KeyService::start(&file, dir.path());
+            let service = KeygateServe::start(&file, dir.path());
             // A document larger than Envoy lets a filter's call receive by default: run it
             // as Envoy comes, then with the limit raised in Envoy's runtime.
             let mut limits = vec![None];

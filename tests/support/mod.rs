@@ -243,6 +243,62 @@ impl Drop for Upstream {
 }
 
 // ---------------------------------------------------------------------------------------
+// The key service, as shipped
+
+/// The real `keygate serve` (`target/release/keygate`) on a free port of 127.0.0.1,
+/// serving `keys`; its log goes to `dir/serve.log`. Killed when dropped.
+pub struct KeygateServe {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl KeygateServe {
+    pub fn start(keys: &Path, dir: &Path) -> KeygateServe {
+        let binary = repo_root().join("target/release/keygate");
+        assert!(
+            binary.is_file(),
+            "no {}: run `cargo build --release --bin keygate`",
+            binary.display()
+        );
+        let log = dir.join("serve.log");
+        let mut child = Command::new(&binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--keys"])
+            .arg(keys)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let addr = text.lines().find_map(|line| {
+                let rest = line.split_once("listening on http://")?.1;
+                rest.split_whitespace().next()?.parse().ok()
+            });
+            if let Some(addr) = addr {
+                return KeygateServe { child, addr };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("keygate serve exited ({status}):\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keygate serve did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KeygateServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Envoy
 
 /// How to start Envoy.
