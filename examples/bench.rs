@@ -413,14 +413,7 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// The listener's counters (`http.bench.*`) and keygate's.
 fn counters(envoy: &Envoy) -> BTreeMap<String, u64> {
-    envoy
-        .admin_get("/stats?filter=^(http\\.bench\\.downstream_rq_|wasmcustom\\.keygate\\.)")
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(": ")?;
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
+    envoy.stats("^(http\\.bench\\.downstream_rq_|wasmcustom\\.keygate\\.)")
 }
 
 fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
@@ -784,7 +777,8 @@ fn main() {
         support::KeygateServe::start(&keys, dir.path())
     });
 
-    eprintln!("bench: {}", machine());
+    let machine = machine();
+    eprintln!("bench: {machine}");
     let mut running = Vec::new();
     for case in cases {
         eprintln!("bench: starting Envoy with {}", case.name);
@@ -860,7 +854,7 @@ fn main() {
             }
         })
         .collect();
-    let report = report(&rows, &options, &running);
+    let report = report(&rows, &options, &running, &machine);
     println!("{report}");
     if let Some(plot) = &options.plot {
         std::fs::write(plot, svg(&rows)).unwrap();
@@ -873,7 +867,7 @@ fn module_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-fn report(rows: &[Row], options: &Options, running: &[Running]) -> String {
+fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -> String {
     let empty = rows
         .iter()
         .find(|r| r.name == "empty wasm filter")
@@ -882,7 +876,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running]) -> String {
     out.push_str(&format!(
         "Machine: {}. Envoy `--concurrency 1` on CPU {ENVOY_CPU}, load on CPU {LOAD_CPU}. \
          {} rounds; full load: wrk, 1 thread, {} connections, {} s; latency: {} req/s for {} s.\n\n",
-        machine(),
+        machine,
         options.rounds,
         options.connections,
         options.seconds,

@@ -633,7 +633,12 @@ impl Envoy {
 
     /// The `keygate` stats from `/stats`, by name as Envoy shows them.
     pub fn keygate_stats(&self) -> BTreeMap<String, u64> {
-        self.admin_get("/stats?filter=keygate")
+        self.stats("keygate")
+    }
+
+    /// The numeric stats whose names match `filter` (a regex, as `/stats?filter=` takes it).
+    pub fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        self.admin_get(&format!("/stats?filter={filter}"))
             .lines()
             .filter_map(|line| {
                 let (name, value) = line.split_once(": ")?;
