@@ -148,6 +148,9 @@ impl LookupState {
                     None
                 }
             };
+        // A fresh reading, so that an answer is never kept for less than its
+        // lifetime (the VM's clock may be half a second old); one per call, not per request.
+        host::refresh_clock();
         let waiters = self
             .cache
             .borrow_mut()
