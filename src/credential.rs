@@ -2,6 +2,7 @@
 //! Basic scheme, a named header, or a query parameter.
 
 use crate::header::HeaderName;
+use crate::header_map::Header;
 use crate::query;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -190,7 +191,7 @@ fn strip_prefix<'r>(key: Cow<'r, str>, prefixes: &[Box<str>]) -> Cow<'r, str> {
 pub fn extract<'r>(
     sources: &[Source],
     strip_prefixes: &[Box<str>],
-    headers: &'r [(String, Vec<u8>)],
+    headers: &'r [impl Header],
     query: Option<&'r str>,
 ) -> Presented<'r> {
     let mut found: Option<(Cow<'r, str>, u32)> = None;
@@ -218,15 +219,13 @@ pub fn extract<'r>(
                 basic_username,
             } => headers
                 .iter()
-                .filter(|(name, _)| name == "authorization")
-                .try_for_each(|(_, value)| {
-                    merge(from_authorization(value, schemes, basic_username))
-                }),
+                .filter(|h| h.name() == "authorization")
+                .try_for_each(|h| merge(from_authorization(h.value(), schemes, basic_username))),
             Source::Header(wanted) => headers
                 .iter()
-                .filter(|(name, _)| name == wanted.as_str())
-                .try_for_each(|(_, value)| {
-                    merge(match key_text(value) {
+                .filter(|h| h.name() == wanted.as_str())
+                .try_for_each(|h| {
+                    merge(match key_text(h.value()) {
                         Ok(key) => Found::Key(Cow::Borrowed(key)),
                         Err(why) => Found::Malformed(why),
                     })

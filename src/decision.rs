@@ -3,6 +3,7 @@
 
 use crate::config::{Config, KeySource};
 use crate::credential::{self, Presented, Source};
+use crate::header_map::Header;
 use crate::keyset::{KeyHash, KeyRecord, KeyState};
 use crate::path::{self, PathError};
 use crate::query;
@@ -171,7 +172,7 @@ pub struct KeyCheck {
 /// with an inline key set. `now` is read only if the key has an expiry.
 pub fn decide<'c>(
     config: &'c Config,
-    headers: &[(String, Vec<u8>)],
+    headers: &[impl Header],
     now: impl FnOnce() -> Timestamp,
 ) -> Verdict<'c> {
     match begin(config, headers) {
@@ -193,14 +194,15 @@ pub fn decide<'c>(
 pub const UNAVAILABLE_RETRY_SECONDS: u32 = 5;
 
 /// Everything a request can be decided on without its key's record.
-pub fn begin<'c>(config: &'c Config, headers: &[(String, Vec<u8>)]) -> Step<'c> {
+pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
     let mut method: Option<&[u8]> = None;
     let mut target: Option<&[u8]> = None;
     let mut spoofed = 0u8;
     let mut spoofed_lookalikes = Vec::new();
     let forward = config.forward.names();
-    for (name, value) in headers {
-        match name.as_str() {
+    for header in headers {
+        let value = header.value();
+        match header.name() {
             ":method" => method = method.or(Some(value)),
             ":path" => target = target.or(Some(value)),
             other => {
@@ -423,8 +425,8 @@ fn strip_query_sources(
 
 /// The `:path` of a refused request without any query-parameter credential, so that
 /// Envoy's access log does not record a key. `None` when there is nothing to remove.
-pub fn redacted_target(config: &Config, headers: &[(String, Vec<u8>)]) -> Option<String> {
-    let (_, target) = headers.iter().find(|(name, _)| name == ":path")?;
+pub fn redacted_target(config: &Config, headers: &[impl Header]) -> Option<String> {
+    let target = headers.iter().find(|h| h.name() == ":path")?.value();
     let (path, query) = path::split_query(std::str::from_utf8(target).ok()?);
     let query = query?;
     let kept = strip_query_sources(config, query, |_| true)?;

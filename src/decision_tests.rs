@@ -1835,7 +1835,7 @@ fn missing_path_is_a_bad_request() {
 #[test]
 fn no_headers_at_all_is_a_bad_request() {
     let c = config();
-    assert_bad_request(decide(&c, &[], no_clock));
+    assert_bad_request(decide(&c, &Headers::new(), no_clock));
 }
 
 #[test]

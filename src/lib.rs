@@ -16,7 +16,7 @@ pub mod credential;
 pub mod decision;
 pub mod error;
 pub mod header;
-pub mod header_edits;
+pub mod header_map;
 pub mod keyset;
 pub mod lookup_cache;
 pub mod path;

@@ -1,13 +1,13 @@
 //! Host calls the contexts share: shared data as a [`SharedStore`], the metrics, the
 //! clock, and carrying out a verdict on the effective request.
 
+use super::headers::HostEditor;
 use crate::config::Config;
-use crate::decision::Verdict;
-use crate::header_edits::HeaderEdits;
+use crate::decision::{Denial, HeaderEditor, Verdict, UNAVAILABLE_RETRY_SECONDS};
 use crate::response;
 use crate::shared_set::SharedStore;
 use crate::stats::{self, Outcome};
-use log::debug;
+use log::{debug, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::cell::Cell;
@@ -165,46 +165,55 @@ impl Metrics {
 
 /// Carries out a verdict on the effective request: header edits (and, for a request that
 /// waited, resuming it), or the local answer. Returns true when the request may go on.
-///
-/// `headers` are the request's headers as read for the decision; a request that waited
-/// for its key has them read again. The edits are made on them and written back in one
-/// host call: a call per edit (three identity headers, the credential) would cost more.
+/// An edit Envoy refuses refuses the request: it must not reach the upstream with a
+/// spoofed identity or its credential left in.
 pub fn carry_out(
     config: &Config,
     metrics: &Metrics,
     verdict: Verdict<'_>,
     redacted_path: Option<&str>,
-    headers: Option<Vec<(String, Vec<u8>)>>,
+    resume: bool,
 ) -> bool {
-    metrics.count(verdict.outcome());
-    let resume = headers.is_none();
+    let outcome = verdict.outcome();
     match verdict {
         Verdict::Allow(allowed) => {
-            let mut edits = HeaderEdits::new(headers.unwrap_or_else(|| {
-                hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
-            }));
-            allowed.apply(config, &mut edits);
-            if edits.changed {
-                let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, edits.pairs());
+            let mut editor = HostEditor::default();
+            allowed.apply(config, &mut editor);
+            if editor.failed {
+                warn!("keygate: Envoy refused a header edit; the request is refused");
+                let denial = Denial::Unavailable {
+                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+                };
+                return deny(config, metrics, denial, None);
             }
+            metrics.count(outcome);
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
             true
         }
-        Verdict::Deny(denial) => {
-            debug!(
-                "keygate: denied ({:?}) key id {}",
-                denial.outcome(),
-                denial.key().map_or("-", |k| k.id.as_str())
-            );
-            if let Some(path) = redacted_path {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
-            }
-            respond(&response::render(&config.realm, &denial));
-            false
-        }
+        Verdict::Deny(denial) => deny(config, metrics, denial, redacted_path),
     }
+}
+
+fn deny(
+    config: &Config,
+    metrics: &Metrics,
+    denial: Denial<'_>,
+    redacted_path: Option<&str>,
+) -> bool {
+    metrics.count(denial.outcome());
+    debug!(
+        "keygate: denied ({:?}) key id {}",
+        denial.outcome(),
+        denial.key().map_or("-", |k| k.id.as_str())
+    );
+    if let Some(path) = redacted_path {
+        let mut editor = HostEditor::default();
+        editor.set(":path", path);
+    }
+    respond(&response::render(&config.realm, &denial));
+    false
 }
 
 pub fn respond(answer: &response::LocalResponse) {

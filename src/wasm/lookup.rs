@@ -202,11 +202,11 @@ impl LookupState {
                     let verdict = waiting.check.finish(config, record, || {
                         Timestamp::from_system_time(host::clock())
                     });
-                    carry_out(config, metrics, verdict, redacted, None);
+                    carry_out(config, metrics, verdict, redacted, true);
                 }
                 None => {
                     let verdict = waiting.check.unavailable(config, UNAVAILABLE_RETRY_SECONDS);
-                    carry_out(config, metrics, verdict, redacted, None);
+                    carry_out(config, metrics, verdict, redacted, true);
                 }
             }
         }

@@ -4,16 +4,18 @@
 //! and `Continue`, or a local response. No decision is made here.
 
 mod fetch;
+mod headers;
 mod host;
 mod lookup;
 
 use crate::config::{Config, KeySource};
-use crate::decision::{begin, redacted_target, Denial, Step, UNAVAILABLE_RETRY_SECONDS};
+use crate::decision::{begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE_RETRY_SECONDS};
 use crate::keyset::KeyRecord;
 use crate::lookup_cache::Answer;
 use crate::response;
 use crate::timestamp::Timestamp;
 use fetch::{FetchState, NotLoaded};
+use headers::RequestHeaders;
 use host::{carry_out, Metrics};
 use log::{error, info};
 use lookup::{LookupState, Next};
@@ -228,7 +230,18 @@ impl HttpContext for Request {
             host::respond(&response::render(crate::config::DEFAULT_REALM, &denial));
             return Action::Pause;
         };
-        let headers = self.get_http_request_headers_bytes();
+        let read = RequestHeaders::read();
+        let headers = match read.as_ref().map(RequestHeaders::pairs) {
+            Some(Ok(headers)) => headers,
+            Some(Err(e)) => {
+                let verdict = Verdict::Deny(Denial::BadRequest(e.description()));
+                return action(carry_out(&config, &metrics, verdict, None, false));
+            }
+            None => {
+                let verdict = Verdict::Deny(Denial::BadRequest("no request headers"));
+                return action(carry_out(&config, &metrics, verdict, None, false));
+            }
+        };
         let now = || Timestamp::from_system_time(host::clock());
         let check = match begin(&config, &headers) {
             Step::Done(verdict) => {
@@ -238,7 +251,7 @@ impl HttpContext for Request {
                     &metrics,
                     verdict,
                     redacted.as_deref(),
-                    Some(headers),
+                    false,
                 ));
             }
             Step::Key(check) => check,
@@ -276,13 +289,7 @@ impl HttpContext for Request {
             }
         };
         let redacted = denied_path(&config, &verdict, &headers);
-        let proceed = carry_out(
-            &config,
-            &metrics,
-            verdict,
-            redacted.as_deref(),
-            Some(headers),
-        );
+        let proceed = carry_out(&config, &metrics, verdict, redacted.as_deref(), false);
         action(proceed)
     }
 
@@ -313,12 +320,12 @@ impl Request {
 /// records the path as it stands).
 fn denied_path(
     config: &Config,
-    verdict: &crate::decision::Verdict<'_>,
-    headers: &[(String, Vec<u8>)],
+    verdict: &Verdict<'_>,
+    headers: &[(&str, &[u8])],
 ) -> Option<String> {
     match verdict {
-        crate::decision::Verdict::Deny(_) => redacted_target(config, headers),
-        crate::decision::Verdict::Allow(_) => None,
+        Verdict::Deny(_) => redacted_target(config, headers),
+        Verdict::Allow(_) => None,
     }
 }
 
