@@ -25,7 +25,8 @@
 //! Options: `--rounds 10`, `--seconds 2` (full-load window), `--rate 2000` (requests/s of
 //! the latency phase), `--latency-seconds 1`, `--connections 64` (wrk's), `--plot FILE`
 //! (an SVG of cost against key-set size), `--only a,b` (cases by name),
-//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys).
+//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys); `native` in
+//! `--only` names the native decision measurement, which runs otherwise only with every case.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -754,6 +755,55 @@ struct Row {
     added_quartiles: Option<(f64, f64)>,
 }
 
+/// The decision alone, natively (no Envoy, no VM), per inline key-set size: nanoseconds
+/// per decision over the same distinct keys the load cycles through. Envoy's figures move
+/// by several µs from run to run; this shows whether the lookup itself stays flat.
+fn native_decisions(sizes: &[usize]) -> Vec<(usize, f64)> {
+    use keygate::decision::{decide, Verdict};
+    const BATCHES: usize = 9;
+    const PER_BATCH: usize = 200_000;
+    let now = || keygate::timestamp::Timestamp::from_system_time(std::time::SystemTime::now());
+    sizes
+        .iter()
+        .map(|&n| {
+            let records: Value =
+                serde_json::from_str(&bench_records_json(n, Some(EXPIRES_AT))).unwrap();
+            let config = keygate::config::Config::parse(
+                keygate_config(json!({ "keys": records })).as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("bench config refused: {e:?}"));
+            let distinct = n.min(DISTINCT_KEYS);
+            let requests: Vec<Vec<(String, Vec<u8>)>> = (0..distinct)
+                .map(|j| {
+                    vec![
+                        (":method".into(), b"GET".to_vec()),
+                        (":path".into(), PATH.as_bytes().to_vec()),
+                        (
+                            "authorization".into(),
+                            format!("Bearer {}", bench_key(j * (n / distinct))).into_bytes(),
+                        ),
+                    ]
+                })
+                .collect();
+            let mut per_batch = Vec::new();
+            for _ in 0..BATCHES {
+                let started = Instant::now();
+                for i in 0..PER_BATCH {
+                    let verdict = decide(&config, &requests[i % distinct], now);
+                    assert!(
+                        matches!(verdict, Verdict::Allow(_)),
+                        "not allowed: {verdict:?}"
+                    );
+                }
+                per_batch.push(started.elapsed().as_nanos() as f64 / PER_BATCH as f64);
+            }
+            let ns = median(&per_batch);
+            eprintln!("bench: the decision natively, {n} keys: {ns:.0} ns");
+            (n, ns)
+        })
+        .collect()
+}
+
 fn main() {
     let options = options();
     pin(std::process::id(), LOAD_CPU);
@@ -779,6 +829,11 @@ fn main() {
 
     let machine = machine();
     eprintln!("bench: {machine}");
+    let native = if options.only.is_empty() || options.only.iter().any(|o| o == "native") {
+        native_decisions(&[10, 10_000, 100_000])
+    } else {
+        Vec::new()
+    };
     let mut running = Vec::new();
     for case in cases {
         eprintln!("bench: starting Envoy with {}", case.name);
@@ -854,7 +909,19 @@ fn main() {
             }
         })
         .collect();
-    let report = report(&rows, &options, &running, &machine);
+    let mut report = report(&rows, &options, &running, &machine);
+    if let [(_, first), .., (_, last)] = native.as_slice() {
+        report.push_str(&format!(
+            "\nThe decision alone, natively on CPU {LOAD_CPU} (median of 9 batches of 200 000, \
+             {DISTINCT_KEYS} distinct keys): {}; {:.2}× from the smallest set to the largest.\n",
+            native
+                .iter()
+                .map(|(n, ns)| format!("{n} keys {ns:.0} ns"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            last / first
+        ));
+    }
     println!("{report}");
     if let Some(plot) = &options.plot {
         std::fs::write(plot, svg(&rows)).unwrap();
