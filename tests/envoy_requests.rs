@@ -14,6 +14,7 @@ const READ_ONLY: &str = "kg_readonly_5e6f7a8b9c0d1e2f3a4b";
 const EXPIRED: &str = "kg_expired_a1b2c3d4e5f6a7b8c9d0";
 const DISABLED: &str = "kg_disabled_f0e1d2c3b4a59687";
 const FUTURE: &str = "kg_future_1029384756abcdef";
+const EXPIRED_SOON: &str = "kg_soon_6b5a4c3d2e1f0a9b8c7d";
 
 /// ImmPort-like keys and rules (seeds: browse / download / upload scopes, VSPC read-only).
 fn immport_config() -> Value {
@@ -595,4 +596,35 @@ fn access_log_never_records_a_query_key() {
         ],
         "{text}"
     );
+}
+
+#[test]
+fn a_key_is_refused_from_its_expires_at_on_to_the_millisecond() {
+    use std::time::{Duration, SystemTime};
+    // Long enough for Envoy to start on a loaded machine and answer once before it.
+    let lifetime = Duration::from_secs(4);
+    let expires = SystemTime::now() + lifetime;
+    let expires_at = time::OffsetDateTime::from(expires)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut config = immport_config();
+    config["keys"].as_array_mut().unwrap().push(
+        json!({"id": "k-soon", "hash": hash_of(EXPIRED_SOON), "owner": "gina",
+                     "scopes": ["browse"], "expires_at": expires_at}),
+    );
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&config, &upstream);
+    let status = || {
+        envoy
+            .send(&Request::get("/data/query").bearer(EXPIRED_SOON))
+            .status
+    };
+    assert_eq!(status(), 200, "before {expires_at}");
+    // Just past the instant: no grace, not even the half second a clock read on the
+    // VM's tick would give.
+    let wait = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    std::thread::sleep(wait + Duration::from_millis(20));
+    assert_eq!(status(), 401, "after {expires_at}");
 }

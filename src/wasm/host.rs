@@ -35,9 +35,9 @@ thread_local! {
     static CLOCK: Cell<Option<SystemTime>> = const { Cell::new(None) };
 }
 
-/// Reads the host's clock into the VM's clock. On every tick (every 500 ms) and at
-/// configuration: a host call per request would cost more than keygate's whole decision,
-/// and expiry and cache lifetimes are counted in seconds.
+/// Reads the host's clock into the VM's clock, on every tick (every 500 ms) and at
+/// configuration. The lookup cache counts its lifetimes (seconds) by it, so that a cache
+/// hit makes no host call; a key's `expires_at` is checked against [`now`].
 pub fn refresh_clock() {
     CLOCK.with(|clock| clock.set(Some(now())));
 }
@@ -75,8 +75,8 @@ pub fn jitter(salt: u64) -> u64 {
 }
 
 /// A counter whose increments are added up in the VM and handed to Envoy on the VM's
-/// tick (and when the VM stops): a host call per request would cost more than keygate's
-/// whole decision. Envoy's stats thus trail the requests by at most 500 ms.
+/// tick (and when the VM stops), which saves a host call on every request. Envoy's stats
+/// thus trail the requests by at most 500 ms.
 pub struct Counter {
     id: Option<u32>,
     pending: Cell<u64>,

@@ -199,9 +199,9 @@ impl LookupState {
                         Answer::Found(record) => Some(&**record),
                         Answer::Unknown => None,
                     };
-                    let verdict = waiting.check.finish(config, record, || {
-                        Timestamp::from_system_time(host::clock())
-                    });
+                    let verdict = waiting
+                        .check
+                        .finish(config, record, || Timestamp::from_system_time(host::now()));
                     carry_out(config, metrics, verdict, redacted, true);
                 }
                 None => {
