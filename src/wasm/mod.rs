@@ -231,14 +231,14 @@ impl HttpContext for Request {
             return Action::Pause;
         };
         let read = RequestHeaders::read();
-        let headers = match read.as_ref().map(RequestHeaders::pairs) {
-            Some(Ok(headers)) => headers,
-            Some(Err(e)) => {
-                let verdict = Verdict::Deny(Denial::BadRequest(e.description()));
-                return action(carry_out(&config, &metrics, verdict, None, false));
-            }
-            None => {
-                let verdict = Verdict::Deny(Denial::BadRequest("no request headers"));
+        let pairs = read
+            .as_ref()
+            .ok_or("no request headers")
+            .and_then(|read| read.pairs().map_err(|e| e.description()));
+        let headers = match pairs {
+            Ok(headers) => headers,
+            Err(why) => {
+                let verdict = Verdict::Deny(Denial::BadRequest(why));
                 return action(carry_out(&config, &metrics, verdict, None, false));
             }
         };
