@@ -131,10 +131,15 @@ struct Case {
 impl Case {
     /// The keys the requests cycle through: up to [`DISTINCT_KEYS`], spread over the set.
     fn request_keys(&self) -> Vec<usize> {
-        let n = self.keys.unwrap_or(1).max(1);
-        let distinct = n.min(DISTINCT_KEYS);
-        (0..distinct).map(|j| j * (n / distinct)).collect()
+        request_keys(self.keys.unwrap_or(1))
     }
+}
+
+/// Up to [`DISTINCT_KEYS`] of a set of `n` keys, spread over it.
+fn request_keys(n: usize) -> Vec<usize> {
+    let n = n.max(1);
+    let distinct = n.min(DISTINCT_KEYS);
+    (0..distinct).map(|j| j * (n / distinct)).collect()
 }
 
 fn cases(options: &Options) -> Vec<Case> {
@@ -269,6 +274,12 @@ fn keygate_config(keys: Value) -> String {
     config.to_string()
 }
 
+/// keygate's configuration with `n` inline keys.
+fn inline_config(n: usize) -> String {
+    let records: Value = serde_json::from_str(&bench_records_json(n, Some(EXPIRES_AT))).unwrap();
+    keygate_config(json!({ "keys": records }))
+}
+
 /// What a home-made Lua filter would do: a table from key to client, the scope checked,
 /// the identity forwarded and the credential removed. Lua in Envoy has no SHA-256, so
 /// the table holds raw keys.
@@ -359,12 +370,7 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
         Filter::ApiKeyAuth => bootstrap(Some(api_key_auth(TABLE_KEYS)), vec![]),
         Filter::Lua => bootstrap(Some(lua_filter(TABLE_KEYS)), vec![]),
         Filter::Inline { keys, module } => {
-            let records: Value =
-                serde_json::from_str(&bench_records_json(*keys, Some(EXPIRES_AT))).unwrap();
-            bootstrap(
-                Some(wasm(module, &keygate_config(json!({ "keys": records })))),
-                vec![],
-            )
+            bootstrap(Some(wasm(module, &inline_config(*keys))), vec![])
         }
         Filter::Fetched => remote("key_set", "/v1/keyset", json!({"refresh_seconds": 3600})),
         Filter::Lookup => remote(
@@ -766,25 +772,22 @@ fn native_decisions(sizes: &[usize]) -> Vec<(usize, f64)> {
     sizes
         .iter()
         .map(|&n| {
-            let records: Value =
-                serde_json::from_str(&bench_records_json(n, Some(EXPIRES_AT))).unwrap();
-            let config = keygate::config::Config::parse(
-                keygate_config(json!({ "keys": records })).as_bytes(),
-            )
-            .unwrap_or_else(|e| panic!("bench config refused: {e:?}"));
-            let distinct = n.min(DISTINCT_KEYS);
-            let requests: Vec<Vec<(String, Vec<u8>)>> = (0..distinct)
-                .map(|j| {
+            let config = keygate::config::Config::parse(inline_config(n).as_bytes())
+                .unwrap_or_else(|e| panic!("bench config refused: {e:?}"));
+            let requests: Vec<Vec<(String, Vec<u8>)>> = request_keys(n)
+                .into_iter()
+                .map(|k| {
                     vec![
                         (":method".into(), b"GET".to_vec()),
                         (":path".into(), PATH.as_bytes().to_vec()),
                         (
                             "authorization".into(),
-                            format!("Bearer {}", bench_key(j * (n / distinct))).into_bytes(),
+                            format!("Bearer {}", bench_key(k)).into_bytes(),
                         ),
                     ]
                 })
                 .collect();
+            let distinct = requests.len();
             let mut per_batch = Vec::new();
             for _ in 0..BATCHES {
                 let started = Instant::now();
