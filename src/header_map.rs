@@ -18,6 +18,15 @@ impl Header for (&str, &[u8]) {
     }
 }
 
+impl Header for (&str, &str) {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn value(&self) -> &[u8] {
+        self.1.as_bytes()
+    }
+}
+
 impl Header for (String, Vec<u8>) {
     fn name(&self) -> &str {
         &self.0
@@ -94,6 +103,28 @@ pub fn parse(buf: &[u8]) -> Result<Vec<(&str, &[u8])>, MapError> {
     Ok(pairs)
 }
 
+/// Writes headers in the same format, for the host calls that take a map (a local answer).
+pub fn serialize(headers: &[impl Header]) -> Vec<u8> {
+    let size = 4 + headers
+        .iter()
+        .map(|h| 10 + h.name().len() + h.value().len())
+        .sum::<usize>();
+    let mut buf = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    buf.extend(len(headers.len()));
+    for h in headers {
+        buf.extend(len(h.name().len()));
+        buf.extend(len(h.value().len()));
+    }
+    for h in headers {
+        buf.extend(h.name().as_bytes());
+        buf.push(0);
+        buf.extend(h.value());
+        buf.push(0);
+    }
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +143,28 @@ mod tests {
             buf.push(0);
         }
         buf
+    }
+
+    #[test]
+    fn what_serialize_writes_parse_reads_back() {
+        let headers = [
+            (":status", "401"),
+            ("www-authenticate", "Bearer realm=\"a\""),
+            ("x", ""),
+        ];
+        let buf = super::serialize(&headers);
+        assert_eq!(
+            buf,
+            serialize(&headers.map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        );
+        let back: Vec<(&str, &str)> = parse(&buf)
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| (n, std::str::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(back, headers);
+        let none: [(&str, &str); 0] = [];
+        assert_eq!(super::serialize(&none), 0u32.to_le_bytes());
     }
 
     #[test]

@@ -280,17 +280,7 @@ pub fn header_map(data: &[u8]) {
         assert!(pairs.is_empty());
         return;
     }
-    let mut again = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (name, value) in &pairs {
-        again.extend((name.len() as u32).to_le_bytes());
-        again.extend((value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in &pairs {
-        again.extend(name.as_bytes());
-        again.push(0);
-        again.extend(*value);
-        again.push(0);
-    }
+    let again = header_map::serialize(&pairs);
     assert_eq!(&data[..again.len()], &again[..], "parse misread the map");
 }
 

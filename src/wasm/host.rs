@@ -1,14 +1,15 @@
 //! Host calls the contexts share: shared data as a [`SharedStore`], the metrics, the
 //! clock, and carrying out a verdict on the effective request.
 
+use super::abi;
 use super::headers::HostEditor;
 use crate::config::Config;
 use crate::decision::{Denial, HeaderEditor, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use crate::header_map;
 use crate::response;
 use crate::shared_set::SharedStore;
 use crate::stats::{self, Outcome};
-use log::{debug, warn};
-use proxy_wasm::hostcalls;
+use log::{debug, error, warn};
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,16 +19,16 @@ pub struct SharedData;
 
 impl SharedStore for SharedData {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
+        abi::shared_data(key).unwrap_or((None, None))
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::set_shared_data(key, value, cas).is_ok()
     }
 }
 
 pub fn now() -> SystemTime {
-    hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+    abi::current_time().unwrap_or(UNIX_EPOCH)
 }
 
 thread_local! {
@@ -85,7 +86,7 @@ pub struct Counter {
 impl Counter {
     fn define(name: &str) -> Self {
         Counter {
-            id: hostcalls::define_metric(MetricType::Counter, name).ok(),
+            id: abi::define_metric(MetricType::Counter, name).ok(),
             pending: Cell::new(0),
         }
     }
@@ -97,7 +98,7 @@ impl Counter {
     fn flush(&self) {
         let n = self.pending.replace(0);
         if let (Some(id), true) = (self.id, n > 0) {
-            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }
@@ -118,7 +119,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn define() -> Self {
-        let gauge = |name| hostcalls::define_metric(MetricType::Gauge, name).ok();
+        let gauge = |name| abi::define_metric(MetricType::Gauge, name).ok();
         Metrics {
             outcomes: Outcome::ALL.map(|o| Counter::define(o.metric_name())),
             keys_loaded: gauge(stats::KEYS_LOADED),
@@ -152,13 +153,13 @@ impl Metrics {
 
     pub fn keys_loaded(&self, n: usize) {
         if let Some(id) = self.keys_loaded {
-            let _ = hostcalls::record_metric(id, n as u64);
+            let _ = abi::record_metric(id, n as u64);
         }
     }
 
     pub fn fetch_age(&self, seconds: u64) {
         if let Some(id) = self.fetch_age {
-            let _ = hostcalls::record_metric(id, seconds);
+            let _ = abi::record_metric(id, seconds);
         }
     }
 }
@@ -187,8 +188,9 @@ pub fn carry_out(
                 return deny(config, metrics, denial, None);
             }
             metrics.count(outcome);
-            if resume {
-                let _ = hostcalls::resume_http_request();
+            if resume && abi::continue_request().is_err() {
+                // Ended while it waited (the client left): nothing to resume.
+                debug!("keygate: the request ended before it could go on");
             }
             true
         }
@@ -216,29 +218,34 @@ fn deny(
     false
 }
 
+/// Sends keygate's answer. Should Envoy refuse it, the request stays paused, never
+/// forwarded, until Envoy's own timeouts end it: closed, not open.
 pub fn respond(answer: &response::LocalResponse) {
     let headers: Vec<(&str, &str)> = answer
         .headers
         .iter()
         .map(|(name, value)| (*name, value.as_str()))
         .collect();
-    let _ = hostcalls::send_http_response(answer.status, headers, Some(answer.body.as_bytes()));
+    if let Err(status) = abi::send_local_response(answer.status, &headers, answer.body.as_bytes()) {
+        error!("keygate: Envoy refused the local answer (status {status}); the request stays held");
+    }
 }
 
-/// What a call's response says in its headers, read as bytes (the string variant of the
-/// host call panics on a value that is not UTF-8).
+/// What a call's response says in its headers (read as bytes: a value need not be text).
 pub struct CallResponse {
     pub status: Option<String>,
     pub etag: Option<String>,
 }
 
 pub fn call_response() -> CallResponse {
-    let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let buf = abi::map_pairs(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let headers = header_map::parse(&buf).unwrap_or_default();
     let text = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::to_string)
     };
     CallResponse {
         status: text(":status"),
@@ -247,8 +254,5 @@ pub fn call_response() -> CallResponse {
 }
 
 pub fn call_body(size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    abi::buffer(BufferType::HttpCallResponseBody, 0, size).unwrap_or_default()
 }

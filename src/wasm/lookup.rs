@@ -2,6 +2,7 @@
 //! asks the key service for the key's hash; requests for the same key meanwhile wait on
 //! that call, and all are decided when it answers.
 
+use super::abi;
 use super::host::{self, carry_out, Metrics};
 use crate::config::Config;
 use crate::decision::{KeyCheck, UNAVAILABLE_RETRY_SECONDS};
@@ -189,7 +190,7 @@ impl LookupState {
             let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) else {
                 continue;
             };
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if abi::set_effective_context(context_id).is_err() {
                 continue;
             }
             let redacted = waiting.redacted_path.as_deref();

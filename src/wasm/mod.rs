@@ -3,6 +3,7 @@
 //! shared fetched set, or the key service). Then it carries out the verdict: header edits
 //! and `Continue`, or a local response. No decision is made here.
 
+mod abi;
 mod fetch;
 mod headers;
 mod host;
