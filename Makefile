@@ -10,7 +10,7 @@ WASM := target/wasm32-wasip1/release/keygate.wasm
 export KEYGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export KEYGATE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench bench-memory
+.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench bench-memory soak
 
 run: tools wasm
 	cargo run --quiet --example demo
@@ -70,6 +70,14 @@ bench-memory: tools wasm
 	cargo build --release --bin keygate
 	cargo run --release --example keyset_memory
 
+# A million mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, every
+# answer checked; fails on a wrong answer, a wasm VM reload or new VM, keygate's counters
+# disagreeing, or Envoy's RSS growing more than 10 % after the warm-up. Prints the report
+# recorded in SECURITY.md. About 2 minutes; SOAK_ARGS passes options (e.g.
+# SOAK_ARGS='--requests 100000 --workers 2').
+soak: tools wasm
+	cargo run --release --example soak -- $(SOAK_ARGS)
+
 # Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without
 # a cluster or a Docker engine by tests/deploy/validate.py, which needs Debian's
 # docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose') and, in .venv,
@@ -77,6 +85,17 @@ bench-memory: tools wasm
 DEPLOY_PY_PACKAGES := kubernetes-validate==1.37.0 jsonschema==4.26.0 pyyaml==6.0.3
 DOCKER_COMPOSE ?= docker-compose
 export DOCKER_COMPOSE
+
+# Fuzzes keygate's parsers with cargo fuzz (fuzz/): credentials, paths, the plugin config,
+# key-set documents, shared-data records, Envoy's header map and the whole decision, each
+# checked against what must hold for any input (fuzz/src/lib.rs). 60 s per target by
+# default; FUZZ_ARGS=-runs=10000000 runs ten million executions each, FUZZ_TARGETS picks
+# targets. Installs the nightly toolchain and cargo-fuzz if missing.
+.PHONY: fuzz
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	fuzz/run.sh $(FUZZ_TARGETS)
 
 .PHONY: deploy-tools validate-deploy run-compose
 
