@@ -80,17 +80,7 @@ fn config() -> Value {
                    "scopes": k.scopes.split(' ').collect::<Vec<_>>()})
         })
         .collect();
-    json!({
-        "realm": "adversarial",
-        "sources": [
-            {"authorization": {"schemes": ["Bearer", "ApiKey", "Basic"]}},
-            {"header": "x-api-key"},
-            {"query": "api_key"}
-        ],
-        "keys": keys,
-        "rules": support::immport_rules(),
-        "unmatched": "deny"
-    })
+    support::immport_every_source("adversarial", Value::Array(keys))
 }
 
 // ---------------------------------------------------------------------------------------

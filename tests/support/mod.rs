@@ -79,6 +79,22 @@ pub fn bench_records_json(n: usize, expires_at: Option<&str>) -> String {
     out
 }
 
+/// A plugin configuration with every kind of key source (Bearer / ApiKey / Basic,
+/// `x-api-key`, `api_key`), the ImmPort-like rules, unmatched routes denied, and `keys`.
+pub fn immport_every_source(realm: &str, keys: Value) -> Value {
+    json!({
+        "realm": realm,
+        "sources": [
+            {"authorization": {"schemes": ["Bearer", "ApiKey", "Basic"]}},
+            {"header": "x-api-key"},
+            {"query": "api_key"}
+        ],
+        "keys": keys,
+        "rules": immport_rules(),
+        "unmatched": "deny"
+    })
+}
+
 /// The SPEC §3 rules, shaped after ImmPort's scopes (browse, download, upload).
 pub fn immport_rules() -> Value {
     json!([
