@@ -471,7 +471,8 @@ mod tests {
             ),
             (
                 json!({"keys": [{"id": "a", "hash": "ABC", "owner": "o"}]}),
-                "keys[0].hash: \"ABC\" is not a SHA-256 hash",
+                "keys[0].hash: not a SHA-256 hash: 64 lowercase hex characters expected, got 3 \
+                 characters, 3 of them not lowercase hex",
             ),
             (
                 json!({"keys": [{"id": "a", "hash": h, "owner": "o", "expires_at": "tomorrow"}]}),

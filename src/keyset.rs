@@ -28,8 +28,17 @@ impl KeyHash {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let mut bytes = [0u8; 32];
         if !lower_hex || hex::decode_to_slice(text, &mut bytes).is_err() {
+            // The value is not repeated: a key pasted where its hash belongs must not end
+            // up in Envoy's log.
+            let not_hex = text
+                .bytes()
+                .filter(|b| !(b.is_ascii_digit() || (b'a'..=b'f').contains(b)))
+                .count();
             return Err(format!(
-                "{text:?} is not a SHA-256 hash (64 lowercase hex characters)"
+                "not a SHA-256 hash: 64 lowercase hex characters expected, got {} characters, \
+                 {not_hex} of them not lowercase hex (the value is not shown, in case it is a \
+                 key: a record holds the key's hash, from `keygate hash`)",
+                text.chars().count()
             ));
         }
         Ok(KeyHash(bytes))
@@ -299,6 +308,14 @@ mod tests {
         }
         let not_hex = format!("g{}", &ABC_SHA256[1..]);
         assert!(KeyHash::parse_hex(&not_hex).is_err());
+    }
+
+    #[test]
+    fn a_key_pasted_as_a_hash_is_not_repeated_in_the_error() {
+        let key = "kg_live_SuperSecretKeyValue123";
+        let error = KeyHash::parse_hex(key).unwrap_err();
+        assert!(!error.contains("Secret"), "{error}");
+        assert!(error.contains("got 30 characters, 19 of them not lowercase hex"), "{error}");
     }
 
     #[test]
