@@ -315,7 +315,10 @@ mod tests {
         let key = "kg_live_SuperSecretKeyValue123";
         let error = KeyHash::parse_hex(key).unwrap_err();
         assert!(!error.contains("Secret"), "{error}");
-        assert!(error.contains("got 30 characters, 19 of them not lowercase hex"), "{error}");
+        assert!(
+            error.contains("got 30 characters, 19 of them not lowercase hex"),
+            "{error}"
+        );
     }
 
     #[test]

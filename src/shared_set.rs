@@ -11,7 +11,11 @@
 //! - entries live in two slots. A new set is written into the slot not in use, then one
 //!   write to the meta entry switches to it, so a request sees the old set or the new
 //!   one, never a mixture. Workers re-read which slot is active every tick, and a slot is
-//!   not rewritten until every worker has had time to move off it.
+//!   not rewritten until every worker has had time to move off it;
+//! - each publication has a random generation, written into its records and the meta
+//!   entry; a record of another generation reads as no record. What a publication cut
+//!   short (a VM torn down mid-way) or a concurrent one left behind in a slot is never
+//!   served, even once its key has left the set.
 //!
 //! All of it is written against [`SharedStore`], so the protocol is tested natively; the
 //! shell implements the store with proxy-wasm's shared-data calls.
@@ -55,6 +59,26 @@ pub struct Meta {
     /// Failures since the last good answer.
     pub failures: u32,
     pub last_error: Option<String>,
+    /// The publication the active slot's records belong to.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// The set requests read: its slot, and the publication that wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    pub slot: u8,
+    pub generation: u64,
+}
+
+impl Meta {
+    /// `None` until a first set has loaded.
+    pub fn serving(&self) -> Option<Serving> {
+        self.active.map(|slot| Serving {
+            slot,
+            generation: self.generation,
+        })
+    }
 }
 
 /// A key service's answer to a fetch, as the shell received it.
@@ -138,7 +162,7 @@ impl SharedSet {
             let last = value
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            let next = last + 1;
+            let next = last.saturating_add(1);
             // An absent entry has no version to compare: the first writer may race, which
             // costs at most one duplicate fetch.
             if store.set(&key, next.to_string().as_bytes(), cas.or(Some(0))) {
@@ -159,7 +183,8 @@ impl SharedSet {
         now_ms: u64,
     ) -> Option<Option<String>> {
         let meta = self.read_meta(store);
-        let settling = meta.active.is_some() && now_ms < meta.switched_ms + SLOT_SETTLE_MS;
+        let settling =
+            meta.active.is_some() && now_ms < meta.switched_ms.saturating_add(SLOT_SETTLE_MS);
         if now_ms < meta.next_due_ms || settling {
             return None;
         }
@@ -170,7 +195,9 @@ impl SharedSet {
                 return None;
             }
         }
-        let until = now_ms + self.timeout_ms + LEASE_GRACE_MS;
+        let until = now_ms
+            .saturating_add(self.timeout_ms)
+            .saturating_add(LEASE_GRACE_MS);
         let claimed = store.set(
             &key,
             format!("{holder}:{until}").as_bytes(),
@@ -181,13 +208,15 @@ impl SharedSet {
 
     /// Records the answer to this holder's fetch: a good set is written to the spare slot
     /// and switched to; anything else keeps the set in force and schedules a retry.
-    /// `jitter` is any number that differs between calls (it spreads the next fetch).
+    /// `jitter` is any number that differs between calls (it spreads the next fetch);
+    /// `generation` a random number naming this publication.
     pub fn complete(
         &self,
         store: &mut impl SharedStore,
         holder: u64,
         now_ms: u64,
         jitter: u64,
+        generation: u64,
         answer: FetchAnswer<'_>,
     ) -> Fetched {
         let mut meta = self.read_meta(store);
@@ -195,7 +224,7 @@ impl SharedSet {
             FetchAnswer::Set { etag, body } => match KeySetDoc::parse(body) {
                 Ok(doc) => {
                     let version = doc.version.clone();
-                    let keys = self.publish(store, &mut meta, doc, now_ms);
+                    let keys = self.publish(store, &mut meta, doc, now_ms, generation);
                     meta.etag = etag.map(str::to_string);
                     meta.version = version.clone();
                     Fetched::Loaded { keys, version }
@@ -233,7 +262,10 @@ impl SharedSet {
         }
         self.write_meta(store, &meta);
         // The holder keeps the lease until shortly after its next fetch is due.
-        let until = meta.next_due_ms + self.timeout_ms + LEASE_GRACE_MS;
+        let until = meta
+            .next_due_ms
+            .saturating_add(self.timeout_ms)
+            .saturating_add(LEASE_GRACE_MS);
         store.set(
             &self.name("lease"),
             format!("{holder}:{until}").as_bytes(),
@@ -261,6 +293,7 @@ impl SharedSet {
         meta: &mut Meta,
         doc: KeySetDoc,
         now_ms: u64,
+        generation: u64,
     ) -> usize {
         let slot = match meta.active {
             Some(0) => 1,
@@ -277,7 +310,7 @@ impl SharedSet {
             fresh.insert(*bytes);
             store.set(
                 self.record_name(&mut name, slot, &record.hash),
-                &record_codec::encode(record),
+                &record_codec::encode(record, generation),
                 None,
             );
         }
@@ -292,22 +325,25 @@ impl SharedSet {
         }
         store.set(&index_key, &index, None);
         meta.active = Some(slot);
+        meta.generation = generation;
         meta.keys = doc.keys.len();
         meta.switched_ms = now_ms;
         doc.keys.len()
     }
 
-    /// The record of `hash` in the set in force (`slot` from [`Meta::active`]).
+    /// The record of `hash` in the set in force ([`Meta::serving`]).
     pub fn lookup(
         &self,
         store: &impl SharedStore,
-        slot: u8,
+        serving: Serving,
         hash: &KeyHash,
         index: &ScopeIndex,
     ) -> Option<KeyRecord> {
         let mut name = [0u8; RECORD_NAME_LEN];
-        let bytes = store.get(self.record_name(&mut name, slot, hash)).0?;
-        record_codec::decode(&bytes, index)
+        let bytes = store
+            .get(self.record_name(&mut name, serving.slot, hash))
+            .0?;
+        record_codec::decode(&bytes, serving.generation, index)
     }
 
     /// `keygate/<source>/<slot>/<hash hex>`, written into `buf`: the request path builds

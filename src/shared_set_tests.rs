@@ -67,8 +67,8 @@ fn doc(version: &str, keys: &[(&str, &str)]) -> Vec<u8> {
 }
 
 fn id_of(set: &SharedSet, store: &Store, key: &str) -> Option<String> {
-    let slot = set.read_meta(store).active?;
-    set.lookup(store, slot, &KeyHash::of_key(key), &index())
+    let serving = set.read_meta(store).serving()?;
+    set.lookup(store, serving, &KeyHash::of_key(key), &index())
         .map(|r| r.id.as_str().to_string())
 }
 
@@ -78,6 +78,7 @@ fn load(set: &SharedSet, store: &mut Store, holder: u64, now: u64, body: &[u8]) 
         holder,
         now,
         7,
+        now + 100,
         FetchAnswer::Set {
             etag: Some("\"e\""),
             body,
@@ -164,6 +165,7 @@ fn a_new_set_replaces_the_old_one_whole() {
     );
     assert_eq!(set.read_meta(&store).active, Some(0));
     assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
+    let first = set.read_meta(&store).serving().unwrap();
 
     load(
         &set,
@@ -179,7 +181,7 @@ fn a_new_set_replaces_the_old_one_whole() {
     // The slot just left still holds the old set whole, for workers that have not
     // switched yet.
     assert!(set
-        .lookup(&store, 0, &KeyHash::of_key("ka"), &index())
+        .lookup(&store, first, &KeyHash::of_key("ka"), &index())
         .is_some());
 
     // The third set goes back to slot 0, and clears what slot 0 held that it lacks.
@@ -187,8 +189,9 @@ fn a_new_set_replaces_the_old_one_whole() {
     assert_eq!(set.read_meta(&store).active, Some(0));
     for gone in ["ka", "kb"] {
         assert_eq!(id_of(&set, &store, gone), None, "{gone}");
+        // Cleared, not only outdated: not even the first set's generation finds it.
         assert!(set
-            .lookup(&store, 0, &KeyHash::of_key(gone), &index())
+            .lookup(&store, first, &KeyHash::of_key(gone), &index())
             .is_none());
     }
     assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"));
@@ -233,6 +236,7 @@ fn failures_keep_the_last_good_set_and_back_off() {
         a,
         now,
         3,
+        99,
         FetchAnswer::Failed("status 500".into()),
     );
     assert!(matches!(failed, Fetched::Failed { .. }));
@@ -248,7 +252,7 @@ fn failures_keep_the_last_good_set_and_back_off() {
 
     // A 304 is a good answer: failures reset, the set stays.
     assert_eq!(
-        set.complete(&mut store, a, now + 10_000, 3, FetchAnswer::NotModified),
+        set.complete(&mut store, a, now + 10_000, 3, 99, FetchAnswer::NotModified),
         Fetched::NotModified
     );
     let meta = set.read_meta(&store);
@@ -267,6 +271,7 @@ fn backoff_never_exceeds_the_refresh_interval() {
             &mut store,
             a,
             i * 10_000,
+            i,
             i,
             FetchAnswer::Failed("down".into()),
         ) {
@@ -311,6 +316,38 @@ fn a_garbled_entry_is_an_unknown_key() {
     assert_eq!(id_of(&set, &store, "ka"), None);
     store.set(&set.name("meta"), b"not json", None);
     assert_eq!(set.read_meta(&store), Meta::default());
+}
+
+/// What a publication cut short, or a concurrent one into the same slot, leaves behind:
+/// a record of another generation, under a key the set in force does not hold.
+#[test]
+fn a_record_left_by_another_publication_is_never_served() {
+    let set = shared(30);
+    let mut store = Store::default();
+    load(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
+    let serving = set.read_meta(&store).serving().unwrap();
+    let revoked: crate::keyset::KeyRecordDoc = serde_json::from_value(json!({
+        "id": "revoked", "hash": KeyHash::of_key("kr").to_hex(), "owner": "o",
+        "scopes": ["browse"]}))
+    .unwrap();
+    let mut name = [0u8; RECORD_NAME_LEN];
+    let stray = set
+        .record_name(&mut name, serving.slot, &KeyHash::of_key("kr"))
+        .to_string();
+    store.set(
+        &stray,
+        &record_codec::encode(&revoked, serving.generation ^ 1),
+        None,
+    );
+    assert_eq!(id_of(&set, &store, "kr"), None);
+    assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
+    // The same record under the serving generation is found: the check is the generation.
+    store.set(
+        &stray,
+        &record_codec::encode(&revoked, serving.generation),
+        None,
+    );
+    assert_eq!(id_of(&set, &store, "kr").as_deref(), Some("revoked"));
 }
 
 #[test]

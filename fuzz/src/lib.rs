@@ -225,8 +225,13 @@ pub fn key_set(data: &[u8]) {
 /// A record written to shared data reads back as the same record.
 fn round_trip(doc: &KeyRecordDoc, index: &ScopeIndex) {
     let (_, want) = KeyRecord::from_doc(doc.clone(), index);
-    let got = record_codec::decode(&record_codec::encode(doc), index)
+    let bytes = record_codec::encode(doc, 7);
+    let got = record_codec::decode(&bytes, 7, index)
         .unwrap_or_else(|| panic!("record {} did not survive encoding", doc.id.as_str()));
+    assert!(
+        record_codec::decode(&bytes, 8, index).is_none(),
+        "a record of another publication was read"
+    );
     // The label and creation time are not kept: a decision does not read them.
     let want = KeyRecord {
         label: None,
@@ -248,10 +253,19 @@ fn fuzz_scopes() -> ScopeIndex {
 
 /// Input: bytes read from Envoy's shared data, which any plugin in the same VM id may
 /// write: a record, or garbage. What decodes must be a record the configuration could
-/// have loaded (its texts safe to forward as header values).
+/// have loaded (its texts safe to forward as header values), of the publication asked for.
 pub fn shared_record(data: &[u8]) {
     let index = fuzz_scopes();
-    let Some(record) = record_codec::decode(data, &index) else {
+    // The publication the input claims (bytes 2..10), so that well-formed inputs decode.
+    let claimed = data
+        .get(2..10)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes);
+    assert!(
+        record_codec::decode(data, claimed ^ 1, &index).is_none(),
+        "a record was read under another publication"
+    );
+    let Some(record) = record_codec::decode(data, claimed, &index) else {
         return;
     };
     for text in [

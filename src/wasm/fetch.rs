@@ -6,7 +6,7 @@ use super::host::{self, Metrics, SharedData};
 use crate::config::Config;
 use crate::keyset::{KeyHash, KeyRecord};
 use crate::remote::FetchConfig;
-use crate::shared_set::{FetchAnswer, Fetched, SharedSet};
+use crate::shared_set::{FetchAnswer, Fetched, Serving, SharedSet};
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use std::cell::Cell;
@@ -17,8 +17,8 @@ pub struct FetchState {
     set: SharedSet,
     fetch: FetchConfig,
     holder: u64,
-    /// The slot in force, as last read; `None` until a first set has loaded.
-    active: Cell<Option<u8>>,
+    /// The set in force, as last read; `None` until a first set has loaded.
+    active: Cell<Option<Serving>>,
     /// While this worker's own fetch is on its way: until when.
     in_flight_until_ms: Cell<u64>,
 }
@@ -34,7 +34,7 @@ impl FetchState {
             active: Cell::new(None),
             in_flight_until_ms: Cell::new(0),
         };
-        state.active.set(state.set.read_meta(&SharedData).active);
+        state.active.set(state.set.read_meta(&SharedData).serving());
         state
     }
 
@@ -43,13 +43,13 @@ impl FetchState {
     pub fn record(&self, config: &Config, hash: &KeyHash) -> Result<Option<KeyRecord>, NotLoaded> {
         // Before a first load, look again on every request, so the first set serves at
         // once rather than at the next tick.
-        let slot = self.active.get().or_else(|| {
-            let active = self.set.read_meta(&SharedData).active;
+        let serving = self.active.get().or_else(|| {
+            let active = self.set.read_meta(&SharedData).serving();
             self.active.set(active);
             active
         });
-        let slot = slot.ok_or(NotLoaded)?;
-        Ok(self.set.lookup(&SharedData, slot, hash, &config.scopes))
+        let serving = serving.ok_or(NotLoaded)?;
+        Ok(self.set.lookup(&SharedData, serving, hash, &config.scopes))
     }
 
     /// Once a second, on every worker.
@@ -61,7 +61,7 @@ impl FetchState {
             self.holder,
             meta.active
         );
-        self.active.set(meta.active);
+        self.active.set(meta.serving());
         metrics.keys_loaded(meta.keys);
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(now.saturating_sub(ok) / 1000);
@@ -127,11 +127,16 @@ impl FetchState {
     fn settle(&self, metrics: &Metrics, answer: FetchAnswer<'_>) {
         let now = host::now_ms();
         let jitter = host::jitter(self.holder);
+        let generation = host::random().unwrap_or(jitter);
         let cluster = &*self.fetch.endpoint.cluster;
-        match self
-            .set
-            .complete(&mut SharedData, self.holder, now, jitter, answer)
-        {
+        match self.set.complete(
+            &mut SharedData,
+            self.holder,
+            now,
+            jitter,
+            generation,
+            answer,
+        ) {
             Fetched::Loaded { keys, version } => {
                 metrics.fetch_ok.add();
                 metrics.keys_loaded(keys);
@@ -156,7 +161,7 @@ impl FetchState {
                 );
             }
         }
-        self.active.set(self.set.read_meta(&SharedData).active);
+        self.active.set(self.set.read_meta(&SharedData).serving());
     }
 }
 
