@@ -63,6 +63,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_define_metric(
@@ -192,6 +193,12 @@ pub fn send_local_response(
 pub fn continue_request() -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
+}
+
+/// Resets the current request: it ends without going upstream.
+pub fn close_request() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_close_stream(HTTP_REQUEST) })
 }
 
 /// Makes `context_id` the request the next calls act on; fails when it has ended.

@@ -9,6 +9,7 @@ use crate::header_map;
 use crate::response;
 use crate::shared_set::SharedStore;
 use crate::stats::{self, Outcome};
+use crate::timestamp::Timestamp;
 use log::{debug, error, warn};
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::cell::Cell;
@@ -29,6 +30,15 @@ impl SharedStore for SharedData {
 
 pub fn now() -> SystemTime {
     abi::current_time().unwrap_or(UNIX_EPOCH)
+}
+
+/// The instant a key's `expires_at` is checked against. Should Envoy not tell the time,
+/// it is the end of time: a key with an expiry is then refused, never let through.
+pub fn request_time() -> Timestamp {
+    abi::current_time().map_or(
+        Timestamp::from_unix_nanos(i128::MAX),
+        Timestamp::from_system_time,
+    )
 }
 
 thread_local! {
@@ -224,8 +234,7 @@ fn deny(
     false
 }
 
-/// Sends keygate's answer. Should Envoy refuse it, the request stays paused, never
-/// forwarded, until Envoy's own timeouts end it: closed, not open.
+/// Sends keygate's answer. Should Envoy refuse it, the request is reset: closed, not open.
 pub fn respond(answer: &response::LocalResponse) {
     let headers: Vec<(&str, &str)> = answer
         .headers
@@ -233,7 +242,10 @@ pub fn respond(answer: &response::LocalResponse) {
         .map(|(name, value)| (*name, value.as_str()))
         .collect();
     if let Err(status) = abi::send_local_response(answer.status, &headers, answer.body.as_bytes()) {
-        error!("keygate: Envoy refused the local answer (status {status}); the request stays held");
+        // Without an answer the request must not drift on (a later body callback would
+        // let it): it is reset.
+        error!("keygate: Envoy refused the local answer (status {status}); the request is reset");
+        let _ = abi::close_request();
     }
 }
 

@@ -3,13 +3,13 @@
 //! that call, and all are decided when it answers.
 
 use super::abi;
+use super::headers::HostEditor;
 use super::host::{self, carry_out, Metrics};
 use crate::config::Config;
-use crate::decision::{KeyCheck, UNAVAILABLE_RETRY_SECONDS};
+use crate::decision::{HeaderEditor, KeyCheck, UNAVAILABLE_RETRY_SECONDS};
 use crate::keyset::KeyHash;
 use crate::lookup_cache::{self, Answer, LookupCache, Probe, DEFAULT_CAPACITY};
 use crate::remote::LookupConfig;
-use crate::timestamp::Timestamp;
 use log::warn;
 use proxy_wasm::hostcalls;
 use std::cell::RefCell;
@@ -61,12 +61,17 @@ impl LookupState {
         }
     }
 
+    /// Decides from the cache, or asks the key service and pauses the request. A paused
+    /// request's `:path` loses its query-parameter key at once when `hide_now` (the
+    /// credential is hidden anyway): should it end while it waits, Envoy's access log
+    /// records the path as it stands.
     pub fn start(
         &self,
         metrics: &Metrics,
         context_id: u32,
         check: KeyCheck,
         redacted_path: impl FnOnce() -> Option<String>,
+        hide_now: bool,
     ) -> Next {
         let probe = self
             .cache
@@ -87,11 +92,15 @@ impl LookupState {
                 }
             }
         }
+        let redacted_path = redacted_path();
+        if let (Some(path), true) = (&redacted_path, hide_now) {
+            HostEditor::default().set(":path", path);
+        }
         self.waiting.borrow_mut().insert(
             context_id,
             Waiting {
                 check,
-                redacted_path: redacted_path(),
+                redacted_path,
             },
         );
         Next::Paused
@@ -200,9 +209,7 @@ impl LookupState {
                         Answer::Found(record) => Some(&**record),
                         Answer::Unknown => None,
                     };
-                    let verdict = waiting
-                        .check
-                        .finish(config, record, || Timestamp::from_system_time(host::now()));
+                    let verdict = waiting.check.finish(config, record, host::request_time);
                     carry_out(config, metrics, verdict, redacted, true);
                 }
                 None => {
@@ -218,12 +225,22 @@ impl LookupState {
         self.waiting.borrow().contains_key(&context_id)
     }
 
-    /// A request ends (answered, or its client went away): it waits no more.
+    /// A request ends (answered, or its client went away): it waits no more. Should it
+    /// have made the call others wait on, that call's answer goes with it (the SDK routes
+    /// an answer to the context that asked): the next sweep asks again for them.
     pub fn done(&self, context_id: u32) {
         if let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) {
-            self.cache
-                .borrow_mut()
-                .leave(&waiting.check.hash, context_id);
+            let hash = waiting.check.hash;
+            let mut cache = self.cache.borrow_mut();
+            cache.leave(&hash, context_id);
+            if self
+                .calls
+                .borrow()
+                .values()
+                .any(|call| call.by == context_id)
+            {
+                cache.orphan(&hash);
+            }
         }
     }
 }

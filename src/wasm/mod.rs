@@ -14,7 +14,6 @@ use crate::decision::{begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE
 use crate::keyset::KeyRecord;
 use crate::lookup_cache::Answer;
 use crate::response;
-use crate::timestamp::Timestamp;
 use fetch::{FetchState, NotLoaded};
 use headers::RequestHeaders;
 use host::{carry_out, Metrics};
@@ -245,7 +244,7 @@ impl HttpContext for Request {
         };
         // The host's clock, read only for a key that has an expiry: one cheap host call
         // keeps `expires_at` exact.
-        let now = || Timestamp::from_system_time(host::now());
+        let now = host::request_time;
         let check = match begin(&config, &headers) {
             Step::Done(verdict) => {
                 let redacted = denied_path(&config, &verdict, &headers);
@@ -279,7 +278,8 @@ impl HttpContext for Request {
             },
             Keys::Lookup(state) => {
                 let redacted = || redacted_target(&config, &headers);
-                match state.start(&metrics, self.context_id, check, redacted) {
+                let hide_now = config.hide_credentials;
+                match state.start(&metrics, self.context_id, check, redacted, hide_now) {
                     Next::Decide(check, found) => {
                         answer = found;
                         check.finish(&config, answer.record(), now)
