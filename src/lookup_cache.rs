@@ -2,8 +2,10 @@
 //! and the requests waiting on a call already made for the same key. Per VM; the shell
 //! makes the calls and wakes the waiters.
 
-use crate::keyset::{DigestMap, KeyHash, KeyRecord, KeyRecordDoc};
+use crate::keyset::{KeyHash, KeyRecord, KeyRecordDoc};
 use crate::scope::ScopeIndex;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// What the key service said about a key.
@@ -43,11 +45,20 @@ enum Entry {
 
 #[derive(Debug)]
 pub struct LookupCache {
-    entries: DigestMap<Entry>,
+    /// Keyed by hashes of keys clients chose: a seeded hasher, so that keys ground to
+    /// share bucket bits cannot turn lookups into scans (the key set's digest hasher
+    /// assumes members come from configuration).
+    entries: HashMap<KeyHash, Entry, RandomState>,
     found_ms: u64,
     unknown_ms: u64,
     capacity: usize,
+    /// When a full cache was last swept of expired answers.
+    swept_ms: Option<u64>,
 }
+
+/// A full cache is swept of expired answers at most this often: a sweep visits every
+/// entry, and a flood of new keys must not pay for one each.
+const SWEEP_EVERY_MS: u64 = 1_000;
 
 /// Answers one VM keeps at most; past that, answers are used once and not kept.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -55,10 +66,11 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 impl LookupCache {
     pub fn new(cache_seconds: u32, negative_cache_seconds: u32, capacity: usize) -> Self {
         LookupCache {
-            entries: DigestMap::default(),
+            entries: HashMap::default(),
             found_ms: u64::from(cache_seconds) * 1000,
             unknown_ms: u64::from(negative_cache_seconds) * 1000,
             capacity,
+            swept_ms: None,
         }
     }
 
@@ -98,11 +110,15 @@ impl LookupCache {
             None => 0,
         };
         if let (Some(answer), true) = (answer, lifetime > 0) {
-            if self.entries.len() >= self.capacity {
+            let sweep_due = self
+                .swept_ms
+                .is_none_or(|at| now_ms >= at.saturating_add(SWEEP_EVERY_MS));
+            if self.entries.len() >= self.capacity && sweep_due {
                 self.entries.retain(|_, e| match e {
                     Entry::Known { until_ms, .. } => now_ms < *until_ms,
                     Entry::Pending { .. } => true,
                 });
+                self.swept_ms = Some(now_ms);
             }
             if self.entries.len() < self.capacity {
                 self.entries.insert(
@@ -256,6 +272,25 @@ mod tests {
         cache.probe(&h, 1, 61_000);
         cache.resolve(&h, Some(Answer::Unknown), 61_000);
         assert_eq!(cache.probe(&h, 2, 61_001), Probe::Hit(Answer::Unknown));
+    }
+
+    #[test]
+    fn a_full_cache_is_swept_at_most_once_a_second() {
+        let mut cache = LookupCache::new(1, 1, 2);
+        let answer = |cache: &mut LookupCache, key: &str, now: u64| {
+            let h = KeyHash::of_key(key);
+            cache.probe(&h, 1, now);
+            cache.resolve(&h, Some(Answer::Unknown), now);
+            cache.probe(&h, 2, now) == Probe::Hit(Answer::Unknown)
+        };
+        assert!(answer(&mut cache, "a", 0));
+        assert!(answer(&mut cache, "b", 900));
+        // Full. The first sweep (at 1 200) clears "a", expired at 1 000, and keeps "c".
+        assert!(answer(&mut cache, "c", 1_200));
+        // "b" has expired (1 900), but the next sweep is not due before 2 200: "d" is
+        // used once and not kept.
+        assert!(!answer(&mut cache, "d", 2_000));
+        assert!(answer(&mut cache, "e", 2_250));
     }
 
     #[test]
