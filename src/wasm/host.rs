@@ -205,7 +205,7 @@ pub fn carry_out(
             }
             metrics.count(outcome);
             if resume && abi::continue_request().is_err() {
-                // Ended while it waited (the client left): nothing to resume.
+                // Envoy would not resume it (its stream may have ended meanwhile).
                 debug!("keygate: the request ended before it could go on");
             }
             true

@@ -168,9 +168,9 @@ impl LookupState {
         self.wake(config, metrics, &waiters, answer.as_ref());
     }
 
-    /// Runs on the root's tick. A call whose request went away (Envoy cancels it with its
-    /// request) is made again by the root for the requests still waiting; a call that is
-    /// overdue anyway fails them.
+    /// Runs on the root's tick. A call whose request went away (its answer, routed to that
+    /// request, is lost with it) is made again by the root for the requests still
+    /// waiting; a call that is overdue anyway fails them.
     pub fn sweep(&self, config: &Config, metrics: &Metrics, root_id: u32) {
         let timeout = u64::from(self.lookup.endpoint.timeout_ms);
         let now = host::clock_ms();
