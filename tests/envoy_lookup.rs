@@ -296,15 +296,11 @@ fn a_query_key_is_gone_from_the_logged_path_while_the_request_waits() {
     let mut bootstrap = bootstrap_with_key_service(&config, upstream.addr, service.addr);
     let dir = support::TempDir::new("lookup-access-log");
     let log = dir.path().join("access.log");
-    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["access_log"] = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": log,
-            "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)% %RESPONSE_CODE_DETAILS%\n"}}
-        }
-    }]);
+    support::with_access_log(
+        &mut bootstrap,
+        &log,
+        "%REQ(:PATH)% %RESPONSE_CODE_DETAILS%\n",
+    );
     let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
 
     let mut client = std::net::TcpStream::connect(envoy.listener).unwrap();

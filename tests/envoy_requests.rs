@@ -551,16 +551,7 @@ fn access_log_never_records_a_query_key() {
     let dir = support::TempDir::new("access-log");
     let log = dir.path().join("access.log");
     let mut bootstrap = support::bootstrap(&immport_config(), upstream.addr, 0);
-    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["access_log"] = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": log,
-            "log_format": {"text_format_source": {
-                "inline_string": "%RESPONSE_CODE% %REQ(:PATH)%\n"}}
-        }
-    }]);
+    support::with_access_log(&mut bootstrap, &log, "%RESPONSE_CODE% %REQ(:PATH)%\n");
     let options = support::EnvoyOptions {
         extra_args: vec!["--file-flush-interval-msec", "50"],
         ..support::EnvoyOptions::default()

@@ -428,6 +428,20 @@ pub fn bootstrap(plugin_config: &Value, upstream: SocketAddr, port: u16) -> Valu
     })
 }
 
+/// Makes the listener of `bootstrap` write Envoy's access log to `path`, one line per
+/// request in `format` (Envoy's format operators, e.g. `%REQ(:PATH)%`).
+pub fn with_access_log(bootstrap: &mut Value, path: &Path, format: &str) {
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": format}}
+        }
+    }]);
+}
+
 /// A cluster named `name` with one endpoint, for keygate's calls to a key service.
 pub fn key_service_cluster(name: &str, addr: SocketAddr) -> Value {
     json!({
