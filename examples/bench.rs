@@ -202,34 +202,12 @@ fn empty_module() -> PathBuf {
 // Envoy configurations: one listener, a direct response, the filter under test
 
 fn bootstrap(filter: Option<Value>, clusters: Vec<Value>) -> Value {
-    let mut filters: Vec<Value> = filter.into_iter().collect();
-    filters.push(
-        json!({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
-    );
+    let routes = json!([{"match": {"prefix": "/"}, "direct_response": {
+        "status": 200, "body": {"inline_string": "ok"}}}]);
+    let listener = support::http_listener("bench", 0, filter.into_iter().collect(), routes);
     let mut doc = json!({
         "admin": support::admin(),
-        "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all",
-                            "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                                "status": 200, "body": {"inline_string": "ok"}}}]
-                        }]},
-                        "http_filters": filters
-                    }
-                }]}]
-            }],
-            "clusters": clusters
-        }
+        "static_resources": {"listeners": [listener], "clusters": clusters}
     });
     // A fetched set of 100 000 keys is larger than what Envoy lets a filter's call receive
     // by default (see envoy/keygate-key-set.yaml).

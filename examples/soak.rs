@@ -269,28 +269,11 @@ fn bootstrap() -> Value {
             })
         })
         .collect();
+    let filters = vec![support::wasm_filter(&keygate_config())];
     json!({
         "admin": support::admin(),
         "static_resources": {
-            "listeners": [{
-                "name": "soak",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "soak",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"], "routes": routes
-                        }]},
-                        "http_filters": [
-                            support::wasm_filter(&keygate_config()),
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
-                }]}]
-            }]
+            "listeners": [support::http_listener("soak", 0, filters, Value::Array(routes))]
         }
     })
 }

@@ -364,24 +364,35 @@ pub fn wasm_filter(plugin_config: &Value) -> Value {
 
 /// The listener on 127.0.0.1:`port`: keygate then the router, every route to `upstream`.
 pub fn listener(plugin_config: &Value, port: u16) -> Value {
+    http_listener(
+        "ingress",
+        port,
+        vec![wasm_filter(plugin_config)],
+        json!([{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]),
+    )
+}
+
+/// A listener on 127.0.0.1:`port` (0: a free one) whose connection manager runs `filters`
+/// then the router, over `routes` for any host.
+pub fn http_listener(name: &str, port: u16, mut filters: Vec<Value>, routes: Value) -> Value {
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
     json!({
-        "name": "main",
+        "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
+                "stat_prefix": name,
                 "route_config": {"virtual_hosts": [{
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                    "routes": routes
                 }]},
-                "http_filters": [
-                    wasm_filter(plugin_config),
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ]
+                "http_filters": filters
             }
         }]}]
     })
