@@ -8,16 +8,22 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := target/wasm32-wasip1/release/keygate.wasm
 export KEYGATE_ENVOY := $(CURDIR)/$(ENVOY)
+KEYGATE_DEBUG_BIN := $(CURDIR)/target/debug/keygate
+KEYGATE_RELEASE_BIN := $(CURDIR)/target/release/keygate
 export KEYGATE_WASM := $(CURDIR)/$(WASM)
+# The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
+export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
-.PHONY: run test tools toolchain envoy wasm lint unit integration validate clean bench bench-memory soak
+.PHONY: run test tools toolchain envoy wasm cli lint validate clean bench bench-memory soak
 
-run: tools wasm
-	cargo run --quiet --example demo
+run: tools wasm cli
+	cargo run --quiet -p keygate-tools --bin demo
 
-test: tools lint wasm validate validate-deploy
+# Every crate's tests but the filter's (wasm only; the core holds what it decides), then
+# `make run`'s demo checked end to end.
+test: tools lint wasm cli validate validate-deploy
 	cargo test --all-targets
-	cargo run --quiet --example demo -- --check
+	cargo run --quiet -p keygate-tools --bin demo -- --check
 
 tools: toolchain envoy
 
@@ -34,13 +40,17 @@ $(ENVOY):
 	$(ENVOY) --version
 
 wasm:
-	cargo build --release --lib --target wasm32-wasip1
+	cargo build --release -p keygate-filter --target wasm32-wasip1
 	@ls -l $(WASM) | awk '{print "keygate.wasm: " $$5 " bytes"}'
 
+# The `keygate` binary the tests run.
+cli:
+	cargo build --quiet -p keygate-cli
+
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --lib --target wasm32-wasip1 -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p keygate-filter --target wasm32-wasip1 -- -D warnings
 
 # Every standalone Envoy config under envoy/ must load, filter included.
 validate: tools wasm
@@ -61,14 +71,14 @@ clean:
 bench: tools wasm
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
-	cargo build --release --bin keygate --example bench
-	target/release/examples/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
+	cargo build --release -p keygate-cli -p keygate-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.
 bench-memory: tools wasm
-	cargo build --release --bin keygate
-	cargo run --release --example keyset_memory
+	cargo build --release -p keygate-cli -p keygate-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory
 
 # A million mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, every
 # answer checked; fails on a wrong answer, a wasm VM reload or new VM, keygate's counters
@@ -76,7 +86,8 @@ bench-memory: tools wasm
 # recorded in SECURITY.md. About 2 minutes; SOAK_ARGS passes options (e.g.
 # SOAK_ARGS='--requests 100000 --workers 2').
 soak: tools wasm
-	cargo run --release --example soak -- $(SOAK_ARGS)
+	cargo build --release -p keygate-cli -p keygate-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/soak $(SOAK_ARGS)
 
 # Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without
 # a cluster or a Docker engine by tests/deploy/validate.py, which needs Debian's
@@ -110,11 +121,9 @@ deploy-tools: envoy
 	  echo "validate-deploy needs docker-compose: apt-get install docker-compose, or DOCKER_COMPOSE='docker compose'"; \
 	  exit 1; }
 
-validate-deploy: tools wasm deploy-tools
-	cargo build --quiet --bin keygate
+validate-deploy: tools wasm cli deploy-tools
 	$(VENV)/bin/python tests/deploy/validate.py
-	cargo run --quiet --example compose -- --check
+	cargo run --quiet -p keygate-tools --bin compose -- --check
 
-run-compose: tools wasm
-	cargo build --quiet --bin keygate
-	cargo run --quiet --example compose
+run-compose: tools wasm cli
+	cargo run --quiet -p keygate-tools --bin compose

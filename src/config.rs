@@ -5,8 +5,8 @@
 use crate::credential::{Scheme, Source};
 use crate::error::{parse_json, ConfigError};
 use crate::header::HeaderName;
-use crate::keyset::{KeyRecordDoc, KeySet};
-use crate::remote::{FetchConfig, FetchDoc, LookupConfig, LookupDoc};
+use crate::record::{InlineKeys, KeyRecordDoc};
+use crate::remote::{FetchDoc, KeySetConfig, LookupConfig, LookupDoc};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
 use crate::scope::ScopeIndex;
 use serde::Deserialize;
@@ -30,9 +30,9 @@ impl Forward {
 #[derive(Clone, Debug)]
 pub enum KeySource {
     /// `"keys"`: carried in the configuration itself.
-    Inline(KeySet),
+    Inline(InlineKeys),
     /// `"key_set"`: fetched from a key service and refreshed on a timer.
-    Fetched(FetchConfig),
+    KeySet(KeySetConfig),
     /// `"lookup"`: each key asked of a key service, and cached.
     Lookup(LookupConfig),
 }
@@ -156,11 +156,11 @@ impl Config {
                 ));
                 None
             }
-            (1, Some(records), ..) => KeySet::build(records, &scopes, "keys")
+            (1, Some(records), ..) => InlineKeys::build(records, &scopes, "keys")
                 .map_err(|mut e| errors.append(&mut e))
                 .ok()
                 .map(KeySource::Inline),
-            (1, _, Some(fetch), _) => fetch.check(&mut errors).map(KeySource::Fetched),
+            (1, _, Some(fetch), _) => fetch.check(&mut errors).map(KeySource::KeySet),
             (1, _, _, Some(lookup)) => lookup.check(&mut errors).map(KeySource::Lookup),
             _ => {
                 errors.push(ConfigError::new(
@@ -190,7 +190,7 @@ impl Config {
     pub fn keys_loaded(&self) -> usize {
         match &self.keys {
             KeySource::Inline(set) => set.len(),
-            KeySource::Fetched(_) | KeySource::Lookup(_) => 0,
+            KeySource::KeySet(_) | KeySource::Lookup(_) => 0,
         }
     }
 }
@@ -379,7 +379,7 @@ fn check_forward(doc: ForwardDoc, sources: &[Source], errors: &mut Vec<ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyset::KeyHash;
+    use crate::record::KeyHash;
     use serde_json::{json, Value};
 
     fn hash(key: &str) -> String {
@@ -606,7 +606,7 @@ mod tests {
         let fetched = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset"}});
         assert!(matches!(
             parse(&fetched).unwrap().keys,
-            KeySource::Fetched(_)
+            KeySource::KeySet(_)
         ));
         let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}"}});
         assert!(matches!(parse(&lookup).unwrap().keys, KeySource::Lookup(_)));

@@ -4,9 +4,9 @@
 use crate::config::{Config, KeySource};
 use crate::credential::{self, Presented, Source};
 use crate::header_map::Header;
-use crate::keyset::{KeyHash, KeyRecord, KeyState};
 use crate::path::{self, PathError};
 use crate::query;
+use crate::record::{KeyHash, KeyRecord, KeyState};
 use crate::rules::{Access, Rule, Unmatched};
 use crate::scope::ScopeMask;
 use crate::stats::Outcome;
@@ -183,7 +183,7 @@ pub fn decide<'c>(
                 check.finish(config, record, now)
             }
             // No set to read here: the shell looks the key up and calls `finish` itself.
-            KeySource::Fetched(_) | KeySource::Lookup(_) => {
+            KeySource::KeySet(_) | KeySource::Lookup(_) => {
                 check.unavailable(config, UNAVAILABLE_RETRY_SECONDS)
             }
         },

@@ -1,5 +1,5 @@
 use super::*;
-use crate::keyset::KeyHash;
+use crate::record::KeyHash;
 use crate::stats::Outcome;
 use base64::Engine;
 use serde_json::{json, Value};

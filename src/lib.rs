@@ -1,15 +1,13 @@
-//! keygate: API-key authentication and scope enforcement for Envoy.
+//! keygate's core: API-key authentication and scope enforcement, decided without a host.
 //!
-//! The crate is a functional core with a thin shell. Every module but `wasm` is plain Rust
-//! with no proxy-wasm calls: configuration parsing ([`config`]), credential extraction
-//! ([`credential`]), path normalization ([`path`]), rule matching ([`rules`]), key lookup
-//! ([`keyset`]), the decision ([`decision`]) and the response it implies ([`response`]).
-//! The `wasm` module (built only for `wasm32`) reads the request headers, asks
-//! [`decision::decide`] and carries out the verdict.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+//! Nothing here calls Envoy, the network or the file system. Configuration parsing
+//! ([`config`]), credential extraction ([`credential`]), path normalization ([`path`]), rule
+//! matching ([`rules`]), key records ([`record`]), the decision ([`decision`]) and the
+//! response it implies ([`response`]), and the protocols a host follows: the `key_set`
+//! mode's shared set ([`key_set`]) and the `lookup` mode's cache ([`lookup_cache`]). The
+//! hosts (the proxy-wasm filter in `crates/filter`, the `keygate` CLI in `crates/cli`) read
+//! input, call this crate and act on its answer.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod credential;
@@ -17,18 +15,15 @@ pub mod decision;
 pub mod error;
 pub mod header;
 pub mod header_map;
-pub mod keyset;
+pub mod key_set;
 pub mod lookup_cache;
 pub mod path;
 pub mod query;
+pub mod record;
 pub mod record_codec;
 pub mod remote;
 pub mod response;
 pub mod rules;
 pub mod scope;
-pub mod shared_set;
 pub mod stats;
 pub mod timestamp;
-
-#[cfg(target_arch = "wasm32")]
-mod wasm;

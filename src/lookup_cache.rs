@@ -2,7 +2,7 @@
 //! and the requests waiting on a call already made for the same key. Per VM; the shell
 //! makes the calls and wakes the waiters.
 
-use crate::keyset::{KeyHash, KeyRecord, KeyRecordDoc};
+use crate::record::{KeyHash, KeyRecord, KeyRecordDoc};
 use crate::scope::ScopeIndex;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 //! (id, owner, scopes, expiry, status, read-only) and nothing else.
 
 use crate::header::HeaderText;
-use crate::keyset::{KeyRecord, KeyRecordDoc, KeyStatus};
+use crate::record::{KeyRecord, KeyRecordDoc, KeyStatus};
 use crate::scope::{Scope, ScopeIndex};
 use crate::timestamp::Timestamp;
 
@@ -125,7 +125,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyset::KeyHash;
+    use crate::record::KeyHash;
     use serde_json::json;
 
     fn index(names: &[&str]) -> ScopeIndex {

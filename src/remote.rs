@@ -3,7 +3,7 @@
 //! calls themselves are made by the shell.
 
 use crate::error::ConfigError;
-use crate::keyset::KeyHash;
+use crate::record::KeyHash;
 use serde::Deserialize;
 
 /// Where to call: an Envoy cluster, the `:authority` to send, and how long to wait.
@@ -16,7 +16,7 @@ pub struct Endpoint {
 
 /// `"key_set"`: the whole set, fetched every `refresh_seconds` with `If-None-Match`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchConfig {
+pub struct KeySetConfig {
     pub endpoint: Endpoint,
     pub path: Box<str>,
     pub refresh_seconds: u32,
@@ -81,7 +81,7 @@ pub(crate) struct LookupDoc {
 }
 
 impl FetchDoc {
-    pub(crate) fn check(self, errors: &mut Vec<ConfigError>) -> Option<FetchConfig> {
+    pub(crate) fn check(self, errors: &mut Vec<ConfigError>) -> Option<KeySetConfig> {
         let before = errors.len();
         let endpoint = check_endpoint(
             "key_set",
@@ -99,7 +99,7 @@ impl FetchDoc {
             86_400,
             errors,
         );
-        (errors.len() == before).then(|| FetchConfig {
+        (errors.len() == before).then(|| KeySetConfig {
             endpoint,
             path: self.path.into(),
             refresh_seconds,
@@ -221,7 +221,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fetch(value: serde_json::Value) -> Result<FetchConfig, Vec<String>> {
+    fn fetch(value: serde_json::Value) -> Result<KeySetConfig, Vec<String>> {
         let doc: FetchDoc = serde_json::from_value(value).map_err(|e| vec![e.to_string()])?;
         let mut errors = Vec::new();
         doc.check(&mut errors)

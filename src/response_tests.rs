@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::Config;
 use crate::decision::{decide, Verdict};
-use crate::keyset::{KeyHash, KeyRecord, KeyRecordDoc};
+use crate::record::{KeyHash, KeyRecord, KeyRecordDoc};
 use crate::scope::ScopeIndex;
 use crate::timestamp::Timestamp;
 use serde_json::{json, Value};

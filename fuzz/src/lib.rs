@@ -7,18 +7,18 @@
 //! any input (a normalized path is normal, a forwarded request carries only the caller's
 //! identity, a record survives its shared-data encoding, ...).
 
-use keygate::config::Config;
-use keygate::credential::{self, Presented, Scheme, Source};
-use keygate::decision::{self, Allowed, HeaderEditor, Verdict};
-use keygate::header::HeaderName;
-use keygate::header_map;
-use keygate::keyset::{KeyHash, KeyRecord, KeyRecordDoc, KeySet, KeySetDoc, KeyState};
-use keygate::lookup_cache::{self, Answer};
-use keygate::path;
-use keygate::record_codec;
-use keygate::rules::{Access, Unmatched};
-use keygate::scope::ScopeIndex;
-use keygate::timestamp::Timestamp;
+use keygate_core::config::Config;
+use keygate_core::credential::{self, Presented, Scheme, Source};
+use keygate_core::decision::{self, Allowed, HeaderEditor, Verdict};
+use keygate_core::header::HeaderName;
+use keygate_core::header_map;
+use keygate_core::lookup_cache::{self, Answer};
+use keygate_core::path;
+use keygate_core::record::{InlineKeys, KeyHash, KeyRecord, KeyRecordDoc, KeySetDoc, KeyState};
+use keygate_core::record_codec;
+use keygate_core::rules::{Access, Unmatched};
+use keygate_core::scope::ScopeIndex;
+use keygate_core::timestamp::Timestamp;
 use std::sync::OnceLock;
 
 /// The fuzz inputs' clock: fixed, so a run is reproducible.
@@ -211,7 +211,7 @@ pub fn key_set(data: &[u8]) {
             round_trip(record, &index);
         }
         let count = doc.keys.len();
-        let set = KeySet::build(doc.keys, &index, "keys").unwrap();
+        let set = InlineKeys::build(doc.keys, &index, "keys").unwrap();
         assert_eq!(set.len(), count, "a checked document lost records");
     }
     let hash = KeyHash::of_key("kg_fuzz_key");
@@ -245,7 +245,7 @@ fn fuzz_scopes() -> ScopeIndex {
     let mut index = ScopeIndex::default();
     for scope in ["browse", "download", "upload", "admin"] {
         index
-            .add(&keygate::scope::Scope::parse(scope).unwrap())
+            .add(&keygate_core::scope::Scope::parse(scope).unwrap())
             .unwrap();
     }
     index

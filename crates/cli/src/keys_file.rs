@@ -1,0 +1,318 @@
+//! keys.json, the key-set document the CLI manages (SPEC §2).
+//!
+//! Every change is made under an exclusive lock on a sidecar `keys.json.lock`, reading
+//! the file and writing it back while the lock is held, so two `keygate new` runs never lose
+//! a record. The lock is on a sidecar because the file itself is replaced on every write:
+//! a lock on it would be a lock on the old inode. The new content goes to a temporary
+//! file in the same directory, is synced, and is renamed over keys.json, so a reader (the
+//! filter's config tooling, `keygate serve`, `keygate list`) sees the old document or the
+//! new one, never half of one, and takes no lock.
+//!
+//! Records are kept as the JSON text they were read as: a rewrite changes only the
+//! records a command touches and the version, whatever else the file holds.
+
+use crate::error::{Error, Result};
+use keygate_core::record::KeySetDoc;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub struct KeysDoc {
+    /// A counter, as a string (SPEC §2 only asks for something opaque that changes).
+    pub version: Option<String>,
+    pub records: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RawDoc {
+    #[serde(default)]
+    version: Option<String>,
+    keys: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+/// New files hold only hashes, but owners and labels are nobody else's business either;
+/// an existing file keeps whatever mode it was given.
+#[cfg(unix)]
+const NEW_FILE_MODE: u32 = 0o600;
+
+impl KeysDoc {
+    pub fn empty() -> KeysDoc {
+        KeysDoc {
+            version: None,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads a document with the filter's own checks, so that a file the filter would
+    /// refuse is never used as the base of a rewrite.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<KeysDoc> {
+        KeySetDoc::parse(bytes).map_err(|problems| Error::each_at(path, &problems))?;
+        let raw: RawDoc = serde_json::from_slice(bytes).map_err(|e| Error::at(path, e))?;
+        Ok(KeysDoc {
+            version: raw.version,
+            records: raw.keys,
+        })
+    }
+
+    /// The position of the record with this id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.records.iter().position(|raw| {
+            serde_json::from_str::<IdOnly>(raw.get()).is_ok_and(|record| record.id == id)
+        })
+    }
+
+    /// One record per line: readable, and a change shows as a one-line diff.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(
+            64 + self
+                .records
+                .iter()
+                .map(|r| r.get().len() + 6)
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(b"{\n");
+        if let Some(version) = &self.version {
+            let version = serde_json::to_string(version).map_err(|e| Error::new(e.to_string()))?;
+            out.extend_from_slice(format!("  \"version\": {version},\n").as_bytes());
+        }
+        if self.records.is_empty() {
+            out.extend_from_slice(b"  \"keys\": []\n}\n");
+            return Ok(out);
+        }
+        out.extend_from_slice(b"  \"keys\": [\n");
+        for (i, record) in self.records.iter().enumerate() {
+            out.extend_from_slice(b"    ");
+            out.extend_from_slice(record.get().as_bytes());
+            out.extend_from_slice(if i + 1 < self.records.len() {
+                b",\n"
+            } else {
+                b"\n"
+            });
+        }
+        out.extend_from_slice(b"  ]\n}\n");
+        Ok(out)
+    }
+}
+
+/// The version after `current`: the next integer, or 1 when there is none (or it is not
+/// a counter this tool wrote).
+pub fn next_version(current: Option<&str>) -> String {
+    current
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|n| n.checked_add(1))
+        .unwrap_or(1)
+        .to_string()
+}
+
+fn missing(path: &Path) -> Error {
+    Error::at(
+        path,
+        format!(
+            "no such file (`keygate new --keys {}` creates it)",
+            path.display()
+        ),
+    )
+}
+
+/// Reads keys.json without a lock: writers replace it whole, so what is read is complete.
+pub fn read(path: &Path) -> Result<KeysDoc> {
+    match std::fs::read(path) {
+        Ok(bytes) => KeysDoc::parse(path, &bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing(path)),
+        Err(e) => Err(Error::at(path, format!("cannot read: {e}"))),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    Create,
+    Fail,
+}
+
+/// Applies `edit` to keys.json under the lock and writes the result atomically with a new
+/// version. Nothing is written when `edit` fails, or when it returns `Unchanged`.
+pub fn update<T>(
+    path: &Path,
+    if_missing: IfMissing,
+    edit: impl FnOnce(&mut KeysDoc) -> Result<Edited<T>>,
+) -> Result<T> {
+    let _lock = lock(path)?;
+    let mut doc = match std::fs::read(path) {
+        Ok(bytes) => KeysDoc::parse(path, &bytes)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && if_missing == IfMissing::Create => {
+            KeysDoc::empty()
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing(path)),
+        Err(e) => return Err(Error::at(path, format!("cannot read: {e}"))),
+    };
+    let (value, changed) = match edit(&mut doc)? {
+        Edited::Changed(value) => (value, true),
+        Edited::Unchanged(value) => (value, false),
+    };
+    if !changed {
+        return Ok(value);
+    }
+    doc.version = Some(next_version(doc.version.as_deref()));
+    let bytes = doc.to_bytes()?;
+    // The edit only adds, changes or removes whole records, but the file is what the
+    // filter will read: check it as the filter would before it replaces a good one.
+    if let Err(problems) = KeySetDoc::parse(&bytes) {
+        let mut error = Error::each_at(path, &problems);
+        error.lines.push(format!(
+            "{}: not written: the change would make it invalid",
+            path.display()
+        ));
+        return Err(error);
+    }
+    write_atomically(path, &bytes).map_err(|e| Error::at(path, format!("cannot write: {e}")))?;
+    Ok(value)
+}
+
+/// What an edit did: only a change is written.
+pub enum Edited<T> {
+    Changed(T),
+    Unchanged(T),
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Holds the exclusive lock until dropped. The lock file is never removed: removing it
+/// would let a waiting process lock a file that a newcomer no longer sees.
+fn lock(path: &Path) -> Result<File> {
+    let lock_path = sidecar(path, ".lock");
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, NEW_FILE_MODE);
+    let file = options
+        .open(&lock_path)
+        .map_err(|e| Error::at(&lock_path, format!("cannot open the lock file: {e}")))?;
+    file.lock()
+        .map_err(|e| Error::at(&lock_path, format!("cannot lock: {e}")))?;
+    Ok(file)
+}
+
+/// Temporary file in the same directory (a rename across file systems is not atomic),
+/// synced before the rename, directory synced after it, so a crash leaves the old file or
+/// the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = sidecar(path, &format!(".{}.tmp", std::process::id()));
+    let result = (|| {
+        let permissions = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta.permissions()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, NEW_FILE_MODE);
+        let mut file = options.open(&tmp)?;
+        // A leftover temporary file from a crashed run keeps its old mode: set it.
+        match permissions {
+            Some(permissions) => file.set_permissions(permissions)?,
+            #[cfg(unix)]
+            None => {
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(NEW_FILE_MODE))?
+            }
+            #[cfg(not(unix))]
+            None => {}
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(unix)]
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_up() {
+        assert_eq!(next_version(None), "1");
+        assert_eq!(next_version(Some("1")), "2");
+        assert_eq!(next_version(Some("41")), "42");
+        assert_eq!(next_version(Some("v7")), "1");
+        assert_eq!(next_version(Some(&u64::MAX.to_string())), "1");
+    }
+
+    #[test]
+    fn writes_one_record_per_line_and_reads_it_back() {
+        let path = Path::new("keys.json");
+        let text = r#"{"version": "3", "keys": [
+            {"id": "a", "owner": "alice", "hash": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+            {"id": "b", "owner": "bob", "hash": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "expires_at": "2027-05-21T20:55:24.654328038Z"}
+        ]}"#;
+        let doc = KeysDoc::parse(path, text.as_bytes()).unwrap();
+        assert_eq!(doc.version.as_deref(), Some("3"));
+        assert_eq!(doc.position("b"), Some(1));
+        assert_eq!(doc.position("c"), None);
+        let out = String::from_utf8(doc.to_bytes().unwrap()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 7, "{out}");
+        assert_eq!(lines[1], r#"  "version": "3","#);
+        // Records are kept as written, spacing and nanoseconds included.
+        assert!(lines[3].starts_with(r#"    {"id": "a", "owner": "alice","#));
+        assert!(lines[4].contains(r#""expires_at": "2027-05-21T20:55:24.654328038Z"}"#));
+        let again = KeysDoc::parse(path, out.as_bytes()).unwrap();
+        assert_eq!(again.to_bytes().unwrap(), out.as_bytes());
+
+        let empty = String::from_utf8(KeysDoc::empty().to_bytes().unwrap()).unwrap();
+        assert_eq!(empty, "{\n  \"keys\": []\n}\n");
+    }
+
+    #[test]
+    fn refuses_what_the_filter_refuses_with_field_paths() {
+        let path = Path::new("dir/keys.json");
+        let err = KeysDoc::parse(
+            path,
+            br#"{"keys": [{"id": "a", "owner": "o", "hash": "nothex"}]}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.lines[0].starts_with("dir/keys.json: keys[0].hash: "),
+            "{:?}",
+            err.lines
+        );
+        let err = KeysDoc::parse(path, b"{\"keys\": [").err().unwrap();
+        assert!(
+            err.lines[0].starts_with("dir/keys.json: "),
+            "{:?}",
+            err.lines
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! The request's headers through the proxy-wasm ABI directly. The SDK's calls copy every
+//! header into its own `String` and `Vec` and panic on a status they do not expect; these
+//! hand the decision one buffer to borrow from, and report a refused edit instead.
+
+use crate::abi;
+use keygate_core::decision::HeaderEditor;
+use keygate_core::header_map::{self, MapError};
+use proxy_wasm::types::MapType;
+
+/// The request's headers as Envoy serialized them, in one buffer the VM owns.
+pub struct RequestHeaders {
+    buf: Vec<u8>,
+}
+
+impl RequestHeaders {
+    /// One host call. `None` when Envoy has no request headers to give (not in a request).
+    pub fn read() -> Option<Self> {
+        abi::map_pairs(MapType::HttpRequestHeaders)
+            .ok()
+            .map(|buf| RequestHeaders { buf })
+    }
+
+    /// Names and values, borrowed from the buffer.
+    pub fn pairs(&self) -> Result<Vec<(&str, &[u8])>, MapError> {
+        header_map::parse(&self.buf)
+    }
+}
+
+/// Carries out header edits on the request being decided (or the effective context of a
+/// request that waited), one host call per edit: cheaper than writing the whole map back,
+/// which Envoy does by removing every header and adding each again.
+#[derive(Default)]
+pub struct HostEditor {
+    /// Whether Envoy refused any edit: the request must not go on half-edited.
+    pub failed: bool,
+}
+
+impl HeaderEditor for HostEditor {
+    fn set(&mut self, name: &str, value: &str) {
+        self.failed |= abi::replace_map_value(MapType::HttpRequestHeaders, name, value).is_err();
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.failed |= abi::remove_map_value(MapType::HttpRequestHeaders, name).is_err();
+    }
+}

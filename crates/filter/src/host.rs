@@ -1,0 +1,276 @@
+//! Host calls the contexts share: shared data as a [`SharedStore`], the metrics, the
+//! clock, and carrying out a verdict on the effective request.
+
+use crate::abi;
+use crate::headers::HostEditor;
+use keygate_core::config::Config;
+use keygate_core::decision::{Denial, HeaderEditor, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use keygate_core::header_map;
+use keygate_core::key_set::SharedStore;
+use keygate_core::response;
+use keygate_core::stats::{self, Outcome};
+use keygate_core::timestamp::Timestamp;
+use log::{debug, error, warn};
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::cell::Cell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Proxy-wasm shared data: one map per Envoy process, shared by every worker's VM.
+pub struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        abi::shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        abi::set_shared_data(key, value, cas).is_ok()
+    }
+}
+
+pub fn now() -> SystemTime {
+    abi::current_time().unwrap_or(UNIX_EPOCH)
+}
+
+/// The instant a key's `expires_at` is checked against. Should Envoy not tell the time,
+/// it is the end of time: a key with an expiry is then refused, never let through.
+pub fn request_time() -> Timestamp {
+    abi::current_time().map_or(
+        Timestamp::from_unix_nanos(i128::MAX),
+        Timestamp::from_system_time,
+    )
+}
+
+thread_local! {
+    // A VM runs on one thread; this is the VM's clock as of its last tick.
+    static CLOCK: Cell<Option<SystemTime>> = const { Cell::new(None) };
+}
+
+/// Reads the host's clock into the VM's clock, on every tick (every 500 ms) and at
+/// configuration. The lookup cache counts its lifetimes (seconds) by it, so that a cache
+/// hit makes no host call; a key's `expires_at` is checked against [`now`].
+pub fn refresh_clock() {
+    CLOCK.with(|clock| clock.set(Some(now())));
+}
+
+/// The VM's clock: at most one tick behind the host's.
+pub fn clock() -> SystemTime {
+    CLOCK.with(|clock| match clock.get() {
+        Some(time) => time,
+        None => {
+            let time = now();
+            clock.set(Some(time));
+            time
+        }
+    })
+}
+
+pub fn clock_ms() -> u64 {
+    clock()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn now_ms() -> u64 {
+    now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random number from the host (WASI `random_get`), to name a publication of the
+/// shared set: two VMs publishing at once must not pick the same.
+pub fn random() -> Option<u64> {
+    getrandom::u64().ok()
+}
+
+/// A number that differs from call to call and from worker to worker, to spread retries.
+pub fn jitter(salt: u64) -> u64 {
+    let nanos = now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    (nanos ^ salt.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
+}
+
+/// A counter whose increments are added up in the VM and handed to Envoy on the VM's
+/// tick (and when the VM stops), which saves a host call on every request. Envoy's stats
+/// thus trail the requests by at most 500 ms.
+pub struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn define(name: &str) -> Self {
+        Counter {
+            id: abi::define_metric(MetricType::Counter, name).ok(),
+            pending: Cell::new(0),
+        }
+    }
+
+    pub fn add(&self) {
+        self.pending.set(self.pending.get().saturating_add(1));
+    }
+
+    fn flush(&self) {
+        let n = self.pending.replace(0);
+        if let (Some(id), true) = (self.id, n > 0) {
+            let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Metric ids, defined once per VM. Envoy hands out the same stat for the same name, so
+/// counts from every worker add up.
+pub struct Metrics {
+    outcomes: [Counter; Outcome::ALL.len()],
+    keys_loaded: Option<u32>,
+    pub fetch_ok: Counter,
+    pub fetch_not_modified: Counter,
+    pub fetch_failed: Counter,
+    fetch_age: Option<u32>,
+    pub lookup_calls: Counter,
+    pub lookup_cache_hits: Counter,
+    pub lookup_failed: Counter,
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        let gauge = |name| abi::define_metric(MetricType::Gauge, name).ok();
+        Metrics {
+            outcomes: Outcome::ALL.map(|o| Counter::define(o.metric_name())),
+            keys_loaded: gauge(stats::KEYS_LOADED),
+            fetch_ok: Counter::define(stats::FETCH_OK),
+            fetch_not_modified: Counter::define(stats::FETCH_NOT_MODIFIED),
+            fetch_failed: Counter::define(stats::FETCH_FAILED),
+            fetch_age: gauge(stats::FETCH_AGE_SECONDS),
+            lookup_calls: Counter::define(stats::LOOKUP_CALLS),
+            lookup_cache_hits: Counter::define(stats::LOOKUP_CACHE_HITS),
+            lookup_failed: Counter::define(stats::LOOKUP_FAILED),
+        }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome.index()].add();
+    }
+
+    /// Hands the counts made since the last flush to Envoy.
+    pub fn flush(&self) {
+        for counter in self.outcomes.iter().chain([
+            &self.fetch_ok,
+            &self.fetch_not_modified,
+            &self.fetch_failed,
+            &self.lookup_calls,
+            &self.lookup_cache_hits,
+            &self.lookup_failed,
+        ]) {
+            counter.flush();
+        }
+    }
+
+    pub fn keys_loaded(&self, n: usize) {
+        if let Some(id) = self.keys_loaded {
+            let _ = abi::record_metric(id, n as u64);
+        }
+    }
+
+    pub fn fetch_age(&self, seconds: u64) {
+        if let Some(id) = self.fetch_age {
+            let _ = abi::record_metric(id, seconds);
+        }
+    }
+}
+
+/// Carries out a verdict on the effective request: header edits (and, for a request that
+/// waited, resuming it), or the local answer. Returns true when the request may go on.
+/// An edit Envoy refuses refuses the request: it must not reach the upstream with a
+/// spoofed identity or its credential left in.
+pub fn carry_out(
+    config: &Config,
+    metrics: &Metrics,
+    verdict: Verdict<'_>,
+    redacted_path: Option<&str>,
+    resume: bool,
+) -> bool {
+    let outcome = verdict.outcome();
+    match verdict {
+        Verdict::Allow(allowed) => {
+            let mut editor = HostEditor::default();
+            allowed.apply(config, &mut editor);
+            if editor.failed {
+                warn!("keygate: Envoy refused a header edit; the request is refused");
+                let denial = Denial::Unavailable {
+                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+                };
+                return deny(config, metrics, denial, None);
+            }
+            metrics.count(outcome);
+            if resume && abi::continue_request().is_err() {
+                // Envoy would not resume it (its stream may have ended meanwhile).
+                debug!("keygate: the request ended before it could go on");
+            }
+            true
+        }
+        Verdict::Deny(denial) => deny(config, metrics, denial, redacted_path),
+    }
+}
+
+fn deny(
+    config: &Config,
+    metrics: &Metrics,
+    denial: Denial<'_>,
+    redacted_path: Option<&str>,
+) -> bool {
+    metrics.count(denial.outcome());
+    debug!(
+        "keygate: denied ({:?}) key id {}",
+        denial.outcome(),
+        denial.key().map_or("-", |k| k.id.as_str())
+    );
+    if let Some(path) = redacted_path {
+        let mut editor = HostEditor::default();
+        editor.set(":path", path);
+    }
+    respond(&response::render(&config.realm, &denial));
+    false
+}
+
+/// Sends keygate's answer. Should Envoy refuse it, the request is reset: closed, not open.
+pub fn respond(answer: &response::LocalResponse) {
+    let headers: Vec<(&str, &str)> = answer
+        .headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    if let Err(status) = abi::send_local_response(answer.status, &headers, answer.body.as_bytes()) {
+        // Without an answer the request must not drift on (a later body callback would
+        // let it): it is reset.
+        error!("keygate: Envoy refused the local answer (status {status}); the request is reset");
+        let _ = abi::close_request();
+    }
+}
+
+/// What a call's response says in its headers (read as bytes: a value need not be text).
+pub struct CallResponse {
+    pub status: Option<String>,
+    pub etag: Option<String>,
+}
+
+pub fn call_response() -> CallResponse {
+    let buf = abi::map_pairs(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let headers = header_map::parse(&buf).unwrap_or_default();
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+    };
+    CallResponse {
+        status: text(":status"),
+        etag: text("etag"),
+    }
+}
+
+pub fn call_body(size: usize) -> Vec<u8> {
+    abi::buffer(BufferType::HttpCallResponseBody, 0, size).unwrap_or_default()
+}

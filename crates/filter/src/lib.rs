@@ -1,0 +1,349 @@
+//! The proxy-wasm shell. It reads the request headers once, asks [`begin`] and, when a key
+//! was presented, finds the key's record where the configuration keeps it (inline, the
+//! shared fetched set, or the key service). Then it carries out the verdict: header edits
+//! and `Continue`, or a local response. No decision is made here.
+
+// Envoy loads the wasm32 build; natively the crate is empty (the core is tested natively).
+#![cfg(target_arch = "wasm32")]
+
+mod abi;
+mod headers;
+mod host;
+mod key_set;
+mod lookup;
+
+use headers::RequestHeaders;
+use host::{carry_out, Metrics};
+use key_set::{KeySetState, NotLoaded};
+use keygate_core::config::{Config, KeySource};
+use keygate_core::decision::{
+    begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE_RETRY_SECONDS,
+};
+use keygate_core::lookup_cache::Answer;
+use keygate_core::record::KeyRecord;
+use keygate_core::response;
+use log::{error, info};
+use lookup::{LookupState, Next};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::rc::Rc;
+use std::time::Duration;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, ..Root::default() })
+    });
+}}
+
+/// Where this VM finds key records, with the state that takes.
+#[derive(Clone)]
+enum Keys {
+    Inline,
+    Fetched(Rc<KeySetState>),
+    Lookup(Rc<LookupState>),
+}
+
+/// What every request of this VM shares, read-only but for the remote key state.
+#[derive(Clone)]
+struct Shared {
+    config: Rc<Config>,
+    metrics: Rc<Metrics>,
+    keys: Keys,
+}
+
+#[derive(Default)]
+struct Root {
+    context_id: u32,
+    shared: Option<Shared>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+// Often enough that a switched set reaches every worker well within a second, and that
+// Envoy's stats (and the lookup cache's clock) trail by at most half a second.
+const TICK: Duration = Duration::from_millis(500);
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        match &self.shared {
+            Some(Shared {
+                metrics,
+                keys: Keys::Fetched(state),
+                ..
+            }) => state.answered(metrics, body_size),
+            Some(Shared {
+                config,
+                metrics,
+                keys: Keys::Lookup(state),
+            }) => state.answered(config, metrics, token, body_size),
+            _ => {}
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
+        true
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // Follow Envoy's log level so that debug lines cost nothing when they are off.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let json = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&json) {
+            Ok(config) => config,
+            Err(problems) => {
+                for problem in &problems {
+                    error!("keygate: invalid configuration: {problem}");
+                }
+                error!(
+                    "keygate: configuration refused ({} problem(s)); the filter will not run",
+                    problems.len()
+                );
+                return false;
+            }
+        };
+        let metrics = self
+            .metrics
+            .get_or_insert_with(|| Rc::new(Metrics::define()))
+            .clone();
+        host::refresh_clock();
+        let _ = hostcalls::set_tick_period(TICK);
+        let keys = match &config.keys {
+            KeySource::Inline(set) => {
+                metrics.keys_loaded(set.len());
+                info!(
+                    "keygate: configuration accepted: {} keys, {} rules",
+                    set.len(),
+                    config.rules.rules.len()
+                );
+                Keys::Inline
+            }
+            KeySource::KeySet(fetch) => {
+                info!(
+                    "keygate: configuration accepted: key set from cluster {} path {} every {} s, {} rules",
+                    fetch.endpoint.cluster,
+                    fetch.path,
+                    fetch.refresh_seconds,
+                    config.rules.rules.len()
+                );
+                // The first fetch waits for the first tick: during on_configure Envoy may
+                // not have its clusters yet, and a call made then can go unanswered.
+                Keys::Fetched(Rc::new(KeySetState::new(fetch)))
+            }
+            KeySource::Lookup(lookup) => {
+                info!(
+                    "keygate: configuration accepted: keys looked up on cluster {}, {} rules",
+                    lookup.endpoint.cluster,
+                    config.rules.rules.len()
+                );
+                Keys::Lookup(Rc::new(LookupState::new(lookup)))
+            }
+        };
+        self.shared = Some(Shared {
+            config: Rc::new(config),
+            metrics,
+            keys,
+        });
+        true
+    }
+
+    fn on_tick(&mut self) {
+        host::refresh_clock();
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
+        match &self.shared {
+            Some(Shared {
+                metrics,
+                keys: Keys::Fetched(state),
+                ..
+            }) => state.tick(metrics),
+            Some(Shared {
+                config,
+                metrics,
+                keys: Keys::Lookup(state),
+            }) => state.sweep(config, metrics, self.context_id),
+            _ => {}
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            context_id,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    context_id: u32,
+    shared: Option<Shared>,
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some(Shared {
+            config,
+            metrics,
+            keys: Keys::Lookup(state),
+        }) = &self.shared
+        {
+            state.answered(config, metrics, token, body_size);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(Shared {
+            keys: Keys::Lookup(state),
+            ..
+        }) = &self.shared
+        {
+            state.done(self.context_id);
+        }
+        true
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(Shared {
+            config,
+            metrics,
+            keys,
+        }) = self.shared.clone()
+        else {
+            // Envoy does not create request contexts for a refused configuration; should
+            // one appear anyway, nothing passes unchecked.
+            let denial = Denial::Unavailable {
+                retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+            };
+            host::respond(&response::render(
+                keygate_core::config::DEFAULT_REALM,
+                &denial,
+            ));
+            return Action::Pause;
+        };
+        let read = RequestHeaders::read();
+        let pairs = read
+            .as_ref()
+            .ok_or("no request headers")
+            .and_then(|read| read.pairs().map_err(|e| e.description()));
+        let headers = match pairs {
+            Ok(headers) => headers,
+            Err(why) => {
+                let verdict = Verdict::Deny(Denial::BadRequest(why));
+                return action(carry_out(&config, &metrics, verdict, None, false));
+            }
+        };
+        // The host's clock, read only for a key that has an expiry: one cheap host call
+        // keeps `expires_at` exact.
+        let now = host::request_time;
+        let check = match begin(&config, &headers) {
+            Step::Done(verdict) => {
+                let redacted = denied_path(&config, &verdict, &headers);
+                return action(carry_out(
+                    &config,
+                    &metrics,
+                    verdict,
+                    redacted.as_deref(),
+                    false,
+                ));
+            }
+            Step::Key(check) => check,
+        };
+        // Records decoded for this request live here, so the verdict may borrow them.
+        let fetched: Option<KeyRecord>;
+        let answer: Answer;
+        let verdict = match &keys {
+            Keys::Inline => {
+                let record = match &config.keys {
+                    KeySource::Inline(set) => set.get(&check.hash),
+                    _ => None,
+                };
+                check.finish(&config, record, now)
+            }
+            Keys::Fetched(state) => match state.record(&config, &check.hash) {
+                Ok(record) => {
+                    fetched = record;
+                    check.finish(&config, fetched.as_ref(), now)
+                }
+                Err(NotLoaded) => check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS),
+            },
+            Keys::Lookup(state) => {
+                let redacted = || redacted_target(&config, &headers);
+                let hide_now = config.hide_credentials;
+                match state.start(&metrics, self.context_id, check, redacted, hide_now) {
+                    Next::Decide(check, found) => {
+                        answer = found;
+                        check.finish(&config, answer.record(), now)
+                    }
+                    Next::Unavailable(check) => {
+                        check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS)
+                    }
+                    Next::Paused => return Action::Pause,
+                }
+            }
+        };
+        let redacted = denied_path(&config, &verdict, &headers);
+        let proceed = carry_out(&config, &metrics, verdict, redacted.as_deref(), false);
+        action(proceed)
+    }
+
+    // A body or trailers arriving while the request waits for its key must not move it on:
+    // only the key service's answer does.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_while_waiting()
+    }
+}
+
+impl Request {
+    fn hold_while_waiting(&self) -> Action {
+        match &self.shared {
+            Some(Shared {
+                keys: Keys::Lookup(state),
+                ..
+            }) if state.is_waiting(self.context_id) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+}
+
+/// For a refused request, its `:path` without a query-parameter key (Envoy's access log
+/// records the path as it stands).
+fn denied_path(
+    config: &Config,
+    verdict: &Verdict<'_>,
+    headers: &[(&str, &[u8])],
+) -> Option<String> {
+    match verdict {
+        Verdict::Deny(_) => redacted_target(config, headers),
+        Verdict::Allow(_) => None,
+    }
+}
+
+fn action(proceed: bool) -> Action {
+    if proceed {
+        Action::Continue
+    } else {
+        Action::Pause
+    }
+}

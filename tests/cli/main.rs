@@ -1,0 +1,6 @@
+//! The `keygate` binary run for real: every command and its errors, and `keygate serve`.
+// Test code: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod commands;
+mod serve;

@@ -1,0 +1,261 @@
+//! `key_set` mode through a real Envoy with two workers (SPEC §2): protected routes answer
+//! 503 until a first set loads, the set loads when the key service comes up, a revocation
+//! reaches every worker within the refresh interval and a second, and the last good set is
+//! kept through an error status, garbage, a timeout and a refused connection.
+
+use keygate_testkit as support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::key_service::{Behaviour, KeyService};
+use support::{
+    bootstrap_with_key_service, eventually, free_port, hash_of, Envoy, EnvoyOptions, Request,
+    Upstream,
+};
+
+const ALICE: &str = "kg_fetched_alice_key";
+const BOB: &str = "kg_fetched_bob_key";
+const CAROL: &str = "kg_fetched_carol_key";
+
+fn record(id: &str, key: &str) -> Value {
+    json!({"id": id, "hash": hash_of(key), "owner": id, "scopes": ["browse"]})
+}
+
+fn doc(version: &str, records: Vec<Value>) -> Value {
+    json!({"version": version, "keys": records})
+}
+
+fn plugin_config() -> Value {
+    json!({
+        "key_set": {"cluster": "keyservice", "path": "/v1/keyset", "refresh_seconds": 1,
+                    "timeout_ms": 500},
+        "rules": [
+            {"path_prefix": "/healthz", "public": true},
+            {"path_prefix": "/data", "scopes": ["browse"]}
+        ]
+    })
+}
+
+fn start(key_service: std::net::SocketAddr, upstream: &Upstream) -> Envoy {
+    Envoy::start_bootstrap(
+        &bootstrap_with_key_service(&plugin_config(), upstream.addr, key_service),
+        EnvoyOptions {
+            concurrency: 2,
+            ..EnvoyOptions::default()
+        },
+    )
+}
+
+fn status(envoy: &Envoy, key: &str) -> u16 {
+    envoy.send(&Request::get("/data").bearer(key)).status
+}
+
+/// Each request is a new connection, so the two workers share them.
+fn all_answer(envoy: &Envoy, key: &str, want: u16, times: usize) -> bool {
+    (0..times).all(|_| status(envoy, key) == want)
+}
+
+#[test]
+fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up() {
+    let upstream = Upstream::start();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let envoy = start(addr, &upstream);
+
+    // Nothing listens yet: fail closed on protected routes, public routes still pass.
+    let refused = envoy.send(&Request::get("/data").bearer(ALICE));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    let missing = envoy.send(&Request::get("/data"));
+    assert_eq!(missing.status, 401, "no key is still a 401");
+    assert_eq!(envoy.send(&Request::get("/healthz")).status, 200);
+    assert_eq!(
+        envoy.send(&Request::get("/healthz").bearer(ALICE)).status,
+        200,
+        "a public route passes with a key that cannot be checked yet"
+    );
+    let seen = upstream.take();
+    assert!(
+        seen.iter().all(|s| s.header("x-api-key-id").is_none()),
+        "{seen:?}"
+    );
+    assert!(eventually(Duration::from_secs(10), || envoy
+        .keygate_stat("fetch.failed")
+        >= 1));
+
+    let service = KeyService::start_on(&addr.to_string(), doc("1", vec![record("alice", ALICE)]));
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&envoy, ALICE) == 200),
+        "the set never loaded:\n{}",
+        envoy.log()
+    );
+    eprintln!(
+        "first set served {:?} after the key service came up",
+        started.elapsed()
+    );
+    assert!(all_answer(&envoy, ALICE, 200, 20));
+    assert_eq!(status(&envoy, BOB), 401);
+    let seen = upstream.take();
+    assert!(seen.len() >= 20, "{seen:?}");
+    assert!(seen
+        .iter()
+        .all(|s| s.header("x-api-key-id") == Some("alice")));
+    assert!(eventually(Duration::from_secs(3), || envoy
+        .keygate_stat("fetch.ok")
+        >= 1));
+    assert_eq!(envoy.keygate_stat("keys_loaded"), 1);
+    // Envoy flushes its log file every few seconds.
+    assert!(eventually(Duration::from_secs(15), || envoy
+        .log()
+        .contains(
+            "keygate: key set loaded from cluster keyservice: 1 keys"
+        )));
+    drop(service);
+}
+
+#[test]
+fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() {
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
+    );
+    let envoy = start(service.addr, &upstream);
+    assert!(eventually(Duration::from_secs(10), || status(&envoy, BOB) == 200));
+    assert!(all_answer(&envoy, ALICE, 200, 10) && all_answer(&envoy, BOB, 200, 10));
+    // Let the switch to the first set settle, so the next one is not held back by it.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let before = service.calls().keyset;
+    let window = Instant::now();
+    service.set_doc(doc(
+        "2",
+        vec![record("alice", ALICE), record("carol", CAROL)],
+    ));
+    let revoked = Instant::now();
+    // The revocation is seen by every worker once 40 requests in a row (spread over both
+    // workers) are refused; `took` is when that run began.
+    let mut took = None;
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            let start = revoked.elapsed();
+            let refused = all_answer(&envoy, BOB, 401, 40);
+            took = refused.then_some(start);
+            refused
+        }),
+        "a worker still lets bob in"
+    );
+    let took = took.unwrap();
+    assert!(all_answer(&envoy, CAROL, 200, 20));
+    assert!(all_answer(&envoy, ALICE, 200, 20));
+    eprintln!("revocation seen by every worker after at most {took:?}");
+    assert!(
+        took <= Duration::from_millis(2_000 + 500),
+        "revocation took {took:?} (refresh 1 s + 1 s, and the time to check it):\n{}",
+        envoy.log()
+    );
+
+    // Two workers, one fetcher: about one fetch per refresh interval, not two.
+    std::thread::sleep(Duration::from_secs(4));
+    let fetches = service.calls().keyset - before;
+    let seconds = window.elapsed().as_secs_f64();
+    assert!(
+        (fetches as f64) <= seconds + 2.0,
+        "{fetches} fetches in {seconds:.1} s with refresh 1 s"
+    );
+    assert!(service.calls().keyset_not_modified >= 1, "ETag not used");
+    assert!(eventually(Duration::from_secs(3), || envoy
+        .keygate_stat("fetch.not_modified")
+        >= 1));
+}
+
+#[test]
+fn the_last_good_set_is_kept_through_every_kind_of_failure() {
+    let upstream = Upstream::start();
+    let mut service = KeyService::start_on("127.0.0.1:0", doc("1", vec![record("alice", ALICE)]));
+    let envoy = start(service.addr, &upstream);
+    assert!(eventually(Duration::from_secs(10), || status(
+        &envoy, ALICE
+    ) == 200));
+
+    let failures = [
+        Behaviour::Status(500),
+        Behaviour::Garbage,
+        Behaviour::Slow(Duration::from_millis(1500)),
+    ];
+    for behaviour in failures {
+        // The set the service would give now revokes alice, but it never gets through.
+        service.set_doc(doc("2", vec![record("bob", BOB)]));
+        service.behave(behaviour.clone());
+        let failed = envoy.keygate_stat("fetch.failed");
+        assert!(
+            eventually(Duration::from_secs(10), || envoy
+                .keygate_stat("fetch.failed")
+                >= failed + 2),
+            "{behaviour:?}: no failure counted"
+        );
+        assert!(
+            all_answer(&envoy, ALICE, 200, 10),
+            "{behaviour:?}: lost the last good set"
+        );
+        assert_eq!(status(&envoy, BOB), 401, "{behaviour:?}");
+    }
+    // Connection refused.
+    service.stop();
+    let failed = envoy.keygate_stat("fetch.failed");
+    assert!(eventually(Duration::from_secs(10), || envoy
+        .keygate_stat("fetch.failed")
+        >= failed + 2));
+    assert!(all_answer(&envoy, ALICE, 200, 10));
+    let reasons = [
+        "keeping the last good set, retrying in",
+        "key service answered 500",
+        "invalid key set",
+        // Envoy answers a call that times out with 504, one it cannot connect with 503.
+        "key service answered 504",
+        "key service answered 503",
+    ];
+    // Envoy flushes its log file every few seconds.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let log = envoy.log();
+            reasons.iter().all(|r| log.contains(r))
+        }),
+        "log lacks one of {reasons:?}:\n{}",
+        envoy.log()
+    );
+
+    // The service recovers: its new set replaces the old one.
+    service.behave(Behaviour::Serve);
+    service.restart();
+    assert!(eventually(Duration::from_secs(10), || status(&envoy, BOB) == 200));
+    assert!(eventually(Duration::from_secs(2), || all_answer(
+        &envoy, ALICE, 401, 20
+    )));
+}
+
+#[test]
+fn a_set_larger_than_envoys_buffer_limit_is_named_as_the_cause() {
+    let upstream = Upstream::start();
+    let records = (0..40)
+        .map(|i| record(&format!("id{i}"), &format!("kg_big_{i}")))
+        .collect();
+    let service = KeyService::start_on("127.0.0.1:0", doc("1", records));
+    let mut bootstrap = bootstrap_with_key_service(&plugin_config(), upstream.addr, service.addr);
+    bootstrap["layered_runtime"] = json!({"layers": [{"name": "small", "static_layer": {
+        "http.async_response_buffer_limit": 2048}}]});
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    assert!(eventually(Duration::from_secs(10), || envoy
+        .keygate_stat("fetch.failed")
+        >= 2));
+    assert_eq!(status(&envoy, "kg_big_1"), 503, "no set loaded");
+    assert!(
+        eventually(Duration::from_secs(15), || envoy.log().contains(
+            "the call was reset: an answer larger than Envoy's http.async_response_buffer_limit"
+        )),
+        "{}",
+        envoy.log()
+    );
+}

@@ -1,0 +1,15 @@
+//! Through a real Envoy 1.40 (`.venv`, installed by `make tools`) running the filter: what
+//! the client gets and what the upstream receives. The test kit builds the filter and the
+//! `keygate` binary when `make test` has not (see README, "Development").
+// Test code: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod adversarial;
+mod cli;
+mod ecds;
+mod key_service;
+mod key_set;
+mod lookup;
+mod operations;
+mod reload;
+mod requests;

@@ -1,0 +1,142 @@
+//! An inline key set updated without a restart (SPEC §6): Envoy watches its listener file
+//! (LDS from a path); rewriting it adds a key, revokes one and disables another, while
+//! requests with a key valid throughout keep succeeding. A bad update is refused and the
+//! running configuration stays.
+
+use keygate_testkit as support;
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{hash_of, Envoy, EnvoyOptions, Request, TempDir, Upstream};
+
+const STAYS: &str = "kg_reload_valid_throughout";
+const REVOKED: &str = "kg_reload_revoked_in_update";
+const DISABLED: &str = "kg_reload_disabled_in_update";
+const ADDED: &str = "kg_reload_added_in_update";
+
+fn record(id: &str, key: &str, status: &str) -> Value {
+    json!({"id": id, "hash": hash_of(key), "owner": "reload", "scopes": ["browse"],
+           "status": status})
+}
+
+fn plugin_config(keys: Vec<Value>) -> Value {
+    json!({"keys": keys, "rules": [{"path_prefix": "/", "scopes": ["browse"]}]})
+}
+
+/// Replaces the listener file in one step, as Envoy's file watch expects.
+fn write_listener(file: &Path, plugin_config: &Value, port: u16) {
+    let mut listener = support::listener(plugin_config, port);
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let doc = json!({"resources": [listener]});
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn status(envoy: &Envoy, key: &str) -> u16 {
+    envoy.send(&Request::get("/data").bearer(key)).status
+}
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .admin_get(&format!("/stats?filter=^{name}$"))
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rewriting_the_inline_key_set_takes_effect_without_restart() {
+    let upstream = Upstream::start();
+    let dir = TempDir::new("lds");
+    let lds = dir.path().join("listeners.json");
+    let port = support::free_port();
+    write_listener(
+        &lds,
+        &plugin_config(vec![
+            record("stays", STAYS, "enabled"),
+            record("revoked", REVOKED, "enabled"),
+            record("disabled", DISABLED, "enabled"),
+        ]),
+        port,
+    );
+    let bootstrap = json!({
+        "node": {"id": "keygate-reload-test", "cluster": "keygate"},
+        "admin": support::admin(),
+        "dynamic_resources": {"lds_config": {
+            "path_config_source": {"path": lds},
+            "resource_api_version": "V3"
+        }},
+        "static_resources": {"clusters": [support::upstream_cluster(upstream.addr)]}
+    });
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    assert_eq!(status(&envoy, STAYS), 200);
+    assert_eq!(status(&envoy, REVOKED), 200);
+    assert_eq!(status(&envoy, DISABLED), 200);
+    assert_eq!(status(&envoy, ADDED), 401);
+    let updates_before = stat(&envoy, "listener_manager.lds.update_success");
+
+    // A client using a key valid before and after sees no failure during the switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        let listener = envoy.listener;
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) && answers.len() < 5000 {
+                let response = support::request(listener, &Request::get("/data").bearer(STAYS));
+                answers.push(response.status);
+            }
+            answers
+        })
+    };
+
+    write_listener(
+        &lds,
+        &plugin_config(vec![
+            record("stays", STAYS, "enabled"),
+            record("disabled", DISABLED, "disabled"),
+            record("added", ADDED, "enabled"),
+        ]),
+        port,
+    );
+    wait_for("the added key", || status(&envoy, ADDED) == 200);
+    assert_eq!(status(&envoy, REVOKED), 401);
+    let response = envoy.send(&Request::get("/data").bearer(DISABLED));
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json()["error_description"], "API key disabled");
+
+    stop.store(true, Ordering::Relaxed);
+    let answers = steady.join().unwrap();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|s| *s == 200),
+        "a request with a valid key failed during the update: {answers:?}"
+    );
+    assert!(stat(&envoy, "listener_manager.lds.update_success") > updates_before);
+
+    // A broken update is refused whole; the configuration in force stays.
+    let rejected_before = stat(&envoy, "listener_manager.lds.update_rejected");
+    let mut broken = plugin_config(vec![record("stays", STAYS, "enabled")]);
+    broken["keys"][0]["hash"] = json!("not-a-hash");
+    write_listener(&lds, &broken, port);
+    wait_for("the rejected update", || {
+        stat(&envoy, "listener_manager.lds.update_rejected") > rejected_before
+    });
+    assert_eq!(status(&envoy, ADDED), 200);
+    assert_eq!(status(&envoy, REVOKED), 401);
+    assert!(envoy.log().contains("keys[0].hash"), "{}", envoy.log());
+    drop(envoy);
+    assert!(upstream.take().len() > 3);
+}
