@@ -3,8 +3,9 @@
 # target: executions, seconds, corpus size. `make fuzz` calls it; FUZZ_ARGS are passed to
 # libFuzzer (default: 60 s per target; `-runs=10000000` for ten million executions).
 #
-# --sanitizer none: keygate's code has no `unsafe`, so AddressSanitizer has nothing to
-# find and would cost a third of the speed; what the fuzzer hunts is a panic (including
+# --sanitizer none: the code fuzzed here is the core, which forbids `unsafe` (the only
+# `unsafe` is the filter's ABI module, never built for the fuzzer), so AddressSanitizer has
+# nothing to find and would cost a third of the speed; what the fuzzer hunts is a panic (including
 # arithmetic overflow: -a keeps debug assertions on) or a failed check in src/lib.rs.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,4 +1,4 @@
-//! The plugin configuration (SPEC §1–§5), parsed once into types that cannot hold an
+//! The plugin configuration (README "Configuration reference"), parsed once into types that cannot hold an
 //! invalid state. A configuration with any problem is refused whole, every problem named
 //! by its field path.
 

@@ -1,4 +1,4 @@
-//! Where a key comes from (SPEC §1): the `Authorization` header under the Bearer, ApiKey or
+//! Where a key comes from (README "Credentials"): the `Authorization` header under the Bearer, ApiKey or
 //! Basic scheme, a named header, or a query parameter.
 
 use crate::header::HeaderName;

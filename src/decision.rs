@@ -1,4 +1,4 @@
-//! The decision (SPEC §3–§5): from the request headers and the configuration to a verdict,
+//! The decision (README "Configuration reference", "Responses", "What the upstream sees"): from the request headers and the configuration to a verdict,
 //! and from an allowing verdict to the header edits the upstream request needs.
 
 use crate::config::{Config, KeySource};
@@ -442,5 +442,5 @@ pub fn redacted_target(config: &Config, headers: &[impl Header]) -> Option<Strin
 }
 
 #[cfg(test)]
-#[path = "decision_tests.rs"]
+#[path = "decision_tests/mod.rs"]
 mod tests;

@@ -1,5 +1,5 @@
 //! A fetched key set held once per Envoy process, in proxy-wasm shared data, for every
-//! worker's VM (SPEC §2 `key_set`).
+//! worker's VM (README "Key sets over HTTP").
 //!
 //! Envoy runs one VM per worker. Fetching and holding the set per VM would multiply the
 //! calls to the key service and the memory by the worker count, so:

@@ -1,4 +1,4 @@
-//! `lookup` mode's memory (SPEC §2): answers of the key service, kept for their lifetime,
+//! `lookup` mode's memory (README "Key sets over HTTP"): answers of the key service, kept for their lifetime,
 //! and the requests waiting on a call already made for the same key. Per VM; the shell
 //! makes the calls and wakes the waiters.
 

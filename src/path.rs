@@ -1,4 +1,4 @@
-//! Request-path normalization (SPEC §3): the path rules are matched against, and the path
+//! Request-path normalization (README "Paths"): the path rules are matched against, and the path
 //! the upstream is sent, so that both read the request the same way.
 
 use std::borrow::Cow;

@@ -106,7 +106,7 @@ pub enum KeyStatus {
     Disabled,
 }
 
-/// A key record as written in configuration or a key-set document (SPEC §2).
+/// A key record as written in configuration or a key-set document (README "Configuration reference").
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecordDoc {
@@ -227,7 +227,7 @@ impl InlineKeys {
     }
 }
 
-/// A key-set document (SPEC §2): `{"version": "<opaque>", "keys": [records...]}`, as served
+/// A key-set document (README "Configuration reference"): `{"version": "<opaque>", "keys": [records...]}`, as served
 /// on `/v1/keyset` and kept in `keys.json`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Key sources that live behind an Envoy cluster (SPEC §2): a key set fetched on a timer
+//! Key sources that live behind an Envoy cluster (README "Key sets over HTTP"): a key set fetched on a timer
 //! (`key_set`), or one record looked up per key (`lookup`). Parsed and checked here; the
 //! calls themselves are made by the shell.
 

@@ -1,4 +1,4 @@
-//! The answer to a refused request (SPEC §4): status, `WWW-Authenticate` (RFC 6750 §3) and
+//! The answer to a refused request (README "Responses"): status, `WWW-Authenticate` (RFC 6750 §3) and
 //! a JSON body saying why. Never mentions the key itself.
 
 use crate::decision::Denial;

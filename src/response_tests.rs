@@ -44,7 +44,7 @@ fn body(r: &LocalResponse) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {r:?}"))
 }
 
-/// Checks everything SPEC §4 fixes for one response.
+/// Checks everything README "Responses" fixes for one response.
 fn check(r: &LocalResponse, status: u32, challenge: Option<&str>, error: &str, description: &str) {
     assert_eq!(r.status, status, "{r:?}");
     assert_eq!(header(r, "content-type"), Some("application/json"), "{r:?}");
@@ -58,7 +58,7 @@ fn check(r: &LocalResponse, status: u32, challenge: Option<&str>, error: &str, d
 }
 
 // ---------------------------------------------------------------------------------------
-// One test per row of the SPEC §4 table (and per description)
+// One test per row of the README "Responses" table (and per description)
 // ---------------------------------------------------------------------------------------
 
 #[test]

@@ -1,4 +1,4 @@
-//! Scope-to-route rules (SPEC §3), compiled at load: paths checked to be in normal form,
+//! Scope-to-route rules (README "Configuration reference"), compiled at load: paths checked to be in normal form,
 //! scopes turned into masks, so matching is string comparison and one bitwise test.
 
 use crate::error::ConfigError;
@@ -254,7 +254,7 @@ fn check_rule_path(p: &str, at: &str, errors: &mut Vec<ConfigError>) -> Option<S
     }
 }
 
-/// The SPEC §3 example rules, the fixture of the rule and decision tests.
+/// The README's example rules, the fixture of the rule and decision tests.
 #[cfg(test)]
 pub(crate) fn spec_example_rules() -> serde_json::Value {
     serde_json::json!([

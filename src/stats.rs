@@ -1,4 +1,4 @@
-//! What each request came to, as the counters Envoy shows on `/stats` (SPEC §6).
+//! What each request came to, as the counters Envoy shows on `/stats` (README "Stats").
 
 /// The outcome of one request, counted once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `keygate serve` (SPEC §7), run for real on a free port: the key set with its ETag, one
+//! `keygate serve` (README "`keygate serve`"), run for real on a free port: the key set with its ETag, one
 //! record by hash, changes picked up without a restart, a bad file never served.
 
 use keygate_testkit::cli as cli_support;

@@ -1,4 +1,4 @@
-//! Properties of path normalization (SPEC §3) over generated paths: built from the pieces
+//! Properties of path normalization (README "Paths") over generated paths: built from the pieces
 //! attacks are made of (dot segments plain and encoded, encoded slashes and backslashes,
 //! `;` parameters, repeated slashes), not only from random text.
 

@@ -2,7 +2,7 @@
 //! given) and HTTP/2 (h2c with prior knowledge, through the `h2` crate, or frames written by
 //! hand for what no conforming client sends). One table: each row is a request, the status
 //! the client must get and what the upstream must see. Whatever the request, nothing
-//! reaches the upstream without a valid key of the right scope (SPEC §1, §3, §4), and what
+//! reaches the upstream without a valid key of the right scope (README "Credentials", "Paths", "Responses"), and what
 //! does reach it carries keygate's identity headers only, never the client's (§5).
 //!
 //! Two witnesses of the upstream side: the echo upstream's record of what it received,
@@ -474,7 +474,7 @@ fn method_cases(t: &mut Table) {
     t.h2fields("pseudo-header after a regular one", &[h(":method", "GET"), h(":scheme", "http"), h(":authority", "keygate.test"), bearer(b), h(":path", "/data/query")], CLOSED);
 }
 
-/// The query parameter source (SPEC §1), read as web frameworks read a query.
+/// The query parameter source (README "Credentials"), read as web frameworks read a query.
 #[rustfmt::skip]
 fn query_cases(t: &mut Table) {
     let (b, d) = (BROWSE.raw, DOWNLOAD.raw);
@@ -509,7 +509,7 @@ fn query_cases(t: &mut Table) {
     t.h2raw("api_key in a fragment after a query", "GET", format!("/data/query?x=1#api_key={b}").as_bytes(), &[], Expect::Envoy("400"));
 }
 
-/// Paths that try to reach a route of one scope with a key of another (SPEC §3).
+/// Paths that try to reach a route of one scope with a key of another (README "Paths").
 #[rustfmt::skip]
 fn path_cases(t: &mut Table) {
     let (b, d, a) = (BROWSE.raw, DOWNLOAD.raw, ADMIN.raw);
@@ -578,7 +578,7 @@ fn path_cases(t: &mut Table) {
     }
 }
 
-/// The identity headers keygate sets (SPEC §5), sent by the client in every case and
+/// The identity headers keygate sets (README "What the upstream sees"), sent by the client in every case and
 /// repeated, on allowed and refused routes alike.
 #[rustfmt::skip]
 fn spoof_cases(t: &mut Table) {

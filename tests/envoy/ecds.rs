@@ -1,5 +1,5 @@
 //! keygate's configuration pushed through extension config discovery (ECDS), through the
-//! shipped `envoy/keygate-ecds.yaml` and `envoy/keygate-ecds-filter.yaml` (SPEC §6): Envoy
+//! shipped `envoy/keygate-ecds.yaml` and `envoy/keygate-ecds-filter.yaml` (README "Changing keys without a restart"): Envoy
 //! takes the filter's whole configuration from a file it watches. Renaming a new file into
 //! place adds a key and revokes another while a client keeps sending requests, with no
 //! restart, no listener change and no answer other than the expected ones; an update keygate

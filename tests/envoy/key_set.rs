@@ -1,4 +1,4 @@
-//! `key_set` mode through a real Envoy with two workers (SPEC §2): protected routes answer
+//! `key_set` mode through a real Envoy with two workers (README "Key sets over HTTP"): protected routes answer
 //! 503 until a first set loads, the set loads when the key service comes up, a revocation
 //! reaches every worker within the refresh interval and a second, and the last good set is
 //! kept through an error status, garbage, a timeout and a refused connection.

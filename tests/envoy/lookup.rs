@@ -1,4 +1,4 @@
-//! `lookup` mode through a real Envoy (SPEC §2): a key is asked of the key service by its
+//! `lookup` mode through a real Envoy (README "Key sets over HTTP"): a key is asked of the key service by its
 //! hash, never sent itself; answers are cached (found and not found), concurrent requests
 //! for one key share one call, and with the service down and nothing cached the answer is
 //! 503.

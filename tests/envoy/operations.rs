@@ -1,5 +1,5 @@
-//! Operating keygate in a real Envoy: a bad configuration is refused whole (SPEC §2), the
-//! counters appear on the admin endpoints (SPEC §6), and several workers agree.
+//! Operating keygate in a real Envoy: a bad configuration is refused whole (README "Configuration reference"), the
+//! counters appear on the admin endpoints (README "Stats"), and several workers agree.
 
 use keygate_testkit as support;
 

@@ -1,4 +1,4 @@
-//! An inline key set updated without a restart (SPEC §6): Envoy watches its listener file
+//! An inline key set updated without a restart (README "Changing keys without a restart"): Envoy watches its listener file
 //! (LDS from a path); rewriting it adds a key, revokes one and disables another, while
 //! requests with a key valid throughout keep succeeding. A bad update is refused and the
 //! running configuration stays.

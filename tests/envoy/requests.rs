@@ -1,6 +1,6 @@
-//! Requests through a real Envoy running keygate: what the client gets (SPEC §4) and what
-//! the upstream receives (SPEC §5), for every credential form (§1), key state (§2) and rule
-//! (§3).
+//! Requests through a real Envoy running keygate: what the client gets (README "Responses") and what
+//! the upstream receives (README "What the upstream sees"), for every credential form (README "Credentials"), key state
+//! and rule (README "Configuration reference").
 
 use keygate_testkit as support;
 
@@ -52,7 +52,7 @@ fn gateway() -> (Upstream, Envoy) {
     (upstream, envoy)
 }
 
-/// Asserts a local reply exactly as SPEC §4 says, and that nothing reached the upstream.
+/// Asserts a local reply exactly as README "Responses" says, and that nothing reached the upstream.
 fn assert_refused(
     upstream: &Upstream,
     response: &Response,

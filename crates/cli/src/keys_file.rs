@@ -1,4 +1,4 @@
-//! keys.json, the key-set document the CLI manages (SPEC §2).
+//! keys.json, the key-set document the CLI manages (README "Configuration reference").
 //!
 //! Every change is made under an exclusive lock on a sidecar `keys.json.lock`, reading
 //! the file and writing it back while the lock is held, so two `keygate new` runs never lose
@@ -20,7 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub struct KeysDoc {
-    /// A counter, as a string (SPEC §2 only asks for something opaque that changes).
+    /// A counter, as a string (the format only asks for something opaque that changes).
     pub version: Option<String>,
     pub records: Vec<Box<RawValue>>,
 }

@@ -1,4 +1,4 @@
-//! `keygate`: manage API keys for the keygate filter (SPEC §8).
+//! `keygate`: manage API keys for the keygate filter (README "Managing keys").
 //!
 //! Keys are made here and shown once; keys.json keeps only their SHA-256. Every error is
 //! one line on stderr starting with `keygate: `, and the exit status is 1 (2 for a command

@@ -1,11 +1,11 @@
-//! Key records as the CLI writes, reads and edits them (SPEC §2).
+//! Key records as the CLI writes, reads and edits them (README "Configuration reference").
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// A record as `keygate new` writes it, fields in the SPEC's order. `expires_at` is written
+/// A record as `keygate new` writes it, fields in the documented order (README "Configuration reference"). `expires_at` is written
 /// as `null` for a key that never expires, so the record says so rather than leaving it to
 /// a default.
 #[derive(Serialize)]
@@ -58,7 +58,7 @@ impl RecordView {
     }
 }
 
-/// A record as fields in the SPEC's order, for an edit that must leave the other fields
+/// A record as fields in the documented order (README "Configuration reference"), for an edit that must leave the other fields
 /// as they are: an absent field stays absent, a `null` stays `null`.
 #[derive(Serialize, Deserialize)]
 struct RecordFields {

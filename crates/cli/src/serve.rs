@@ -1,4 +1,4 @@
-//! `keygate serve`: the key-service endpoints of SPEC §7 over keys.json.
+//! `keygate serve`: the key-service endpoints (README "`keygate serve`") over keys.json.
 //!
 //! - `GET /v1/keyset`: the file as it is, with a strong `ETag` (sha256 of the bytes);
 //!   `If-None-Match` → 304.

@@ -1,4 +1,4 @@
-//! `key_set` mode in the shell: every worker's root context ticks once a second, reads
+//! `key_set` mode in the shell: every worker's root context ticks every 500 ms (`TICK` in lib.rs), reads
 //! which slot of the shared set is in force, and fetches when the lease says it is its
 //! turn. Requests read their key's entry from shared data.
 

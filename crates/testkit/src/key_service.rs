@@ -1,4 +1,4 @@
-//! A key service the tests control (SPEC §7): serves a key-set document with an ETag and
+//! A key service the tests control (README "`keygate serve`"): serves a key-set document with an ETag and
 //! single records by hash, or misbehaves on demand (an error status, garbage, an answer
 //! slower than the filter waits), and counts the calls it gets. Stopping it leaves its
 //! port closed, so the filter's calls are refused.

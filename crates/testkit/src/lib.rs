@@ -34,7 +34,7 @@ pub fn bench_key(i: usize) -> String {
     format!("kg_bench_{i}")
 }
 
-/// `n` SPEC §2 records with scope `browse` as a JSON array, written directly (a million in
+/// `n` key records with scope `browse` as a JSON array, written directly (a million in
 /// a few seconds): record `i` is `bench_key(i)`'s.
 pub fn bench_records_json(n: usize, expires_at: Option<&str>) -> String {
     let expiry = expires_at.map_or(String::new(), |at| format!(",\"expires_at\":\"{at}\""));
@@ -70,7 +70,7 @@ pub fn immport_every_source(realm: &str, keys: Value) -> Value {
     })
 }
 
-/// The SPEC §3 rules, shaped after ImmPort's scopes (browse, download, upload).
+/// The README's example rules, shaped after ImmPort's scopes (browse, download, upload).
 pub fn immport_rules() -> Value {
     json!([
         {"path_prefix": "/healthz", "public": true},

@@ -16,7 +16,7 @@
 //! - **Client**: `--connections` threads (default 8), each one keep-alive HTTP/1.1
 //!   connection, one request at a time. Every answer is checked: a 200 must carry the
 //!   route's header, the key's identity, no credential; a refusal must be keygate's (the
-//!   exact `WWW-Authenticate` of SPEC §4, `content-type`, the JSON body, no route header).
+//!   exact `WWW-Authenticate` of README "Responses", `content-type`, the JSON body, no route header).
 //!   Any other answer, or none, is a mismatch.
 //! - **Memory**: Envoy's `VmRSS` (`/proc/PID/status`) every 250 ms; the reference is the
 //!   first sample after the warm-up (the first 100 000 requests, or a tenth of a shorter

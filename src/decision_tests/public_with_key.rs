@@ -1,0 +1,61 @@
+//! Public routes with a key presented.
+
+use super::*;
+
+#[test]
+fn public_route_with_unknown_key_is_unknown_key() {
+    let c = config();
+    for extra in [
+        ("authorization", bearer(UNKNOWN)),
+        ("x-api-key", UNKNOWN.to_string()),
+    ] {
+        let h = request("GET", "/healthz", &[(extra.0, &extra.1)]);
+        let d = denied(run(&c, &h));
+        assert_eq!(d, Denial::UnknownKey);
+        assert_eq!(d.outcome(), Outcome::Invalid);
+    }
+    let q = request("GET", &format!("/healthz?api_key={UNKNOWN}"), &[]);
+    assert_eq!(denied(run(&c, &q)), Denial::UnknownKey);
+}
+
+#[test]
+fn public_route_with_valid_key_forwards_identity() {
+    let c = config();
+    // NOSCOPE holds no scopes at all: a public route needs none.
+    let h = request("GET", "/healthz", &[("authorization", &bearer(NOSCOPE))]);
+    let v = run(&c, &h);
+    assert_eq!(v.outcome(), Outcome::Allowed);
+    let a = assert_allowed_as(v, "id-noscope");
+    assert_eq!(
+        edits(&a, &c),
+        vec![
+            set("x-api-key-id", "id-noscope"),
+            set("x-api-key-owner", "nobody"),
+            set("x-api-key-scopes", ""),
+            rm("authorization"),
+        ]
+    );
+}
+
+#[test]
+fn public_route_with_expired_key_is_expired() {
+    let c = config();
+    let h = request("GET", "/healthz", &[("authorization", &bearer(EXPIRED))]);
+    let d = denied(run(&c, &h));
+    assert!(
+        matches!(&d, Denial::Expired(k) if k.id.as_str() == "id-expired"),
+        "{d:?}"
+    );
+    assert_eq!(d.outcome(), Outcome::Expired);
+}
+
+#[test]
+fn public_route_with_disabled_key_is_disabled() {
+    let c = config();
+    let h = request("GET", "/healthz", &[("x-api-key", DISABLED)]);
+    let d = denied(run(&c, &h));
+    assert!(
+        matches!(&d, Denial::Disabled(k) if k.id.as_str() == "id-disabled"),
+        "{d:?}"
+    );
+}

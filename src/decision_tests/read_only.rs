@@ -1,0 +1,70 @@
+//! read_only keys.
+
+use super::*;
+
+#[test]
+fn read_only_key_may_get_head_and_options() {
+    let c = config();
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        let h = request(
+            method,
+            "/data/download/x",
+            &[("authorization", &bearer(READONLY))],
+        );
+        let a = allowed(run(&c, &h));
+        assert_eq!(key_id(&a).as_deref(), Some("id-ro"), "{method}");
+    }
+}
+
+#[test]
+fn read_only_key_may_not_write() {
+    let c = config();
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let h = request(
+            method,
+            "/data/download/x",
+            &[("authorization", &bearer(READONLY))],
+        );
+        let d = denied(run(&c, &h));
+        assert!(
+            matches!(&d, Denial::ReadOnly(k) if k.id.as_str() == "id-ro"),
+            "{method}: {d:?}"
+        );
+        assert_eq!(d.outcome(), Outcome::Forbidden);
+        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-ro"));
+    }
+}
+
+#[test]
+fn read_only_key_holding_the_scope_still_may_not_upload() {
+    let c = config();
+    for method in ["POST", "PUT"] {
+        let h = request(
+            method,
+            "/data/upload/f",
+            &[("authorization", &bearer(READONLY))],
+        );
+        assert!(
+            matches!(denied(run(&c, &h)), Denial::ReadOnly(_)),
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn read_only_key_writing_on_public_route_is_read_only() {
+    let c = config();
+    let h = request("POST", "/healthz", &[("authorization", &bearer(READONLY))]);
+    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
+    let h = request("GET", "/healthz", &[("authorization", &bearer(READONLY))]);
+    assert_allowed_as(run(&c, &h), "id-ro");
+}
+
+#[test]
+fn read_only_key_writing_under_unmatched_authenticate_is_read_only() {
+    let c = config_with("unmatched", json!("authenticate"));
+    let h = request("DELETE", "/other", &[("authorization", &bearer(READONLY))]);
+    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
+    let h = request("GET", "/other", &[("authorization", &bearer(READONLY))]);
+    assert_allowed_as(run(&c, &h), "id-ro");
+}
