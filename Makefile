@@ -14,7 +14,7 @@ export KEYGATE_WASM := $(CURDIR)/$(WASM)
 # The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
 export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
-.PHONY: run test tools toolchain envoy wasm cli lint validate clean bench bench-memory soak
+.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory soak
 
 run: tools wasm cli
 	cargo run --quiet -p keygate-tools --bin demo
@@ -46,6 +46,10 @@ wasm:
 # The `keygate` binary the tests run.
 cli:
 	cargo build --quiet -p keygate-cli
+
+# `keygate` on your PATH (~/.cargo/bin), for managing keys (README "Managing keys").
+install:
+	cargo install --locked --path crates/cli
 
 lint:
 	cargo fmt --all --check
