@@ -339,6 +339,12 @@ fn hash_given_a_key_as_an_argument_points_to_stdin_without_echoing_it() {
         );
         assert!(!line.contains("s3cret"));
     }
+    // A mistyped option is not a key: it is named.
+    assert_eq!(
+        usage_error(keygate_with_stdin(&["hash", "--no-stirp"], b"abc\n")),
+        "keygate: unexpected argument '--no-stirp' found: hash takes --strip-prefix PREFIX or \
+         --no-strip, and reads the key on stdin (see keygate hash --help)\n"
+    );
 }
 
 #[test]

@@ -201,7 +201,7 @@ fn main() -> ExitCode {
     };
     if let Command::Hash { key, .. } = &cli.command {
         if !key.is_empty() {
-            return usage_error(usage::HASH_READS_STDIN);
+            return usage_error(&usage::hash_arguments(key));
         }
     }
     match run(cli.command) {

@@ -5,6 +5,24 @@
 pub const HASH_READS_STDIN: &str = "hash reads the key on stdin, not from the command line: \
      keygate hash < key.txt, or printf '%s\\n' \"$KEY\" | keygate hash";
 
+/// What to say about arguments `keygate hash` does not take (clap hands over anything it
+/// does not know, so that a key is never echoed): a mistyped option is named, as clap would;
+/// anything else is taken for a key.
+pub fn hash_arguments(given: &[String]) -> String {
+    let option = given.iter().find(|arg| {
+        arg.strip_prefix("--").is_some_and(|name| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+    });
+    match option {
+        Some(option) => format!(
+            "unexpected argument '{option}' found: hash takes --strip-prefix PREFIX or \
+             --no-strip, and reads the key on stdin (see keygate hash --help)"
+        ),
+        None => HASH_READS_STDIN.to_string(),
+    }
+}
+
 /// clap's error, which spans several lines (message, tips, usage), as one line: the message,
 /// any tip in parentheses, then the usage and where the help is (`subcommand`: the one the
 /// command line named, if any).
@@ -73,17 +91,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listen_takes_host_and_port() {
-        for good in ["127.0.0.1:8081", "0.0.0.0:0", "localhost:80", "[::1]:8081"] {
-            assert_eq!(listen_address(good).as_deref(), Ok(good));
+    fn hash_names_a_mistyped_option_but_never_a_key() {
+        let given =
+            |args: &[&str]| hash_arguments(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert!(given(&["--no-stirp"]).starts_with("unexpected argument '--no-stirp' found"));
+        for key in ["kg_abc", "-abc", "--ABC", "--a_b", "--"] {
+            assert_eq!(given(&[key]), HASH_READS_STDIN, "{key}");
         }
-        let err = listen_address("8081").err().unwrap();
-        assert!(
-            err.contains("127.0.0.1:8081") && err.contains("0.0.0.0:8081"),
-            "{err}"
-        );
-        for bad in ["", ":8081", "host", "host:", "host:http", "host:65536"] {
-            assert!(listen_address(bad).is_err(), "{bad}");
+    }
+
+    #[test]
+    fn a_bare_port_is_refused_with_host_and_port() {
+        for given in [
+            "127.0.0.1:8081",
+            "0.0.0.0:0",
+            "localhost:80",
+            "[::1]:8081",
+            "x",
+        ] {
+            assert_eq!(listen_address(given).as_deref(), Ok(given));
+        }
+        for bare in ["8081", ":8081"] {
+            let err = listen_address(bare).err().unwrap();
+            assert!(
+                err.contains("127.0.0.1:8081") && err.contains("0.0.0.0:8081"),
+                "{err}"
+            );
         }
     }
 }
