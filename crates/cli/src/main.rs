@@ -18,7 +18,7 @@ mod records;
 mod serve;
 mod usage;
 
-use clap::error::ErrorKind;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -184,7 +184,9 @@ fn main() -> ExitCode {
             // An empty KEYGATE_KEYS reads to clap as an empty --keys.
             ErrorKind::InvalidValue
                 if std::env::var_os("KEYGATE_KEYS").is_some_and(|v| v.is_empty())
-                    && !std::env::args().any(|a| a.starts_with("--keys")) =>
+                    && matches!(error.get(ContextKind::InvalidArg),
+                        Some(ContextValue::String(arg)) if arg.starts_with("--keys"))
+                    && !std::env::args_os().any(|a| a.to_string_lossy().starts_with("--keys")) =>
             {
                 return usage_error(&format!(
                     "KEYGATE_KEYS is set but empty: set it to the key file, or unset it to \
@@ -192,8 +194,9 @@ fn main() -> ExitCode {
                 ));
             }
             _ => {
-                let subcommand = std::env::args()
+                let subcommand = std::env::args_os()
                     .nth(1)
+                    .and_then(|name| name.into_string().ok())
                     .filter(|name| Cli::command().find_subcommand(name).is_some());
                 return usage_error(&usage::one_line(&error, subcommand.as_deref()));
             }
