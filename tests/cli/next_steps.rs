@@ -50,7 +50,8 @@ fn keys_json_here_is_the_default() {
     let run = here(&["list"]).failed();
     assert_eq!(
         run.stderr,
-        "keygate: keys.json: no such file (`keygate new --keys keys.json` creates it)\n"
+        "keygate: keys.json: no such file: `keygate new --keys keys.json` creates it (--keys or \
+         KEYGATE_KEYS names another)\n"
     );
     let run = here(&["new", "--owner", "alice", "--expires-in", "7d"]).ok();
     assert!(run.stdout.contains("\"api_key\""), "{run:?}");

@@ -215,7 +215,8 @@ fn missing(path: &Path) -> Error {
     Error::at(
         path,
         format!(
-            "no such file (`keygate new --keys {}` creates it)",
+            "no such file: `keygate new --keys {}` creates it (--keys or KEYGATE_KEYS names \
+             another)",
             path.display()
         ),
     )
