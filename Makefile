@@ -21,7 +21,7 @@ UPSTREAM ?= 127.0.0.1:8082
 upstream:
 	cargo run --quiet -p keygate-tools --bin echo-upstream -- $(UPSTREAM)
 
-.PHONY: run test tools toolchain envoy wasm cli lint validate clean bench bench-memory soak
+.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory soak
 
 run: tools wasm cli
 	cargo run --quiet -p keygate-tools --bin demo
@@ -53,6 +53,10 @@ wasm:
 # The `keygate` binary the tests run.
 cli:
 	cargo build --quiet -p keygate-cli
+
+# `keygate` on your PATH (~/.cargo/bin), for managing keys (README "Managing keys").
+install:
+	cargo install --locked --path crates/cli
 
 lint:
 	cargo fmt --all --check

@@ -108,7 +108,10 @@ pub enum KeyStatus {
 
 /// A key record as written in configuration or a key-set document (README "Configuration reference").
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a key record: an object with id, hash and owner"
+)]
 pub struct KeyRecordDoc {
     pub id: HeaderText,
     pub hash: KeyHash,
@@ -230,7 +233,10 @@ impl InlineKeys {
 /// A key-set document (README "Configuration reference"): `{"version": "<opaque>", "keys": [records...]}`, as served
 /// on `/v1/keyset` and kept in `keys.json`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a key-set document: an object, {\"keys\": [...]}"
+)]
 pub struct KeySetDoc {
     #[serde(default)]
     pub version: Option<String>,
@@ -451,7 +457,9 @@ mod tests {
         assert_eq!(shown(&dup).len(), 2);
         assert!(shown("{\"keys\": []} x")[0].contains("unexpected text"));
         assert!(shown("{\"version\": \"1\"}")[0].contains("missing field `keys`"));
-        assert!(shown("[]")[0].contains("expected struct"));
+        // No internal type name: what was expected, in the terms of the README.
+        assert!(shown("3")[0].contains("expected a key-set document: an object, {\"keys\": [...]}"));
+        assert!(!shown("[]")[0].contains("struct"));
         // A syntax error has no field to name: its line and column say where.
         for (text, path) in [("not json", ""), ("{,", ""), ("{\"keys\": [{]}", "keys[0]")] {
             let syntax = KeySetDoc::parse(text.as_bytes()).unwrap_err();

@@ -523,7 +523,13 @@ fn disable_enable_revoke() {
         let run = keygate(&[command, &b.id, "--keys", p(&keys)]).failed();
         assert_eq!(
             run.stderr,
-            format!("keygate: {}: no key with id \"{}\"\n", keys.display(), b.id)
+            format!(
+                "keygate: {}: no key with id \"{}\", nor one whose id starts with it \
+                 (`keygate list --keys {}` shows the ids)\n",
+                keys.display(),
+                b.id,
+                keys.display()
+            )
         );
         assert_eq!(run.stdout, "");
         assert_eq!(std::fs::read(&keys).unwrap(), before, "{command}");
@@ -537,8 +543,8 @@ fn a_corrupt_key_file_is_never_overwritten() {
     let keys = dir.join("keys.json");
     let good = json!({"id": "a", "hash": KeyHash::of_key("a").to_hex(), "owner": "alice"});
     let cases: Vec<(String, &str)> = vec![
-        ("{\"keys\": [".to_string(), "EOF while parsing"),
-        ("not json".to_string(), "expected"),
+        ("{\"keys\": [".to_string(), "cut short: the JSON ends"),
+        ("not json".to_string(), "not JSON: a key file is a JSON object"),
         (
             json!({"keys": [good, {"id": "b", "hash": "ABC", "owner": "bob"}]}).to_string(),
             "keys[1].hash: ",
@@ -773,7 +779,7 @@ fn check_names_every_problem_by_field() {
 fn usage_errors_exit_2() {
     assert_eq!(keygate(&[]).code, 2);
     assert_eq!(keygate(&["frobnicate"]).code, 2);
-    assert_eq!(keygate(&["list"]).code, 2);
+    assert_eq!(keygate(&["list", "--kyes", "k.json"]).code, 2);
     assert_eq!(keygate(&["revoke", "--keys", "k.json"]).code, 2);
     let help = keygate(&["--help"]).ok().stdout;
     for command in [

@@ -1,7 +1,8 @@
 //! `keygate disable|enable|revoke ID`: change one record, or fail and leave the file be.
+//! The key is named by its id or by the start of it, if no other id starts the same way.
 
 use crate::error::{Error, Result};
-use crate::keys_file::{self, Edited, IfMissing};
+use crate::keys_file::{self, Edited, Found, IfMissing};
 use crate::records::{self, RecordView};
 use std::path::Path;
 
@@ -14,12 +15,48 @@ pub enum Change {
     Revoke,
 }
 
-pub fn run(change: Change, id: &str, keys: &Path) -> Result<()> {
+/// Ids shown in an error about an ambiguous prefix.
+const SHOWN: usize = 3;
+
+/// The key an id given on the command line names: a whole id, or the start of just one.
+fn which(found: Found, given: &str, keys: &Path) -> Result<usize> {
+    let list = format!("`keygate list --keys {}` shows the ids", keys.display());
+    match found {
+        Found::At(at) => Ok(at),
+        Found::None if given.is_empty() => Err(Error::new(format!(
+            "no id given: name the key by its id, or the start of it ({list})"
+        ))),
+        Found::None => Err(Error::at(
+            keys,
+            format!("no key with id {given:?}, nor one whose id starts with it ({list})"),
+        )),
+        Found::Several(ids) => {
+            let mut shown = ids
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if ids.len() > SHOWN {
+                shown.push_str(", ...");
+            }
+            Err(Error::at(
+                keys,
+                format!(
+                    "{} keys have an id starting with {given:?} ({shown}): give more of the \
+                     id ({list})",
+                    ids.len()
+                ),
+            ))
+        }
+    }
+}
+
+pub fn run(change: Change, given: &str, keys: &Path) -> Result<()> {
     let message = keys_file::update(keys, IfMissing::Fail, |doc| {
-        let at = doc
-            .position(id)
-            .ok_or_else(|| Error::at(keys, format!("no key with id {id:?}")))?;
-        let disabled = RecordView::of(&doc.records[at])?.is_disabled();
+        let at = which(doc.find(given), given, keys)?;
+        let record = RecordView::of(&doc.records[at])?;
+        let (id, disabled) = (&record.id, record.is_disabled());
         Ok(match change {
             Change::Revoke => {
                 doc.records.remove(at);

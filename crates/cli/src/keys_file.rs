@@ -12,6 +12,7 @@
 //! records a command touches and the version, whatever else the file holds.
 
 use crate::error::{Error, Result};
+use keygate_core::error::ConfigError;
 use keygate_core::record::KeySetDoc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -30,6 +31,15 @@ struct RawDoc {
     #[serde(default)]
     version: Option<String>,
     keys: Vec<Box<RawValue>>,
+}
+
+/// What [`KeysDoc::find`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    At(usize),
+    None,
+    /// The ids that start with what was given, none equal to it.
+    Several(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -54,7 +64,7 @@ impl KeysDoc {
     /// Reads a document with the filter's own checks, so that a file the filter would
     /// refuse is never used as the base of a rewrite.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<KeysDoc> {
-        KeySetDoc::parse(bytes).map_err(|problems| Error::each_at(path, &problems))?;
+        KeySetDoc::parse(bytes).map_err(|problems| not_a_key_file(path, bytes, &problems))?;
         let raw: RawDoc = serde_json::from_slice(bytes).map_err(|e| Error::at(path, e))?;
         Ok(KeysDoc {
             version: raw.version,
@@ -62,11 +72,34 @@ impl KeysDoc {
         })
     }
 
-    /// The position of the record with this id.
-    pub fn position(&self, id: &str) -> Option<usize> {
-        self.records.iter().position(|raw| {
-            serde_json::from_str::<IdOnly>(raw.get()).is_ok_and(|record| record.id == id)
-        })
+    /// The record an id given on the command line means: the one with that id, else the one
+    /// whose id starts with it, if only one does (ids are UUIDs: a few characters are enough).
+    pub fn find(&self, given: &str) -> Found {
+        let ids: Vec<(usize, std::borrow::Cow<'_, str>)> = self
+            .records
+            .iter()
+            .enumerate()
+            .filter_map(|(at, raw)| {
+                serde_json::from_str::<IdOnly>(raw.get())
+                    .ok()
+                    .map(|record| (at, record.id))
+            })
+            .collect();
+        if let Some((at, _)) = ids.iter().find(|(_, id)| id == given) {
+            return Found::At(*at);
+        }
+        let mut starting: Vec<&(usize, std::borrow::Cow<'_, str>)> = ids
+            .iter()
+            .filter(|(_, id)| !given.is_empty() && id.starts_with(given))
+            .collect();
+        match (starting.pop(), starting.is_empty()) {
+            (None, _) => Found::None,
+            (Some((at, _)), true) => Found::At(*at),
+            (Some(last), false) => {
+                starting.push(last);
+                Found::Several(starting.iter().map(|(_, id)| id.to_string()).collect())
+            }
+        }
     }
 
     /// One record per line: readable, and a change shows as a one-line diff.
@@ -102,6 +135,69 @@ impl KeysDoc {
     }
 }
 
+/// What a key file looks like, for errors about one that does not.
+const SHAPE: &str = "a key file is a JSON object, {\"keys\": [...]}";
+
+/// Why `bytes` is not a key file. A document that is not an object, or not JSON at all, is
+/// named for what it is (an empty file, `keygate list --json`'s list...), with what to do
+/// next; an object gets the filter's findings, by field.
+fn not_a_key_file(path: &Path, bytes: &[u8], problems: &[ConfigError]) -> Error {
+    use serde::de::IgnoredAny;
+    let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let json = serde_json::from_slice::<IgnoredAny>(bytes);
+    let problem = match (first, json) {
+        (None, _) => format!(
+            "empty: {SHAPE} ({{\"keys\": []}} holds no key yet); if a redirect such as \
+             `> {}` emptied it, restore it from a copy",
+            path.display()
+        ),
+        (Some(b'['), Ok(_))
+            if serde_json::from_slice::<Vec<IgnoredAny>>(bytes)
+                .is_ok_and(|list| list.is_empty()) =>
+        {
+            format!("an empty JSON list, not a key file: {SHAPE}; with no key: {{\"keys\": []}}")
+        }
+        (Some(b'['), Ok(_)) => format!(
+            "a JSON list of records (what `keygate list --json` prints), not a key file: \
+             {SHAPE}; put the list in one as its \"keys\""
+        ),
+        (Some(b'{'), Ok(_)) => return Error::each_at(path, problems),
+        (Some(_), Ok(_)) => format!("a JSON {}, not a key file: {SHAPE}", kind_of(bytes)),
+        (Some(_), Err(e)) if e.classify() == serde_json::error::Category::Eof => format!(
+            "cut short: the JSON ends at line {} column {} before the document does",
+            e.line(),
+            e.column()
+        ),
+        (Some(b'{' | b'['), Err(e)) => {
+            let text = e.to_string();
+            let message = text.split(" at line ").next().unwrap_or_default();
+            let message = match message {
+                "expected ident" => "expected true, false or null",
+                "expected value" => "expected a JSON value",
+                other => other,
+            };
+            format!(
+                "not valid JSON at line {} column {}: {message}",
+                e.line(),
+                e.column()
+            )
+        }
+        (Some(_), Err(_)) => format!("not JSON: {SHAPE}"),
+    };
+    Error::at(path, problem)
+}
+
+/// What a JSON document that is neither an object nor a list is.
+fn kind_of(bytes: &[u8]) -> &'static str {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::String(_)) => "string",
+        Ok(serde_json::Value::Number(_)) => "number",
+        Ok(serde_json::Value::Bool(_)) => "boolean",
+        Ok(serde_json::Value::Null) => "null",
+        _ => "value",
+    }
+}
+
 /// The version after `current`: the next integer, or 1 when there is none (or it is not
 /// a counter this tool wrote).
 pub fn next_version(current: Option<&str>) -> String {
@@ -113,21 +209,67 @@ pub fn next_version(current: Option<&str>) -> String {
 }
 
 fn missing(path: &Path) -> Error {
+    if let Some(error) = no_directory(path) {
+        return error;
+    }
     Error::at(
         path,
         format!(
-            "no such file (`keygate new --keys {}` creates it)",
+            "no such file: `keygate new --keys {}` creates it (--keys or KEYGATE_KEYS names \
+             another)",
             path.display()
         ),
     )
 }
 
+/// The directory that holds `path` (`.` for a bare name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// An error when the directory meant to hold the key file is not there.
+fn no_directory(path: &Path) -> Option<Error> {
+    let dir = directory_of(path);
+    (!dir.is_dir()).then(|| {
+        Error::at(
+            path,
+            format!(
+                "no directory {}: create it (mkdir -p {}), or give another --keys",
+                dir.display(),
+                dir.display()
+            ),
+        )
+    })
+}
+
+fn a_directory(path: &Path) -> Error {
+    Error::at(
+        path,
+        format!(
+            "a directory, not a key file: name the file, e.g. --keys {}",
+            path.join("keys.json").display()
+        ),
+    )
+}
+
+/// Reads the file, naming a missing one or a directory for what it is.
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(_) if path.is_dir() => Err(a_directory(path)),
+        Err(e) => Err(Error::at(path, format!("cannot read: {e}"))),
+    }
+}
+
 /// Reads keys.json without a lock: writers replace it whole, so what is read is complete.
 pub fn read(path: &Path) -> Result<KeysDoc> {
-    match std::fs::read(path) {
-        Ok(bytes) => KeysDoc::parse(path, &bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing(path)),
-        Err(e) => Err(Error::at(path, format!("cannot read: {e}"))),
+    match read_bytes(path)? {
+        Some(bytes) => KeysDoc::parse(path, &bytes),
+        None => Err(missing(path)),
     }
 }
 
@@ -144,14 +286,19 @@ pub fn update<T>(
     if_missing: IfMissing,
     edit: impl FnOnce(&mut KeysDoc) -> Result<Edited<T>>,
 ) -> Result<T> {
+    // Checked before the lock, which would otherwise be made beside a directory, or fail
+    // as a lock file in a directory that is not there.
+    if path.is_dir() {
+        return Err(a_directory(path));
+    }
+    if let Some(error) = no_directory(path) {
+        return Err(error);
+    }
     let _lock = lock(path)?;
-    let mut doc = match std::fs::read(path) {
-        Ok(bytes) => KeysDoc::parse(path, &bytes)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && if_missing == IfMissing::Create => {
-            KeysDoc::empty()
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing(path)),
-        Err(e) => return Err(Error::at(path, format!("cannot read: {e}"))),
+    let mut doc = match read_bytes(path)? {
+        Some(bytes) => KeysDoc::parse(path, &bytes)?,
+        None if if_missing == IfMissing::Create => KeysDoc::empty(),
+        None => return Err(missing(path)),
     };
     let (value, changed) = match edit(&mut doc)? {
         Edited::Changed(value) => (value, true),
@@ -244,11 +391,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 #[cfg(unix)]
 fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    File::open(directory_of(path))?.sync_all()
 }
 
 #[cfg(not(unix))]
@@ -278,8 +421,8 @@ mod tests {
         ]}"#;
         let doc = KeysDoc::parse(path, text.as_bytes()).unwrap();
         assert_eq!(doc.version.as_deref(), Some("3"));
-        assert_eq!(doc.position("b"), Some(1));
-        assert_eq!(doc.position("c"), None);
+        assert_eq!(doc.find("b"), Found::At(1));
+        assert_eq!(doc.find("c"), Found::None);
         let out = String::from_utf8(doc.to_bytes().unwrap()).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 7, "{out}");
@@ -292,6 +435,38 @@ mod tests {
 
         let empty = String::from_utf8(KeysDoc::empty().to_bytes().unwrap()).unwrap();
         assert_eq!(empty, "{\n  \"keys\": []\n}\n");
+    }
+
+    #[test]
+    fn ids_are_found_whole_or_by_a_unique_prefix() {
+        let hash = |n: u8| format!("{n:064x}");
+        let text = format!(
+            r#"{{"keys": [
+            {{"id": "8c3e4394-10a9", "owner": "o", "hash": "{}"}},
+            {{"id": "8c3f0000-0000", "owner": "o", "hash": "{}"}},
+            {{"id": "8c3", "owner": "o", "hash": "{}"}},
+            {{"id": "b1", "owner": "o", "hash": "{}"}}
+        ]}}"#,
+            hash(1),
+            hash(2),
+            hash(3),
+            hash(4)
+        );
+        let doc = KeysDoc::parse(Path::new("k"), text.as_bytes()).unwrap();
+        assert_eq!(doc.find("8c3"), Found::At(2), "a whole id wins");
+        assert_eq!(doc.find("8c3e"), Found::At(0));
+        assert_eq!(doc.find("8c3f0000-0000"), Found::At(1));
+        assert_eq!(doc.find("b"), Found::At(3));
+        assert_eq!(
+            doc.find("8c"),
+            Found::Several(vec![
+                "8c3e4394-10a9".to_string(),
+                "8c3f0000-0000".to_string(),
+                "8c3".to_string()
+            ])
+        );
+        assert_eq!(doc.find("8c3e4394-10a9-"), Found::None);
+        assert_eq!(doc.find(""), Found::None);
     }
 
     #[test]

@@ -16,10 +16,15 @@ mod list;
 mod new;
 mod records;
 mod serve;
+mod usage;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The key file when neither --keys nor KEYGATE_KEYS names one (README "Managing keys").
+const DEFAULT_KEYS: &str = "keys.json";
 
 #[derive(Parser)]
 #[command(
@@ -57,12 +62,13 @@ enum Command {
         #[arg(long, default_value = "kg_")]
         prefix: String,
         /// The key file (a key-set document)
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
     },
     /// List the keys in the key file (no hashes in the table; --json prints the records)
     List {
-        #[arg(long, value_name = "FILE")]
+        /// The key file
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
         /// The records as a JSON array, hashes included
         #[arg(long)]
@@ -71,24 +77,31 @@ enum Command {
     /// Disable a key: it stays in the file and the filter answers "API key disabled"
     Disable {
         id: String,
-        #[arg(long, value_name = "FILE")]
+        /// The key file
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
     },
     /// Enable a disabled key again
     Enable {
         id: String,
-        #[arg(long, value_name = "FILE")]
+        /// The key file
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
     },
     /// Remove a key's record for good: the filter answers 401 invalid_token
     Revoke {
         id: String,
-        #[arg(long, value_name = "FILE")]
+        /// The key file
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
     },
     /// Print the record hash (hex SHA-256) of a key read on stdin, after removing a legacy
     /// prefix as the filter does (default: apikey|)
     Hash {
+        /// Not an option: a key given here is refused with a pointer to stdin (and is
+        /// never echoed, unlike an argument clap does not know)
+        #[arg(hide = true, value_name = "KEY", allow_hyphen_values = true)]
+        key: Vec<String>,
         /// A prefix to remove before hashing, as the filter's strip_prefixes (repeatable;
         /// replaces the default apikey|)
         #[arg(long, value_name = "PREFIX", conflicts_with = "no_strip")]
@@ -104,10 +117,12 @@ enum Command {
     },
     /// Serve the key file over HTTP: GET /v1/keyset (with ETag) and GET /v1/keys/{hash}
     Serve {
-        #[arg(long, value_name = "FILE")]
+        /// The key file
+        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
         keys: PathBuf,
         /// Address to listen on; port 0 picks a free port (the address is printed)
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081",
+              value_parser = usage::listen_address)]
         listen: String,
         /// Requests answered at once
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -139,6 +154,7 @@ fn run(command: Command) -> error::Result<()> {
         Command::Enable { id, keys } => edit::run(edit::Change::Enable, &id, &keys),
         Command::Revoke { id, keys } => edit::run(edit::Change::Revoke, &id, &keys),
         Command::Hash {
+            key: _,
             strip_prefix,
             no_strip,
         } => hash::run(strip_prefix, no_strip),
@@ -151,8 +167,47 @@ fn run(command: Command) -> error::Result<()> {
     }
 }
 
+/// A command line that does not parse: one line, exit 2 (help and version as clap prints
+/// them).
+fn usage_error(line: &str) -> ExitCode {
+    eprintln!("keygate: {line}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+            // An empty KEYGATE_KEYS reads to clap as an empty --keys.
+            ErrorKind::InvalidValue
+                if std::env::var_os("KEYGATE_KEYS").is_some_and(|v| v.is_empty())
+                    && matches!(error.get(ContextKind::InvalidArg),
+                        Some(ContextValue::String(arg)) if arg.starts_with("--keys"))
+                    && !std::env::args_os().any(|a| a.to_string_lossy().starts_with("--keys")) =>
+            {
+                return usage_error(&format!(
+                    "KEYGATE_KEYS is set but empty: set it to the key file, or unset it to \
+                     use {DEFAULT_KEYS}"
+                ));
+            }
+            _ => {
+                let subcommand = std::env::args_os()
+                    .nth(1)
+                    .and_then(|name| name.into_string().ok())
+                    .filter(|name| Cli::command().find_subcommand(name).is_some());
+                return usage_error(&usage::one_line(&error, subcommand.as_deref()));
+            }
+        },
+    };
+    if let Command::Hash { key, .. } = &cli.command {
+        if !key.is_empty() {
+            return usage_error(&usage::hash_arguments(key));
+        }
+    }
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             for line in &error.lines {

@@ -32,9 +32,10 @@ struct Issued<'a> {
 }
 
 /// Scopes in the order given, each checked as the filter checks them, repeats dropped.
+/// Spaces around a name are dropped too (`--scopes "browse, download"`): a scope has none.
 fn parse_scopes(lists: &[String]) -> Result<Vec<String>> {
     let mut scopes: Vec<String> = Vec::new();
-    for name in lists.iter().flat_map(|list| list.split(',')) {
+    for name in lists.iter().flat_map(|list| list.split(',')).map(str::trim) {
         let scope = Scope::parse(name).map_err(|e| Error::new(format!("--scopes: {e}")))?;
         if !scopes.iter().any(|s| s == scope.as_str()) {
             scopes.push(scope.as_str().to_string());
@@ -133,6 +134,11 @@ mod tests {
             ["browse", "download"]
         );
         assert!(given(&[]).unwrap().is_empty());
+        assert_eq!(
+            given(&[" browse , download "]).unwrap(),
+            ["browse", "download"]
+        );
+        assert!(given(&["browse, ,download"]).is_err());
         assert!(given(&["browse,,download"]).is_err());
         let err = given(&["two words"]).err().unwrap();
         assert!(err.lines[0].starts_with("--scopes: \"two words\" is not a valid scope"));

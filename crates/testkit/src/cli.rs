@@ -73,8 +73,25 @@ impl Run {
 
 /// Runs `keygate args...` with `stdin` (none: empty).
 pub fn keygate_with_stdin(args: &[&str], stdin: &[u8]) -> Run {
-    let mut child = Command::new(keygate_binary())
-        .args(args)
+    let mut command = Command::new(keygate_binary());
+    command.args(args);
+    run(command, stdin)
+}
+
+/// Runs `keygate args...` in `dir`, with `KEYGATE_KEYS` set to `keygate_keys` (`None`:
+/// unset, whatever the environment says), for the key file's defaults.
+pub fn keygate_in(dir: &Path, keygate_keys: Option<&str>, args: &[&str]) -> Run {
+    let mut command = Command::new(keygate_binary());
+    command.args(args).current_dir(dir);
+    match keygate_keys {
+        Some(keys) => command.env("KEYGATE_KEYS", keys),
+        None => command.env_remove("KEYGATE_KEYS"),
+    };
+    run(command, b"")
+}
+
+fn run(mut command: Command, stdin: &[u8]) -> Run {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

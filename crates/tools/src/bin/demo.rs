@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{hash_of, Envoy, EnvoyOptions, Request, Upstream};
+use support::{hash_of, Envoy, EnvoyOptions, Refused, Request, Upstream};
 
 /// The listener port when `KEYGATE_PORT` is not set; 0 picks a free one.
 const DEFAULT_PORT: u16 = 10000;
@@ -209,10 +209,46 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
     out
 }
 
+/// One line on stderr, exit 1: what went wrong and what to do about it.
+fn fail(line: &str) -> ! {
+    eprintln!("keygate demo: {line}");
+    std::process::exit(1)
+}
+
+/// Why Envoy did not start, in one line, from its log: a busy port says which one and how
+/// to pick another; anything else, Envoy's own critical message.
+fn why_refused(refused: &Refused, port: u16) -> String {
+    if refused.log.contains("Address already in use") {
+        return format!(
+            "port {port} is already in use on 127.0.0.1: stop what listens there, or pick \
+             another port with KEYGATE_PORT (e.g. KEYGATE_PORT={} make run; 0 picks a free one)",
+            port.checked_add(1).unwrap_or(10001)
+        );
+    }
+    let critical = refused
+        .log
+        .lines()
+        .filter(|line| line.contains("[critical]") || line.contains("[error]"))
+        .filter_map(|line| line.splitn(3, "] ").nth(2))
+        .map(str::trim)
+        .find(|message| !message.is_empty());
+    match (refused.exit_code, critical) {
+        (Some(code), Some(message)) => format!("Envoy did not start (exit {code}): {message}"),
+        (None, Some(message)) => format!("Envoy did not start in time: {message}"),
+        (Some(code), None) => format!("Envoy did not start (exit {code})"),
+        (None, None) => "Envoy did not start in time".to_string(),
+    }
+}
+
 fn main() {
     let check = std::env::args().any(|a| a == "--check");
     let port = match std::env::var("KEYGATE_PORT") {
-        Ok(p) => p.parse().expect("KEYGATE_PORT must be a port number"),
+        Ok(p) => p.trim().parse().unwrap_or_else(|_| {
+            fail(&format!(
+                "KEYGATE_PORT is {p:?}, not a port number: e.g. KEYGATE_PORT=10001 make run \
+                 (0 picks a free one)"
+            ))
+        }),
         Err(_) if check => 0,
         Err(_) => DEFAULT_PORT,
     };
@@ -220,14 +256,14 @@ fn main() {
     let keys = demo_keys();
     let config = plugin_config(&keys);
     let upstream = Upstream::start();
-    let envoy = Envoy::start_with(
-        &config,
-        &upstream,
+    let envoy = Envoy::try_start(
+        &support::bootstrap(&config, upstream.addr, port),
         EnvoyOptions {
             port,
             ..EnvoyOptions::default()
         },
-    );
+    )
+    .unwrap_or_else(|refused| fail(&why_refused(&refused, port)));
     // What was started, for a look: hashes only, never the keys.
     let run_dir = support::repo_root().join(".run");
     let _ = std::fs::create_dir_all(&run_dir);
@@ -307,4 +343,49 @@ fn main() {
     println!("\nstopping");
     drop(envoy);
     drop(upstream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envoy 1.40's log when the listener's port is taken (the lines that matter).
+    const BUSY: &str = "\
+[2026-11-30 09:55:35.177][17379][error][config] [source/common/listener_manager/listener_manager_impl.cc:1405] listener 'ingress' failed to bind or apply socket options: cannot bind '127.0.0.1:18731': Address already in use
+[2026-11-30 09:55:35.182][17379][critical][main] [source/server/server.cc:449] error `cannot bind '127.0.0.1:18731': Address already in use` initializing config 'goo.gle/debugstr
+  /tmp/keygate-envoy-17372-0/envoy.json'
+[2026-11-30 09:55:35.182][17379][info][main] [source/server/server.cc:1159] exiting
+";
+
+    #[test]
+    fn a_busy_port_is_one_line_naming_the_port_and_keygate_port() {
+        let refused = Refused {
+            exit_code: Some(1),
+            log: BUSY.to_string(),
+        };
+        assert_eq!(
+            why_refused(&refused, 10000),
+            "port 10000 is already in use on 127.0.0.1: stop what listens there, or pick \
+             another port with KEYGATE_PORT (e.g. KEYGATE_PORT=10001 make run; 0 picks a free one)"
+        );
+    }
+
+    #[test]
+    fn other_refusals_give_envoys_first_error() {
+        let refused = Refused {
+            exit_code: Some(1),
+            log: "[t][1][info][main] [a.cc:1] starting\n\
+                  [t][1][critical][main] [b.cc:2] error initializing configuration: bad\n"
+                .to_string(),
+        };
+        assert_eq!(
+            why_refused(&refused, 10000),
+            "Envoy did not start (exit 1): error initializing configuration: bad"
+        );
+        let silent = Refused {
+            exit_code: None,
+            log: String::new(),
+        };
+        assert_eq!(why_refused(&silent, 0), "Envoy did not start in time");
+    }
 }
