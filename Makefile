@@ -14,17 +14,17 @@ export KEYGATE_WASM := $(CURDIR)/$(WASM)
 # The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
 export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
+.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory soak
+
+run: tools wasm cli
+	cargo run --quiet -p keygate-tools --bin demo
+
 .PHONY: upstream
 
 # The echo upstream of the README's walkthroughs, on 127.0.0.1:8082 (UPSTREAM=HOST:PORT).
 UPSTREAM ?= 127.0.0.1:8082
 upstream:
 	cargo run --quiet -p keygate-tools --bin echo-upstream -- $(UPSTREAM)
-
-.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory soak
-
-run: tools wasm cli
-	cargo run --quiet -p keygate-tools --bin demo
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
