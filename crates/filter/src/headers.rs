@@ -37,10 +37,17 @@ pub struct HostEditor {
 
 impl HeaderEditor for HostEditor {
     fn set(&mut self, name: &str, value: &str) {
-        self.failed |= abi::replace_map_value(MapType::HttpRequestHeaders, name, value).is_err();
+        self.failed |=
+            abi::replace_map_value(MapType::HttpRequestHeaders, name, value.as_bytes()).is_err();
     }
 
     fn remove(&mut self, name: &str) {
         self.failed |= abi::remove_map_value(MapType::HttpRequestHeaders, name).is_err();
     }
+}
+
+/// Replaces the request's `:path` with `path`, bytes as they are (a path Envoy accepted
+/// need not be UTF-8).
+pub fn set_path(path: &[u8]) -> Result<(), abi::Status> {
+    abi::replace_map_value(MapType::HttpRequestHeaders, ":path", path)
 }
