@@ -285,7 +285,7 @@ impl HttpContext for Request {
                 Err(NotLoaded) => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
             },
             (KeySource::Lookup(_), _, Some((lookups, mut host))) => {
-                let redacted = || redacted_target(config, &headers).map(String::into_bytes);
+                let redacted = || redacted_target(config, &headers);
                 let hide_now = config.hide_credentials;
                 match lookups.start(&mut host, self.context_id, check, redacted, hide_now) {
                     Next::Decide(check, found) => {
@@ -334,7 +334,7 @@ fn denied_path(
     headers: &[(&str, &[u8])],
 ) -> Option<Vec<u8>> {
     match verdict {
-        Verdict::Deny(_) => redacted_target(config, headers).map(String::into_bytes),
+        Verdict::Deny(_) => redacted_target(config, headers),
         Verdict::Allow(_) => None,
     }
 }

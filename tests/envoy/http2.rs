@@ -1,0 +1,60 @@
+//! What HTTP/2 lets a client send that HTTP/1.1 does not: a `:path` that is not UTF-8, and
+//! request trailers. Neither may carry a key into Envoy's access log, nor an identity or
+//! a credential to the upstream (README "What the upstream sees").
+
+use keygate_testkit as support;
+
+use keygate_testkit::h2 as h2client;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::{eventually, hash_of, Envoy, EnvoyOptions, Upstream};
+
+const KEY: &str = "kg_http2_browse_key_0123456789";
+
+fn plugin_config() -> Value {
+    support::immport_every_source(
+        "api",
+        json!([{"id": "id-h2", "hash": hash_of(KEY), "owner": "hana",
+                "scopes": ["browse", "download"]}]),
+    )
+}
+
+/// A refused request's `:path` is logged by Envoy as it stands: a query-parameter key in
+/// a path that is not UTF-8 must be gone from it too.
+#[test]
+fn a_query_key_in_a_path_that_is_not_utf8_stays_out_of_the_access_log() {
+    let upstream = Upstream::start();
+    let mut bootstrap = support::bootstrap(&plugin_config(), upstream.addr, 0);
+    let dir = support::TempDir::new("h2-access-log");
+    let log = dir.path().join("access.log");
+    support::with_access_log(&mut bootstrap, &log, "%REQ(:PATH)% %RESPONSE_CODE%\n");
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+
+    let mut path = b"/data/query?q=caf\xe9&api_key=".to_vec();
+    path.extend_from_slice(KEY.as_bytes());
+    let fields: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"keygate.test"),
+        (b":path", &path),
+    ];
+    let answer = h2client::send_raw(envoy.listener, &fields, b"");
+    assert_eq!(answer.describe(), "400", "{answer:?}");
+    let mut logged = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            logged = std::fs::read(&log).unwrap_or_default();
+            !logged.is_empty()
+        }),
+        "Envoy logged nothing"
+    );
+    let text = String::from_utf8_lossy(&logged);
+    assert!(
+        !text.contains(KEY),
+        "the key reached the access log: {text}"
+    );
+    assert!(text.starts_with("/data/query?q=caf"), "{text}");
+    assert!(text.trim_end().ends_with(" 400"), "{text}");
+    assert!(upstream.take().is_empty());
+}
