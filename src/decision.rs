@@ -304,7 +304,7 @@ impl KeyCheck {
 
 /// Whether header `name` reads as `forward` where `_` and `-` are one (CGI's `HTTP_X_API_KEY_ID`).
 /// Both are lowercase, as Envoy and [`crate::header::HeaderName`] keep them.
-fn reads_as(name: &str, forward: &str) -> bool {
+pub(crate) fn reads_as(name: &str, forward: &str) -> bool {
     name.len() == forward.len()
         && name
             .bytes()

@@ -29,3 +29,4 @@ pub mod rules;
 pub mod scope;
 pub mod stats;
 pub mod timestamp;
+pub mod trailers;

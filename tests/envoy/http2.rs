@@ -8,6 +8,7 @@ use keygate_testkit::h2 as h2client;
 
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::h2_upstream::{send_with_trailers, H2Upstream};
 use support::{eventually, hash_of, Envoy, EnvoyOptions, Upstream};
 
 const KEY: &str = "kg_http2_browse_key_0123456789";
@@ -57,4 +58,66 @@ fn a_query_key_in_a_path_that_is_not_utf8_stays_out_of_the_access_log() {
     assert!(text.starts_with("/data/query?q=caf"), "{text}");
     assert!(text.trim_end().ends_with(" 400"), "{text}");
     assert!(upstream.take().is_empty());
+}
+
+/// Identity headers and credentials sent as request trailers never reach an HTTP/2
+/// upstream, on a protected route (with a valid key) and on a public one (without); other
+/// trailers pass.
+#[test]
+fn identity_and_credential_trailers_never_reach_the_upstream() {
+    let upstream = H2Upstream::start();
+    let mut bootstrap = support::bootstrap(&plugin_config(), upstream.addr, 0);
+    bootstrap["static_resources"]["clusters"][0] = upstream.cluster();
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+
+    let hostile = [
+        ("x-api-key-id", "id-admin"),
+        ("x-api-key-scopes", "admin"),
+        ("x_api_key_owner", "mallory"),
+        ("x-api-key-owner", "mallory"),
+        ("authorization", "Bearer kg_someone_else"),
+        ("x-api-key", "kg_someone_else"),
+        ("x_api_key", "kg_someone_else"),
+        ("x-checksum", "abc"),
+    ];
+    let auth = format!("Bearer {KEY}");
+    for (target, headers) in [
+        (
+            "/data/download/file",
+            vec![("authorization", auth.as_str())],
+        ),
+        ("/healthz", vec![]),
+    ] {
+        let status = send_with_trailers(
+            envoy.listener,
+            "POST",
+            target,
+            &headers,
+            b"payload",
+            &hostile,
+        );
+        assert_eq!(status, 200, "{target}");
+        let seen = upstream.take();
+        assert_eq!(seen.len(), 1, "{target}: {seen:?}");
+        let seen = &seen[0];
+        assert_eq!(seen.body, b"payload");
+        assert_eq!(
+            seen.trailer_names(),
+            ["x-checksum"],
+            "{target}: the upstream got trailers {:?}",
+            seen.trailers
+        );
+        // The identity in the headers is keygate's, for the key that was checked.
+        let id: Vec<_> = seen
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-api-key-id")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        if target == "/healthz" {
+            assert!(id.is_empty(), "{seen:?}");
+        } else {
+            assert_eq!(id, [b"id-h2".as_slice()], "{seen:?}");
+        }
+    }
 }

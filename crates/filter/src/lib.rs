@@ -23,7 +23,7 @@ use keygate_core::lookup::{Lookups, Next};
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
 use keygate_core::response;
-use log::{error, info};
+use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -312,7 +312,20 @@ impl HttpContext for Request {
         self.hold_while_waiting()
     }
 
+    /// Trailers are stripped of identities and credentials first, whatever the request
+    /// waits for: once it goes on, they are not shown again. Should that fail, the request
+    /// is refused (or reset), never sent on with them.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(shared) = &self.shared {
+            if !headers::strip_trailers(&shared.config) {
+                warn!("keygate: Envoy refused to remove a request trailer; the request is refused");
+                let denial = Denial::Unavailable {
+                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+                };
+                host::respond(&response::render(&shared.config.realm, &denial));
+                return Action::Pause;
+            }
+        }
         self.hold_while_waiting()
     }
 }
