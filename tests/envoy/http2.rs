@@ -9,6 +9,7 @@ use keygate_testkit::h2 as h2client;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::h2_upstream::{send_with_trailers, H2Upstream};
+use support::key_service::KeyService;
 use support::{eventually, hash_of, Envoy, EnvoyOptions, Upstream};
 
 const KEY: &str = "kg_http2_browse_key_0123456789";
@@ -120,4 +121,52 @@ fn identity_and_credential_trailers_never_reach_the_upstream() {
             assert_eq!(id, [b"id-h2".as_slice()], "{seen:?}");
         }
     }
+}
+
+/// In `lookup` mode the trailers may arrive while the request waits for the key service:
+/// they are stripped then, before the request is held (once it goes on, they are not
+/// shown to the filter again).
+#[test]
+fn trailers_that_arrive_while_the_key_is_looked_up_are_stripped_too() {
+    let upstream = H2Upstream::start();
+    let records = json!({"version": "1", "keys": [{"id": "id-h2", "hash": hash_of(KEY),
+                         "owner": "hana", "scopes": ["download"]}]});
+    let service = KeyService::start_on("127.0.0.1:0", records);
+    service.delay_lookups(Duration::from_millis(500));
+    let config = json!({
+        "lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}", "timeout_ms": 2000},
+        "rules": [{"path_prefix": "/data/download", "scopes": ["download"]}]
+    });
+    let mut bootstrap = support::bootstrap_with_key_service(&config, upstream.addr, service.addr);
+    bootstrap["static_resources"]["clusters"][0] = upstream.cluster();
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+
+    let auth = format!("Bearer {KEY}");
+    let status = send_with_trailers(
+        envoy.listener,
+        "POST",
+        "/data/download/file",
+        &[("authorization", &auth)],
+        b"payload",
+        &[
+            ("x-api-key-id", "id-admin"),
+            ("x_api_key_scopes", "admin"),
+            ("authorization", "Bearer kg_someone_else"),
+            ("x-checksum", "abc"),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(service.calls().lookups.len(), 1);
+    let seen = upstream.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].trailer_names(),
+        ["x-checksum"],
+        "{:?}",
+        seen[0].trailers
+    );
+    assert!(seen[0]
+        .headers
+        .iter()
+        .any(|(n, v)| n == "x-api-key-id" && v == b"id-h2"));
 }
