@@ -304,7 +304,7 @@ impl KeyCheck {
 
 /// Whether header `name` reads as `forward` where `_` and `-` are one (CGI's `HTTP_X_API_KEY_ID`).
 /// Both are lowercase, as Envoy and [`crate::header::HeaderName`] keep them.
-fn reads_as(name: &str, forward: &str) -> bool {
+pub(crate) fn reads_as(name: &str, forward: &str) -> bool {
     name.len() == forward.len()
         && name
             .bytes()
@@ -425,18 +425,28 @@ fn strip_query_sources(
 
 /// The `:path` of a refused request without any query-parameter credential, so that
 /// Envoy's access log does not record a key. `None` when there is nothing to remove.
-pub fn redacted_target(config: &Config, headers: &[impl Header]) -> Option<String> {
+///
+/// On bytes: a path Envoy accepted need not be UTF-8 (HTTP/2 carries any byte but a few),
+/// and such a path is refused (400) with its key in it.
+pub fn redacted_target(config: &Config, headers: &[impl Header]) -> Option<Vec<u8>> {
     let target = headers.iter().find(|h| h.name() == ":path")?.value();
-    let (path, query) = path::split_query(std::str::from_utf8(target).ok()?);
-    let query = query?;
-    let kept = strip_query_sources(config, query, |_| true)?;
+    let at = target.iter().position(|&b| b == b'?')?;
+    let (path, query) = (&target[..at], &target[at + 1..]);
+    let mut kept: Option<Vec<u8>> = None;
+    for source in &config.sources {
+        if let Source::Query(param) = source {
+            let current = kept.as_deref().unwrap_or(query);
+            kept = Some(query::without_bytes(current, param));
+        }
+    }
+    let kept = kept?;
     if kept == query {
         return None;
     }
-    let mut out = path.to_string();
+    let mut out = path.to_vec();
     if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept);
+        out.push(b'?');
+        out.extend_from_slice(&kept);
     }
     Some(out)
 }

@@ -39,8 +39,12 @@ pub trait SharedStore {
 /// over: covers a fetcher that is slow to tick.
 pub const LEASE_GRACE_MS: u64 = 5_000;
 /// After a switch of slots, how long the slot just left stays untouched: every worker
-/// re-reads the active slot every half second.
-pub const SLOT_SETTLE_MS: u64 = 3_000;
+/// re-reads the active slot every half second, so two ticks. No longer: the next fetch
+/// waits for it, and with `refresh_seconds: 1` a longer settling time (it was 3 s) put off
+/// the first refresh after each new set, and a revocation with it. A worker whose tick
+/// comes later still does not refuse a good key: a record it cannot find sends it to the
+/// set in force ([`SharedSet::lookup_current`]).
+pub const SLOT_SETTLE_MS: u64 = 1_000;
 /// The first retry after a failed fetch; doubled per failure up to the refresh interval.
 pub const FIRST_RETRY_MS: u64 = 1_000;
 
@@ -344,6 +348,29 @@ impl SharedSet {
             .get(self.record_name(&mut name, serving.slot, hash))
             .0?;
         record_codec::decode(&bytes, serving.generation, index)
+    }
+
+    /// [`SharedSet::lookup`] in the set `serving` a worker last read; should it hold no
+    /// record for `hash`, and the set in force have moved on since (a late tick: the slot
+    /// may be being rewritten), the record in the set now in force. Also returns the set
+    /// the answer comes from, for the worker to read next. Costs a read of the meta entry
+    /// for a key the set does not hold.
+    pub fn lookup_current(
+        &self,
+        store: &impl SharedStore,
+        serving: Serving,
+        hash: &KeyHash,
+        index: &ScopeIndex,
+    ) -> (Option<KeyRecord>, Serving) {
+        if let Some(record) = self.lookup(store, serving, hash, index) {
+            return (Some(record), serving);
+        }
+        match self.read_meta(store).serving() {
+            Some(current) if current != serving => {
+                (self.lookup(store, current, hash, index), current)
+            }
+            _ => (None, serving),
+        }
     }
 
     /// `keygate/<source>/<slot>/<hash hex>`, written into `buf`: the request path builds

@@ -4,7 +4,8 @@
 //! ([`config`]), credential extraction ([`credential`]), path normalization ([`path`]), rule
 //! matching ([`rules`]), key records ([`record`]), the decision ([`decision`]) and the
 //! response it implies ([`response`]), and the protocols a host follows: the `key_set`
-//! mode's shared set ([`key_set`]) and the `lookup` mode's cache ([`lookup_cache`]). The
+//! mode's shared set ([`key_set`]) and the `lookup` mode's calls ([`lookup`]) and cache
+//! ([`lookup_cache`]). The
 //! hosts (the proxy-wasm filter in `crates/filter`, the `keygate` CLI in `crates/cli`) read
 //! input, call this crate and act on its answer.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod error;
 pub mod header;
 pub mod header_map;
 pub mod key_set;
+pub mod lookup;
 pub mod lookup_cache;
 pub mod path;
 pub mod query;
@@ -27,3 +29,4 @@ pub mod rules;
 pub mod scope;
 pub mod stats;
 pub mod timestamp;
+pub mod trailers;

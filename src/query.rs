@@ -19,7 +19,14 @@ pub fn decode(component: &str) -> Option<Cow<'_, str>> {
     if !component.bytes().any(|b| b == b'%' || b == b'+') {
         return Some(Cow::Borrowed(component));
     }
-    let bytes = component.as_bytes();
+    String::from_utf8(decode_bytes(component.as_bytes())?)
+        .ok()
+        .map(Cow::Owned)
+}
+
+/// Decodes one component as bytes, whatever they are (a path Envoy accepted need not be
+/// UTF-8); `None` for a malformed escape.
+fn decode_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -40,7 +47,7 @@ pub fn decode(component: &str) -> Option<Cow<'_, str>> {
             }
         }
     }
-    String::from_utf8(out).ok().map(Cow::Owned)
+    Some(out)
 }
 
 /// True when the raw parameter name decodes to `name`. A name that cannot be decoded is
@@ -51,16 +58,23 @@ pub fn name_is(raw: &str, name: &str) -> bool {
 
 /// The query without every pair whose name decodes to `name`; other pairs are kept as sent.
 pub fn without(query: &str, name: &str) -> String {
-    let mut out = String::with_capacity(query.len());
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        if name_is(raw_name, name) {
+    // Whole pairs of a `str`, split at ASCII `&`, joined by `&`: still UTF-8.
+    String::from_utf8(without_bytes(query.as_bytes(), name)).unwrap_or_default()
+}
+
+/// [`without`] on bytes: a query that is not UTF-8 loses its `name` pairs just the same
+/// (a name that decodes to `name` is `name`, whatever bytes the other pairs hold).
+pub fn without_bytes(query: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(query.len());
+    for pair in query.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+        let raw_name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        if decode_bytes(raw_name).is_some_and(|decoded| decoded == name.as_bytes()) {
             continue;
         }
         if !out.is_empty() {
-            out.push('&');
+            out.push(b'&');
         }
-        out.push_str(pair);
+        out.extend_from_slice(pair);
     }
     out
 }
@@ -97,5 +111,18 @@ mod tests {
         assert_eq!(without("q=1&r=2", "api_key"), "q=1&r=2");
         assert_eq!(without("api_key=x", "api_key"), "");
         assert_eq!(without("api_keys=x&%zz=1", "api_key"), "api_keys=x&%zz=1");
+    }
+
+    #[test]
+    fn removes_the_name_from_a_query_that_is_not_utf8() {
+        assert_eq!(
+            without_bytes(b"q=caf\xe9&api_key=k&r=\xff", "api_key"),
+            b"q=caf\xe9&r=\xff"
+        );
+        // A name spelled with escapes and raw bytes that decode to it together.
+        assert_eq!(without_bytes(b"\xe9=1&api%5fkey=k", "api_key"), b"\xe9=1");
+        assert_eq!(without_bytes("caf\u{e9}=k".as_bytes(), "caf\u{e9}"), b"");
+        assert_eq!(without_bytes(b"caf\xc3%A9=k&x=1", "caf\u{e9}"), b"x=1");
+        assert_eq!(without_bytes(b"caf\xe9=k", "caf\u{e9}"), b"caf\xe9=k");
     }
 }

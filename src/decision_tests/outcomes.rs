@@ -208,15 +208,26 @@ fn a_refused_request_has_its_query_key_redacted_for_the_access_log() {
     assert_eq!(denied(run(&c, &h)), Denial::UnknownKey);
     assert_eq!(
         redacted_target(&c, &h).as_deref(),
-        Some("/data/query?a=1&b=2")
+        Some(&b"/data/query?a=1&b=2"[..])
     );
     let h = request("GET", "/data/query?api_key=kg_wrong", &[]);
-    assert_eq!(redacted_target(&c, &h).as_deref(), Some("/data/query"));
+    assert_eq!(
+        redacted_target(&c, &h).as_deref(),
+        Some(&b"/data/query"[..])
+    );
     // Nothing to remove: nothing to change.
     let h = request("GET", "/data/query?a=1", &[]);
     assert_eq!(redacted_target(&c, &h), None);
     let h = request("GET", "/data/query", &[]);
     assert_eq!(redacted_target(&c, &h), None);
+    // A path that is not UTF-8 is refused (400) and still loses its key.
+    let mut h = request("GET", "/", &[]);
+    h[3].1 = b"/data/query?q=caf\xe9&api_key=kg_wrong".to_vec();
+    assert!(matches!(denied(run(&c, &h)), Denial::BadRequest(_)));
+    assert_eq!(
+        redacted_target(&c, &h).as_deref(),
+        Some(&b"/data/query?q=caf\xe9"[..])
+    );
     let no_query_source = config_with("sources", json!([{"header": "x-api-key"}]));
     let h = request("GET", "/data/query?api_key=kg_wrong", &[]);
     assert_eq!(redacted_target(&no_query_source, &h), None);

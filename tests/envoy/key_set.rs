@@ -171,6 +171,52 @@ fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() 
         >= 1));
 }
 
+/// Right after a set loads, the next refresh is not held back (it once came 3 s later,
+/// whatever `refresh_seconds`): a key revoked at once is refused by every worker within
+/// the same bound as later on.
+#[test]
+fn a_revocation_right_after_a_set_loads_keeps_the_bound() {
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
+    );
+    let envoy = start(service.addr, &upstream);
+    let mut loaded = Instant::now();
+    assert!(eventually(Duration::from_secs(10), || {
+        loaded = Instant::now();
+        status(&envoy, BOB) == 200
+    }));
+    let fetches_at_load = service.calls().keyset;
+    service.set_doc(doc("2", vec![record("alice", ALICE)]));
+    let mut next_fetch = None;
+    let mut took = None;
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            if next_fetch.is_none() && service.calls().keyset > fetches_at_load {
+                next_fetch = Some(loaded.elapsed());
+            }
+            let start = loaded.elapsed();
+            let refused = all_answer(&envoy, BOB, 401, 40);
+            took = refused.then_some(start);
+            refused
+        }),
+        "a worker still lets bob in"
+    );
+    let took = took.unwrap();
+    eprintln!(
+        "after a first load: next fetch seen within {next_fetch:?}, revocation seen by every \
+         worker after at most {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(2_000 + 500),
+        "revocation took {took:?} after the set loaded (refresh 1 s + 1 s, and the time to \
+         check it):\n{}",
+        envoy.log()
+    );
+    assert!(all_answer(&envoy, ALICE, 200, 20));
+}
+
 #[test]
 fn the_last_good_set_is_kept_through_every_kind_of_failure() {
     let upstream = Upstream::start();

@@ -7,6 +7,7 @@
 mod adversarial;
 mod cli;
 mod ecds;
+mod http2;
 mod key_service;
 mod key_set;
 mod lookup;

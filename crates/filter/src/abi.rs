@@ -112,8 +112,8 @@ pub fn map_pairs(map_type: MapType) -> Result<Vec<u8>, Status> {
 }
 
 /// Replaces every value of `name` (adds it when absent).
-pub fn replace_map_value(map_type: MapType, name: &str, value: &str) -> Result<(), Status> {
-    // SAFETY: both pointers and sizes describe live `str`s for the length of the call.
+pub fn replace_map_value(map_type: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: both pointers and sizes describe live slices for the length of the call.
     check(unsafe {
         proxy_replace_header_map_value(
             map_type,

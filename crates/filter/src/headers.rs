@@ -37,10 +37,32 @@ pub struct HostEditor {
 
 impl HeaderEditor for HostEditor {
     fn set(&mut self, name: &str, value: &str) {
-        self.failed |= abi::replace_map_value(MapType::HttpRequestHeaders, name, value).is_err();
+        self.failed |=
+            abi::replace_map_value(MapType::HttpRequestHeaders, name, value.as_bytes()).is_err();
     }
 
     fn remove(&mut self, name: &str) {
         self.failed |= abi::remove_map_value(MapType::HttpRequestHeaders, name).is_err();
     }
+}
+
+/// Replaces the request's `:path` with `path`, bytes as they are (a path Envoy accepted
+/// need not be UTF-8).
+pub fn set_path(path: &[u8]) -> Result<(), abi::Status> {
+    abi::replace_map_value(MapType::HttpRequestHeaders, ":path", path)
+}
+
+/// Removes the request trailers that must not reach the upstream (README "What the
+/// upstream sees"); false when Envoy would not let one go, or gave no trailers to read.
+pub fn strip_trailers(config: &keygate_core::config::Config) -> bool {
+    let Ok(buf) = abi::map_pairs(MapType::HttpRequestTrailers) else {
+        return false;
+    };
+    let Ok(trailers) = header_map::parse(&buf) else {
+        return false;
+    };
+    let names = trailers.iter().map(|(name, _)| *name);
+    keygate_core::trailers::to_remove(config, names)
+        .into_iter()
+        .all(|name| abi::remove_map_value(MapType::HttpRequestTrailers, name).is_ok())
 }

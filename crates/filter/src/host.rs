@@ -2,9 +2,9 @@
 //! clock, and carrying out a verdict on the effective request.
 
 use crate::abi;
-use crate::headers::HostEditor;
+use crate::headers::{self, HostEditor};
 use keygate_core::config::Config;
-use keygate_core::decision::{Denial, HeaderEditor, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use keygate_core::decision::{Denial, Verdict, UNAVAILABLE_RETRY_SECONDS};
 use keygate_core::header_map;
 use keygate_core::key_set::SharedStore;
 use keygate_core::response;
@@ -188,7 +188,7 @@ pub fn carry_out(
     config: &Config,
     metrics: &Metrics,
     verdict: Verdict<'_>,
-    redacted_path: Option<&str>,
+    redacted_path: Option<&[u8]>,
     resume: bool,
 ) -> bool {
     let outcome = verdict.outcome();
@@ -218,7 +218,7 @@ fn deny(
     config: &Config,
     metrics: &Metrics,
     denial: Denial<'_>,
-    redacted_path: Option<&str>,
+    redacted_path: Option<&[u8]>,
 ) -> bool {
     metrics.count(denial.outcome());
     debug!(
@@ -227,8 +227,8 @@ fn deny(
         denial.key().map_or("-", |k| k.id.as_str())
     );
     if let Some(path) = redacted_path {
-        let mut editor = HostEditor::default();
-        editor.set(":path", path);
+        // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
+        let _ = headers::set_path(path);
     }
     respond(&response::render(&config.realm, &denial));
     false

@@ -49,10 +49,14 @@ impl KeySetState {
             active
         });
         let serving = serving.ok_or(NotLoaded)?;
-        Ok(self.set.lookup(&SharedData, serving, hash, &config.scopes))
+        let (record, current) = self
+            .set
+            .lookup_current(&SharedData, serving, hash, &config.scopes);
+        self.active.set(Some(current));
+        Ok(record)
     }
 
-    /// Once a second, on every worker.
+    /// Every tick (500 ms), on every worker.
     pub fn tick(&self, metrics: &Metrics) {
         let now = host::now_ms();
         let meta = self.set.read_meta(&SharedData);

@@ -19,11 +19,11 @@ use keygate_core::config::{Config, KeySource};
 use keygate_core::decision::{
     begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE_RETRY_SECONDS,
 };
+use keygate_core::lookup::{Lookups, Next};
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
 use keygate_core::response;
-use log::{error, info};
-use lookup::{LookupState, Next};
+use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -37,20 +37,49 @@ proxy_wasm::main! {{
     });
 }}
 
-/// Where this VM finds key records, with the state that takes.
-#[derive(Clone)]
-enum Keys {
-    Inline,
-    Fetched(Rc<KeySetState>),
-    Lookup(Rc<LookupState>),
-}
-
-/// What every request of this VM shares, read-only but for the remote key state.
+/// What every request of this VM shares, read-only but for the remote key state. Where
+/// keys are found is the configuration's [`KeySource`]; the mode that fetches a set keeps
+/// its view of shared data here, the mode that looks keys up its calls and cache (made
+/// for that mode in `on_configure`, absent otherwise).
 #[derive(Clone)]
 struct Shared {
     config: Rc<Config>,
     metrics: Rc<Metrics>,
-    keys: Keys,
+    key_set: Option<Rc<KeySetState>>,
+    lookups: Option<Rc<Lookups>>,
+}
+
+impl Shared {
+    /// Hands a call's answer to the mode that made the call.
+    fn answered(&self, token: u32, body_size: usize) {
+        match (&self.config.keys, &self.key_set, &self.lookups) {
+            (KeySource::KeySet(_), Some(state), _) => state.answered(&self.metrics, body_size),
+            (KeySource::Lookup(lookup), _, Some(lookups)) => lookup::answered(
+                lookups,
+                &self.config,
+                lookup,
+                &self.metrics,
+                token,
+                body_size,
+            ),
+            _ => {}
+        }
+    }
+
+    /// The lookup mode's state and host, in that mode.
+    fn lookups(&self) -> Option<(&Lookups, lookup::Host<'_>)> {
+        match (&self.config.keys, &self.lookups) {
+            (KeySource::Lookup(lookup), Some(lookups)) => Some((
+                lookups,
+                lookup::Host {
+                    config: &self.config,
+                    lookup,
+                    metrics: &self.metrics,
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,18 +95,8 @@ const TICK: Duration = Duration::from_millis(500);
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        match &self.shared {
-            Some(Shared {
-                metrics,
-                keys: Keys::Fetched(state),
-                ..
-            }) => state.answered(metrics, body_size),
-            Some(Shared {
-                config,
-                metrics,
-                keys: Keys::Lookup(state),
-            }) => state.answered(config, metrics, token, body_size),
-            _ => {}
+        if let Some(shared) = &self.shared {
+            shared.answered(token, body_size);
         }
     }
 
@@ -119,7 +138,8 @@ impl RootContext for Root {
             .clone();
         host::refresh_clock();
         let _ = hostcalls::set_tick_period(TICK);
-        let keys = match &config.keys {
+        let (mut key_set, mut lookups) = (None, None);
+        match &config.keys {
             KeySource::Inline(set) => {
                 metrics.keys_loaded(set.len());
                 info!(
@@ -127,7 +147,6 @@ impl RootContext for Root {
                     set.len(),
                     config.rules.rules.len()
                 );
-                Keys::Inline
             }
             KeySource::KeySet(fetch) => {
                 info!(
@@ -139,7 +158,7 @@ impl RootContext for Root {
                 );
                 // The first fetch waits for the first tick: during on_configure Envoy may
                 // not have its clusters yet, and a call made then can go unanswered.
-                Keys::Fetched(Rc::new(KeySetState::new(fetch)))
+                key_set = Some(Rc::new(KeySetState::new(fetch)));
             }
             KeySource::Lookup(lookup) => {
                 info!(
@@ -147,13 +166,14 @@ impl RootContext for Root {
                     lookup.endpoint.cluster,
                     config.rules.rules.len()
                 );
-                Keys::Lookup(Rc::new(LookupState::new(lookup)))
+                lookups = Some(Rc::new(Lookups::new(lookup)));
             }
-        };
+        }
         self.shared = Some(Shared {
             config: Rc::new(config),
             metrics,
-            keys,
+            key_set,
+            lookups,
         });
         true
     }
@@ -163,18 +183,14 @@ impl RootContext for Root {
         if let Some(metrics) = &self.metrics {
             metrics.flush();
         }
-        match &self.shared {
-            Some(Shared {
-                metrics,
-                keys: Keys::Fetched(state),
-                ..
-            }) => state.tick(metrics),
-            Some(Shared {
-                config,
-                metrics,
-                keys: Keys::Lookup(state),
-            }) => state.sweep(config, metrics, self.context_id),
-            _ => {}
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if let Some(state) = &shared.key_set {
+            state.tick(&shared.metrics);
+        }
+        if let Some((lookups, mut host)) = shared.lookups() {
+            lookups.sweep(&mut host, &shared.config, self.context_id);
         }
     }
 
@@ -197,23 +213,14 @@ struct Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        if let Some(Shared {
-            config,
-            metrics,
-            keys: Keys::Lookup(state),
-        }) = &self.shared
-        {
-            state.answered(config, metrics, token, body_size);
+        if let Some(shared) = &self.shared {
+            shared.answered(token, body_size);
         }
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(Shared {
-            keys: Keys::Lookup(state),
-            ..
-        }) = &self.shared
-        {
-            state.done(self.context_id);
+        if let Some(lookups) = self.shared.as_ref().and_then(|s| s.lookups.as_deref()) {
+            lookups.done(self.context_id);
         }
         true
     }
@@ -221,12 +228,7 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(Shared {
-            config,
-            metrics,
-            keys,
-        }) = self.shared.clone()
-        else {
+        let Some(shared) = self.shared.clone() else {
             // Envoy does not create request contexts for a refused configuration; should
             // one appear anyway, nothing passes unchecked.
             let denial = Denial::Unavailable {
@@ -238,6 +240,7 @@ impl HttpContext for Request {
             ));
             return Action::Pause;
         };
+        let (config, metrics) = (&shared.config, &shared.metrics);
         let read = RequestHeaders::read();
         let pairs = read
             .as_ref()
@@ -247,18 +250,18 @@ impl HttpContext for Request {
             Ok(headers) => headers,
             Err(why) => {
                 let verdict = Verdict::Deny(Denial::BadRequest(why));
-                return action(carry_out(&config, &metrics, verdict, None, false));
+                return action(carry_out(config, metrics, verdict, None, false));
             }
         };
         // The host's clock, read only for a key that has an expiry: one cheap host call
         // keeps `expires_at` exact.
         let now = host::request_time;
-        let check = match begin(&config, &headers) {
+        let check = match begin(config, &headers) {
             Step::Done(verdict) => {
-                let redacted = denied_path(&config, &verdict, &headers);
+                let redacted = denied_path(config, &verdict, &headers);
                 return action(carry_out(
-                    &config,
-                    &metrics,
+                    config,
+                    metrics,
                     verdict,
                     redacted.as_deref(),
                     false,
@@ -269,38 +272,37 @@ impl HttpContext for Request {
         // Records decoded for this request live here, so the verdict may borrow them.
         let fetched: Option<KeyRecord>;
         let answer: Answer;
-        let verdict = match &keys {
-            Keys::Inline => {
-                let record = match &config.keys {
-                    KeySource::Inline(set) => set.get(&check.hash),
-                    _ => None,
-                };
-                check.finish(&config, record, now)
+        let verdict = match (&config.keys, &shared.key_set, shared.lookups()) {
+            (KeySource::Inline(set), _, _) => {
+                let record = set.get(&check.hash);
+                check.finish(config, record, now)
             }
-            Keys::Fetched(state) => match state.record(&config, &check.hash) {
+            (KeySource::KeySet(_), Some(state), _) => match state.record(config, &check.hash) {
                 Ok(record) => {
                     fetched = record;
-                    check.finish(&config, fetched.as_ref(), now)
+                    check.finish(config, fetched.as_ref(), now)
                 }
-                Err(NotLoaded) => check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS),
+                Err(NotLoaded) => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
             },
-            Keys::Lookup(state) => {
-                let redacted = || redacted_target(&config, &headers);
+            (KeySource::Lookup(_), _, Some((lookups, mut host))) => {
+                let redacted = || redacted_target(config, &headers);
                 let hide_now = config.hide_credentials;
-                match state.start(&metrics, self.context_id, check, redacted, hide_now) {
+                match lookups.start(&mut host, self.context_id, check, redacted, hide_now) {
                     Next::Decide(check, found) => {
                         answer = found;
-                        check.finish(&config, answer.record(), now)
+                        check.finish(config, answer.record(), now)
                     }
                     Next::Unavailable(check) => {
-                        check.unavailable(&config, UNAVAILABLE_RETRY_SECONDS)
+                        check.unavailable(config, UNAVAILABLE_RETRY_SECONDS)
                     }
                     Next::Paused => return Action::Pause,
                 }
             }
+            // A mode without its state (not made in `on_configure`): fail closed.
+            _ => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
         };
-        let redacted = denied_path(&config, &verdict, &headers);
-        let proceed = carry_out(&config, &metrics, verdict, redacted.as_deref(), false);
+        let redacted = denied_path(config, &verdict, &headers);
+        let proceed = carry_out(config, metrics, verdict, redacted.as_deref(), false);
         action(proceed)
     }
 
@@ -310,18 +312,28 @@ impl HttpContext for Request {
         self.hold_while_waiting()
     }
 
+    /// Trailers are stripped of identities and credentials first, whatever the request
+    /// waits for: once it goes on, they are not shown again. Should that fail, the request
+    /// is refused (or reset), never sent on with them.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(shared) = &self.shared {
+            if !headers::strip_trailers(&shared.config) {
+                warn!("keygate: Envoy refused to remove a request trailer; the request is refused");
+                let denial = Denial::Unavailable {
+                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+                };
+                host::respond(&response::render(&shared.config.realm, &denial));
+                return Action::Pause;
+            }
+        }
         self.hold_while_waiting()
     }
 }
 
 impl Request {
     fn hold_while_waiting(&self) -> Action {
-        match &self.shared {
-            Some(Shared {
-                keys: Keys::Lookup(state),
-                ..
-            }) if state.is_waiting(self.context_id) => Action::Pause,
+        match self.shared.as_ref().and_then(|s| s.lookups.as_deref()) {
+            Some(lookups) if lookups.is_waiting(self.context_id) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -333,7 +345,7 @@ fn denied_path(
     config: &Config,
     verdict: &Verdict<'_>,
     headers: &[(&str, &[u8])],
-) -> Option<String> {
+) -> Option<Vec<u8>> {
     match verdict {
         Verdict::Deny(_) => redacted_target(config, headers),
         Verdict::Allow(_) => None,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod artifacts;
 pub mod cli;
 pub mod h2;
+pub mod h2_upstream;
 pub mod key_service;
 
 pub use artifacts::{envoy_binary, keygate_binary, repo_root, wasm_module};

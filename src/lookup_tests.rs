@@ -1,0 +1,372 @@
+//! `lookup` coordination against a host double: calls are recorded, answers delivered by
+//! hand, the clock set by the test.
+
+use super::*;
+use crate::decision::{begin, Step};
+use crate::record::KeyHash;
+use crate::stats::Outcome;
+use serde_json::json;
+
+const ROOT: u32 = 1;
+const ALICE: &str = "kg_alice";
+
+fn config() -> Config {
+    let doc = json!({
+        "sources": [{"authorization": {"schemes": ["Bearer"]}}, {"query": "api_key"}],
+        "lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}", "timeout_ms": 1000},
+        "rules": [
+            {"path_prefix": "/public", "public": true},
+            {"path_prefix": "/data", "scopes": ["browse"]}
+        ]
+    });
+    match Config::parse(doc.to_string().as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn lookups(config: &Config) -> Lookups {
+    match &config.keys {
+        crate::config::KeySource::Lookup(l) => Lookups::new(l),
+        _ => panic!("not a lookup config"),
+    }
+}
+
+fn check(config: &Config, path: &str, key: &str) -> KeyCheck {
+    let auth = format!("Bearer {key}");
+    let headers = [
+        (":method", "GET"),
+        (":path", path),
+        ("authorization", auth.as_str()),
+    ];
+    match begin(config, &headers) {
+        Step::Key(check) => check,
+        Step::Done(v) => panic!("no key to look up: {v:?}"),
+    }
+}
+
+fn record_body(key: &str, scopes: &[&str]) -> Vec<u8> {
+    json!({"id": format!("id-{key}"), "hash": KeyHash::of_key(key).to_hex(),
+           "owner": "o", "scopes": scopes})
+    .to_string()
+    .into_bytes()
+}
+
+/// The clock at the start of each test (the host's is milliseconds since the epoch).
+const T0: u64 = 1_800_000_000_000;
+
+fn host() -> Host {
+    Host {
+        now_ms: T0,
+        ..Host::default()
+    }
+}
+
+#[derive(Default)]
+struct Host {
+    now_ms: u64,
+    next_token: u32,
+    refuse_calls: bool,
+    /// (token, path) of every call made.
+    calls: Vec<(u32, String)>,
+    failures: Vec<String>,
+    hits: usize,
+    paths_set: Vec<Vec<u8>>,
+    /// (context, outcome, redacted path) of every request resumed.
+    resumed: Vec<(u32, Outcome, Option<Vec<u8>>)>,
+}
+
+impl LookupHost for Host {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+    fn request_time(&self) -> Timestamp {
+        Timestamp::from_unix_nanos(0)
+    }
+    fn dispatch(&mut self, path: &str) -> Result<u32, String> {
+        if self.refuse_calls {
+            return Err("no such cluster".into());
+        }
+        self.next_token += 1;
+        self.calls.push((self.next_token, path.to_string()));
+        Ok(self.next_token)
+    }
+    fn failed(&mut self, reason: &str) {
+        self.failures.push(reason.to_string());
+    }
+    fn cache_hit(&mut self) {
+        self.hits += 1;
+    }
+    fn set_path(&mut self, path: &[u8]) {
+        self.paths_set.push(path.to_vec());
+    }
+    fn resume(&mut self, context_id: u32, verdict: Verdict<'_>, redacted: Option<&[u8]>) {
+        // The reentrancy test's state, asked while a request is resumed: no borrow may
+        // be held then.
+        if let Some(state) = REENTER.with(|r| r.get()) {
+            assert!(!state.is_waiting(context_id));
+            state.done(context_id);
+        }
+        self.resumed
+            .push((context_id, verdict.outcome(), redacted.map(<[u8]>::to_vec)));
+    }
+}
+
+// Set by the reentrancy test only (each test runs on its own thread).
+thread_local! {
+    static REENTER: std::cell::Cell<Option<&'static Lookups>> = const { std::cell::Cell::new(None) };
+}
+
+fn outcomes(host: &Host) -> Vec<(u32, Outcome)> {
+    let mut got: Vec<_> = host.resumed.iter().map(|(c, o, _)| (*c, *o)).collect();
+    got.sort_by_key(|(c, _)| *c);
+    got
+}
+
+#[test]
+fn concurrent_requests_share_one_call_and_are_decided_by_it() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    for context in [10, 11, 12] {
+        let next = state.start(
+            &mut host,
+            context,
+            check(&config, "/data/x", ALICE),
+            || None,
+            true,
+        );
+        assert!(matches!(next, Next::Paused));
+        assert!(state.is_waiting(context));
+    }
+    assert_eq!(host.calls.len(), 1, "one call for three requests");
+    let (token, path) = host.calls[0].clone();
+    assert_eq!(
+        path,
+        format!("/v1/keys/{}", KeyHash::of_key(ALICE).to_hex())
+    );
+    assert!(state.is_call(token));
+    state.answered(
+        &mut host,
+        &config,
+        token,
+        Some("200"),
+        &record_body(ALICE, &["browse"]),
+    );
+    assert_eq!(
+        outcomes(&host),
+        [
+            (10, Outcome::Allowed),
+            (11, Outcome::Allowed),
+            (12, Outcome::Allowed)
+        ]
+    );
+    assert!(!state.is_waiting(10) && !state.is_call(token));
+    // The answer is cached: the next request is decided at once.
+    match state.start(
+        &mut host,
+        13,
+        check(&config, "/data/x", ALICE),
+        || None,
+        true,
+    ) {
+        Next::Decide(_, Answer::Found(record)) => assert_eq!(record.owner.as_str(), "o"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((host.hits, host.calls.len()), (1, 1));
+}
+
+#[test]
+fn an_answer_to_an_unknown_token_changes_nothing() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    state.answered(&mut host, &config, 99, Some("404"), b"");
+    assert!(host.resumed.is_empty());
+    assert!(state.is_waiting(10));
+}
+
+#[test]
+fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    let (first, _) = host.calls[0].clone();
+    // The asker's client goes away: its call's answer is lost with it.
+    state.done(10);
+    assert!(!state.is_waiting(10) && state.is_waiting(11));
+    host.now_ms = T0 + 500;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(
+        host.calls.len(),
+        2,
+        "asked again at once, not after the timeout"
+    );
+    assert!(!state.is_call(first));
+    let (second, _) = host.calls[1].clone();
+    state.answered(
+        &mut host,
+        &config,
+        second,
+        Some("200"),
+        &record_body(ALICE, &[]),
+    );
+    assert_eq!(outcomes(&host), [(11, Outcome::Forbidden)]);
+}
+
+#[test]
+fn a_leaver_who_did_not_ask_orphans_nothing() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    state.done(11);
+    host.now_ms = T0 + 500;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(host.calls.len(), 1, "the asker's call still stands");
+    let (token, _) = host.calls[0].clone();
+    state.answered(&mut host, &config, token, Some("404"), b"");
+    assert_eq!(outcomes(&host), [(10, Outcome::Invalid)]);
+}
+
+#[test]
+fn an_overdue_call_is_made_again_then_fails_its_waiters() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    state.start(
+        &mut host,
+        11,
+        check(&config, "/public", ALICE),
+        || None,
+        true,
+    );
+    // Within timeout + 1 s the call is left alone.
+    host.now_ms = T0 + 2_000;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(host.calls.len(), 1);
+    // Past it, the root asks again (the answer may have gone with a request)...
+    host.now_ms = T0 + 2_001;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(host.calls.len(), 2);
+    assert!(host.resumed.is_empty());
+    // ...and when the root's own call is overdue, the waiters are decided without it.
+    host.now_ms = T0 + 4_002;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(host.calls.len(), 2);
+    assert_eq!(
+        outcomes(&host),
+        [(10, Outcome::Unavailable), (11, Outcome::Public)],
+        "protected: 503; public: passes without an identity"
+    );
+    assert!(!state.is_waiting(10) && !state.is_waiting(11));
+    // A failure is not cached: the next request asks.
+    state.start(&mut host, 12, check(&config, "/data", ALICE), || None, true);
+    assert_eq!(host.calls.len(), 3);
+}
+
+#[test]
+fn a_failed_answer_fails_the_waiters_and_is_not_kept() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    let (token, _) = host.calls[0].clone();
+    state.answered(&mut host, &config, token, Some("500"), b"");
+    assert_eq!(outcomes(&host), [(10, Outcome::Unavailable)]);
+    assert_eq!(host.failures.len(), 1);
+    assert!(host.failures[0].contains("500"), "{:?}", host.failures);
+    // A record for another key is a failure too.
+    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    let (token, _) = host.calls[1].clone();
+    state.answered(
+        &mut host,
+        &config,
+        token,
+        Some("200"),
+        &record_body("kg_other", &["browse"]),
+    );
+    assert_eq!(outcomes(&host)[1], (11, Outcome::Unavailable));
+}
+
+#[test]
+fn a_call_that_cannot_be_made_decides_at_once() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = Host {
+        refuse_calls: true,
+        ..host()
+    };
+    let next = state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    assert!(matches!(next, Next::Unavailable(_)));
+    assert!(!state.is_waiting(10));
+    assert_eq!(host.failures, ["no such cluster"]);
+    host.refuse_calls = false;
+    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    assert_eq!(host.calls.len(), 1, "nothing pending was left behind");
+}
+
+#[test]
+fn a_paused_request_loses_its_query_key_when_the_key_is_hidden() {
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    let redacted = || Some(b"/data?q=1".to_vec());
+    state.start(
+        &mut host,
+        10,
+        check(&config, "/data", ALICE),
+        redacted,
+        false,
+    );
+    assert!(
+        host.paths_set.is_empty(),
+        "hide_credentials off: left as sent"
+    );
+    state.start(
+        &mut host,
+        11,
+        check(&config, "/data", ALICE),
+        redacted,
+        true,
+    );
+    assert_eq!(host.paths_set, [b"/data?q=1".to_vec()]);
+    let (token, _) = host.calls[0].clone();
+    state.answered(&mut host, &config, token, Some("404"), b"");
+    // A refusal carries the redacted path for the access log.
+    assert!(host
+        .resumed
+        .iter()
+        .all(|(_, o, p)| *o == Outcome::Invalid && p.as_deref() == Some(&b"/data?q=1"[..])));
+}
+
+#[test]
+fn the_host_may_call_back_in_while_a_request_is_resumed() {
+    let config = config();
+    let state: &'static Lookups = Box::leak(Box::new(lookups(&config)));
+    REENTER.with(|r| r.set(Some(state)));
+    let mut host = host();
+    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    let (token, _) = host.calls[0].clone();
+    state.answered(&mut host, &config, token, Some("404"), b"");
+    assert_eq!(outcomes(&host).len(), 2);
+    // And from the sweep's resumes.
+    state.start(
+        &mut host,
+        12,
+        check(&config, "/data", "kg_b"),
+        || None,
+        true,
+    );
+    host.now_ms = T0 + 10_000;
+    state.sweep(&mut host, &config, ROOT);
+    host.now_ms = T0 + 20_000;
+    state.sweep(&mut host, &config, ROOT);
+    assert_eq!(outcomes(&host).len(), 3);
+}
