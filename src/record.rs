@@ -230,6 +230,15 @@ impl InlineKeys {
     }
 }
 
+/// "1 key", "2 keys": how the logs and the CLI count records.
+pub fn count_keys(n: usize) -> String {
+    if n == 1 {
+        "1 key".to_string()
+    } else {
+        format!("{n} keys")
+    }
+}
+
 /// A key-set document (README "Configuration reference"): `{"version": "<opaque>", "keys": [records...]}`, as served
 /// on `/v1/keyset` and kept in `keys.json`.
 #[derive(Debug, Deserialize)]
@@ -489,5 +498,12 @@ mod tests {
             assert_eq!(r.id.as_str(), format!("id{i}"));
         }
         assert!(set.get(&KeyHash::of_key("key10000")).is_none());
+    }
+
+    #[test]
+    fn keys_are_counted_in_words() {
+        assert_eq!(count_keys(0), "0 keys");
+        assert_eq!(count_keys(1), "1 key");
+        assert_eq!(count_keys(2), "2 keys");
     }
 }

@@ -80,6 +80,15 @@ fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up(
         seen.iter().all(|s| s.header("x-api-key-id").is_none()),
         "{seen:?}"
     );
+    // Envoy flushes its log file every few seconds.
+    assert!(
+        eventually(Duration::from_secs(15), || envoy.log().contains(
+            "failed, no key set loaded yet (protected routes answer 503), retrying in"
+        )),
+        "{}",
+        envoy.log()
+    );
+    assert!(!envoy.log().contains("keeping the last good set"));
     assert!(eventually(Duration::from_secs(10), || envoy
         .keygate_stat("fetch.failed")
         >= 1));
@@ -110,7 +119,7 @@ fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up(
     assert!(eventually(Duration::from_secs(15), || envoy
         .log()
         .contains(
-            "keygate: key set loaded from cluster keyservice: 1 keys"
+            "keygate: key set loaded from cluster keyservice: 1 key, version"
         )));
     drop(service);
 }

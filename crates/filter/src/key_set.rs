@@ -5,7 +5,7 @@
 use crate::host::{self, Metrics, SharedData};
 use keygate_core::config::Config;
 use keygate_core::key_set::{FetchAnswer, Fetched, Serving, SharedSet};
-use keygate_core::record::{KeyHash, KeyRecord};
+use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
 use proxy_wasm::hostcalls;
@@ -146,7 +146,8 @@ impl KeySetState {
                 metrics.keys_loaded(keys);
                 metrics.fetch_age(0);
                 info!(
-                    "keygate: key set loaded from cluster {cluster}: {keys} keys, version {}",
+                    "keygate: key set loaded from cluster {cluster}: {}, version {}",
+                    count_keys(keys),
                     version.as_deref().unwrap_or("-")
                 );
             }
@@ -159,9 +160,14 @@ impl KeySetState {
                 retry_in_ms,
             } => {
                 metrics.fetch_failed.add();
+                let kept = if self.set.read_meta(&SharedData).serving().is_some() {
+                    "keeping the last good set"
+                } else {
+                    "no key set loaded yet (protected routes answer 503)"
+                };
                 warn!(
-                    "keygate: key set fetch from cluster {cluster} failed, keeping the last \
-                     good set, retrying in {retry_in_ms} ms: {reason}"
+                    "keygate: key set fetch from cluster {cluster} failed, {kept}, retrying in \
+                     {retry_in_ms} ms: {reason}"
                 );
             }
         }
