@@ -807,7 +807,7 @@ fn main() {
             ),
         )
         .unwrap();
-        support::KeygateServe::start(&keys, dir.path())
+        support::Served::start(&keys)
     });
 
     let machine = machine();

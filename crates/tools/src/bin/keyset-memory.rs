@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{
     bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Envoy,
-    EnvoyOptions, KeygateServe, Request, TempDir, Upstream,
+    EnvoyOptions, Request, Served, TempDir, Upstream,
 };
 
 const REFRESH_SECONDS: u32 = 2;
@@ -850,7 +850,7 @@ fn main() {
                 ],
             );
             let body_len = std::fs::metadata(&file).unwrap().len() as usize;
-            let service = KeygateServe::start(&file, dir.path());
+            let service = Served::start(&file);
             // A document larger than Envoy lets a filter's call receive by default: run it
             // as Envoy comes, then with the limit raised in Envoy's runtime.
             let mut limits = vec![None];
