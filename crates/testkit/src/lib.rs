@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod h2;
 pub mod http1;
 pub mod key_service;
+pub mod process;
 pub mod serve;
 pub mod temp;
 pub mod upstream;

@@ -184,13 +184,7 @@ impl std::fmt::Display for Mem {
 }
 
 fn mem(pid: u32) -> Option<Mem> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
+    let field = |name: &str| support::process::status_kib(pid, name);
     let per_vm = wasm_memory(pid).unwrap_or_default();
     Some(Mem {
         rss_kib: field("VmRSS")?,
