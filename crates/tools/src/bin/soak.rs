@@ -1,13 +1,30 @@
-//! `make soak`: a million mixed requests through one Envoy running keygate, every answer
-//! checked, Envoy's memory watched and its wasm VM counted (the "Hardening" issue).
+//! `make soak`: mixed requests through one Envoy running keygate, in each key mode in turn
+//! (inline keys, a key set fetched from `keygate serve`, keys looked up in it), every answer
+//! checked, keys revoked during the load, Envoy's memory watched and its wasm VM counted
+//! (the "Hardening" issue).
 //!
 //! - **Gateway**: a real Envoy 1.40 (`--concurrency 1` unless `--workers`), keygate with
 //!   ImmPort-like rules (browse / download / upload / admin, a public `/healthz`, unmatched
-//!   routes denied) and 1 100 inline keys: browse, download, upload and read-only keys
-//!   (half of the valid ones with an expiry in 2099), expired and disabled ones. Behind it,
-//!   one Envoy `direct_response` route per rule, reachable only through the filter; each
-//!   adds `x-soak-route` and echoes what it received from keygate (`x-api-key-id`, `-owner`,
+//!   routes denied) and 1 100 keys: browse, download, upload and read-only keys (half of
+//!   the valid ones with an expiry in 2099), expired and disabled ones. Behind it, one Envoy
+//!   `direct_response` route per rule, reachable only through the filter; each adds
+//!   `x-soak-route` and echoes what it received from keygate (`x-api-key-id`, `-owner`,
 //!   `-scopes`, the path, any credential left) in `x-soak-*` response headers.
+//! - **Modes** (`--mode`, default `all`, one after the other): `inline` (the keys in the
+//!   plugin configuration); `key_set` and `lookup`, where the real `keygate serve`
+//!   (`KEYGATE_BIN`) serves a keys.json in a temp dir (`refresh_seconds` 2, or
+//!   `cache_seconds` 2 and `negative_cache_seconds` 1; call timeouts 1 s).
+//! - **Revocations** (key_set, lookup): `--revocations` times (default 4), spread over the
+//!   first 60 % of the load, keys.json is rewritten (aside, then renamed, as `keygate`
+//!   does) with 5 more groups of 10 keys changed: 3 groups' records removed (revoked), 2
+//!   disabled. Request `n` uses keys of group `(n / 40) % 100` only. An answer to a request
+//!   whose key was changed must be as before if it came before the file was replaced; the
+//!   refusal (401 `invalid_token`, "unknown API key" / "API key disabled") if the request
+//!   was sent more than the window after it was replaced; either in between (counted). The
+//!   window follows from the filter: key_set `refresh_seconds` + 2 ticks (0.5 s) + 2 call
+//!   timeouts; lookup `cache_seconds` + a tick + a call timeout ([`window`]). Each
+//!   revocation's delay (first refusal, last answer as before) is reported; a revocation
+//!   whose window the load did not outlast fails the run.
 //! - **Mix**: a fixed pattern of 40 requests, repeated: 20 allowed (Bearer, ApiKey, Basic,
 //!   `x-api-key`, `api_key` query parameter, a spoofed identity, the public route with and
 //!   without a key), 10 × 401 (no key, unknown, expired, disabled), 7 × 403 (missing
@@ -24,13 +41,17 @@
 //!   more than 10 % above it.
 //! - **VM**: Envoy's `wasm.*` stats before and after: every `*reload*` counter must be 0
 //!   and the V8 VMs created and active must not change. keygate's own counters (allowed,
-//!   public, denied by reason) must equal the client's tallies, and Envoy's 2xx / 4xx
-//!   counters the answers the client got.
+//!   public, denied by reason) must equal the client's tallies (each answer counted as the
+//!   outcome it matched: during a revocation window, as before or as after), no fetch or
+//!   lookup may fail, and Envoy's 2xx / 4xx counters must equal the answers the client got.
 //!
-//! Prints a Markdown report (for SECURITY.md) and exits 0 only if everything held.
-//! Options: `--requests 1000000`, `--connections 8`, `--workers 1` (Envoy's
-//! `--concurrency`), `--warmup N`, `--max-seconds 1800` (the load stops there, and fails).
-//! Envoy is killed on exit, on a panic and on Ctrl-C.
+//! Prints a Markdown report per mode (for SECURITY.md), then a summary of the modes, and
+//! exits 0 only if everything held. Options: `--mode inline|key_set|lookup|all`,
+//! `--requests N` (per mode; default 1 000 000 for one mode, and for `all` 1 000 000
+//! inline, 600 000 key_set, 400 000 lookup: about 3 minutes on 2 CPUs), `--connections 8`,
+//! `--workers 1` (Envoy's `--concurrency`), `--warmup N`, `--max-seconds 1800` (the load
+//! stops there, and fails), `--refresh-seconds 2`, `--cache-seconds 2`, `--revocations 4`.
+//! Envoy and `keygate serve` are killed on exit, on a panic and on Ctrl-C.
 
 // A tool: a failed step should stop it loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
