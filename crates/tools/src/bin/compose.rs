@@ -19,8 +19,6 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use support::{eventually, Bootstrap, Envoy, EnvoyOptions, Request, Serve, TempDir, Upstream};
 
@@ -359,16 +357,6 @@ fn run(check: bool) -> Outcome<()> {
         return Ok(());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .expect("cannot catch Ctrl-C");
-    }
-    println!("Ctrl-C stops Envoy, keygate serve and the upstream.");
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!("\nstopping");
+    keygate_tools::run_until_ctrl_c("Envoy, keygate serve and the upstream");
     Ok(())
 }
