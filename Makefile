@@ -91,11 +91,16 @@ bench-memory: tools wasm
 	cargo build --release -p keygate-cli -p keygate-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory
 
-# A million mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, every
-# answer checked; fails on a wrong answer, a wasm VM reload or new VM, keygate's counters
-# disagreeing, or Envoy's RSS growing more than 10 % after the warm-up. Prints the report
-# recorded in SECURITY.md. About 2 minutes; SOAK_ARGS passes options (e.g.
-# SOAK_ARGS='--requests 100000 --workers 2').
+# Mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, in each key
+# mode: inline (1,000,000), key_set (600,000) and lookup (400,000) against the real
+# `keygate serve`, whose keys.json is rewritten during the load to revoke and disable keys.
+# Every answer checked (a changed key's within the filter's revocation window); fails on a
+# wrong answer, a wasm VM reload or new VM, keygate's counters disagreeing with the
+# client's, a failed fetch or lookup, or Envoy's RSS growing more than 10 % after the
+# warm-up. Prints the reports recorded in SECURITY.md. About 3 minutes; SOAK_ARGS passes
+# options: --mode inline|key_set|lookup|all, --requests N (per mode), --connections 8,
+# --workers 1, --refresh-seconds 2, --cache-seconds 2, --revocations 4, --warmup N,
+# --max-seconds 1800 (e.g. SOAK_ARGS='--mode lookup --requests 200000 --workers 2').
 soak: tools wasm
 	cargo build --release -p keygate-cli -p keygate-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/soak $(SOAK_ARGS)

@@ -1,48 +1,18 @@
-//! Running the real `keygate` binary in tests: one-shot commands, and `keygate serve` as a
-//! child that is killed when dropped.
+//! Running the real `keygate` binary in tests: one-shot commands, key files, and
+//! `keygate serve` ([`crate::serve`]) with a small HTTP client for it.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use crate::keygate_binary;
+pub use crate::serve::{serve_refused, Serve, Served};
+use crate::{keygate_binary, Request, Response, TempDir};
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(label: &str) -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "keygate-cli-{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A fresh directory under the system temp dir, removed on drop (the test kit's
+/// [`TempDir`], by the name the CLI tests know it).
+pub type Scratch = TempDir;
 
 /// How a command ended.
 #[derive(Debug)]
@@ -164,149 +134,8 @@ pub fn replace(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// `keygate serve` on a free port of 127.0.0.1. Killed when dropped.
-pub struct Served {
-    child: Child,
-    pub addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Starts the child and collects its stderr; each complete line also goes to `lines`.
-fn spawn_serve(
-    keys: &Path,
-) -> (
-    Child,
-    Arc<Mutex<String>>,
-    mpsc::Receiver<String>,
-    JoinHandle<()>,
-) {
-    let mut child = Command::new(keygate_binary())
-        .args([
-            "serve",
-            "--keys",
-            keys.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (send, lines) = mpsc::channel();
-    let reader = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = send.send(line);
-            }
-        })
-    };
-    (child, log, lines, reader)
-}
-
-impl Served {
-    pub fn start(keys: &Path) -> Served {
-        let (mut child, log, lines, _reader) = spawn_serve(keys);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    let Some(rest) = line.strip_prefix("keygate serve: listening on http://")
-                    else {
-                        continue;
-                    };
-                    let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                    return Served { child, addr, log };
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("keygate serve did not start: {}", log.lock().unwrap());
-                }
-            }
-        }
-    }
-
-    /// Everything the server wrote on stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits (boundedly) for a stderr line containing `text`.
-    pub fn wait_for_log(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(text)) {
-                return line.to_string();
-            }
-            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{log}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `keygate serve` expecting it to refuse to start: its exit code and stderr.
-pub fn serve_refused(keys: &Path) -> Run {
-    let (mut child, log, _lines, reader) = spawn_serve(keys);
-    let deadline = Instant::now() + START_TIMEOUT;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keygate serve started: {}", log.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // The reader ends with the pipe, once it has every line.
-    reader.join().unwrap();
-    let stderr = log.lock().unwrap().clone();
-    Run {
-        code,
-        stdout: String::new(),
-        stderr,
-    }
-}
-
-/// An HTTP answer as a client got it. Header names are lowercase.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
+/// An HTTP answer as a client got it (the test kit's HTTP/1.1 [`Response`]).
+pub type HttpResponse = Response;
 
 /// One HTTP/1.1 request on a new connection (closed after the answer).
 pub fn http(
@@ -315,43 +144,12 @@ pub fn http(
     target: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: keyservice\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(&raw)));
-    let head = std::str::from_utf8(&raw[..end]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: raw[end + 4..].to_vec(),
-    }
+    let request = headers
+        .iter()
+        .fold(Request::new(method, target), |r, (name, value)| {
+            r.header(name, value)
+        });
+    crate::request(addr, &request)
 }
 
 pub fn get(addr: SocketAddr, target: &str) -> HttpResponse {

@@ -40,6 +40,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::process::{cpu_ticks, rss_kib, ticks_per_second};
 use support::{bench_key, bench_records_json, Bootstrap, Envoy, EnvoyOptions, TempDir};
 
 /// The CPU Envoy runs on, and the one the load generators (and this program) run on.
@@ -374,28 +375,8 @@ fn pin(pid: u32, cpus: &str) {
     assert!(status.success(), "taskset {cpus} {pid} failed");
 }
 
-/// CPU time of the whole process (all threads), in clock ticks: utime + stime.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // After the name: state is field 3 of stat(5), utime 14 and stime 15.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    rss_kib(pid).expect("Envoy is running") as f64 / 1024.0
 }
 
 /// The listener's counters (`http.bench.*`) and keygate's.
@@ -807,7 +788,7 @@ fn main() {
             ),
         )
         .unwrap();
-        support::KeygateServe::start(&keys, dir.path())
+        support::Served::start(&keys)
     });
 
     let machine = machine();

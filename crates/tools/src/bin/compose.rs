@@ -16,14 +16,11 @@
 use keygate_testkit as support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::process::Command;
 use std::time::Duration;
-use support::{eventually, Bootstrap, Envoy, EnvoyOptions, Request, TempDir, Upstream};
+use support::{eventually, Bootstrap, Envoy, EnvoyOptions, Request, Serve, TempDir, Upstream};
 
 /// The gateway's port when `KEYGATE_PORT` is not set (as the compose file publishes it).
 const DEFAULT_PORT: u16 = 10000;
@@ -48,8 +45,8 @@ fn replaced(text: &str, what: &str, from: &str, to: &str) -> Outcome<String> {
     Ok(text.replace(from, to))
 }
 
-/// The key service's command line: the Dockerfile's `CMD` (its ENTRYPOINT is `keygate`),
-/// with the key file and the listening address of this machine.
+/// The key service's arguments after `serve`: the Dockerfile's `CMD` (its ENTRYPOINT is
+/// `keygate`), with the key file and the listening address of this machine.
 fn key_service_args(keys: &Path) -> Outcome<Vec<String>> {
     let what = "envoy/Dockerfile.keygate-serve";
     let text = read(&support::repo_root().join(what))?;
@@ -76,64 +73,13 @@ fn key_service_args(keys: &Path) -> Outcome<Vec<String>> {
     }
     Ok(args
         .into_iter()
+        .skip(1)
         .map(|a| match a.as_str() {
             "/data/keys.json" => keys.display().to_string(),
             "0.0.0.0:8081" => "127.0.0.1:0".to_string(),
             _ => a,
         })
         .collect())
-}
-
-/// `keygate serve`, killed when dropped.
-struct KeyService {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl KeyService {
-    fn start(keygate: &Path, args: &[String]) -> Outcome<KeyService> {
-        let mut child = Command::new(keygate)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", keygate.display()))?;
-        let stderr = child.stderr.take();
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr
-                .into_iter()
-                .flat_map(|s| BufReader::new(s).lines().map_while(Result::ok))
-            {
-                eprintln!("{line}");
-                let _ = send.send(line);
-            }
-        });
-        // Killed on drop from here on, whatever happens next.
-        let mut service = KeyService {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(20))
-                .map_err(|_| "keygate serve did not start".to_string())?;
-            let Some(rest) = line.strip_prefix("keygate serve: listening on http://") else {
-                continue;
-            };
-            let addr = rest.split_whitespace().next().unwrap_or_default();
-            service.addr = addr.parse().map_err(|e| format!("{line}: {e}"))?;
-            return Ok(service);
-        }
-    }
-}
-
-impl Drop for KeyService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `envoy/compose/envoy.yaml` with the containers' addresses and paths replaced.
@@ -277,7 +223,7 @@ fn run(check: bool) -> Outcome<()> {
         ],
     )?;
 
-    let key_service = KeyService::start(&keygate, &key_service_args(&keys)?)?;
+    let key_service = Serve::new(key_service_args(&keys)?).echo("").try_start()?;
     let upstream = Upstream::start();
     let config = envoy_config(port, key_service.addr, upstream.addr)?;
     let envoy = Envoy::start_from(
@@ -343,8 +289,8 @@ fn run(check: bool) -> Outcome<()> {
     ];
     println!("keygate, as envoy/docker-compose.yaml runs it, natively: Envoy on {base},");
     println!(
-        "keygate serve on http://{} ({}), an echo upstream on http://{}.",
-        key_service.addr,
+        "keygate serve on {} ({}), an echo upstream on http://{}.",
+        key_service.url,
         keys.display(),
         upstream.addr
     );
@@ -411,16 +357,6 @@ fn run(check: bool) -> Outcome<()> {
         return Ok(());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .expect("cannot catch Ctrl-C");
-    }
-    println!("Ctrl-C stops Envoy, keygate serve and the upstream.");
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!("\nstopping");
+    keygate_tools::run_until_ctrl_c("Envoy, keygate serve and the upstream");
     Ok(())
 }

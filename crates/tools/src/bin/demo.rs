@@ -11,9 +11,6 @@ use keygate_testkit as support;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 use support::{hash_of, Envoy, EnvoyOptions, Refused, Request, Upstream};
 
 /// The listener port when `KEYGATE_PORT` is not set; 0 picks a free one.
@@ -330,17 +327,7 @@ fn main() {
         return;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .expect("cannot catch Ctrl-C");
-    }
-    println!("Ctrl-C stops Envoy and the upstream.");
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!("\nstopping");
+    keygate_tools::run_until_ctrl_c("Envoy and the upstream");
     drop(envoy);
     drop(upstream);
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{
     bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Envoy,
-    EnvoyOptions, KeygateServe, Request, TempDir, Upstream,
+    EnvoyOptions, Request, Served, TempDir, Upstream,
 };
 
 const REFRESH_SECONDS: u32 = 2;
@@ -184,13 +184,7 @@ impl std::fmt::Display for Mem {
 }
 
 fn mem(pid: u32) -> Option<Mem> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
+    let field = |name: &str| support::process::status_kib(pid, name);
     let per_vm = wasm_memory(pid).unwrap_or_default();
     Some(Mem {
         rss_kib: field("VmRSS")?,
@@ -850,7 +844,7 @@ fn main() {
                 ],
             );
             let body_len = std::fs::metadata(&file).unwrap().len() as usize;
-            let service = KeygateServe::start(&file, dir.path());
+            let service = Served::start(&file);
             // A document larger than Envoy lets a filter's call receive by default: run it
             // as Envoy comes, then with the limit raised in Envoy's runtime.
             let mut limits = vec![None];

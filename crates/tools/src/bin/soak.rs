@@ -1,13 +1,31 @@
-//! `make soak`: a million mixed requests through one Envoy running keygate, every answer
-//! checked, Envoy's memory watched and its wasm VM counted (the "Hardening" issue).
+//! `make soak`: mixed requests through one Envoy running keygate, in each key mode in turn
+//! (inline keys, a key set fetched from `keygate serve`, keys looked up in it), every answer
+//! checked, keys revoked during the load, Envoy's memory watched and its wasm VM counted
+//! (the "Hardening" issue).
 //!
 //! - **Gateway**: a real Envoy 1.40 (`--concurrency 1` unless `--workers`), keygate with
 //!   ImmPort-like rules (browse / download / upload / admin, a public `/healthz`, unmatched
-//!   routes denied) and 1 100 inline keys: browse, download, upload and read-only keys
-//!   (half of the valid ones with an expiry in 2099), expired and disabled ones. Behind it,
-//!   one Envoy `direct_response` route per rule, reachable only through the filter; each
-//!   adds `x-soak-route` and echoes what it received from keygate (`x-api-key-id`, `-owner`,
+//!   routes denied) and 1 100 keys: browse, download, upload and read-only keys (half of
+//!   the valid ones with an expiry in 2099), expired and disabled ones. Behind it, one Envoy
+//!   `direct_response` route per rule, reachable only through the filter; each adds
+//!   `x-soak-route` and echoes what it received from keygate (`x-api-key-id`, `-owner`,
 //!   `-scopes`, the path, any credential left) in `x-soak-*` response headers.
+//! - **Modes** (`--mode`, default `all`, one after the other): `inline` (the keys in the
+//!   plugin configuration); `key_set` and `lookup`, where the real `keygate serve`
+//!   (`KEYGATE_BIN`) serves a keys.json in a temp dir (`refresh_seconds` 2, or
+//!   `cache_seconds` 2 and `negative_cache_seconds` 1; call timeouts 1 s).
+//! - **Revocations** (key_set, lookup): `--revocations` times (default 4), spread over the
+//!   first 60 % of the load, keys.json is rewritten (aside, then renamed, as `keygate`
+//!   does) with 5 more groups of 10 keys changed: 3 groups' records removed (revoked), 2
+//!   disabled. Request `n` uses keys of group `(n / 40) % 100` only. An answer to a request
+//!   whose key was changed must be as before if it came before the file was replaced; the
+//!   refusal (401 `invalid_token`, "unknown API key" / "API key disabled") if the request
+//!   was sent more than the window after it was replaced; either in between (counted). The
+//!   window follows from the filter: key_set `refresh_seconds` + 2 ticks (0.5 s) + 2 call
+//!   timeouts; lookup `cache_seconds` + a tick + a call timeout ([`window`]). Each
+//!   revocation's delay (first refusal, last answer as before) is reported; a revocation
+//!   the load goes on past `--requests` (in rounds that use every group's keys on every
+//!   connection) until each revocation has had requests sent past its window.
 //! - **Mix**: a fixed pattern of 40 requests, repeated: 20 allowed (Bearer, ApiKey, Basic,
 //!   `x-api-key`, `api_key` query parameter, a spoofed identity, the public route with and
 //!   without a key), 10 × 401 (no key, unknown, expired, disabled), 7 × 403 (missing
@@ -24,13 +42,17 @@
 //!   more than 10 % above it.
 //! - **VM**: Envoy's `wasm.*` stats before and after: every `*reload*` counter must be 0
 //!   and the V8 VMs created and active must not change. keygate's own counters (allowed,
-//!   public, denied by reason) must equal the client's tallies, and Envoy's 2xx / 4xx
-//!   counters the answers the client got.
+//!   public, denied by reason) must equal the client's tallies (each answer counted as the
+//!   outcome it matched: during a revocation window, as before or as after), no fetch or
+//!   lookup may fail, and Envoy's 2xx / 4xx counters must equal the answers the client got.
 //!
-//! Prints a Markdown report (for SECURITY.md) and exits 0 only if everything held.
-//! Options: `--requests 1000000`, `--connections 8`, `--workers 1` (Envoy's
-//! `--concurrency`), `--warmup N`, `--max-seconds 1800` (the load stops there, and fails).
-//! Envoy is killed on exit, on a panic and on Ctrl-C.
+//! Prints a Markdown report per mode (for SECURITY.md), then a summary of the modes, and
+//! exits 0 only if everything held. Options: `--mode inline|key_set|lookup|all`,
+//! `--requests N` (per mode, at least; default 1 000 000 for one mode, and for `all`
+//! 1 000 000 inline, 600 000 key_set, 400 000 lookup: about 3 minutes on 2 CPUs), `--connections 8`,
+//! `--workers 1` (Envoy's `--concurrency`), `--warmup N`, `--max-seconds 1800` (the load
+//! stops there, and fails), `--refresh-seconds 2`, `--cache-seconds 2`, `--revocations 4`.
+//! Envoy and `keygate serve` are killed on exit, on a panic and on Ctrl-C.
 
 // A tool: a failed step should stop it loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -43,9 +65,12 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use support::process::{cpu_ticks, rss_kib, ticks_per_second};
 use support::{hash_of, Bootstrap, Envoy, EnvoyOptions};
 
 const REALM: &str = "immport";
@@ -58,20 +83,39 @@ const SHOWN_MISMATCHES: usize = 10;
 const MAX_CONSECUTIVE_IO_ERRORS: u32 = 20;
 
 struct Options {
-    requests: u64,
+    modes: Vec<Mode>,
+    /// Per mode; `None`: [`Mode::default_requests`].
+    requests: Option<u64>,
     connections: u64,
     workers: u32,
     warmup: Option<u64>,
     max_seconds: u64,
+    /// Key-set refreshes (`key_set.refresh_seconds`).
+    refresh_seconds: u64,
+    /// Found keys' cache lifetime (`lookup.cache_seconds`).
+    cache_seconds: u64,
+    /// Changes to keys.json during a key_set or lookup run.
+    revocations: usize,
+}
+
+impl Options {
+    fn requests(&self, mode: Mode) -> u64 {
+        self.requests
+            .unwrap_or_else(|| mode.default_requests(self.modes.len() > 1))
+    }
 }
 
 fn options() -> Options {
     let mut options = Options {
-        requests: 1_000_000,
+        modes: Mode::ALL.to_vec(),
+        requests: None,
         connections: 8,
         workers: 1,
         warmup: None,
         max_seconds: 1800,
+        refresh_seconds: 2,
+        cache_seconds: 2,
+        revocations: 4,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -85,18 +129,40 @@ fn options() -> Options {
                 .unwrap_or_else(|| usage(&format!("{flag} takes a number")))
         };
         match flag {
-            "--requests" => options.requests = number(),
+            "--mode" => {
+                options.modes = match args.get(i + 1).map(String::as_str) {
+                    Some("all") => Mode::ALL.to_vec(),
+                    Some(name) => vec![Mode::ALL
+                        .into_iter()
+                        .find(|m| m.name() == name)
+                        .unwrap_or_else(|| usage(&format!("unknown mode {name}")))],
+                    None => usage("--mode takes inline, key_set, lookup or all"),
+                }
+            }
+            "--requests" => options.requests = Some(number()),
             "--connections" => options.connections = number(),
             "--workers" => options.workers = number() as u32,
             "--warmup" => options.warmup = Some(number()),
             "--max-seconds" => options.max_seconds = number(),
+            "--refresh-seconds" => options.refresh_seconds = number(),
+            "--cache-seconds" => options.cache_seconds = number(),
+            "--revocations" => options.revocations = number() as usize,
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown option {other}")),
         }
         i += 2;
     }
-    if options.requests == 0 || options.connections == 0 || options.workers == 0 {
+    if options.requests == Some(0) || options.connections == 0 || options.workers == 0 {
         usage("--requests, --connections and --workers must be at least 1");
+    }
+    if options.refresh_seconds == 0 {
+        usage("--refresh-seconds must be at least 1");
+    }
+    if options.revocations * GROUPS_PER_REVOCATION > GROUPS as usize {
+        usage(&format!(
+            "--revocations: at most {}",
+            GROUPS as usize / GROUPS_PER_REVOCATION
+        ));
     }
     options
 }
@@ -106,11 +172,57 @@ fn usage(problem: &str) -> ! {
         eprintln!("soak: {problem}");
     }
     eprintln!(
-        "usage: make soak SOAK_ARGS=\"[--requests 1000000] [--connections 8] \
-         [--workers 1] [--warmup N] [--max-seconds 1800]\""
+        "usage: make soak SOAK_ARGS=\"[--mode inline|key_set|lookup|all] [--requests N] \
+         [--connections 8] [--workers 1] [--warmup N] [--max-seconds 1800] \
+         [--refresh-seconds 2] [--cache-seconds 2] [--revocations 4]\""
     );
     std::process::exit(2)
 }
+
+/// Where keygate's keys come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// In the plugin configuration.
+    Inline,
+    /// The whole set fetched from `keygate serve`, refreshed every `--refresh-seconds`.
+    KeySet,
+    /// Each key's hash asked of `keygate serve`, cached `--cache-seconds`.
+    Lookup,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Inline, Mode::KeySet, Mode::Lookup];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Inline => "inline",
+            Mode::KeySet => "key_set",
+            Mode::Lookup => "lookup",
+        }
+    }
+
+    /// Requests when `--requests` is not given: a million for one mode alone; for all
+    /// three in a row, what keeps `make soak` within about five minutes on two CPUs.
+    fn default_requests(self, all: bool) -> u64 {
+        match (all, self) {
+            (false, _) | (true, Mode::Inline) => 1_000_000,
+            (true, Mode::KeySet) => 600_000,
+            (true, Mode::Lookup) => 400_000,
+        }
+    }
+}
+
+/// The fetch's and the lookup's call timeout: part of the revocation window.
+const CALL_TIMEOUT_MS: u64 = 1000;
+/// keygate's timer (`TICK` in crates/filter/src/lib.rs).
+const TICK: Duration = Duration::from_millis(500);
+/// Revocations act on groups of keys: group `g` is every key (of the browse, download,
+/// upload and read-only pools) whose index is `g` modulo 100. Request `n` uses keys of
+/// group `(n / 40) % 100` only, whatever its kind, so that a request's group says whether
+/// its key is revoked.
+const GROUPS: u64 = 100;
+/// Groups changed by one revocation: half revoked (the records removed), half disabled.
+const GROUPS_PER_REVOCATION: usize = 5;
 
 // ---------------------------------------------------------------------------------------
 // Keys
@@ -162,6 +274,17 @@ impl Pool {
             Pool::Upload => "browse upload",
             Pool::ReadOnly => "browse download upload",
         }
+    }
+
+    /// Whether revocations change this pool's keys (not the expired and disabled ones).
+    fn revocable(self) -> bool {
+        let revocable = matches!(
+            self,
+            Pool::Browse | Pool::Download | Pool::Upload | Pool::ReadOnly
+        );
+        // A key's group must be the group of every request that uses it.
+        assert!(!revocable || self.size().is_multiple_of(GROUPS));
+        revocable
     }
 
     /// Key `n % size` of the pool, spread over request numbers.
@@ -225,12 +348,66 @@ fn key_count() -> u64 {
     Pool::ALL.iter().map(|p| p.size()).sum()
 }
 
-fn keygate_config() -> Value {
-    let keys: Vec<Value> = Pool::ALL
+/// Every key record, less the groups `changed` revokes; those it disables, disabled.
+fn records(changed: &BTreeMap<u64, How>) -> Vec<Value> {
+    Pool::ALL
         .iter()
-        .flat_map(|&pool| (0..pool.size()).map(move |i| pool.record(i)))
-        .collect();
-    support::immport_every_source(REALM, Value::Array(keys))
+        .flat_map(|&pool| (0..pool.size()).map(move |i| (pool, i)))
+        .filter_map(|(pool, i)| {
+            let mut record = pool.record(i);
+            if pool.revocable() {
+                match changed.get(&(i % GROUPS)) {
+                    Some(How::Revoked) => return None,
+                    Some(How::Disabled) => record["status"] = json!("disabled"),
+                    None => {}
+                }
+            }
+            Some(record)
+        })
+        .collect()
+}
+
+/// keys.json as `keygate serve` serves it.
+fn keys_document(version: u64, changed: &BTreeMap<u64, How>) -> Vec<u8> {
+    serde_json::to_vec_pretty(&json!({"version": version.to_string(), "keys": records(changed)}))
+        .unwrap()
+}
+
+fn keygate_config(mode: Mode, options: &Options) -> Value {
+    let mut config = support::immport_every_source(REALM, json!([]));
+    let config_map = config.as_object_mut().unwrap();
+    config_map.remove("keys");
+    match mode {
+        Mode::Inline => {
+            config_map.insert("keys".into(), Value::Array(records(&BTreeMap::new())));
+        }
+        Mode::KeySet => {
+            config_map.insert(
+                "key_set".into(),
+                json!({
+                    "cluster": "keyservice",
+                    "path": "/v1/keyset",
+                    "authority": "keyservice",
+                    "refresh_seconds": options.refresh_seconds,
+                    "timeout_ms": CALL_TIMEOUT_MS
+                }),
+            );
+        }
+        Mode::Lookup => {
+            config_map.insert(
+                "lookup".into(),
+                json!({
+                    "cluster": "keyservice",
+                    "path": "/v1/keys/{hash}",
+                    "authority": "keyservice",
+                    "cache_seconds": options.cache_seconds,
+                    "negative_cache_seconds": 1,
+                    "timeout_ms": CALL_TIMEOUT_MS
+                }),
+            );
+        }
+    }
+    config
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,7 +423,7 @@ const ROUTES: [(&str, &str); 6] = [
     ("/", "other"),
 ];
 
-fn bootstrap() -> Value {
+fn bootstrap(keygate: &Value, key_service: Option<SocketAddr>) -> Value {
     // What the route received, echoed in the response (omitted when empty).
     let echo = [
         ("x-soak-key-id", "%REQ(x-api-key-id)%"),
@@ -271,11 +448,16 @@ fn bootstrap() -> Value {
             })
         })
         .collect();
-    let filters = vec![support::wasm_filter(&keygate_config())];
+    let filters = vec![support::wasm_filter(keygate)];
+    let clusters: Vec<Value> = key_service
+        .map(|addr| support::key_service_cluster("keyservice", addr))
+        .into_iter()
+        .collect();
     json!({
         "admin": support::admin(),
         "static_resources": {
-            "listeners": [support::http_listener("soak", 0, filters, Value::Array(routes))]
+            "listeners": [support::http_listener("soak", 0, filters, Value::Array(routes))],
+            "clusters": clusters
         }
     })
 }
@@ -283,13 +465,17 @@ fn bootstrap() -> Value {
 /// Envoy's pid while it runs, for the panic hook and Ctrl-C (the release profile aborts
 /// on panic, so `Envoy`'s `Drop` would not run).
 static ENVOY_PID: AtomicU32 = AtomicU32::new(0);
+/// `keygate serve`'s, likewise.
+static SERVE_PID: AtomicU32 = AtomicU32::new(0);
 
 fn kill_envoy_and_clean_up() {
-    let pid = ENVOY_PID.swap(0, Ordering::SeqCst);
-    if pid != 0 {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    for pid in [&ENVOY_PID, &SERVE_PID] {
+        let pid = pid.swap(0, Ordering::SeqCst);
+        if pid != 0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
     // support::TempDir names its directories keygate-LABEL-PID-N.
     let ours = format!("-{}-", std::process::id());
@@ -375,6 +561,7 @@ const MIX: [(Kind, usize); 21] = [
 ];
 const PATTERN_LEN: usize = 40;
 const KINDS: usize = MIX.len();
+const OUTCOMES: usize = Outcome::ALL.len();
 
 /// The 40 slots of the pattern: the kinds by weight, spread out (stride 17, prime to 40).
 fn pattern() -> [Kind; PATTERN_LEN] {
@@ -443,13 +630,18 @@ impl Kind {
     }
 
     fn status(self) -> u16 {
-        match self.outcome() {
-            Outcome::Allowed | Outcome::Public => 200,
-            Outcome::Malformed => 400,
-            Outcome::Forbidden => 403,
-            Outcome::Unavailable => 503,
-            _ => 401,
-        }
+        status_of(self.outcome())
+    }
+}
+
+/// The status keygate answers with an outcome.
+fn status_of(outcome: Outcome) -> u16 {
+    match outcome {
+        Outcome::Allowed | Outcome::Public => 200,
+        Outcome::Malformed => 400,
+        Outcome::Forbidden => 403,
+        Outcome::Unavailable => 503,
+        _ => 401,
     }
 }
 
@@ -677,6 +869,250 @@ fn build(kind: Kind, n: u64, out: &mut Vec<u8>) -> Expected {
 }
 
 // ---------------------------------------------------------------------------------------
+// Revocations (key_set and lookup)
+
+/// What a revocation does to a group's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    /// The records removed from keys.json (`keygate revoke`).
+    Revoked,
+    /// `"status": "disabled"` (`keygate disable`).
+    Disabled,
+}
+
+impl How {
+    fn outcome(self) -> Outcome {
+        match self {
+            How::Revoked => Outcome::Invalid,
+            How::Disabled => Outcome::Disabled,
+        }
+    }
+
+    /// The answer to a request whose key this change reached: keygate checks the key
+    /// before the route, so every kind that presents one gets it.
+    fn expected(self) -> Expected {
+        Expected::Refuse {
+            status: 401,
+            challenge: challenge(Some("invalid_token"), None),
+            error: "invalid_token",
+            description: match self {
+                How::Revoked => "unknown API key",
+                How::Disabled => "API key disabled",
+            },
+            exact: true,
+        }
+    }
+}
+
+impl Kind {
+    /// Whether the request presents a key of a revocable pool, whose state decides its
+    /// answer (a conflicting pair is refused before any key is looked at).
+    fn presents_revocable_key(self) -> bool {
+        !matches!(
+            self,
+            Kind::PublicNoKey
+                | Kind::NoKey
+                | Kind::UnknownKey
+                | Kind::ExpiredKey
+                | Kind::DisabledKey
+                | Kind::BadBasic
+                | Kind::Conflicting
+                | Kind::EmptyBearer
+        )
+    }
+}
+
+/// A group's change, once made.
+struct Change {
+    how: How,
+    /// Just before keys.json was replaced: an answer received earlier was decided on the
+    /// old keys.
+    from: Instant,
+    /// Once keys.json had been replaced.
+    written: OnceLock<Instant>,
+    /// Nanoseconds after `from` of the last answer as before the change, plus one (0: none
+    /// yet), and of the first as after it (`u64::MAX`: none yet).
+    last_old_ns: AtomicU64,
+    first_new_ns: AtomicU64,
+    /// Answers to requests sent past the window (all must be refusals).
+    past_window: AtomicU64,
+}
+
+/// One rewrite of keys.json.
+struct Event {
+    /// Requests answered when it was made.
+    at_requests: u64,
+    groups: Vec<(u64, How)>,
+    from: Instant,
+    written: Instant,
+}
+
+/// The changes made to keys.json during a run, and how long one may take to reach every
+/// answer (`window`).
+struct Revocations {
+    window: Duration,
+    groups: Vec<OnceLock<Change>>,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Revocations {
+    fn new(window: Duration) -> Revocations {
+        Revocations {
+            window,
+            groups: (0..GROUPS).map(|_| OnceLock::new()).collect(),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether some revocation made has had no request sent past its window yet.
+    fn unchecked(&self) -> bool {
+        self.events.lock().unwrap().iter().any(|event| {
+            event
+                .groups
+                .iter()
+                .filter_map(|(g, _)| self.groups[*g as usize].get())
+                .all(|c| c.past_window.load(Ordering::Relaxed) == 0)
+        })
+    }
+
+    /// The change to request `n`'s key, if one has been made (or is being made).
+    fn change(&self, kind: Kind, n: u64) -> Option<&Change> {
+        if !kind.presents_revocable_key() {
+            return None;
+        }
+        self.groups[((n / PATTERN_LEN as u64) % GROUPS) as usize].get()
+    }
+
+    /// Makes revocation `event` (of `events`): its groups (spread over the hundred, half
+    /// revoked, half disabled) marked changed from now, then keys.json replaced, as
+    /// `keygate` writes it (aside, then renamed).
+    fn make(&self, event: usize, at_requests: u64, keys: &Path, changed: &mut BTreeMap<u64, How>) {
+        let groups: Vec<(u64, How)> = (0..GROUPS_PER_REVOCATION)
+            .map(|j| {
+                let group = ((event * GROUPS_PER_REVOCATION + j) as u64 * 37) % GROUPS;
+                let how = if j % 2 == 0 {
+                    How::Revoked
+                } else {
+                    How::Disabled
+                };
+                (group, how)
+            })
+            .collect();
+        let from = Instant::now();
+        for &(group, how) in &groups {
+            changed.insert(group, how);
+            let fresh = Change {
+                how,
+                from,
+                written: OnceLock::new(),
+                last_old_ns: AtomicU64::new(0),
+                first_new_ns: AtomicU64::new(u64::MAX),
+                past_window: AtomicU64::new(0),
+            };
+            assert!(self.groups[group as usize].set(fresh).is_ok());
+        }
+        support::cli::replace(keys, &keys_document(event as u64 + 2, changed));
+        let written = Instant::now();
+        for &(group, _) in &groups {
+            let _ = self.groups[group as usize]
+                .get()
+                .unwrap()
+                .written
+                .set(written);
+        }
+        self.events.lock().unwrap().push(Event {
+            at_requests,
+            groups,
+            from,
+            written,
+        });
+    }
+
+    /// Makes `count` revocations, evenly spread over the first 60 % of the run's
+    /// `requests` (the rest lets the last one's window close), as answers come (`done`);
+    /// returns when they are made or the run is over.
+    fn run(&self, count: usize, requests: u64, keys: &Path, done: &AtomicU64, over: &AtomicBool) {
+        let mut changed = BTreeMap::new();
+        for event in 0..count {
+            let at = requests * 3 * (event as u64 + 1) / (5 * count as u64);
+            while done.load(Ordering::Relaxed) < at {
+                if over.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.make(event, done.load(Ordering::Relaxed), keys, &mut changed);
+        }
+    }
+}
+
+/// Whether `answer` is right for request `n` (of `kind`, sent at `sent` and answered at
+/// `received`); if so, what keygate counted for it. A request whose key a change reached:
+/// answered before keys.json was replaced, it must get the answer as before the change;
+/// sent later than the window after, the answer of a revoked (or disabled) key; in
+/// between, either (counted).
+fn verdict(
+    kind: Kind,
+    n: u64,
+    expected: &Expected,
+    answer: &Answer,
+    timing: (Instant, Instant),
+    revocations: Option<&Revocations>,
+    tally: &mut Tally,
+) -> Result<Outcome, String> {
+    let (sent, received) = timing;
+    let change = revocations.and_then(|r| Some((r.change(kind, n)?, r.window)));
+    let Some((change, window)) = change else {
+        return check(expected, answer).map_or(Ok(kind.outcome()), Err);
+    };
+    let since = |at: Instant| at.saturating_duration_since(change.from).as_nanos() as u64;
+    if received < change.from {
+        return check(expected, answer).map_or(Ok(kind.outcome()), Err);
+    }
+    let past_window = change
+        .written
+        .get()
+        .is_some_and(|written| sent > *written + window);
+    if past_window {
+        change.past_window.fetch_add(1, Ordering::Relaxed);
+    }
+    let as_before = check(expected, answer);
+    let as_after = check(&change.how.expected(), answer);
+    match (as_before, as_after, past_window) {
+        (None, _, false) => {
+            tally.window_old += 1;
+            change
+                .last_old_ns
+                .fetch_max(since(received) + 1, Ordering::Relaxed);
+            Ok(kind.outcome())
+        }
+        (_, None, _) => {
+            if past_window {
+                tally.refused_after += 1;
+            } else {
+                tally.window_new += 1;
+            }
+            change
+                .first_new_ns
+                .fetch_min(since(received), Ordering::Relaxed);
+            Ok(change.how.outcome())
+        }
+        (_, Some(why), true) => Err(format!(
+            "sent {:.3} s after keys.json {} its key, past the {:.1} s window: {why}",
+            since(sent) as f64 / 1e9,
+            match change.how {
+                How::Revoked => "revoked",
+                How::Disabled => "disabled",
+            },
+            window.as_secs_f64()
+        )),
+        (Some(before), Some(after), false) => Err(format!(
+            "during a revocation, neither as before ({before}) nor as after ({after})"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The client
 
 struct Answer {
@@ -880,6 +1316,13 @@ struct Tally {
     unanswered: u64,
     reconnects: u64,
     shown: Vec<String>,
+    /// What keygate must have counted, by [`Outcome::index`].
+    by_outcome: [u64; OUTCOMES],
+    /// Answers to requests whose key a change reached, within its window: as before the
+    /// change, and as after it; and past the window (all refused).
+    window_old: u64,
+    window_new: u64,
+    refused_after: u64,
 }
 
 impl Tally {
@@ -894,6 +1337,12 @@ impl Tally {
         self.mismatches += other.mismatches;
         self.unanswered += other.unanswered;
         self.reconnects += other.reconnects;
+        for o in 0..OUTCOMES {
+            self.by_outcome[o] += other.by_outcome[o];
+        }
+        self.window_old += other.window_old;
+        self.window_new += other.window_new;
+        self.refused_after += other.refused_after;
         for s in other.shown {
             if self.shown.len() < SHOWN_MISMATCHES {
                 self.shown.push(s);
@@ -935,6 +1384,7 @@ fn client(
     range: std::ops::Range<u64>,
     done: &AtomicU64,
     stop: &AtomicBool,
+    revocations: Option<&Revocations>,
 ) -> Tally {
     let pattern = pattern();
     let mut tally = Tally::default();
@@ -948,6 +1398,7 @@ fn client(
         }
         let kind = pattern[(n % PATTERN_LEN as u64) as usize];
         let expected = build(kind, n, &mut buf);
+        let sent = Instant::now();
         let result = (|| {
             if connection.is_none() {
                 connection = Some(connect(addr)?);
@@ -958,13 +1409,19 @@ fn client(
         })();
         match result {
             Ok(answer) => {
+                let timing = (sent, Instant::now());
                 failures_in_a_row = 0;
                 tally.answered[kind.index()] += 1;
                 *tally.by_status.entry(answer.status).or_default() += 1;
-                match check(&expected, &answer) {
-                    None => tally.matched[kind.index()] += 1,
-                    Some(why) => {
+                match verdict(kind, n, &expected, &answer, timing, revocations, &mut tally) {
+                    Ok(outcome) => {
+                        tally.matched[kind.index()] += 1;
+                        tally.by_outcome[outcome.index()] += 1;
+                    }
+                    Err(why) => {
                         tally.mismatches += 1;
+                        // Counted as its kind is, whatever keygate made of it.
+                        tally.by_outcome[kind.outcome().index()] += 1;
                         tally.note(format!("request {n} ({}): {why}", kind.label()));
                     }
                 }
@@ -1001,6 +1458,7 @@ fn load(
     connections: u64,
     done: &AtomicU64,
     stop: &AtomicBool,
+    revocations: Option<&Revocations>,
 ) -> Tally {
     std::thread::scope(|scope| {
         let threads: Vec<_> = (0..connections)
@@ -1008,7 +1466,7 @@ fn load(
                 let len = range.end - range.start;
                 let share =
                     range.start + len * t / connections..range.start + len * (t + 1) / connections;
-                scope.spawn(move || client(addr, share, done, stop))
+                scope.spawn(move || client(addr, share, done, stop, revocations))
             })
             .collect();
         let mut total = Tally::default();
@@ -1021,39 +1479,6 @@ fn load(
 
 // ---------------------------------------------------------------------------------------
 // Envoy's process and stats
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// CPU time of the whole process (all threads), in clock ticks: utime + stime.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -1125,6 +1550,7 @@ fn log_lines(log: &str, level: &str) -> Vec<String> {
 
 /// What one run measured.
 struct Run {
+    mode: Mode,
     requests: u64,
     connections: u64,
     workers: u32,
@@ -1140,16 +1566,53 @@ struct Run {
     after: BTreeMap<String, u64>,
     log: String,
     listener: SocketAddr,
+    /// The changes made to keys.json (key_set and lookup).
+    revocations: Option<Revocations>,
+    /// Records in keys.json at the end.
+    records_left: u64,
+    /// `keygate serve`'s RSS after the load, KiB.
+    serve_rss: Option<u64>,
+    revocations_asked: usize,
+    /// Where the keys came from, for the report.
+    keys_from: String,
 }
 
-/// Starts Envoy, checks one pattern of requests, sends the load, and stops Envoy. `None`
-/// if the first pattern already went wrong (printed).
-fn measure(options: &Options) -> Option<Run> {
-    let warmup = options
-        .warmup
-        .unwrap_or((options.requests / 10).min(100_000));
+/// How long a change to keys.json may take to reach every answer, from the moment the
+/// file is replaced (crates/filter/src/key_set.rs, lookup.rs; a call takes at most
+/// [`CALL_TIMEOUT_MS`]):
+/// - key_set: the fetch in flight may have read the old file and lands up to a timeout
+///   later; the next is due `refresh_seconds` after it lands, starts on the next tick,
+///   lands up to a timeout later, and reaches the other workers on their next tick.
+/// - lookup: an answer read from the old file up to a timeout later is kept
+///   `cache_seconds`, as a VM clock that may be a tick behind reads it.
+fn window(mode: Mode, options: &Options) -> Duration {
+    let call = Duration::from_millis(CALL_TIMEOUT_MS);
+    match mode {
+        Mode::Inline => Duration::ZERO,
+        Mode::KeySet => Duration::from_secs(options.refresh_seconds) + 2 * call + 2 * TICK,
+        Mode::Lookup => Duration::from_secs(options.cache_seconds) + call + TICK,
+    }
+}
+
+/// Starts `keygate serve` (key_set, lookup) and Envoy, checks one pattern of requests,
+/// sends the load (revoking keys meanwhile), and stops them. `None` if the first pattern
+/// already went wrong (printed).
+fn measure(options: &Options, mode: Mode) -> Option<Run> {
+    let requests = options.requests(mode);
+    let warmup = options.warmup.unwrap_or((requests / 10).min(100_000));
+    let dir = support::TempDir::new("soak");
+    let keys = dir.join("keys.json");
+    let served = (mode != Mode::Inline).then(|| {
+        std::fs::write(&keys, keys_document(1, &BTreeMap::new())).unwrap();
+        let served = support::Served::start(&keys);
+        SERVE_PID.store(served.pid(), Ordering::SeqCst);
+        served
+    });
     let envoy = Envoy::start_from(
-        Bootstrap::Json(&bootstrap()),
+        Bootstrap::Json(&bootstrap(
+            &keygate_config(mode, options),
+            served.as_ref().map(|s| s.addr),
+        )),
         EnvoyOptions {
             concurrency: options.workers,
             log_level: "warning",
@@ -1160,11 +1623,25 @@ fn measure(options: &Options) -> Option<Run> {
     ENVOY_PID.store(pid, Ordering::SeqCst);
     let listener = envoy.listener;
     eprintln!(
-        "soak: Envoy {} (pid {pid}, --concurrency {}) on {listener}, {} keys",
+        "soak: {}: Envoy {} (pid {pid}, --concurrency {}) on {listener}, {} keys{}",
+        mode.name(),
         envoy_version(),
         options.workers,
-        key_count()
+        key_count(),
+        served.as_ref().map_or(String::new(), |s| format!(
+            " served by keygate serve on {}",
+            s.url
+        ))
     );
+    if mode == Mode::KeySet
+        && !support::eventually(Duration::from_secs(30), || {
+            envoy.keygate_stat("keys_loaded") == key_count()
+        })
+    {
+        eprintln!("soak: the key set never loaded:\n{}", envoy.log());
+        ENVOY_PID.store(0, Ordering::SeqCst);
+        return None;
+    }
 
     // Every kind once, on one connection: a wrong setup stops here, before the load.
     let never = AtomicBool::new(false);
@@ -1174,6 +1651,7 @@ fn measure(options: &Options) -> Option<Run> {
         1,
         &AtomicU64::new(0),
         &never,
+        None,
     );
     if probe.mismatches + probe.unanswered > 0 {
         eprintln!("soak: the first pattern of requests went wrong:");
@@ -1190,21 +1668,26 @@ fn measure(options: &Options) -> Option<Run> {
     let rss_start = rss_kib(pid).unwrap_or(0);
     let cpu_before = cpu_ticks(pid);
 
+    let revocations = (mode != Mode::Inline).then(|| Revocations::new(window(mode, options)));
     let done = AtomicU64::new(0);
     let finished = AtomicBool::new(false);
+    let load_over = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let (tally, samples, seconds, timed_out) = std::thread::scope(|scope| {
         let sampler = scope.spawn(|| sample_rss(pid, &done, &finished));
+        let revoker = revocations.as_ref().map(|revocations| {
+            scope.spawn(|| revocations.run(options.revocations, requests, &keys, &done, &load_over))
+        });
         let progress = scope.spawn(|| {
-            let step = (options.requests / 10).max(1);
+            let step = (requests / 10).max(1);
             let mut next = step;
             let deadline = started + Duration::from_secs(options.max_seconds);
             let mut timed_out = false;
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 let n = done.load(Ordering::Relaxed);
-                if n >= next && next < options.requests {
+                if n >= next && next < requests {
                     let s = started.elapsed().as_secs_f64();
                     eprintln!(
                         "soak: {:>9} requests  {:6.1} s  {:6.0} req/s  Envoy RSS {:.1} MiB",
@@ -1226,13 +1709,36 @@ fn measure(options: &Options) -> Option<Run> {
             }
             timed_out
         });
-        let tally = load(
+        let mut tally = load(
             listener,
-            0..options.requests,
+            0..requests,
             options.connections,
             &done,
             &stop,
+            revocations.as_ref(),
         );
+        load_over.store(true, Ordering::Relaxed);
+        if let Some(revoker) = revoker {
+            revoker.join().expect("the revoker panicked");
+        }
+        // Past `requests` until every revocation has been checked past its window: rounds
+        // in which each connection uses every group's keys once.
+        if let Some(revocations) = &revocations {
+            let round = options.connections * PATTERN_LEN as u64 * GROUPS;
+            let mut next = requests;
+            while revocations.unchecked() && !stop.load(Ordering::Relaxed) {
+                let more = load(
+                    listener,
+                    next..next + round,
+                    options.connections,
+                    &done,
+                    &stop,
+                    Some(revocations),
+                );
+                tally.add(more);
+                next += round;
+            }
+        }
         let seconds = started.elapsed().as_secs_f64();
         finished.store(true, Ordering::Relaxed);
         let samples = sampler.join().expect("the RSS sampler panicked");
@@ -1247,8 +1753,19 @@ fn measure(options: &Options) -> Option<Run> {
     let log = envoy.log();
     ENVOY_PID.store(0, Ordering::SeqCst);
     drop(envoy);
+    let serve_rss = served.as_ref().and_then(|s| rss_kib(s.pid()));
+    SERVE_PID.store(0, Ordering::SeqCst);
+    drop(served);
+    let records_left = match mode {
+        Mode::Inline => key_count(),
+        _ => {
+            let doc: Value = serde_json::from_slice(&std::fs::read(&keys).unwrap()).unwrap();
+            doc["keys"].as_array().map_or(0, |k| k.len() as u64)
+        }
+    };
     Some(Run {
-        requests: options.requests,
+        mode,
+        requests,
         connections: options.connections,
         workers: options.workers,
         warmup,
@@ -1263,6 +1780,27 @@ fn measure(options: &Options) -> Option<Run> {
         after,
         log,
         listener,
+        revocations,
+        records_left,
+        serve_rss,
+        keys_from: match mode {
+            Mode::Inline => "inline".to_string(),
+            Mode::KeySet => format!(
+                "fetched from the real `keygate serve` (`key_set`, `refresh_seconds` {}, \
+                 `timeout_ms` {CALL_TIMEOUT_MS})",
+                options.refresh_seconds
+            ),
+            Mode::Lookup => format!(
+                "looked up in the real `keygate serve` (`lookup`, `cache_seconds` {}, \
+                 `negative_cache_seconds` 1, `timeout_ms` {CALL_TIMEOUT_MS})",
+                options.cache_seconds
+            ),
+        },
+        revocations_asked: if mode == Mode::Inline {
+            0
+        } else {
+            options.revocations
+        },
     })
 }
 
@@ -1299,7 +1837,7 @@ fn judge(run: &Run) -> Findings {
     let tally = &run.tally;
     let mut failures: Vec<String> = Vec::new();
     let requests = tally.requests();
-    if run.timed_out || requests != run.requests {
+    if run.timed_out || requests < run.requests {
         failures.push(format!(
             "{} of {} requests sent",
             thousands(requests),
@@ -1393,11 +1931,7 @@ fn judge(run: &Run) -> Findings {
     let mut outcomes = Vec::new();
     for outcome in Outcome::ALL {
         let counted = run.delta(&format!("wasmcustom.{}", outcome.metric_name()));
-        let expected: u64 = MIX
-            .iter()
-            .filter(|(kind, _)| kind.outcome() == outcome)
-            .map(|(kind, _)| tally.answered[kind.index()])
-            .sum();
+        let expected = tally.by_outcome[outcome.index()];
         if counted != expected {
             failures.push(format!(
                 "keygate counted {counted} {}, the client {expected}",
@@ -1408,12 +1942,46 @@ fn judge(run: &Run) -> Findings {
             outcomes.push((outcome.metric_name(), expected, counted));
         }
     }
-    let keys_loaded = get(&run.after, "wasmcustom.keygate.keys_loaded");
-    if keys_loaded != key_count() {
-        failures.push(format!(
-            "keygate.keys_loaded is {keys_loaded}, not {}",
-            key_count()
-        ));
+    if run.mode != Mode::Lookup {
+        let keys_loaded = get(&run.after, "wasmcustom.keygate.keys_loaded");
+        if keys_loaded != run.records_left {
+            failures.push(format!(
+                "keygate.keys_loaded is {keys_loaded}, not {}",
+                run.records_left
+            ));
+        }
+    }
+    for failed in ["keygate.fetch.failed", "keygate.lookup.failed"] {
+        let n = run.delta(&format!("wasmcustom.{failed}"));
+        if n > 0 {
+            failures.push(format!("{failed}: {n}"));
+        }
+    }
+    if let Some(revocations) = &run.revocations {
+        let events = revocations.events.lock().unwrap();
+        for (i, event) in events.iter().enumerate() {
+            let past: u64 = event
+                .groups
+                .iter()
+                .filter_map(|(g, _)| revocations.groups[*g as usize].get())
+                .map(|c| c.past_window.load(Ordering::Relaxed))
+                .sum();
+            if past == 0 {
+                failures.push(format!(
+                    "revocation {}: no request sent past its window ({:.1} s) to check: the \
+                     load ended first (more --requests, or fewer --revocations)",
+                    i + 1,
+                    revocations.window.as_secs_f64()
+                ));
+            }
+        }
+        let made = events.len();
+        if made != run.revocations_asked {
+            failures.push(format!(
+                "{made} of {} revocations made",
+                run.revocations_asked
+            ));
+        }
     }
 
     // Envoy's listener counters against the answers.
@@ -1470,17 +2038,20 @@ fn report(run: &Run, f: &Findings) -> String {
     let mut r = String::new();
     let pct = |n: u64| 100.0 * n as f64 / f.answered.max(1) as f64;
     let mut by_expected: BTreeMap<u16, u64> = BTreeMap::new();
+    for outcome in Outcome::ALL {
+        *by_expected.entry(status_of(outcome)).or_default() += tally.by_outcome[outcome.index()];
+    }
     let mut per_pattern: BTreeMap<u16, usize> = BTreeMap::new();
     for (kind, weight) in MIX {
-        *by_expected.entry(kind.status()).or_default() += tally.answered[kind.index()];
         *per_pattern.entry(kind.status()).or_default() += weight;
     }
     r.push_str(&format!(
-        "### Soak: {} mixed requests through one Envoy (`make soak`)\n\n",
-        thousands(run.requests)
+        "### Soak, {}: {} mixed requests through one Envoy (`make soak`)\n\n",
+        run.mode.name(),
+        thousands(requests)
     ));
     r.push_str(&format!(
-        "Envoy {} `--concurrency {}`, keygate.wasm {} bytes, {} inline keys, the ImmPort-like \
+        "Envoy {} `--concurrency {}`, keygate.wasm {} bytes, {} keys {}, the ImmPort-like \
          rules; {} keep-alive HTTP/1.1 connections from a client on the same {}-CPU machine \
          ({}). Each {PATTERN_LEN} requests: {} ({} kinds of request, crates/tools/src/bin/soak.rs). \
          Every answer checked: status, keygate's `WWW-Authenticate` and JSON body on \
@@ -1489,6 +2060,7 @@ fn report(run: &Run, f: &Findings) -> String {
         run.workers,
         thousands(std::fs::metadata(support::wasm_module()).map_or(0, |m| m.len())),
         thousands(key_count()),
+        run.keys_from,
         run.connections,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         run.listener,
@@ -1562,6 +2134,9 @@ fn report(run: &Run, f: &Findings) -> String {
         ));
     }
     r.push('\n');
+    if let Some(revocations) = &run.revocations {
+        r.push_str(&revocation_report(run, revocations));
+    }
 
     let growth = f.rss_ref.map_or("–".into(), |k| {
         format!("{:+.1} %", (run.rss_last as f64 / k as f64 - 1.0) * 100.0)
@@ -1610,42 +2185,206 @@ fn report(run: &Run, f: &Findings) -> String {
     r
 }
 
+/// The revocations made during the run, when they took effect, and the key service's
+/// side.
+fn revocation_report(run: &Run, revocations: &Revocations) -> String {
+    let tally = &run.tally;
+    let events = revocations.events.lock().unwrap();
+    let keys_per_group: u64 = Pool::ALL
+        .iter()
+        .filter(|p| p.revocable())
+        .map(|p| p.size() / GROUPS)
+        .sum();
+    let mut r = format!(
+        "Revocations: {} rewrites of keys.json during the load, each changing {} groups of \
+         {keys_per_group} keys (the records of three groups removed, two disabled). The \
+         window: an answer received before the file was replaced must be as before; a \
+         request sent more than {:.1} s after it was replaced must be refused \
+         (`invalid_token`, \"unknown API key\" or \"API key disabled\"); in between, \
+         either. Answers to requests with a changed key: {} as before within the window, \
+         {} refused within it, {} refused past it.\n\n",
+        events.len(),
+        GROUPS_PER_REVOCATION,
+        revocations.window.as_secs_f64(),
+        thousands(tally.window_old),
+        thousands(tally.window_new),
+        thousands(tally.refused_after),
+    );
+    r.push_str(
+        "| # | after requests | file replaced in | first refusal | last answer as before | \
+         answers past the window |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    // Times after the file was replaced, in seconds (negative: while it was written).
+    let after_written = |event: &Event, ns: u64| {
+        let from_written = event.written.duration_since(event.from).as_nanos() as f64;
+        format!("{:+.3} s", (ns as f64 - from_written) / 1e9)
+    };
+    for (i, event) in events.iter().enumerate() {
+        let changes: Vec<&Change> = event
+            .groups
+            .iter()
+            .filter_map(|(g, _)| revocations.groups[*g as usize].get())
+            .collect();
+        let first_new = changes
+            .iter()
+            .map(|c| c.first_new_ns.load(Ordering::Relaxed))
+            .min()
+            .filter(|&ns| ns != u64::MAX);
+        let last_old = changes
+            .iter()
+            .map(|c| c.last_old_ns.load(Ordering::Relaxed))
+            .filter(|&ns| ns != 0)
+            .max()
+            .map(|ns| ns - 1);
+        let past: u64 = changes
+            .iter()
+            .map(|c| c.past_window.load(Ordering::Relaxed))
+            .sum();
+        r.push_str(&format!(
+            "| {} | {} | {:.1} ms | {} | {} | {} |\n",
+            i + 1,
+            thousands(event.at_requests),
+            event.written.duration_since(event.from).as_secs_f64() * 1000.0,
+            first_new.map_or("–".into(), |ns| after_written(event, ns)),
+            last_old.map_or("none".into(), |ns| after_written(event, ns)),
+            thousands(past),
+        ));
+    }
+    let stat = |name: &str| thousands(run.delta(&format!("wasmcustom.keygate.{name}")));
+    r.push_str(&match run.mode {
+        Mode::KeySet => format!(
+            "\nKey-set fetches during the load: {} ok, {} not modified, {} failed.",
+            stat("fetch.ok"),
+            stat("fetch.not_modified"),
+            stat("fetch.failed")
+        ),
+        _ => format!(
+            "\nLookups during the load: {} calls to the key service, {} answered from the \
+             cache, {} failed.",
+            stat("lookup.calls"),
+            stat("lookup.cache_hits"),
+            stat("lookup.failed")
+        ),
+    });
+    if let Some(kib) = run.serve_rss {
+        r.push_str(&format!(
+            " `keygate serve` RSS after the load: {:.1} MiB.",
+            mib(kib)
+        ));
+    }
+    r.push_str("\n\n");
+    r
+}
+
+/// The longest time, after keys.json was replaced, until a changed key's answers were
+/// all refused: the last answer as before (or, if none came after the change, the first
+/// refusal), over every revocation. `None` without revocations.
+fn revocation_delay(revocations: &Revocations) -> Option<f64> {
+    let events = revocations.events.lock().unwrap();
+    events
+        .iter()
+        .filter_map(|event| {
+            let written = event.written.duration_since(event.from).as_nanos() as u64;
+            event
+                .groups
+                .iter()
+                .filter_map(|(g, _)| revocations.groups[*g as usize].get())
+                .filter_map(|c| {
+                    let old = c.last_old_ns.load(Ordering::Relaxed);
+                    let new = c.first_new_ns.load(Ordering::Relaxed);
+                    if old != 0 {
+                        Some(old - 1)
+                    } else {
+                        (new != u64::MAX).then_some(new)
+                    }
+                })
+                .max()
+                .map(|ns| (ns as f64 - written as f64) / 1e9)
+        })
+        .reduce(f64::max)
+}
+
 fn main() -> ExitCode {
     let options = options();
     install_cleanup();
-    let Some(run) = measure(&options) else {
-        return ExitCode::FAILURE;
-    };
-    let findings = judge(&run);
-    println!("{}", report(&run, &findings));
+    let mut summary = Vec::new();
+    let mut failed = false;
+    for &mode in &options.modes {
+        let Some(run) = measure(&options, mode) else {
+            return ExitCode::FAILURE;
+        };
+        let findings = judge(&run);
+        println!("{}", report(&run, &findings));
 
-    eprintln!("soak: answers by kind (matched / answered):");
-    for (kind, _) in MIX {
         eprintln!(
-            "  {:<55} {:>9} / {:>9}",
-            kind.label(),
-            run.tally.matched[kind.index()],
-            run.tally.answered[kind.index()]
+            "soak: {}: answers by kind (matched / answered):",
+            mode.name()
         );
+        for (kind, _) in MIX {
+            eprintln!(
+                "  {:<55} {:>9} / {:>9}",
+                kind.label(),
+                run.tally.matched[kind.index()],
+                run.tally.answered[kind.index()]
+            );
+        }
+        if !findings.warnings.is_empty() {
+            eprintln!(
+                "soak: Envoy's warnings (first 5 of {}):",
+                findings.warnings.len()
+            );
+            for line in findings.warnings.iter().take(5) {
+                eprintln!("  {line}");
+            }
+        }
+        if !run.tally.shown.is_empty() {
+            eprintln!("soak: first mismatches:");
+            for s in &run.tally.shown {
+                eprintln!("  {s}");
+            }
+        }
+        failed |= !findings.failures.is_empty();
+        let counters_equal = findings.outcomes.iter().all(|(_, a, b)| a == b);
+        summary.push(format!(
+            "| {} | {} | {} | {} | {:.1} → {:.1} MiB | {:.1} s | {} | {} |",
+            mode.name(),
+            thousands(run.tally.requests()),
+            run.tally.mismatches + run.tally.unanswered,
+            if counters_equal { "yes" } else { "**no**" },
+            mib(findings.rss_ref.unwrap_or(run.rss_start)),
+            mib(run.rss_last),
+            run.seconds,
+            run.revocations
+                .as_ref()
+                .and_then(revocation_delay)
+                .map_or("–".into(), |d| format!(
+                    "{d:.2} s (window {:.1} s)",
+                    run.revocations
+                        .as_ref()
+                        .map_or(0.0, |r| r.window.as_secs_f64())
+                )),
+            if findings.failures.is_empty() {
+                "held"
+            } else {
+                "**FAILED**"
+            },
+        ));
     }
-    if !findings.warnings.is_empty() {
-        eprintln!(
-            "soak: Envoy's warnings (first 5 of {}):",
-            findings.warnings.len()
+    if summary.len() > 1 {
+        println!(
+            "### Soak: every mode\n\n\
+             | mode | requests | wrong or no answer | keygate's counters = client's | Envoy RSS \
+             (after warm-up → last) | wall time | revocation delay (max) | result |\n\
+             |---|---:|---:|---|---:|---:|---:|---|"
         );
-        for line in findings.warnings.iter().take(5) {
-            eprintln!("  {line}");
+        for row in &summary {
+            println!("{row}");
         }
+        println!();
     }
-    if !run.tally.shown.is_empty() {
-        eprintln!("soak: first mismatches:");
-        for s in &run.tally.shown {
-            eprintln!("  {s}");
-        }
-    }
-    if findings.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -1,0 +1,253 @@
+//! A real Envoy from `.venv` (or `KEYGATE_ENVOY`), started from a generated bootstrap on
+//! free ports, with its admin endpoint, stats and listener at hand. Killed when dropped.
+
+use crate::bootstrap::bootstrap;
+use crate::http1::{request, try_request, Request, Response};
+use crate::{envoy_binary, TempDir, Upstream};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to start Envoy.
+pub struct EnvoyOptions {
+    pub concurrency: u32,
+    /// Listener port; 0 picks a free one.
+    pub port: u16,
+    pub log_level: &'static str,
+    /// More command-line arguments for Envoy.
+    pub extra_args: Vec<&'static str>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            concurrency: 1,
+            port: 0,
+            log_level: "info",
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running Envoy. Killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+/// An Envoy that refused to start.
+pub struct Refused {
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bootstrap as Envoy reads it from a file: JSON, or the YAML of a config under `envoy/`.
+pub enum Bootstrap<'a> {
+    Json(&'a Value),
+    Yaml(&'a str),
+}
+
+fn spawn(
+    bootstrap: Bootstrap<'_>,
+    options: &EnvoyOptions,
+    dir: &TempDir,
+) -> (Child, PathBuf, PathBuf) {
+    let config = match bootstrap {
+        Bootstrap::Json(value) => {
+            let config = dir.path().join("envoy.json");
+            std::fs::write(&config, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+            config
+        }
+        Bootstrap::Yaml(text) => {
+            let config = dir.path().join("envoy.yaml");
+            std::fs::write(&config, text).unwrap();
+            config
+        }
+    };
+    let admin_file = dir.path().join("admin-address");
+    let log = dir.path().join("envoy.log");
+    let child = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&config)
+        .arg("--disable-hot-restart")
+        .args(["--concurrency", &options.concurrency.to_string()])
+        .args(["--log-level", options.log_level])
+        .arg("--admin-address-path")
+        .arg(&admin_file)
+        .arg("--log-path")
+        .arg(&log)
+        .args(&options.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, admin_file, log)
+}
+
+impl Envoy {
+    /// Starts Envoy with keygate configured by `plugin_config`, in front of `upstream`.
+    pub fn start(plugin_config: &Value, upstream: &Upstream) -> Envoy {
+        Envoy::start_with(plugin_config, upstream, EnvoyOptions::default())
+    }
+
+    pub fn start_with(plugin_config: &Value, upstream: &Upstream, options: EnvoyOptions) -> Envoy {
+        Envoy::start_bootstrap(
+            &bootstrap(plugin_config, upstream.addr, options.port),
+            options,
+        )
+    }
+
+    pub fn start_bootstrap(bootstrap: &Value, options: EnvoyOptions) -> Envoy {
+        Envoy::start_from(Bootstrap::Json(bootstrap), options)
+    }
+
+    pub fn start_from(bootstrap: Bootstrap<'_>, options: EnvoyOptions) -> Envoy {
+        match Envoy::try_start_from(bootstrap, options) {
+            Ok(envoy) => envoy,
+            Err(refused) => panic!(
+                "Envoy did not start (exit {:?}):\n{}",
+                refused.exit_code, refused.log
+            ),
+        }
+    }
+
+    /// Starts Envoy and waits until it serves, or until it exits.
+    pub fn try_start(bootstrap: &Value, options: EnvoyOptions) -> Result<Envoy, Refused> {
+        Envoy::try_start_from(Bootstrap::Json(bootstrap), options)
+    }
+
+    pub fn try_start_from(
+        bootstrap: Bootstrap<'_>,
+        options: EnvoyOptions,
+    ) -> Result<Envoy, Refused> {
+        let dir = TempDir::new("envoy");
+        let (mut child, admin_file, log) = spawn(bootstrap, &options, &dir);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let refused = |child: &mut Child, exit_code| {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Refused {
+                exit_code,
+                log: std::fs::read_to_string(&log).unwrap_or_default(),
+            })
+        };
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return refused(&mut child, status.code());
+            }
+            if Instant::now() > deadline {
+                return refused(&mut child, None);
+            }
+            if let Some(admin) = std::fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            {
+                if let Some(listener) = ready_listener(admin) {
+                    return Ok(Envoy {
+                        child,
+                        admin,
+                        listener,
+                        log,
+                        _dir: dir,
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts Envoy expecting it to refuse the configuration; returns its exit and log.
+    pub fn refuse(plugin_config: &Value, upstream: &Upstream) -> Refused {
+        match Envoy::try_start(
+            &bootstrap(plugin_config, upstream.addr, 0),
+            EnvoyOptions::default(),
+        ) {
+            Ok(envoy) => panic!(
+                "Envoy started with a configuration it should refuse:\n{}",
+                envoy.log()
+            ),
+            Err(refused) => refused,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Envoy's process id (`.venv/bin/envoy` execs the binary, so it is the one spawned).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An admin endpoint's body.
+    pub fn admin_get(&self, path: &str) -> String {
+        let response = request(self.admin, &Request::get(path));
+        assert_eq!(response.status, 200, "admin {path}: {}", response.text());
+        response.text()
+    }
+
+    /// Waits until keygate's counts so far have reached Envoy: each VM hands them over on
+    /// its tick, every 500 ms.
+    pub fn await_stats_flush(&self) {
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+
+    /// The `keygate` stats from `/stats`, by name as Envoy shows them.
+    pub fn keygate_stats(&self) -> BTreeMap<String, u64> {
+        self.stats("keygate")
+    }
+
+    /// The numeric stats whose names match `filter` (a regex, as `/stats?filter=` takes it).
+    pub fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        self.admin_get(&format!("/stats?filter={filter}"))
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// One keygate stat by its name under `keygate.` (`fetch.ok`); 0 until it is defined.
+    pub fn keygate_stat(&self, name: &str) -> u64 {
+        self.keygate_stats()
+            .get(&format!("wasmcustom.keygate.{name}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sends a request to the listener.
+    pub fn send(&self, request: &Request) -> Response {
+        self::request(self.listener, request)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The listener's address once the server is LIVE (static listeners are then accepting).
+fn ready_listener(admin: SocketAddr) -> Option<SocketAddr> {
+    let ready = try_request(admin, &Request::get("/ready")).ok()?;
+    if ready.status != 200 {
+        return None;
+    }
+    let listeners = try_request(admin, &Request::get("/listeners?format=json")).ok()?;
+    let doc: Value = serde_json::from_slice(&listeners.body).ok()?;
+    let socket = &doc["listener_statuses"][0]["local_address"]["socket_address"];
+    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
+    let ip = socket["address"].as_str()?.parse().ok()?;
+    (port != 0).then_some(SocketAddr::new(ip, port))
+}

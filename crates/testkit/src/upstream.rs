@@ -1,0 +1,131 @@
+//! An echo upstream that records what reached it.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// One request as the upstream received it. Header names are lowercase; every value of a
+/// repeated header is kept, in order.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let values = self.values(name);
+        assert!(
+            values.len() <= 1,
+            "{name} seen {} times upstream",
+            values.len()
+        );
+        values.first().copied()
+    }
+
+    pub fn as_json(&self) -> Value {
+        let headers: BTreeMap<&str, Value> = self
+            .headers
+            .iter()
+            .map(|(n, _)| (n.as_str(), json!(self.values(n))))
+            .collect();
+        json!({"method": self.method, "path": self.target, "headers": headers})
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request with 200 and a JSON echo of what
+/// it received, and records it. Stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Upstream::start_on("127.0.0.1:0")
+    }
+
+    pub fn start_on(addr: &str) -> Upstream {
+        let server = tiny_http::Server::http(addr).unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let seen = seen.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50))
+                    else {
+                        continue;
+                    };
+                    let mut body = Vec::new();
+                    let _ = request.as_reader().read_to_end(&mut body);
+                    let record = Seen {
+                        method: request.method().as_str().to_string(),
+                        target: request.url().to_string(),
+                        headers: request
+                            .headers()
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.field.as_str().as_str().to_ascii_lowercase(),
+                                    h.value.as_str().to_string(),
+                                )
+                            })
+                            .collect(),
+                    };
+                    let echo = serde_json::to_string_pretty(&record.as_json()).unwrap();
+                    seen.lock().unwrap().push(record);
+                    let content_type =
+                        tiny_http::Header::from_bytes("content-type", "application/json").unwrap();
+                    let _ = request.respond(
+                        tiny_http::Response::from_string(echo + "\n").with_header(content_type),
+                    );
+                }
+            })
+        };
+        Upstream {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything received so far, oldest first, and forgets it.
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    /// The one request received since the last `take`.
+    pub fn take_one(&self) -> Seen {
+        let mut seen = self.take();
+        assert_eq!(seen.len(), 1, "upstream saw {seen:?}");
+        seen.remove(0)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
