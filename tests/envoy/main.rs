@@ -13,3 +13,4 @@ mod lookup;
 mod operations;
 mod reload;
 mod requests;
+mod rules;

@@ -230,7 +230,7 @@ fn deny(
         let mut editor = HostEditor::default();
         editor.set(":path", path);
     }
-    respond(&response::render(&config.realm, &denial));
+    respond(&response::render(&config.realm, &config.sources, &denial));
     false
 }
 

@@ -22,7 +22,7 @@ use keygate_core::decision::{
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
 use keygate_core::response;
-use log::{error, info};
+use log::{error, info, warn};
 use lookup::{LookupState, Next};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -113,6 +113,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for warning in config.rules.warnings() {
+            warn!("keygate: configuration warning: {warning}");
+        }
         let metrics = self
             .metrics
             .get_or_insert_with(|| Rc::new(Metrics::define()))
@@ -234,6 +237,7 @@ impl HttpContext for Request {
             };
             host::respond(&response::render(
                 keygate_core::config::DEFAULT_REALM,
+                &[],
                 &denial,
             ));
             return Action::Pause;
