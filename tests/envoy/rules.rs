@@ -5,6 +5,7 @@
 use keygate_testkit as support;
 
 use serde_json::{json, Value};
+use std::time::Duration;
 use support::{hash_of, Envoy, EnvoyOptions, Request, Response, Upstream};
 
 const BROWSE: &str = "kg_rules_browse_8a7b6c5d4e3f2a1b0c9d";
@@ -236,4 +237,28 @@ fn a_key_without_scopes_reaches_the_upstream_with_an_empty_scopes_header() {
     let seen = upstream.take_one();
     assert_eq!(seen.header("x-api-key-id"), Some("k-none"));
     assert_eq!(seen.values("x-api-key-scopes"), [""]);
+}
+
+#[test]
+fn an_unreachable_rule_is_warned_about_in_the_load_log() {
+    let upstream = Upstream::start();
+    let config = json!({
+        "keys": keys(),
+        "rules": [
+            {"path_prefix": "/admin", "scopes": ["admin"]},
+            {"path": "/admin/users", "methods": ["GET"], "scopes": ["browse"]}
+        ]
+    });
+    let envoy = Envoy::start(&config, &upstream);
+    let warning = "keygate: configuration warning: rules[1]: is unreachable: rules[0] matches \
+                   every request it matches (path \"/admin/users\", methods GET) first";
+    // Envoy writes its log file in its own time.
+    assert!(
+        support::eventually(Duration::from_secs(10), || envoy.log().contains(warning)),
+        "{}",
+        envoy.log()
+    );
+    // A warning does not refuse the configuration.
+    let response = envoy.send(&Request::get("/admin/users").bearer(ADMIN));
+    assert_eq!(response.status, 200, "{}", response.text());
 }
