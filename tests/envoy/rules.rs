@@ -262,3 +262,45 @@ fn an_unreachable_rule_is_warned_about_in_the_load_log() {
     let response = envoy.send(&Request::get("/admin/users").bearer(ADMIN));
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+#[test]
+fn a_read_only_key_cannot_open_a_websocket_over_http2() {
+    let upstream = Upstream::start();
+    let config = json!({
+        "keys": keys(),
+        "rules": [{"path_prefix": "/ws", "scopes": ["browse"]}]
+    });
+    let mut bootstrap = support::bootstrap(&config, upstream.addr, 0);
+    let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    hcm["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
+    hcm["http2_protocol_options"] = json!({"allow_connect": true});
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    // RFC 8441: WebSocket over HTTP/2 is an extended CONNECT naming it in `:protocol`.
+    let connect = |key: &str| {
+        let authorization = format!("Bearer {key}");
+        let fields = [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":path", "/ws/feed"),
+            (":authority", "keygate.test"),
+            ("sec-websocket-version", "13"),
+            ("authorization", authorization.as_str()),
+        ];
+        support::h2::send_raw(envoy.listener, &fields, b"")
+    };
+    match connect(READ_ONLY) {
+        support::h2::Answer::Response { status, body } => {
+            assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body["error_description"],
+                "read-only API key may not upgrade the connection"
+            );
+        }
+        other => panic!("expected 403, got {}", other.describe()),
+    }
+    let seen = upstream.take();
+    assert!(seen.is_empty(), "the upgrade reached upstream: {seen:?}");
+}
