@@ -167,6 +167,17 @@ fn a_read_only_key_cannot_open_a_websocket() {
         upstream.take_one().header("x-api-key-id"),
         Some("k-readonly")
     );
+    // curl --http2 over cleartext offers `Upgrade: h2c`; Envoy drops the offer before
+    // keygate runs, so it reads as the plain GET it is.
+    let response = envoy.send(
+        &Request::get("/ws/feed")
+            .bearer(READ_ONLY)
+            .header("Connection", "Upgrade, HTTP2-Settings")
+            .header("Upgrade", "h2c")
+            .header("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(upstream.take_one().header("upgrade"), None);
 }
 
 #[test]
