@@ -126,7 +126,15 @@ impl Config {
                 "configuration must be a JSON object ({\"keys\": [...], \"rules\": [...]})",
             )]);
         }
-        let doc: ConfigDoc = parse_json(json, "configuration object")?;
+        let doc: ConfigDoc = match parse_json(json, "configuration object") {
+            Ok(doc) => doc,
+            Err(first) => {
+                // The parser stops at the first problem: look at each field on its own so
+                // that every structural problem is named at once.
+                let all = structural_problems(json);
+                return Err(if all.is_empty() { first } else { all });
+            }
+        };
         Config::from_doc(doc)
     }
 
@@ -192,6 +200,92 @@ impl Config {
             KeySource::Inline(set) => set.len(),
             KeySource::KeySet(_) | KeySource::Lookup(_) => 0,
         }
+    }
+}
+
+/// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
+const FIELDS: [&str; 10] = [
+    "realm",
+    "sources",
+    "strip_prefixes",
+    "keys",
+    "key_set",
+    "lookup",
+    "rules",
+    "unmatched",
+    "forward",
+    "hide_credentials",
+];
+
+/// Every structural problem of a configuration that is a JSON object: each field, and each
+/// element of its lists, read on its own. Empty when the text is not an object (the
+/// parser's own message then says what is wrong) or when nothing is found this way.
+fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
+    use serde_json::Value;
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<Value>(json) else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for (name, value) in &fields {
+        let at = name.as_str();
+        match at {
+            "realm" => read::<Option<String>>(at, value, &mut errors),
+            "sources" => each::<SourceDoc>(at, value, &mut errors),
+            "strip_prefixes" => read::<Option<Vec<String>>>(at, value, &mut errors),
+            "keys" => each::<KeyRecordDoc>(at, value, &mut errors),
+            "key_set" => read::<Option<FetchDoc>>(at, value, &mut errors),
+            "lookup" => read::<Option<LookupDoc>>(at, value, &mut errors),
+            "rules" => each::<RuleDoc>(at, value, &mut errors),
+            "unmatched" => read::<Unmatched>(at, value, &mut errors),
+            "forward" => read::<ForwardDoc>(at, value, &mut errors),
+            "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
+            _ => errors.push(ConfigError::new(
+                at,
+                format!(
+                    "unknown field `{at}`, expected one of {}",
+                    FIELDS.map(|f| format!("`{f}`")).join(", ")
+                ),
+            )),
+        }
+    }
+    errors
+}
+
+/// Reads a list element by element, so that each bad element is named.
+fn each<T: serde::de::DeserializeOwned>(
+    at: &str,
+    value: &serde_json::Value,
+    errors: &mut Vec<ConfigError>,
+) {
+    match value {
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                read::<T>(&format!("{at}[{i}]"), item, errors);
+            }
+        }
+        other => read::<Vec<T>>(at, other, errors),
+    }
+}
+
+fn read<T: serde::de::DeserializeOwned>(
+    at: &str,
+    value: &serde_json::Value,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
+        let inner = e.path().to_string();
+        let path = match inner.as_str() {
+            "." | "?" => at.to_string(),
+            p => {
+                let p = p.strip_suffix(".?").unwrap_or(p);
+                if p.starts_with('[') {
+                    format!("{at}{p}")
+                } else {
+                    format!("{at}.{p}")
+                }
+            }
+        };
+        errors.push(ConfigError::new(path, e.into_inner().to_string()));
     }
 }
 
@@ -538,6 +632,48 @@ mod tests {
                 errors[0]
             );
         }
+    }
+
+    #[test]
+    fn every_structural_problem_is_named_at_once() {
+        let h = hash("k");
+        let errors = parse(&json!({
+            "keys": [
+                {"id": "a", "hash": "ABC", "owner": "o"},
+                {"id": "b", "hash": h, "owner": "p"},
+                {"id": "c", "hash": h}
+            ],
+            "rulez": [],
+            "rules": [
+                {"path": "/a", "scopes": ["x"], "extra": true},
+                {"path": "/b", "scopes": "x"}
+            ],
+            "sources": [{"cookie": "k"}, {"header": "x-api-key"}],
+            "unmatched": "allow",
+            "hide_credentials": "yes"
+        }))
+        .unwrap_err();
+        let expect = [
+            "hide_credentials: invalid type",
+            "keys[0].hash: not a SHA-256 hash",
+            "keys[2]: missing field `owner`",
+            "rules[0].extra: unknown field `extra`",
+            "rules[1].scopes: invalid type",
+            "rulez: unknown field `rulez`, expected one of `realm`",
+            "sources[0]: unknown variant `cookie`",
+            "unmatched: unknown variant `allow`",
+        ];
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+        for (got, want) in errors.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+        // One problem alone reads as the parser says it.
+        let one = parse(&json!({"keys": [], "bogus": 1})).unwrap_err();
+        assert_eq!(one.len(), 1, "{one:?}");
+        assert!(
+            one[0].starts_with("bogus: unknown field `bogus`"),
+            "{one:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::header_map::Header;
 use crate::path::{self, PathError};
 use crate::query;
 use crate::record::{KeyHash, KeyRecord, KeyState};
-use crate::rules::{Access, Rule, Unmatched};
+use crate::rules::{Access, Route, Unmatched};
 use crate::scope::ScopeMask;
 use crate::stats::Outcome;
 use crate::timestamp::Timestamp;
@@ -31,8 +31,13 @@ pub enum Denial<'c> {
     },
     /// 403: a read-only key used a method other than GET, HEAD or OPTIONS.
     ReadOnly(&'c KeyRecord),
+    /// 403: a read-only key asked to upgrade the connection (WebSocket, HTTP/2 `:protocol`),
+    /// a channel that could write.
+    ReadOnlyUpgrade(&'c KeyRecord),
     /// 403: no rule matches and `unmatched` is `deny`.
     NoRule,
+    /// 403: rules cover the path, but none lists the method.
+    MethodNotListed,
     /// 503: no key set to decide with (yet); the client may retry after this many seconds.
     Unavailable {
         retry_after_seconds: u32,
@@ -47,9 +52,11 @@ impl Denial<'_> {
             Denial::UnknownKey => Outcome::Invalid,
             Denial::Expired(_) => Outcome::Expired,
             Denial::Disabled(_) => Outcome::Disabled,
-            Denial::MissingScope { .. } | Denial::ReadOnly(_) | Denial::NoRule => {
-                Outcome::Forbidden
-            }
+            Denial::MissingScope { .. }
+            | Denial::ReadOnly(_)
+            | Denial::ReadOnlyUpgrade(_)
+            | Denial::NoRule
+            | Denial::MethodNotListed => Outcome::Forbidden,
             Denial::Unavailable { .. } => Outcome::Unavailable,
         }
     }
@@ -60,6 +67,7 @@ impl Denial<'_> {
             Denial::Expired(key)
             | Denial::Disabled(key)
             | Denial::ReadOnly(key)
+            | Denial::ReadOnlyUpgrade(key)
             | Denial::MissingScope { key, .. } => Some(key),
             _ => None,
         }
@@ -158,10 +166,12 @@ pub enum Step<'c> {
 pub struct KeyCheck {
     /// `sha256` of the presented key (after `strip_prefixes`).
     pub hash: KeyHash,
-    /// The matching rule, by position in the rule set.
-    rule: Option<usize>,
+    /// What decides the request.
+    route: Route,
     /// The method is not one a read-only key may use.
     writes: bool,
+    /// The request asks to upgrade the connection (`upgrade`, or HTTP/2's `:protocol`).
+    upgrades: bool,
     hide_sources: u32,
     spoofed: u8,
     spoofed_lookalikes: Vec<String>,
@@ -199,12 +209,14 @@ pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
     let mut target: Option<&[u8]> = None;
     let mut spoofed = 0u8;
     let mut spoofed_lookalikes = Vec::new();
+    let mut upgrades = false;
     let forward = config.forward.names();
     for header in headers {
         let value = header.value();
         match header.name() {
             ":method" => method = method.or(Some(value)),
             ":path" => target = target.or(Some(value)),
+            "upgrade" | ":protocol" => upgrades = true,
             other => {
                 for (i, f) in forward.iter().enumerate() {
                     if f.as_str() == other {
@@ -231,13 +243,13 @@ pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
         Ok(p) => p,
         Err(e) => return deny(Denial::BadRequest(e.description())),
     };
-    let rule = config
+    let route = config
         .rules
-        .position(method, &path::without_parameters(&normalized));
+        .route(method, &path::without_parameters(&normalized));
 
     match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {
         Presented::Malformed(why) => deny(Denial::BadRequest(why)),
-        Presented::Nothing => match need(config, rule) {
+        Presented::Nothing => match need(config, route) {
             Need::Nothing => Step::Done(Verdict::Allow(Allowed {
                 key: None,
                 hide_sources: 0,
@@ -246,16 +258,17 @@ pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
                 new_path: forwarded_path(config, raw_path, normalized, query, 0),
             })),
             Need::Key { .. } => deny(Denial::Missing),
-            Need::Closed => deny(Denial::NoRule),
+            Need::Closed(denial) => deny(denial),
         },
         Presented::Key { key, sources } => {
             let hide_sources = if config.hide_credentials { sources } else { 0 };
             Step::Key(KeyCheck {
                 hash: KeyHash::of_key(key.expose()),
-                rule,
+                route,
                 writes: !READ_ONLY_METHODS
                     .iter()
                     .any(|m| m.eq_ignore_ascii_case(method)),
+                upgrades,
                 hide_sources,
                 spoofed,
                 spoofed_lookalikes,
@@ -273,7 +286,7 @@ impl KeyCheck {
         record: Option<&'k KeyRecord>,
         now: impl FnOnce() -> Timestamp,
     ) -> Verdict<'k> {
-        match authorize(config, self.rule, self.writes, record, now) {
+        match authorize(config, &self, record, now) {
             Ok(record) => Verdict::Allow(self.allow(Some(record))),
             Err(denial) => Verdict::Deny(denial),
         }
@@ -282,9 +295,9 @@ impl KeyCheck {
     /// Decides when the key cannot be checked (no key set loaded yet, key service down):
     /// a protected route answers 503; a public route passes, without an identity.
     pub fn unavailable(self, config: &Config, retry_after_seconds: u32) -> Verdict<'_> {
-        match need(config, self.rule) {
+        match need(config, self.route) {
             Need::Nothing => Verdict::Allow(self.allow(None)),
-            Need::Closed => Verdict::Deny(Denial::NoRule),
+            Need::Closed(denial) => Verdict::Deny(denial),
             Need::Key { .. } => Verdict::Deny(Denial::Unavailable {
                 retry_after_seconds,
             }),
@@ -314,8 +327,9 @@ pub(crate) fn reads_as(name: &str, forward: &str) -> bool {
 
 /// What a route asks of a caller.
 enum Need<'c> {
-    /// Closed to everyone: no rule matches and `unmatched` is `deny`.
-    Closed,
+    /// Closed to everyone: no rule matches and `unmatched` is `deny`, or rules cover the
+    /// path but none lists the method.
+    Closed(Denial<'static>),
     /// A public route: no key needed.
     Nothing,
     /// A valid key holding these scopes (none, for an unmatched route under
@@ -323,30 +337,32 @@ enum Need<'c> {
     Key { mask: ScopeMask, needed: &'c str },
 }
 
-fn need(config: &Config, rule: Option<usize>) -> Need<'_> {
-    match rule
-        .and_then(|i| config.rules.rules.get(i))
-        .map(|r: &Rule| &r.access)
-    {
-        Some(Access::Public) => Need::Nothing,
-        Some(Access::Scopes { mask, needed }) => Need::Key {
-            mask: *mask,
-            needed,
+fn need(config: &Config, route: Route) -> Need<'_> {
+    let unmatched = || match config.rules.unmatched {
+        Unmatched::Deny => Need::Closed(Denial::NoRule),
+        Unmatched::Authenticate => Need::Key {
+            mask: ScopeMask::EMPTY,
+            needed: "",
         },
-        None => match config.rules.unmatched {
-            Unmatched::Deny => Need::Closed,
-            Unmatched::Authenticate => Need::Key {
-                mask: ScopeMask::EMPTY,
-                needed: "",
+    };
+    match route {
+        Route::Rule(i) => match config.rules.rules.get(i).map(|r| &r.access) {
+            Some(Access::Public) => Need::Nothing,
+            Some(Access::Scopes { mask, needed }) => Need::Key {
+                mask: *mask,
+                needed,
             },
+            // A position from this configuration's own rules; closed if it were not.
+            None => Need::Closed(Denial::NoRule),
         },
+        Route::MethodNotListed => Need::Closed(Denial::MethodNotListed),
+        Route::Unmatched => unmatched(),
     }
 }
 
 fn authorize<'k>(
     config: &'k Config,
-    rule: Option<usize>,
-    writes: bool,
+    check: &KeyCheck,
     record: Option<&'k KeyRecord>,
     now: impl FnOnce() -> Timestamp,
 ) -> Result<&'k KeyRecord, Denial<'k>> {
@@ -358,11 +374,14 @@ fn authorize<'k>(
         KeyState::Disabled => return Err(Denial::Disabled(record)),
         KeyState::Expired => return Err(Denial::Expired(record)),
     }
-    if record.read_only && writes {
+    if record.read_only && check.upgrades {
+        return Err(Denial::ReadOnlyUpgrade(record));
+    }
+    if record.read_only && check.writes {
         return Err(Denial::ReadOnly(record));
     }
-    match need(config, rule) {
-        Need::Closed => Err(Denial::NoRule),
+    match need(config, check.route) {
+        Need::Closed(denial) => Err(denial),
         Need::Nothing => Ok(record),
         Need::Key { mask, needed } => {
             if record.scope_mask.holds_all(mask) {

@@ -1,6 +1,8 @@
-//! The answer to a refused request (README "Responses"): status, `WWW-Authenticate` (RFC 6750 §3) and
-//! a JSON body saying why. Never mentions the key itself.
+//! The answer to a refused request (README "Responses"): status, `WWW-Authenticate` (one
+//! challenge per configured way to send a key, RFC 7235; Bearer's with RFC 6750 §3's
+//! attributes) and a JSON body saying why. Never mentions the key itself.
 
+use crate::credential::{Scheme, Source};
 use crate::decision::Denial;
 use serde::Serialize;
 
@@ -17,12 +19,18 @@ struct Body<'a> {
     error_description: &'a str,
 }
 
-/// Renders a denial. `realm` has been checked at load to need no escaping.
-pub fn render(realm: &str, denial: &Denial<'_>) -> LocalResponse {
+/// Renders a denial for a configuration reading keys from `sources`. `realm` has been
+/// checked at load to need no escaping.
+pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResponse {
     let scope_text;
+    let missing_text;
     let (status, error, description, challenge_error, scope): (u32, _, &str, _, _) = match denial {
         Denial::BadRequest(why) => (400, "invalid_request", why, Some("invalid_request"), None),
-        Denial::Missing => (401, "unauthorized", "API key required", None, None),
+        Denial::Missing => {
+            missing_text = format!("API key required; accepted: {}", accepted(sources));
+            let desc: &str = &missing_text;
+            (401, "unauthorized", desc, None, None)
+        }
         Denial::UnknownKey => (
             401,
             "invalid_token",
@@ -67,6 +75,20 @@ pub fn render(realm: &str, denial: &Denial<'_>) -> LocalResponse {
             Some("insufficient_scope"),
             None,
         ),
+        Denial::ReadOnlyUpgrade(_) => (
+            403,
+            "insufficient_scope",
+            "read-only API key may not upgrade the connection",
+            Some("insufficient_scope"),
+            None,
+        ),
+        Denial::MethodNotListed => (
+            403,
+            "insufficient_scope",
+            "no rule allows this method on this path",
+            Some("insufficient_scope"),
+            None,
+        ),
         Denial::NoRule => (
             403,
             "insufficient_scope",
@@ -93,14 +115,10 @@ pub fn render(realm: &str, denial: &Denial<'_>) -> LocalResponse {
     {
         headers.push(("retry-after", retry_after_seconds.to_string()));
     } else {
-        let mut challenge = format!("Bearer realm=\"{realm}\"");
-        if let Some(e) = challenge_error {
-            challenge.push_str(&format!(", error=\"{e}\""));
+        let challenge = challenges(realm, sources, challenge_error, scope);
+        if !challenge.is_empty() {
+            headers.push(("www-authenticate", challenge));
         }
-        if let Some(s) = scope {
-            challenge.push_str(&format!(", scope=\"{s}\""));
-        }
-        headers.push(("www-authenticate", challenge));
     }
     let body = serde_json::to_string(&Body {
         error,
@@ -111,6 +129,89 @@ pub fn render(realm: &str, denial: &Denial<'_>) -> LocalResponse {
         status,
         headers,
         body,
+    }
+}
+
+/// One challenge per way `sources` accept a key, in their order: `Bearer` (with RFC 6750's
+/// `error` and `scope`), `ApiKey` and `Basic` for the Authorization schemes; for a key
+/// header or query parameter, `ApiKey` with a `header` or `query` parameter naming it.
+fn challenges(realm: &str, sources: &[Source], error: Option<&str>, scope: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut add = |scheme: &str, params: &str| {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(scheme);
+        out.push_str(" realm=\"");
+        out.push_str(realm);
+        out.push('"');
+        out.push_str(params);
+    };
+    for source in sources {
+        match source {
+            Source::Authorization { schemes, .. } => {
+                for scheme in schemes {
+                    match scheme {
+                        Scheme::Bearer => {
+                            let mut params = String::new();
+                            if let Some(e) = error {
+                                params.push_str(&format!(", error=\"{e}\""));
+                            }
+                            if let Some(s) = scope {
+                                params.push_str(&format!(", scope=\"{s}\""));
+                            }
+                            add("Bearer", &params);
+                        }
+                        Scheme::ApiKey | Scheme::Basic => add(scheme.name(), ""),
+                    }
+                }
+            }
+            Source::Header(name) => add("ApiKey", &format!(", header=\"{name}\"")),
+            Source::Query(param) => add("ApiKey", &format!(", query={}", quoted(param))),
+        }
+    }
+    out
+}
+
+/// A quoted-string (RFC 9110 §5.6.4): `"` and `\` escaped.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The ways `sources` accept a key, for a client that sent none of them:
+/// `Authorization: Bearer, header x-api-key or query parameter api_key`.
+fn accepted(sources: &[Source]) -> String {
+    let mut ways: Vec<String> = Vec::new();
+    for source in sources {
+        match source {
+            Source::Authorization {
+                schemes,
+                basic_username,
+            } => {
+                for scheme in schemes {
+                    ways.push(match scheme {
+                        Scheme::Basic => format!("Authorization: Basic (user {basic_username})"),
+                        other => format!("Authorization: {}", other.name()),
+                    });
+                }
+            }
+            Source::Header(name) => ways.push(format!("header {name}")),
+            Source::Query(param) => ways.push(format!("query parameter {param}")),
+        }
+    }
+    match ways.split_last() {
+        None => "none".to_string(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
     }
 }
 

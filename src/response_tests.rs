@@ -12,6 +12,14 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "kg_sEcReT_raw_key_0123456789abcdef";
 
+/// Keys read from `Authorization: Bearer` alone: one challenge, RFC 6750's.
+fn bearer_only() -> Vec<Source> {
+    vec![Source::Authorization {
+        schemes: vec![Scheme::Bearer],
+        basic_username: "apikey".into(),
+    }]
+}
+
 fn record() -> KeyRecord {
     let doc: KeyRecordDoc = serde_json::from_value(json!({
         "id": "8c3e4394-10a9-46ef-8af9-b6401ba1400d",
@@ -65,6 +73,7 @@ fn check(r: &LocalResponse, status: u32, challenge: Option<&str>, error: &str, d
 fn bad_request_is_400_invalid_request_with_the_reason() {
     let r = render(
         "api",
+        &bearer_only(),
         &Denial::BadRequest("conflicting credentials: more than one API key"),
     );
     check(
@@ -85,7 +94,7 @@ fn bad_request_is_400_invalid_request_with_the_reason() {
 fn bad_request_description_with_quotes_and_backslash_is_valid_json() {
     let why = crate::path::PathError::EncodedBackslash.description();
     assert!(why.contains('\\') && why.contains('\''));
-    let r = render("api", &Denial::BadRequest(why));
+    let r = render("api", &bearer_only(), &Denial::BadRequest(why));
     check(
         &r,
         400,
@@ -93,19 +102,23 @@ fn bad_request_description_with_quotes_and_backslash_is_valid_json() {
         "invalid_request",
         why,
     );
-    let r = render("api", &Denial::BadRequest("a \"quoted\"\nline"));
+    let r = render(
+        "api",
+        &bearer_only(),
+        &Denial::BadRequest("a \"quoted\"\nline"),
+    );
     assert_eq!(body(&r)["error_description"], "a \"quoted\"\nline");
 }
 
 #[test]
 fn missing_is_401_unauthorized_without_error_attribute() {
-    let r = render("api", &Denial::Missing);
+    let r = render("api", &bearer_only(), &Denial::Missing);
     check(
         &r,
         401,
         Some(r#"Bearer realm="api""#),
         "unauthorized",
-        "API key required",
+        "API key required; accepted: Authorization: Bearer",
     );
     let challenge = header(&r, "www-authenticate").unwrap();
     assert!(!challenge.contains("error"), "RFC 6750 §3.1: {challenge}");
@@ -114,7 +127,7 @@ fn missing_is_401_unauthorized_without_error_attribute() {
 
 #[test]
 fn unknown_key_is_401_invalid_token() {
-    let r = render("api", &Denial::UnknownKey);
+    let r = render("api", &bearer_only(), &Denial::UnknownKey);
     check(
         &r,
         401,
@@ -127,7 +140,7 @@ fn unknown_key_is_401_invalid_token() {
 #[test]
 fn expired_key_is_401_invalid_token_api_key_expired() {
     let k = record();
-    let r = render("api", &Denial::Expired(&k));
+    let r = render("api", &bearer_only(), &Denial::Expired(&k));
     check(
         &r,
         401,
@@ -140,7 +153,7 @@ fn expired_key_is_401_invalid_token_api_key_expired() {
 #[test]
 fn disabled_key_is_401_invalid_token_api_key_disabled() {
     let k = record();
-    let r = render("api", &Denial::Disabled(&k));
+    let r = render("api", &bearer_only(), &Denial::Disabled(&k));
     check(
         &r,
         401,
@@ -155,6 +168,7 @@ fn missing_scope_is_403_insufficient_scope_naming_the_scope() {
     let k = record();
     let r = render(
         "api",
+        &bearer_only(),
         &Denial::MissingScope {
             key: &k,
             needed: "upload",
@@ -174,6 +188,7 @@ fn missing_scopes_are_named_together_in_the_plural() {
     let k = record();
     let r = render(
         "api",
+        &bearer_only(),
         &Denial::MissingScope {
             key: &k,
             needed: "a b",
@@ -188,6 +203,7 @@ fn missing_scopes_are_named_together_in_the_plural() {
     );
     let r = render(
         "api",
+        &bearer_only(),
         &Denial::MissingScope {
             key: &k,
             needed: "browse download read:users",
@@ -208,7 +224,7 @@ fn missing_scopes_are_named_together_in_the_plural() {
 #[test]
 fn read_only_is_403_insufficient_scope() {
     let k = record();
-    let r = render("api", &Denial::ReadOnly(&k));
+    let r = render("api", &bearer_only(), &Denial::ReadOnly(&k));
     check(
         &r,
         403,
@@ -221,7 +237,7 @@ fn read_only_is_403_insufficient_scope() {
 
 #[test]
 fn no_rule_is_403_insufficient_scope() {
-    let r = render("api", &Denial::NoRule);
+    let r = render("api", &bearer_only(), &Denial::NoRule);
     check(
         &r,
         403,
@@ -235,6 +251,7 @@ fn no_rule_is_403_insufficient_scope() {
 fn unavailable_is_503_with_retry_after_and_no_challenge() {
     let r = render(
         "api",
+        &bearer_only(),
         &Denial::Unavailable {
             retry_after_seconds: 5,
         },
@@ -255,6 +272,7 @@ fn retry_after_is_the_given_number_of_seconds() {
     for (secs, text) in [(0, "0"), (1, "1"), (30, "30"), (u32::MAX, "4294967295")] {
         let r = render(
             "api",
+            &bearer_only(),
             &Denial::Unavailable {
                 retry_after_seconds: secs,
             },
@@ -267,7 +285,7 @@ fn retry_after_is_the_given_number_of_seconds() {
 fn only_unavailable_has_retry_after_and_it_alone_lacks_a_challenge() {
     let k = record();
     for d in all_denials(&k) {
-        let r = render("api", &d);
+        let r = render("api", &bearer_only(), &d);
         let is_503 = matches!(d, Denial::Unavailable { .. });
         assert_eq!(header(&r, "retry-after").is_some(), is_503, "{d:?}");
         assert_eq!(header(&r, "www-authenticate").is_none(), is_503, "{d:?}");
@@ -292,6 +310,8 @@ fn all_denials(k: &KeyRecord) -> Vec<Denial<'_>> {
         },
         Denial::ReadOnly(k),
         Denial::NoRule,
+        Denial::ReadOnlyUpgrade(k),
+        Denial::MethodNotListed,
         Denial::Unavailable {
             retry_after_seconds: 5,
         },
@@ -310,10 +330,12 @@ fn status_and_error_for_every_denial_follow_the_spec_table() {
         (403, "insufficient_scope", Some("insufficient_scope")),
         (403, "insufficient_scope", Some("insufficient_scope")),
         (403, "insufficient_scope", Some("insufficient_scope")),
+        (403, "insufficient_scope", Some("insufficient_scope")),
+        (403, "insufficient_scope", Some("insufficient_scope")),
         (503, "temporarily_unavailable", None),
     ];
     for (d, (status, error, challenge_error)) in all_denials(&k).iter().zip(want) {
-        let r = render("api", d);
+        let r = render("api", &bearer_only(), d);
         assert_eq!(r.status, status, "{d:?}");
         assert_eq!(body(&r)["error"], error, "{d:?}");
         if let Some(challenge) = header(&r, "www-authenticate") {
@@ -334,7 +356,7 @@ fn status_and_error_for_every_denial_follow_the_spec_table() {
 fn bodies_have_exactly_error_and_description() {
     let k = record();
     for d in all_denials(&k) {
-        let r = render("api", &d);
+        let r = render("api", &bearer_only(), &d);
         let v = body(&r);
         let obj = v.as_object().unwrap();
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
@@ -352,7 +374,10 @@ fn bodies_have_exactly_error_and_description() {
 fn responses_are_deterministic() {
     let k = record();
     for d in all_denials(&k) {
-        assert_eq!(render("api", &d), render("api", &d));
+        assert_eq!(
+            render("api", &bearer_only(), &d),
+            render("api", &bearer_only(), &d)
+        );
     }
 }
 
@@ -368,18 +393,24 @@ fn custom_realm_appears_in_every_challenge() {
         r#"Bearer realm="immport", error="insufficient_scope", scope="upload""#,
         r#"Bearer realm="immport", error="insufficient_scope""#,
         r#"Bearer realm="immport", error="insufficient_scope""#,
+        r#"Bearer realm="immport", error="insufficient_scope""#,
+        r#"Bearer realm="immport", error="insufficient_scope""#,
     ];
     let denials = all_denials(&k);
     assert_eq!(denials.len(), want.len() + 1);
     for (d, challenge) in denials.iter().zip(want) {
-        let r = render("immport", d);
+        let r = render("immport", &bearer_only(), d);
         assert_eq!(header(&r, "www-authenticate"), Some(challenge), "{d:?}");
     }
 }
 
 #[test]
 fn realm_with_spaces_and_punctuation_is_quoted_verbatim() {
-    let r = render("LabKey Server (prod) / api", &Denial::Missing);
+    let r = render(
+        "LabKey Server (prod) / api",
+        &bearer_only(),
+        &Denial::Missing,
+    );
     assert_eq!(
         header(&r, "www-authenticate"),
         Some(r#"Bearer realm="LabKey Server (prod) / api""#)
@@ -389,13 +420,13 @@ fn realm_with_spaces_and_punctuation_is_quoted_verbatim() {
 #[test]
 fn configured_realm_reaches_the_response() {
     let c = Config::parse(br#"{"realm": "vspc", "keys": []}"#).unwrap();
-    let r = render(&c.realm, &Denial::Missing);
+    let r = render(&c.realm, &c.sources, &Denial::Missing);
     assert_eq!(
         header(&r, "www-authenticate"),
-        Some(r#"Bearer realm="vspc""#)
+        Some(r#"Bearer realm="vspc", ApiKey realm="vspc", Basic realm="vspc""#)
     );
     let default = Config::parse(br#"{"keys": []}"#).unwrap();
-    let r = render(&default.realm, &Denial::Missing);
+    let r = render(&default.realm, &bearer_only(), &Denial::Missing);
     assert_eq!(
         header(&r, "www-authenticate"),
         Some(r#"Bearer realm="api""#)
@@ -408,7 +439,7 @@ fn denial_descriptions_never_name_the_key_record() {
     let k = record();
     let hash = KeyHash::of_key(SECRET).to_hex();
     for d in all_denials(&k) {
-        let r = render("api", &d);
+        let r = render("api", &bearer_only(), &d);
         let all = format!("{} {:?}", r.body, r.headers);
         for secretish in [k.id.as_str(), "alice", "ci-runner", hash.as_str()] {
             assert!(!all.contains(secretish), "{secretish} in {all}");
@@ -528,7 +559,7 @@ fn no_response_contains_the_raw_key() {
             Verdict::Deny(d) => d,
             Verdict::Allow(a) => panic!("expected a denial for {h:?}, got {a:?}"),
         };
-        let r = render(&c.realm, &denial);
+        let r = render(&c.realm, &c.sources, &denial);
         statuses.push(r.status);
         for (name, value) in &r.headers {
             assert!(!value.contains(SECRET), "{name}: {value}");
@@ -547,16 +578,19 @@ fn decided_denials_render_the_spec_descriptions() {
     let c = e2e_config();
     let now = || Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
     let render_for = |h: Vec<(String, Vec<u8>)>| match decide(&c, &h, now) {
-        Verdict::Deny(d) => render(&c.realm, &d),
+        Verdict::Deny(d) => render(&c.realm, &c.sources, &d),
         Verdict::Allow(a) => panic!("expected a denial for {h:?}, got {a:?}"),
     };
     let r = render_for(req("GET", "/data/query", &[]));
     check(
         &r,
         401,
-        Some(r#"Bearer realm="api""#),
+        Some(
+            r#"Bearer realm="api", ApiKey realm="api", Basic realm="api", ApiKey realm="api", header="x-api-key", ApiKey realm="api", query="api_key""#,
+        ),
         "unauthorized",
-        "API key required",
+        "API key required; accepted: Authorization: Bearer, Authorization: ApiKey, \
+         Authorization: Basic (user apikey), header x-api-key or query parameter api_key",
     );
     let r = render_for(req(
         "GET",
@@ -578,8 +612,167 @@ fn decided_denials_render_the_spec_descriptions() {
     check(
         &r,
         403,
-        Some(r#"Bearer realm="api", error="insufficient_scope", scope="upload""#),
+        Some(
+            r#"Bearer realm="api", error="insufficient_scope", scope="upload", ApiKey realm="api", Basic realm="api", ApiKey realm="api", header="x-api-key", ApiKey realm="api", query="api_key""#,
+        ),
         "insufficient_scope",
         "requires scope upload",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// One challenge per configured way to send a key, in the order of `sources`
+// ---------------------------------------------------------------------------------------
+
+fn sources(doc: Value) -> Vec<Source> {
+    let mut config = json!({"keys": [], "realm": "r"});
+    config["sources"] = doc;
+    match Config::parse(config.to_string().as_bytes()) {
+        Ok(c) => c.sources,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn an_apikey_only_route_challenges_with_apikey_and_says_so() {
+    let s = sources(json!([{"authorization": {"schemes": ["ApiKey"]}}]));
+    let r = render("immune", &s, &Denial::Missing);
+    check(
+        &r,
+        401,
+        Some(r#"ApiKey realm="immune""#),
+        "unauthorized",
+        "API key required; accepted: Authorization: ApiKey",
+    );
+    let k = record();
+    let r = render(
+        "immune",
+        &s,
+        &Denial::MissingScope {
+            key: &k,
+            needed: "sensors:read",
+        },
+    );
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(r#"ApiKey realm="immune""#)
+    );
+    let r = render("immune", &s, &Denial::UnknownKey);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(r#"ApiKey realm="immune""#)
+    );
+}
+
+#[test]
+fn labkey_basic_and_header_challenge_in_source_order() {
+    let s = sources(json!([
+        {"authorization": {"schemes": ["Basic"], "basic_username": "apikey"}},
+        {"header": "apikey"}
+    ]));
+    let r = render("labkey", &s, &Denial::Missing);
+    check(
+        &r,
+        401,
+        Some(r#"Basic realm="labkey", ApiKey realm="labkey", header="apikey""#),
+        "unauthorized",
+        "API key required; accepted: Authorization: Basic (user apikey) or header apikey",
+    );
+}
+
+#[test]
+fn bearer_keeps_its_error_attributes_among_other_challenges() {
+    let s = sources(json!([
+        {"header": "x-api-key"},
+        {"authorization": {"schemes": ["ApiKey", "Bearer"]}}
+    ]));
+    let k = record();
+    let r = render(
+        "api",
+        &s,
+        &Denial::MissingScope {
+            key: &k,
+            needed: "upload",
+        },
+    );
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(
+            r#"ApiKey realm="api", header="x-api-key", ApiKey realm="api", Bearer realm="api", error="insufficient_scope", scope="upload""#
+        )
+    );
+    let r = render("api", &s, &Denial::BadRequest("empty API key"));
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        Some(
+            r#"ApiKey realm="api", header="x-api-key", ApiKey realm="api", Bearer realm="api", error="invalid_request""#
+        )
+    );
+}
+
+#[test]
+fn header_and_query_sources_alone_still_challenge() {
+    let s = sources(json!([{"query": "k\"e\\y"}, {"header": "x-api-key"}]));
+    let r = render("api", &s, &Denial::Missing);
+    check(
+        &r,
+        401,
+        Some(r#"ApiKey realm="api", query="k\"e\\y", ApiKey realm="api", header="x-api-key""#),
+        "unauthorized",
+        "API key required; accepted: query parameter k\"e\\y or header x-api-key",
+    );
+}
+
+#[test]
+fn a_bearer_key_where_only_apikey_is_accepted_is_told_the_scheme_without_the_key() {
+    let doc = json!({
+        "sources": [{"authorization": {"schemes": ["ApiKey"]}}],
+        "keys": [{"id": "k", "hash": KeyHash::of_key(SECRET).to_hex(), "owner": "o",
+                  "scopes": ["s"]}],
+        "rules": [{"path_prefix": "/", "scopes": ["s"]}]
+    });
+    let c = Config::parse(doc.to_string().as_bytes()).unwrap();
+    let h = vec![
+        (":method".to_string(), b"GET".to_vec()),
+        (":path".to_string(), b"/x".to_vec()),
+        (
+            "authorization".to_string(),
+            format!("Bearer {SECRET}").into_bytes(),
+        ),
+    ];
+    let Verdict::Deny(d) = decide(&c, &h, || {
+        Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+    }) else {
+        panic!("a Bearer key passed where only ApiKey is accepted");
+    };
+    let r = render(&c.realm, &c.sources, &d);
+    check(
+        &r,
+        401,
+        Some(r#"ApiKey realm="api""#),
+        "unauthorized",
+        "API key required; accepted: Authorization: ApiKey",
+    );
+    assert!(!format!("{r:?}").contains(SECRET));
+}
+
+#[test]
+fn the_new_refusals_read_as_the_readme_says() {
+    let k = record();
+    let r = render("api", &bearer_only(), &Denial::ReadOnlyUpgrade(&k));
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope""#),
+        "insufficient_scope",
+        "read-only API key may not upgrade the connection",
+    );
+    let r = render("api", &bearer_only(), &Denial::MethodNotListed);
+    check(
+        &r,
+        403,
+        Some(r#"Bearer realm="api", error="insufficient_scope""#),
+        "insufficient_scope",
+        "no rule allows this method on this path",
     );
 }

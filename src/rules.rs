@@ -42,6 +42,24 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
+    /// Whether every path `other` matches, this matches too.
+    pub fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+            // `q/` is matched by a prefix whenever `q` is.
+            (PathMatch::Prefix(_), PathMatch::Exact(q)) => self.matches(q),
+            (PathMatch::Prefix(_), PathMatch::Prefix(q)) => self.matches(q),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PathMatch::Exact(p) => format!("path {p:?}"),
+            PathMatch::Prefix(p) => format!("path_prefix {p:?}"),
+        }
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         match self {
             // `/admin/keys/` is the same resource to many frameworks (Express, Spring).
@@ -119,12 +137,117 @@ impl RuleSet {
         self.rules.iter().find(|rule| rule.matches(method, path))
     }
 
-    /// The position of the first rule that matches, to name it without borrowing it.
-    pub fn position(&self, method: &str, path: &str) -> Option<usize> {
-        self.rules
+    /// What is legal but surely not meant, for `keygate check` and the load-time log: a rule
+    /// that earlier rules make unreachable (they cover its path and every method it lists),
+    /// and an `"unmatched": "authenticate"` that no path can reach.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut warnings = Vec::new();
+        for (j, rule) in self.rules.iter().enumerate() {
+            let earlier = &self.rules[..j];
+            let covering: Vec<usize> = earlier
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.path.covers(&rule.path))
+                .map(|(i, _)| i)
+                .collect();
+            let lists = |i: usize, method: Option<&str>| {
+                self.rules
+                    .get(i)
+                    .is_some_and(|e| match (&e.methods, method) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(ms), Some(m)) => ms.iter().any(|x| x.eq_ignore_ascii_case(m)),
+                    })
+            };
+            let mut shadowing: Vec<usize> = Vec::new();
+            let unreachable =
+                match &rule.methods {
+                    None => match covering.iter().find(|&&i| lists(i, None)) {
+                        Some(&i) => {
+                            shadowing.push(i);
+                            true
+                        }
+                        None => false,
+                    },
+                    Some(methods) => methods.iter().all(|m| {
+                        match covering.iter().find(|&&i| lists(i, Some(m))) {
+                            Some(&i) => {
+                                if !shadowing.contains(&i) {
+                                    shadowing.push(i);
+                                }
+                                true
+                            }
+                            None => false,
+                        }
+                    }),
+                };
+            if unreachable {
+                shadowing.sort_unstable();
+                let names: Vec<String> = shadowing.iter().map(|i| format!("rules[{i}]")).collect();
+                let (them, match_) = if names.len() == 1 {
+                    (names.join(""), "matches")
+                } else {
+                    (names.join(" and "), "match")
+                };
+                warnings.push(ConfigError::new(
+                    format!("rules[{j}]"),
+                    format!(
+                        "is unreachable: {them} {match_} every request it matches ({}{}) first",
+                        rule.path.describe(),
+                        match &rule.methods {
+                            Some(ms) => format!(", methods {}", ms.join(" ")),
+                            None => String::new(),
+                        }
+                    ),
+                ));
+            }
+        }
+        if self.unmatched == Unmatched::Authenticate {
+            if let Some(i) = self
+                .rules
+                .iter()
+                .position(|r| r.path == PathMatch::Prefix("/".into()))
+            {
+                warnings.push(ConfigError::new(
+                    "unmatched",
+                    format!(
+                        "\"authenticate\" never applies: rules[{i}] covers every path, and \
+                         methods no rule lists are refused"
+                    ),
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// What decides a request: the first rule that matches it; or, when rules cover its
+    /// path but none lists its method, nothing (a rule's `methods` narrow its path, they do
+    /// not hand the other methods to `unmatched`); or `unmatched`, for a path no rule covers.
+    pub fn route(&self, method: &str, path: &str) -> Route {
+        if let Some(i) = self
+            .rules
             .iter()
             .position(|rule| rule.matches(method, path))
+        {
+            Route::Rule(i)
+        } else if self.rules.iter().any(|rule| rule.path.matches(path)) {
+            Route::MethodNotListed
+        } else {
+            Route::Unmatched
+        }
     }
+}
+
+/// Which part of the configuration decides a request, by position so that it can be kept
+/// without borrowing the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The rule at this position.
+    Rule(usize),
+    /// Rules cover the path, but none of them lists the method: refused.
+    MethodNotListed,
+    /// No rule covers the path: `unmatched` decides.
+    Unmatched,
 }
 
 fn compile(doc: RuleDoc, index: &mut ScopeIndex, at: &str) -> Result<Rule, Vec<ConfigError>> {
@@ -330,6 +453,95 @@ mod tests {
         assert_eq!(which(&set, "GET", "/apis"), Some(2));
         assert_eq!(which(&set, "GET", "/"), Some(2));
         assert_eq!(set.rules[1].path, PathMatch::Prefix("/api".into()));
+    }
+
+    #[test]
+    fn a_covered_path_whose_method_no_rule_lists_is_not_unmatched() {
+        let set = immport();
+        assert_eq!(set.route("GET", "/data/query/x"), Route::Rule(1));
+        assert_eq!(set.route("POST", "/data/query/x"), Route::MethodNotListed);
+        assert_eq!(set.route("DELETE", "/data/upload"), Route::MethodNotListed);
+        assert_eq!(set.route("POST", "/admin/keys/"), Route::Rule(4));
+        assert_eq!(set.route("POST", "/admin/keys/1"), Route::Unmatched);
+        assert_eq!(set.route("POST", "/data/queryx"), Route::Unmatched);
+        assert_eq!(set.route("GET", "/"), Route::Unmatched);
+    }
+
+    fn warnings(rules: serde_json::Value, unmatched: Unmatched) -> Vec<String> {
+        build(rules, unmatched)
+            .unwrap()
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_example_rules_have_no_warnings() {
+        assert_eq!(
+            warnings(spec_example_rules(), Unmatched::Deny),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warnings(spec_example_rules(), Unmatched::Authenticate),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_rule_an_earlier_one_covers_is_unreachable() {
+        let got = warnings(
+            json!([
+                {"path_prefix": "/admin", "methods": ["GET", "HEAD", "POST"], "scopes": ["a"]},
+                {"path_prefix": "/admin/users", "methods": ["GET"], "scopes": ["b"]},
+                {"path": "/admin", "methods": ["POST", "HEAD"], "scopes": ["c"]},
+                {"path_prefix": "/admin/x", "scopes": ["d"]},
+                {"path_prefix": "/data", "scopes": ["e"]},
+                {"path": "/data/q", "methods": ["DELETE"], "scopes": ["f"]},
+                {"path_prefix": "/datas", "scopes": ["g"]},
+                {"path": "/items", "methods": ["GET"], "scopes": ["h"]},
+                {"path": "/items", "methods": ["PUT"], "scopes": ["h"]},
+                {"path": "/items", "methods": ["PUT", "GET"], "scopes": ["i"]},
+                {"path_prefix": "/items", "methods": ["GET"], "scopes": ["j"]},
+                {"path_prefix": "/", "public": true},
+                {"path": "/anything", "scopes": ["k"]}
+            ]),
+            Unmatched::Deny,
+        );
+        assert_eq!(
+            got,
+            [
+                "rules[1]: is unreachable: rules[0] matches every request it matches \
+                 (path_prefix \"/admin/users\", methods GET) first",
+                "rules[2]: is unreachable: rules[0] matches every request it matches \
+                 (path \"/admin\", methods POST HEAD) first",
+                "rules[5]: is unreachable: rules[4] matches every request it matches \
+                 (path \"/data/q\", methods DELETE) first",
+                "rules[9]: is unreachable: rules[7] and rules[8] match every request it \
+                 matches (path \"/items\", methods PUT GET) first",
+                "rules[12]: is unreachable: rules[11] matches every request it matches \
+                 (path \"/anything\") first",
+            ]
+        );
+    }
+
+    #[test]
+    fn authenticate_under_a_root_rule_never_applies() {
+        let rules = json!([
+            {"path_prefix": "/", "methods": ["OPTIONS"], "public": true},
+            {"path_prefix": "/api", "scopes": ["rest"]}
+        ]);
+        assert_eq!(
+            warnings(rules.clone(), Unmatched::Deny),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warnings(rules, Unmatched::Authenticate),
+            [
+                "unmatched: \"authenticate\" never applies: rules[0] covers every path, and \
+              methods no rule lists are refused"
+            ]
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn the_first_pseudo_header_counts() {
     assert_allowed_as(run(&c, &h), "id-alice");
     let mut h = request("POST", "/data/query", &[("x-api-key", ALICE)]);
     h.push((":method".to_string(), b"GET".to_vec()));
-    assert_eq!(denied(run(&c, &h)), Denial::NoRule);
+    assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
 }
 
 #[test]

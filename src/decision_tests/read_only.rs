@@ -68,3 +68,54 @@ fn read_only_key_writing_under_unmatched_authenticate_is_read_only() {
     let h = request("GET", "/other", &[("authorization", &bearer(READONLY))]);
     assert_allowed_as(run(&c, &h), "id-ro");
 }
+
+#[test]
+fn read_only_key_may_not_upgrade_the_connection() {
+    let c = config();
+    let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+    let mut extra = vec![("authorization", bearer(READONLY))];
+    extra.extend(upgrade.iter().map(|(n, v)| (*n, v.to_string())));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let h = request("GET", "/data/download/x", &extra);
+    let d = denied(run(&c, &h));
+    assert!(
+        matches!(&d, Denial::ReadOnlyUpgrade(k) if k.id.as_str() == "id-ro"),
+        "{d:?}"
+    );
+    assert_eq!(d.outcome(), Outcome::Forbidden);
+    assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-ro"));
+    // On a public route too: the key presented is checked as anywhere else.
+    let h = request("GET", "/healthz", &extra);
+    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnlyUpgrade(_)));
+    // HTTP/2's extended CONNECT names the protocol in `:protocol`.
+    let bearer_ro = bearer(READONLY);
+    let h = request(
+        "CONNECT",
+        "/data/download/x",
+        &[(":protocol", "websocket"), ("authorization", &bearer_ro)],
+    );
+    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnlyUpgrade(_)));
+    // A plain CONNECT is not a read.
+    let h = request(
+        "CONNECT",
+        "/data/download/x",
+        &[("authorization", &bearer_ro)],
+    );
+    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
+}
+
+#[test]
+fn a_key_that_may_write_may_upgrade() {
+    let c = config();
+    let auth = bearer(ALICE);
+    let h = request(
+        "GET",
+        "/data/download/x",
+        &[
+            ("authorization", &auth),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ],
+    );
+    assert_allowed_as(run(&c, &h), "id-alice");
+}

@@ -99,18 +99,18 @@ fn key_scopes_no_rule_mentions_decide_nothing_but_are_forwarded() {
 }
 
 #[test]
-fn method_filter_mismatch_falls_through_to_unmatched() {
+fn method_filter_mismatch_is_refused_not_unmatched() {
     let c = config();
-    // `/data/query` only allows GET and HEAD; POST matches no rule.
+    // `/data/query` only allows GET and HEAD; POST is no rule's.
     let h = request("POST", "/data/query", &[("authorization", &bearer(ADMIN))]);
-    assert_eq!(denied(run(&c, &h)), Denial::NoRule);
+    assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
     // `/data/upload` only POST and PUT.
     let h = request(
         "GET",
         "/data/upload/x",
         &[("authorization", &bearer(ADMIN))],
     );
-    assert_eq!(denied(run(&c, &h)), Denial::NoRule);
+    assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
 }
 
 #[test]

@@ -39,16 +39,16 @@ fn missing_credential_on_public_route_is_allowed_without_key() {
 #[test]
 fn unmatched_deny_without_key_is_no_rule() {
     let c = config();
-    for (method, path) in [
-        ("GET", "/"),
-        ("GET", "/other"),
-        ("POST", "/data/query"),
-        ("DELETE", "/data/upload/x"),
-        ("GET", "/admin/keys/1"),
-    ] {
+    for (method, path) in [("GET", "/"), ("GET", "/other"), ("GET", "/admin/keys/1")] {
         let h = request(method, path, &[]);
         let d = denied(decide(&c, &h, no_clock));
         assert_eq!(d, Denial::NoRule, "{method} {path}");
+        assert_eq!(d.outcome(), Outcome::Forbidden);
+    }
+    for (method, path) in [("POST", "/data/query"), ("DELETE", "/data/upload/x")] {
+        let h = request(method, path, &[]);
+        let d = denied(decide(&c, &h, no_clock));
+        assert_eq!(d, Denial::MethodNotListed, "{method} {path}");
         assert_eq!(d.outcome(), Outcome::Forbidden);
     }
 }
@@ -119,4 +119,109 @@ fn unmatched_authenticate_still_refuses_invalid_keys_and_rules_still_apply() {
             ..
         }
     ));
+}
+
+/// The rules: method-limited, everything else to any valid key.
+fn method_limited_under(unmatched: &str) -> Config {
+    let mut doc = base_doc();
+    doc["rules"] = json!([
+        {"path_prefix": "/admin", "methods": ["GET", "HEAD"], "scopes": ["admin"]},
+        {"path_prefix": "/data/upload", "methods": ["POST", "PUT"], "scopes": ["upload"]}
+    ]);
+    doc["unmatched"] = json!(unmatched);
+    config_from(&doc)
+}
+
+#[test]
+fn methods_a_rule_does_not_list_are_refused_not_authenticated() {
+    for unmatched in ["authenticate", "deny"] {
+        let c = method_limited_under(unmatched);
+        for (method, path) in [
+            ("POST", "/admin/users"),
+            ("DELETE", "/admin/users/1"),
+            ("PATCH", "/data/upload/f"),
+            ("GET", "/data/upload/f"),
+            ("post", "/admin"),
+        ] {
+            for key in [ALICE, ADMIN, NOSCOPE] {
+                let h = request(method, path, &[("authorization", &bearer(key))]);
+                let d = denied(run(&c, &h));
+                assert_eq!(d, Denial::MethodNotListed, "{unmatched}: {method} {path}");
+                assert_eq!(d.outcome(), Outcome::Forbidden);
+            }
+            // Without a key: the same refusal, not a request for a key.
+            let h = request(method, path, &[]);
+            let d = denied(decide(&c, &h, no_clock));
+            assert_eq!(d, Denial::MethodNotListed, "{unmatched}: {method} {path}");
+        }
+    }
+}
+
+#[test]
+fn methods_a_rule_lists_and_uncovered_paths_are_unchanged() {
+    let c = method_limited_under("authenticate");
+    let h = request("GET", "/admin/users", &[("authorization", &bearer(ADMIN))]);
+    assert_allowed_as(run(&c, &h), "id-admin");
+    let h = request("GET", "/admin/users", &[("authorization", &bearer(ALICE))]);
+    assert!(matches!(
+        denied(run(&c, &h)),
+        Denial::MissingScope {
+            needed: "admin",
+            ..
+        }
+    ));
+    let h = request(
+        "PUT",
+        "/data/upload/f",
+        &[("authorization", &bearer(UPLOADER))],
+    );
+    assert_allowed_as(run(&c, &h), "id-uploader");
+    // Paths no rule covers, including look-alikes of covered ones, stay `authenticate`'s.
+    for path in ["/other", "/administrator", "/data/uploads", "/data"] {
+        let h = request("DELETE", path, &[("authorization", &bearer(NOSCOPE))]);
+        assert_allowed_as(run(&c, &h), "id-noscope");
+    }
+    // An invalid key is still a 401 before the route is considered.
+    let h = request(
+        "POST",
+        "/admin/users",
+        &[("authorization", &bearer(UNKNOWN))],
+    );
+    assert_eq!(denied(run(&c, &h)), Denial::UnknownKey);
+}
+
+#[test]
+fn a_later_rule_listing_the_method_still_decides() {
+    let c = config_with(
+        "rules",
+        json!([
+            {"path_prefix": "/items", "methods": ["GET"], "scopes": ["browse"]},
+            {"path_prefix": "/items/special", "methods": ["POST"], "scopes": ["upload"]}
+        ]),
+    );
+    let h = request(
+        "POST",
+        "/items/special",
+        &[("authorization", &bearer(UPLOADER))],
+    );
+    assert_allowed_as(run(&c, &h), "id-uploader");
+    let h = request(
+        "POST",
+        "/items/other",
+        &[("authorization", &bearer(UPLOADER))],
+    );
+    assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
+}
+
+#[test]
+fn a_method_not_listed_while_keys_are_unavailable_is_still_refused() {
+    let c = method_limited_under("authenticate");
+    let h = request("POST", "/admin/users", &[("authorization", &bearer(ADMIN))]);
+    match begin(&c, &h) {
+        Step::Key(check) => assert_eq!(
+            check.unavailable(&c, 5),
+            Verdict::Deny(Denial::MethodNotListed)
+        ),
+        Step::Done(v) => panic!("expected a key check, got {v:?}"),
+    }
 }

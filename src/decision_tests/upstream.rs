@@ -321,3 +321,23 @@ fn apply_follows_the_fields_it_is_given() {
         ]
     );
 }
+
+#[test]
+fn a_key_without_scopes_forwards_an_empty_scopes_header() {
+    // The three identity headers always travel together: an empty `x-api-key-scopes` says
+    // "a valid key holding no scope"; a client-sent one is replaced, never kept.
+    let c = config_with("unmatched", json!("authenticate"));
+    let h = request(
+        "GET",
+        "/other",
+        &[
+            ("authorization", &bearer(NOSCOPE)),
+            ("x-api-key-scopes", "admin"),
+        ],
+    );
+    let a = assert_allowed_as(run(&c, &h), "id-noscope");
+    let seen = upstream(&a, &c, &h);
+    assert_eq!(header_values(&seen, "x-api-key-id"), ["id-noscope"]);
+    assert_eq!(header_values(&seen, "x-api-key-owner"), ["nobody"]);
+    assert_eq!(header_values(&seen, "x-api-key-scopes"), [""]);
+}

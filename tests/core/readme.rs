@@ -42,7 +42,9 @@ fn status(config: &Config, method: &str, path: &str, authorization: &str) -> u16
     let now = || Timestamp::parse_rfc3339("2026-11-23T12:00:00Z").unwrap();
     match decide(config, &headers, now) {
         Verdict::Allow(_) => 200,
-        Verdict::Deny(denial) => keygate_core::response::render("api", &denial).status as u16,
+        Verdict::Deny(denial) => {
+            keygate_core::response::render(&config.realm, &config.sources, &denial).status as u16
+        }
     }
 }
 

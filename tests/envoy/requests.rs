@@ -46,6 +46,19 @@ fn immport_config() -> Value {
     })
 }
 
+/// `WWW-Authenticate` of `immport_config()`: a challenge per way it accepts a key, in the
+/// order of its sources; Bearer's carries `bearer_params` (RFC 6750's attributes).
+fn immport_challenge(bearer_params: &str) -> String {
+    format!(
+        r#"Bearer realm="immport"{bearer_params}, ApiKey realm="immport", Basic realm="immport", ApiKey realm="immport", header="x-api-key", ApiKey realm="immport", query="api_key""#
+    )
+}
+
+/// The 401 description of `immport_config()` when no key is presented.
+const IMMPORT_MISSING: &str = "API key required; accepted: Authorization: Bearer, \
+    Authorization: ApiKey, Authorization: Basic (user apikey), header x-api-key or query \
+    parameter api_key";
+
 fn gateway() -> (Upstream, Envoy) {
     let upstream = Upstream::start();
     let envoy = Envoy::start(&immport_config(), &upstream);
@@ -181,21 +194,22 @@ fn responses_follow_the_spec_table() {
         &upstream,
         &envoy.send(&get("/data/query")),
         401,
-        Some(r#"Bearer realm="immport""#),
+        Some(&immport_challenge("")),
         "unauthorized",
-        "API key required",
+        IMMPORT_MISSING,
     );
     // A Basic credential for another user is not an API key.
     assert_refused(
         &upstream,
         &envoy.send(&get("/data/query").header("Authorization", basic("alice", BROWSE))),
         401,
-        Some(r#"Bearer realm="immport""#),
+        Some(&immport_challenge("")),
         "unauthorized",
-        "API key required",
+        IMMPORT_MISSING,
     );
 
-    let invalid_request = Some(r#"Bearer realm="immport", error="invalid_request""#);
+    let invalid_request = immport_challenge(r#", error="invalid_request""#);
+    let invalid_request = Some(invalid_request.as_str());
     for (name, value) in [
         ("Authorization", "Basic %%%not-base64%%%".to_string()),
         ("Authorization", format!("Basic {}", "YXBpa2V5")), // "apikey", no colon
@@ -224,7 +238,8 @@ fn responses_follow_the_spec_table() {
         .contains("conflicting"));
     assert!(upstream.take().is_empty());
 
-    let invalid_token = Some(r#"Bearer realm="immport", error="invalid_token""#);
+    let invalid_token = immport_challenge(r#", error="invalid_token""#);
+    let invalid_token = Some(invalid_token.as_str());
     assert_refused(
         &upstream,
         &envoy.send(&get("/data/query").bearer("kg_not_a_key_we_know")),
@@ -255,7 +270,9 @@ fn responses_follow_the_spec_table() {
         &upstream,
         &envoy.send(&Request::new("POST", "/data/upload/x").bearer(DOWNLOAD)),
         403,
-        Some(r#"Bearer realm="immport", error="insufficient_scope", scope="upload""#),
+        Some(&immport_challenge(
+            r#", error="insufficient_scope", scope="upload""#,
+        )),
         "insufficient_scope",
         "requires scope upload",
     );
@@ -263,7 +280,9 @@ fn responses_follow_the_spec_table() {
         &upstream,
         &envoy.send(&get("/admin/keys").bearer(UPLOAD)),
         403,
-        Some(r#"Bearer realm="immport", error="insufficient_scope", scope="admin""#),
+        Some(&immport_challenge(
+            r#", error="insufficient_scope", scope="admin""#,
+        )),
         "insufficient_scope",
         "requires scope admin",
     );
@@ -315,7 +334,7 @@ fn read_only_keys_may_only_read() {
             &upstream,
             &envoy.send(&Request::new(method, "/data/upload/f").bearer(READ_ONLY)),
             403,
-            Some(r#"Bearer realm="immport", error="insufficient_scope""#),
+            Some(&immport_challenge(r#", error="insufficient_scope""#)),
             "insufficient_scope",
             "read-only API key may only use GET, HEAD and OPTIONS",
         );
@@ -334,7 +353,7 @@ fn rules_match_first_by_segment_and_method() {
         &upstream,
         &envoy.send(&Request::get("/data/queryx").bearer(BROWSE)),
         403,
-        Some(r#"Bearer realm="immport", error="insufficient_scope""#),
+        Some(&immport_challenge(r#", error="insufficient_scope""#)),
         "insufficient_scope",
         "no rule allows this route",
     );
@@ -505,11 +524,20 @@ fn credentials_stay_when_hide_credentials_is_off_and_names_are_configurable() {
     assert_eq!(response.status, 401);
     assert_eq!(
         response.header("www-authenticate"),
-        Some(r#"Bearer realm="labkey""#)
+        Some(
+            r#"Basic realm="labkey", ApiKey realm="labkey", header="apikey", ApiKey realm="labkey", query="token""#
+        )
     );
-    // Bearer is not among this config's schemes: not a credential here.
+    // Bearer is not among this config's schemes: not a credential here. The answer names
+    // the ways that are, and not the key.
     let response = envoy.send(&Request::get("/any").bearer("0123456789abcdef"));
     assert_eq!(response.status, 401);
+    assert_eq!(
+        response.json()["error_description"],
+        "API key required; accepted: Authorization: Basic (user apikey), header apikey or \
+         query parameter token"
+    );
+    assert!(!response.text().contains("0123456789abcdef"));
     assert!(upstream.take().is_empty());
 }
 

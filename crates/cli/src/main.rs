@@ -110,10 +110,14 @@ enum Command {
         #[arg(long)]
         no_strip: bool,
     },
-    /// Check a plugin configuration (JSON) with the filter's own parser
+    /// Check a plugin configuration with the filter's own parser: a JSON file, - for
+    /// stdin, or an Envoy / Kubernetes YAML holding keygate's configuration
     Check {
         #[arg(value_name = "CONFIG")]
         config: PathBuf,
+        /// Print the checked JSON configuration as the Envoy filter (YAML) that loads it
+        #[arg(long)]
+        emit_envoy: bool,
     },
     /// Serve the key file over HTTP: GET /v1/keyset (with ETag) and GET /v1/keys/{hash}
     Serve {
@@ -158,7 +162,7 @@ fn run(command: Command) -> error::Result<()> {
             strip_prefix,
             no_strip,
         } => hash::run(strip_prefix, no_strip),
-        Command::Check { config } => check::run(&config),
+        Command::Check { config, emit_envoy } => check::run(&config, emit_envoy),
         Command::Serve {
             keys,
             listen,

@@ -230,7 +230,7 @@ fn deny(
         // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
         let _ = headers::set_path(path);
     }
-    respond(&response::render(&config.realm, &denial));
+    respond(&response::render(&config.realm, &config.sources, &denial));
     false
 }
 

@@ -132,6 +132,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for warning in config.rules.warnings() {
+            warn!("keygate: configuration warning: {warning}");
+        }
         let metrics = self
             .metrics
             .get_or_insert_with(|| Rc::new(Metrics::define()))
@@ -236,6 +239,7 @@ impl HttpContext for Request {
             };
             host::respond(&response::render(
                 keygate_core::config::DEFAULT_REALM,
+                &[],
                 &denial,
             ));
             return Action::Pause;
@@ -322,7 +326,11 @@ impl HttpContext for Request {
                 let denial = Denial::Unavailable {
                     retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
                 };
-                host::respond(&response::render(&shared.config.realm, &denial));
+                host::respond(&response::render(
+                    &shared.config.realm,
+                    &shared.config.sources,
+                    &denial,
+                ));
                 return Action::Pause;
             }
         }

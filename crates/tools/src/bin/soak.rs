@@ -678,6 +678,11 @@ fn challenge(error: Option<&str>, scope: Option<&str>) -> String {
     if let Some(s) = scope {
         text.push_str(&format!(", scope=\"{s}\""));
     }
+    // Then one challenge per other way `immport_every_source` accepts a key.
+    text.push_str(&format!(
+        ", ApiKey realm=\"{REALM}\", Basic realm=\"{REALM}\", ApiKey realm=\"{REALM}\", \
+         header=\"x-api-key\", ApiKey realm=\"{REALM}\", query=\"api_key\""
+    ));
     text
 }
 
@@ -782,7 +787,13 @@ fn build(kind: Kind, n: u64, out: &mut Vec<u8>) -> Expected {
         }
         Kind::NoKey => (
             "/data/query".to_string(),
-            refuse(None, None, "API key required", true),
+            refuse(
+                None,
+                None,
+                "API key required; accepted: Authorization: Bearer, Authorization: ApiKey, \
+                 Authorization: Basic (user apikey), header x-api-key or query parameter api_key",
+                true,
+            ),
         ),
         Kind::UnknownKey => {
             headers.push((
