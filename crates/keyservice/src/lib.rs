@@ -1,0 +1,109 @@
+//! keygate's key service (README "The key service"): the store behind `keygate serve`
+//! (keys.json read-only, or SQLite read-write), the HTTP app (gateway endpoints, health,
+//! the admin API), TLS and mTLS.
+
+pub mod app;
+pub mod duration;
+pub mod etag;
+pub mod file;
+pub mod secret;
+pub mod server;
+pub mod sqlite;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where keys come from: exactly one per process.
+pub enum Source {
+    /// `--keys keys.json`: read-only.
+    File(PathBuf),
+    /// `--db PATH`: SQLite, read-write, with the admin API.
+    Db(PathBuf),
+}
+
+/// `keygate serve`: opens the store and serves until Ctrl-C or SIGTERM. Errors are lines
+/// for stderr.
+pub fn run(source: Source, options: server::Options, threads: usize) -> Result<(), Vec<String>> {
+    let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let app = match source {
+        Source::File(path) => {
+            let store = file::FileStore::open(&path)?;
+            app::App::new(Arc::new(store), None, require_client_cert)
+        }
+        Source::Db(path) => {
+            let store = Arc::new(sqlite::SqliteStore::open(&path).map_err(|e| vec![e])?);
+            app::App::new(store.clone(), Some(store), require_client_cert)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| vec![format!("cannot start the async runtime: {e}")])?;
+    runtime
+        .block_on(server::serve(app, options))
+        .map_err(|e| vec![e])
+}
+
+/// Who acts when a local command changes the store: `cli:<user>`.
+pub fn local_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    format!("cli:{user}")
+}
+
+/// `keygate admin new --db PATH`: makes an admin key; answers `(id, key)`. The key is
+/// stored hashed and shown only by the caller, once.
+pub fn admin_new(db: &Path, label: Option<&str>) -> Result<(String, String), String> {
+    use store::AdminStore;
+    let store = sqlite::SqliteStore::open(db)?;
+    let key = secret::new_key(secret::ADMIN_PREFIX)?;
+    let id = secret::new_id()?;
+    store
+        .add_admin_key(&local_actor(), &id, &secret::hash(&key).to_hex(), label)
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    Ok((id, key))
+}
+
+/// `keygate policy --db PATH [--scopes a,b | --any-scope] [--default-expiry D] [--max-expiry D]`:
+/// changes what is given, keeps the rest, and answers the policy now in force.
+pub fn policy(
+    db: &Path,
+    scopes: Option<Option<Vec<String>>>,
+    default_expiry: Option<&str>,
+    max_expiry: Option<&str>,
+) -> Result<store::Policy, String> {
+    use duration::Lifetime;
+    use store::AdminStore;
+    let store = sqlite::SqliteStore::open(db)?;
+    let at = |e: store::StoreError| format!("{}: {e}", db.display());
+    let mut policy = store.policy().map_err(at)?;
+    let changing = scopes.is_some() || default_expiry.is_some() || max_expiry.is_some();
+    if let Some(scopes) = scopes {
+        if let Some(list) = &scopes {
+            for scope in list {
+                keygate_core::scope::Scope::parse(scope).map_err(|e| format!("--scopes: {e}"))?;
+            }
+        }
+        policy.scopes = scopes;
+    }
+    if let Some(d) = default_expiry {
+        policy.default_expiry =
+            Lifetime::parse(d, false).map_err(|e| format!("--default-expiry {e}"))?;
+    }
+    if let Some(d) = max_expiry {
+        policy.max_expiry = Lifetime::parse(d, false).map_err(|e| format!("--max-expiry {e}"))?;
+    }
+    if !policy.default_expiry.within(policy.max_expiry) {
+        return Err(format!(
+            "the default expiry ({}) is longer than the maximum ({})",
+            policy.default_expiry, policy.max_expiry
+        ));
+    }
+    if changing {
+        store.set_policy(&local_actor(), &policy).map_err(at)?;
+    }
+    Ok(policy)
+}
