@@ -18,6 +18,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod h2;
 pub mod key_service;
+pub mod keysvc;
 
 pub use artifacts::{envoy_binary, keygate_binary, repo_root, wasm_module};
 
