@@ -217,7 +217,6 @@ fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
     assert_eq!(r.json()["expires_at"], "2027-01-01T00:00:00Z");
 
     // Rotate: same owner, label, scopes; the old key expires within the grace.
-    let before = Instant::now();
     let r = api.json(
         "POST",
         &format!("/v1/admin/keys/{alice_id}/rotate"),
@@ -241,7 +240,6 @@ fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
     );
     let old = api.get(&format!("/v1/admin/keys/{alice_id}")).json();
     assert_ne!(old["expires_at"], "2027-01-01T00:00:00Z");
-    let _ = before;
 
     // Revoke one; again is a conflict; a revoked key cannot be changed.
     let r = api.send("DELETE", &format!("/v1/admin/keys/{alice_id}"), &[], None);

@@ -8,7 +8,7 @@ use crate::store::*;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -846,10 +846,8 @@ struct UsageReport {
 async fn usage(
     State(app): State<Arc<App>>,
     peer: Option<Extension<Peer>>,
-    method: Method,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let _ = method;
     gateway_allowed(&app, peer)?;
     let Some(store) = app.admin.clone() else {
         return Err(ApiError::not_found("usage is kept with --db only"));
