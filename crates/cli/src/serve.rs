@@ -52,7 +52,16 @@ pub fn run(serve: Serve) -> Result<()> {
 /// `keygate admin new`: prints the admin key once, as JSON.
 pub fn admin_new(db: &std::path::Path, label: Option<&str>) -> Result<()> {
     let (id, key) = keygate_keyservice::admin_new(db, label).map_err(Error::new)?;
-    let out = serde_json::json!({"id": id, "admin_key": key});
+    #[derive(serde::Serialize)]
+    struct Shown<'a> {
+        id: &'a str,
+        admin_key: &'a str,
+    }
+    let out = serde_json::to_string(&Shown {
+        id: &id,
+        admin_key: &key,
+    })
+    .map_err(|e| Error::new(e.to_string()))?;
     println!("{out}");
     Ok(())
 }
@@ -78,11 +87,18 @@ pub fn policy(
     };
     let policy =
         keygate_keyservice::policy(db, scopes, default_expiry, max_expiry).map_err(Error::new)?;
-    let out = serde_json::json!({
-        "scopes": policy.scopes,
-        "default_expiry": policy.default_expiry.to_string(),
-        "max_expiry": policy.max_expiry.to_string(),
-    });
+    #[derive(serde::Serialize)]
+    struct Shown {
+        scopes: Option<Vec<String>>,
+        default_expiry: String,
+        max_expiry: String,
+    }
+    let out = serde_json::to_string(&Shown {
+        scopes: policy.scopes,
+        default_expiry: policy.default_expiry.to_string(),
+        max_expiry: policy.max_expiry.to_string(),
+    })
+    .map_err(|e| Error::new(e.to_string()))?;
     println!("{out}");
     Ok(())
 }

@@ -546,22 +546,37 @@ async fn create_key(
     Ok(issued(row, raw, None))
 }
 
+#[derive(Serialize)]
+struct Issued {
+    id: String,
+    api_key: String,
+    expires_at: Option<String>,
+    /// After a rotation: the key this one replaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<String>,
+}
+
 /// ImmPort's shape: the key, shown this once.
 fn issued(row: KeyRow, api_key: String, replaces: Option<String>) -> Response {
-    let mut body = json!({
-        "id": row.id,
-        "api_key": api_key,
-        "expires_at": row.expires_at.map(rfc3339),
-    });
-    if let (Some(old), Some(map)) = (replaces, body.as_object_mut()) {
-        map.insert("replaces".into(), old.into());
-    }
+    let body = Issued {
+        id: row.id,
+        api_key,
+        expires_at: row.expires_at.map(rfc3339),
+        replaces,
+    };
     (
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
         Json(body),
     )
         .into_response()
+}
+
+#[derive(Serialize)]
+struct KeyPage {
+    keys: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -578,7 +593,7 @@ async fn list_keys(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<KeyPage>> {
     let (store, _) = admin(&app, peer, &headers).await?;
     let p = query(params)?;
     let status = p
@@ -613,10 +628,10 @@ async fn list_keys(
         after,
     };
     let page = blocking(move || store.list_keys(&q)).await?;
-    Ok(Json(json!({
-        "keys": page.keys.into_iter().map(KeyView::from).collect::<Vec<_>>(),
-        "next_cursor": page.next.map(|n| n.to_string()),
-    })))
+    Ok(Json(KeyPage {
+        keys: page.keys.into_iter().map(KeyView::from).collect(),
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
 }
 
 async fn get_key(
@@ -796,6 +811,11 @@ async fn rotate_key(
     Ok(issued(row, raw, Some(id)))
 }
 
+#[derive(Serialize)]
+struct AuditPage {
+    entries: Vec<AuditEntry>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
@@ -808,7 +828,7 @@ async fn audit(
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     params: Result<Query<AuditParams>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AuditPage>> {
     let (store, _) = admin(&app, peer, &headers).await?;
     let p = query(params)?;
     let since = p
@@ -824,7 +844,7 @@ async fn audit(
             .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to 10000")))?,
     };
     let entries = blocking(move || store.audit(since, limit)).await?;
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(AuditPage { entries }))
 }
 
 // ---- usage (README "Usage") ----

@@ -46,12 +46,21 @@ pub fn run(source: Source, options: server::Options, threads: usize) -> Result<(
         .map_err(|e| vec![e])
 }
 
-/// Who acts when a local command changes the store: `cli:<user>`.
+/// Who acts when a local command changes the store: `cli:<user>` (`$USER`, `$LOGNAME`,
+/// or the numeric uid).
 pub fn local_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_string());
-    format!("cli:{user}")
+        .ok()
+        .filter(|u| !u.is_empty());
+    #[cfg(unix)]
+    let user = user.or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .ok()
+            .map(|m| format!("uid {}", m.uid()))
+    });
+    format!("cli:{}", user.unwrap_or_else(|| "unknown".to_string()))
 }
 
 /// `keygate admin new --db PATH`: makes an admin key; answers `(id, key)`. The key is

@@ -112,6 +112,13 @@ impl<'a> GatewayRecord<'a> {
     }
 }
 
+/// The key set document (README "Configuration reference"), fields in order.
+#[derive(Serialize)]
+struct KeySetOut<'a> {
+    version: &'a str,
+    keys: Vec<GatewayRecord<'a>>,
+}
+
 fn key_row(row: &Row<'_>) -> rusqlite::Result<(i64, KeyRow)> {
     let scopes: String = row.get(5)?;
     let status: String = row.get(8)?;
@@ -281,10 +288,10 @@ impl GatewayStore for SqliteStore {
                 .map(|r| r.map(|(_, row)| row))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
-            let doc = serde_json::json!({
-                "version": version,
-                "keys": rows.iter().map(GatewayRecord::of).collect::<Vec<_>>(),
-            });
+            let doc = KeySetOut {
+                version: &version,
+                keys: rows.iter().map(GatewayRecord::of).collect(),
+            };
             let body = serde_json::to_vec(&doc).map_err(unavailable)?;
             let set = Arc::new(KeySetBody {
                 etag: etag::of(&body),
