@@ -963,3 +963,72 @@ fn sigkill_during_a_burst_loses_no_acknowledged_change() {
         assert!(audited.contains(&("revoke".to_string(), id.clone())));
     }
 }
+
+#[test]
+fn slow_and_idle_clients_are_disconnected() {
+    use std::io::{Read, Write};
+    let dir = Scratch::new("keysvc-slow");
+    let pki = Pki::generate(dir.path());
+    let db = db_path(dir.path());
+    let plain = Server::start(&["--db", &arg(&db)]);
+    let tls = Server::start(&[
+        "--db",
+        &arg(&db),
+        "--tls-cert",
+        &arg(&pki.server_cert),
+        "--tls-key",
+        &arg(&pki.server_key),
+    ]);
+    // Each connection must be closed by the server within the 10 s limits (plus slack).
+    let closed_within = |addr: std::net::SocketAddr, send: &'static [u8]| {
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+            s.write_all(send).unwrap();
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("still open after {:?}: {e}", started.elapsed()),
+                }
+            }
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&seen).to_string(),
+            )
+        })
+    };
+    let checks = [
+        ("nothing sent", closed_within(plain.addr, b"")),
+        (
+            "half a request",
+            closed_within(plain.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+        ),
+        (
+            "idle after an answer",
+            closed_within(plain.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ),
+        (
+            "h2c preface",
+            closed_within(plain.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        ),
+        ("no TLS handshake", closed_within(tls.addr, b"")),
+    ];
+    for (what, check) in checks {
+        let (took, seen) = check.join().unwrap();
+        assert!(took < Duration::from_secs(15), "{what}: open for {took:?}");
+        if what == "idle after an answer" {
+            assert!(seen.starts_with("HTTP/1.1 200"), "{what}: {seen}");
+            assert!(
+                took >= Duration::from_secs(5),
+                "{what}: closed too soon ({took:?})"
+            );
+        }
+    }
+    // The server still answers.
+    assert_eq!(Client::plain(plain.addr).get("/healthz").status, 200);
+}

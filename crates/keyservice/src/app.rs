@@ -669,6 +669,15 @@ async fn update_key(
     let (store, actor) = admin(&app, peer, &headers).await?;
     let id = key_id(&id)?;
     let req: PatchRequest = json_body(body, ADMIN_BODY_LIMIT).await?;
+    if req.status.is_none()
+        && req.label.is_none()
+        && req.scopes.is_none()
+        && req.expires_at.is_none()
+    {
+        return Err(ApiError::bad(
+            "body: give at least one of status, label, scopes, expires_at",
+        ));
+    }
     let s = store.clone();
     let policy = blocking(move || s.policy()).await?;
     let status = req

@@ -5,7 +5,6 @@ use crate::app::{router, App, Peer};
 use axum::http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -138,19 +137,18 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
         StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
     ));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
-    builder
-        .http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let protocols = Arc::new((http1, http2));
     let graceful = GracefulShutdown::new();
     let stop = stop_signal();
     tokio::pin!(stop);
@@ -168,18 +166,28 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let serve = |io, peer: Peer| {
+            // HTTP/1.1, whose header timeout also closes a connection that sends nothing;
+            // h2 only when TLS negotiated it (ALPN), with pings that drop dead peers.
+            let serve = |io, peer: Peer, h2: bool| {
                 let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(peer);
                     router.clone().oneshot(req)
                 });
                 async move {
-                    let conn = builder.serve_connection(io, service);
-                    let _ = watcher.watch(conn).await;
+                    let io = TokioIo::new(io);
+                    if h2 {
+                        let _ = watcher
+                            .watch(protocols.1.serve_connection(io, service))
+                            .await;
+                    } else {
+                        let _ = watcher
+                            .watch(protocols.0.serve_connection(io, service))
+                            .await;
+                    }
                 }
             };
             match acceptor {
@@ -188,7 +196,7 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
                         addr,
                         client_cert: false,
                     };
-                    serve(TokioIo::new(Box::new(tcp) as Box<dyn Io>), peer).await;
+                    serve(Box::new(tcp) as Box<dyn Io>, peer, false).await;
                 }
                 Some(acceptor) => {
                     let tls =
@@ -198,13 +206,11 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
                             // why to it); nothing to log per connection.
                             _ => return,
                         };
-                    let client_cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .is_some_and(|c| !c.is_empty());
+                    let session = tls.get_ref().1;
+                    let client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
                     let peer = Peer { addr, client_cert };
-                    serve(TokioIo::new(Box::new(tls) as Box<dyn Io>), peer).await;
+                    serve(Box::new(tls) as Box<dyn Io>, peer, h2).await;
                 }
             }
         });

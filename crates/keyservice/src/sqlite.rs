@@ -60,6 +60,9 @@ pub struct SqliteStore {
     /// Reads (the key set, lookups, lists) go through this one: WAL readers do not wait
     /// for the writer.
     reader: Mutex<Connection>,
+    /// The key set is built on its own connection: a rebuild of a large set does not
+    /// hold up lookups and admin reads.
+    key_set_reader: Mutex<Connection>,
     cache: Mutex<Option<Arc<KeySetBody>>>,
 }
 
@@ -229,10 +232,12 @@ impl SqliteStore {
             )
             .map_err(at)?;
         let reader = open_connection(path).map_err(at)?;
+        let key_set_reader = open_connection(path).map_err(at)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            key_set_reader: Mutex::new(key_set_reader),
             cache: Mutex::new(None),
         })
     }
@@ -267,7 +272,7 @@ impl SqliteStore {
 
 impl GatewayStore for SqliteStore {
     fn key_set(&self) -> StoreResult<Arc<KeySetBody>> {
-        let conn = lock(&self.reader);
+        let conn = lock(&self.key_set_reader);
         // One read transaction: the version and the rows agree.
         conn.execute_batch("BEGIN").map_err(unavailable)?;
         let result = (|| {
