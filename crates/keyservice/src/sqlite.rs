@@ -831,3 +831,55 @@ mod tests {
         assert_eq!(s.key_set().unwrap().etag, before.etag);
     }
 }
+
+/// `cargo test -p keygate-keyservice --release -- --ignored --nocapture million`: what a
+/// revocation and the next key set cost at 1 000 000 keys.
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn a_million_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        {
+            let mut conn = lock(&store.writer);
+            let tx = conn.transaction().unwrap();
+            for n in 0..1_000_000u32 {
+                let key = NewKey {
+                    id: crate::secret::new_id().unwrap(),
+                    hash: crate::secret::hash(&n.to_string()).to_hex(),
+                    owner: format!("owner{}", n % 1000),
+                    label: None,
+                    scopes: vec!["browse".into()],
+                    created_at: 1_800_000_000,
+                    expires_at: None,
+                    read_only: false,
+                };
+                insert_key(&tx, &key).unwrap();
+            }
+            bump(&tx).unwrap();
+            tx.commit().unwrap();
+        }
+        let t = Instant::now();
+        let set = store.key_set().unwrap();
+        println!("first key set: {:?}, {} bytes", t.elapsed(), set.body.len());
+        let id: String = lock(&store.reader)
+            .query_row("SELECT id FROM keys WHERE seq = 500000", [], |r| r.get(0))
+            .unwrap();
+        let t = Instant::now();
+        store.revoke_key("test", &id).unwrap();
+        println!("revoke (committed): {:?}", t.elapsed());
+        let t = Instant::now();
+        let set = store.key_set().unwrap();
+        println!("key set after it: {:?} ({} keys)", t.elapsed(), set.keys);
+        let t = Instant::now();
+        let n = store.revoke_owner("test", "owner7").unwrap();
+        println!("revoke all of an owner ({n} keys): {:?}", t.elapsed());
+        let t = Instant::now();
+        store.record(&crate::secret::hash("123")).unwrap().unwrap();
+        println!("lookup: {:?}", t.elapsed());
+    }
+}
