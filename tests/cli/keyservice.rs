@@ -1032,3 +1032,97 @@ fn slow_and_idle_clients_are_disconnected() {
     // The server still answers.
     assert_eq!(Client::plain(plain.addr).get("/healthz").status, 200);
 }
+
+#[test]
+fn import_from_a_key_file_and_export_back() {
+    use keygate_testkit::cli::new_key;
+    let dir = Scratch::new("keysvc-import");
+    let keys = dir.join("keys.json");
+    let db = db_path(dir.path());
+    let a = new_key(
+        &keys,
+        &[
+            "--owner",
+            "alice",
+            "--scopes",
+            "browse",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    let b = new_key(
+        &keys,
+        &["--owner", "bob", "--expires-in", "never", "--read-only"],
+    );
+    keygate(&["disable", &b.id, "--keys", &arg(&keys)]).ok();
+
+    let run = keygate(&["import", "--keys", &arg(&keys), "--db", &arg(&db)]).ok();
+    assert_eq!(
+        run.stdout,
+        format!("imported 2 keys into {}\n", db.display())
+    );
+    // Again: every id is there already, so nothing is imported.
+    let run = keygate(&["import", "--keys", &arg(&keys), "--db", &arg(&db)]).failed();
+    assert!(
+        run.stderr.contains("keys[0]") && run.stderr.contains("nothing imported"),
+        "{run:?}"
+    );
+
+    let admin = admin_key(&db);
+    let server = Server::start(&["--db", &arg(&db)]);
+    let api = Client::plain(server.addr).with_bearer(&admin);
+    let record = api.get(&format!("/v1/admin/keys/{}", a.id)).json();
+    assert_eq!(record["hash"], hash_of(&a.api_key));
+    assert_eq!(record["expires_at"], a.expires_at.as_deref().unwrap());
+    assert_eq!(record["scopes"], json!(["browse"]));
+    let record = api.get(&format!("/v1/admin/keys/{}", b.id)).json();
+    assert_eq!(record["status"], "disabled");
+    assert_eq!(record["read_only"], true);
+    assert_eq!(record["expires_at"], Value::Null);
+    let audit = api.get("/v1/admin/audit").json();
+    assert_eq!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "import")
+            .count(),
+        2
+    );
+    assert_eq!(
+        api.send("DELETE", &format!("/v1/admin/keys/{}", a.id), &[], None)
+            .status,
+        200
+    );
+    drop(server);
+
+    let out = dir.join("exported.json");
+    let run = keygate(&["export", "--db", &arg(&db), "--keys", &arg(&out)]).ok();
+    assert_eq!(
+        run.stdout,
+        format!("exported 1 keys to {}\n", out.display())
+    );
+    let doc = KeySetDoc::parse(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(doc.keys.len(), 1);
+    assert_eq!(doc.keys[0].hash, KeyHash::of_key(&b.api_key));
+    let run = keygate(&[
+        "export",
+        "--db",
+        &arg(&dir.join("none.db")),
+        "--keys",
+        &arg(&out),
+    ])
+    .failed();
+    assert!(run.stderr.contains("no such database"), "{run:?}");
+
+    // Ids that are not UUIDs are refused, naming them; nothing is imported.
+    let odd = dir.join("odd.json");
+    std::fs::write(
+        &odd,
+        json!({"keys": [{"id": "legacy-1", "hash": hash_of("x"), "owner": "o"}]}).to_string(),
+    )
+    .unwrap();
+    let other_db = dir.join("other.db");
+    let run = keygate(&["import", "--keys", &arg(&odd), "--db", &arg(&other_db)]).failed();
+    assert!(run.stderr.contains("keys[0].id"), "{run:?}");
+}

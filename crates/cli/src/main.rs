@@ -132,6 +132,24 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         client_ca: Option<PathBuf>,
     },
+    /// Copy every record of a key file into a key service database (all or none)
+    Import {
+        /// The key file to read
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+        /// The key service's database (created if missing)
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+    },
+    /// Write a key service database's key set (revoked keys left out) to a key file
+    Export {
+        /// The key service's database
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The key file to write (replaced atomically)
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
     /// Admin keys for the key service's admin API
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -214,6 +232,8 @@ fn run(command: Command) -> error::Result<()> {
             tls_key,
             client_ca,
         }),
+        Command::Import { keys, db } => serve::import(&keys, &db),
+        Command::Export { db, keys } => serve::export(&db, &keys),
         Command::Admin(AdminCommand::New { db, label }) => serve::admin_new(&db, label.as_deref()),
         Command::Policy {
             db,

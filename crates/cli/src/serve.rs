@@ -102,3 +102,17 @@ pub fn policy(
     println!("{out}");
     Ok(())
 }
+
+/// `keygate import`: records from a key file into the database.
+pub fn import(keys: &std::path::Path, db: &std::path::Path) -> Result<()> {
+    let n = keygate_keyservice::import(keys, db).map_err(|lines| Error { lines })?;
+    println!("imported {n} keys into {}", db.display());
+    Ok(())
+}
+
+/// `keygate export`: the database's key set into a key file.
+pub fn export(db: &std::path::Path, keys: &std::path::Path) -> Result<()> {
+    let n = keygate_keyservice::export(db, keys).map_err(Error::new)?;
+    println!("exported {n} keys to {}", keys.display());
+    Ok(())
+}

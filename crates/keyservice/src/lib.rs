@@ -116,3 +116,99 @@ pub fn policy(
     }
     Ok(policy)
 }
+
+/// `keygate import --keys FILE --db PATH`: adds every record of a key file (checked as the
+/// filter checks it) to the database, in one transaction: all or none. Ids must be
+/// UUIDs (as `keygate new` makes them); times keep whole seconds. The policy is not
+/// applied: these keys exist already. Answers how many.
+pub fn import(keys: &Path, db: &Path) -> Result<usize, Vec<String>> {
+    use keygate_core::record::{KeySetDoc, KeyStatus};
+    use store::{AdminStore, NewKey, Status};
+    let at = |what: String| format!("{}: {what}", keys.display());
+    let bytes = std::fs::read(keys).map_err(|e| vec![at(format!("cannot read: {e}"))])?;
+    let doc = KeySetDoc::parse(&bytes).map_err(|problems| {
+        problems
+            .iter()
+            .map(|p| match p.path.as_str() {
+                "" => at(p.message.clone()),
+                field => at(format!("{field}: {}", p.message)),
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let seconds = |t: keygate_core::timestamp::Timestamp| {
+        i64::try_from(t.unix_nanos().div_euclid(1_000_000_000)).unwrap_or(i64::MAX)
+    };
+    let now = store::now();
+    let mut records = Vec::with_capacity(doc.keys.len());
+    let mut problems = Vec::new();
+    for (i, record) in doc.keys.into_iter().enumerate() {
+        if !secret::is_id(record.id.as_str()) {
+            problems.push(at(format!(
+                "keys[{i}].id: {:?} is not a lowercase UUID, which the key service's ids are",
+                record.id.as_str()
+            )));
+            continue;
+        }
+        let status = match record.status {
+            KeyStatus::Enabled => Status::Enabled,
+            KeyStatus::Disabled => Status::Disabled,
+        };
+        records.push((
+            NewKey {
+                id: record.id.as_str().to_string(),
+                hash: record.hash.to_hex(),
+                owner: record.owner.as_str().to_string(),
+                label: record.label,
+                scopes: record
+                    .scopes
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+                created_at: record.created_at.map_or(now, seconds),
+                expires_at: record.expires_at.map(seconds),
+                read_only: record.read_only,
+            },
+            status,
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let store = sqlite::SqliteStore::open(db).map_err(|e| vec![e])?;
+    store
+        .import_keys(&local_actor(), &records)
+        .map_err(|e| vec![format!("{}: {e} (nothing imported)", db.display())])
+}
+
+/// `keygate export --db PATH --keys FILE`: writes the key set as gateways get it (no
+/// revoked keys, no usage) to FILE, atomically (a temporary file, fsync, rename), so
+/// file mode or any static server can serve it. Answers how many keys.
+pub fn export(db: &Path, keys: &Path) -> Result<usize, String> {
+    use std::io::Write;
+    use store::GatewayStore;
+    if !db.is_file() {
+        return Err(format!("{}: no such database", db.display()));
+    }
+    let store = sqlite::SqliteStore::open(db)?;
+    let set = store
+        .key_set()
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    let at = |e: std::io::Error| format!("{}: cannot write: {e}", keys.display());
+    let name = keys
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keys.json".to_string());
+    let tmp = keys.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&set.body)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, keys)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(at(e));
+    }
+    Ok(set.keys)
+}

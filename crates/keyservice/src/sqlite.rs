@@ -635,6 +635,29 @@ impl AdminStore for SqliteStore {
             .map_err(unavailable)
     }
 
+    fn import_keys(&self, actor: &str, keys: &[(NewKey, Status)]) -> StoreResult<usize> {
+        self.change(|tx| {
+            for (i, (key, status)) in keys.iter().enumerate() {
+                insert_key(tx, key).map_err(|e| match e {
+                    StoreError::Conflict(why) => StoreError::Conflict(format!("keys[{i}]: {why}")),
+                    other => other,
+                })?;
+                if *status != Status::Enabled {
+                    tx.execute(
+                        "UPDATE keys SET status = ?2 WHERE id = ?1",
+                        params![key.id, status.as_str()],
+                    )
+                    .map_err(unavailable)?;
+                }
+                audit(tx, actor, "import", Some(&key.id), Some(&key.owner)).map_err(unavailable)?;
+            }
+            if !keys.is_empty() {
+                bump(tx).map_err(unavailable)?;
+            }
+            Ok(keys.len())
+        })
+    }
+
     fn record_usage(&self, reports: &[Usage]) -> StoreResult<()> {
         self.change(|tx| {
             let mut stmt = tx

@@ -237,4 +237,7 @@ pub trait AdminStore: GatewayStore {
     /// The id of the admin key with this hash.
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>>;
     fn record_usage(&self, reports: &[Usage]) -> StoreResult<()>;
+    /// Adds existing records (`keygate import`), all or none: a key whose id or hash is
+    /// already in the store is a conflict naming its position.
+    fn import_keys(&self, actor: &str, keys: &[(NewKey, Status)]) -> StoreResult<usize>;
 }
