@@ -1126,3 +1126,38 @@ fn import_from_a_key_file_and_export_back() {
     let run = keygate(&["import", "--keys", &arg(&odd), "--db", &arg(&other_db)]).failed();
     assert!(run.stderr.contains("keys[0].id"), "{run:?}");
 }
+
+#[test]
+fn parallel_admin_key_guesses_wait_in_line() {
+    let dir = Scratch::new("keysvc-guess");
+    let db = db_path(dir.path());
+    let admin = admin_key(&db);
+    let server = Server::start(&["--db", &arg(&db)]);
+    let guesser = Client::plain(server.addr).with_bearer("kga_guess");
+    assert_eq!(guesser.get("/v1/admin/keys").status, 401);
+    // One failure: each later attempt waits 200 ms more than the one before it.
+    let started = Instant::now();
+    let guesses: Vec<_> = (0..5)
+        .map(|_| {
+            let guesser = guesser.clone();
+            std::thread::spawn(move || {
+                let r = guesser.get("/v1/admin/keys");
+                (r.status, Instant::now())
+            })
+        })
+        .collect();
+    let mut done: Vec<_> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    done.sort_by_key(|(_, at)| *at);
+    assert!(done.iter().all(|(status, _)| *status == 401));
+    let last = done.last().unwrap().1 - started;
+    assert!(
+        last >= Duration::from_millis(1000),
+        "five parallel guesses done in {last:?}"
+    );
+    // The right key still gets in (after its turn), and clears the slate.
+    let api = Client::plain(server.addr).with_bearer(&admin);
+    assert_eq!(api.get("/v1/admin/keys").status, 200);
+    let started = Instant::now();
+    assert_eq!(api.get("/v1/admin/keys").status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

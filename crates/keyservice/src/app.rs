@@ -36,13 +36,23 @@ pub struct Peer {
     pub client_cert: bool,
 }
 
+/// Failed admin authentications from one address.
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    /// The earliest time the next attempt from there is looked at: attempts are taken one
+    /// at a time, `throttle_delay(count)` apart, so parallel guesses wait in line too.
+    next_slot: Instant,
+}
+
 pub struct App {
     pub gateway: Arc<dyn GatewayStore>,
     /// Db mode only.
     pub admin: Option<Arc<dyn AdminStore>>,
     /// `--client-ca` given: the gateway endpoints need a verified client certificate.
     pub require_client_cert: bool,
-    throttle: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    throttle: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 impl App {
@@ -327,19 +337,27 @@ async fn admin(
         .clone()
         .ok_or_else(|| ApiError::not_found("the admin API is served with --db only"))?;
     let ip = peer.map(|Extension(p)| p.addr.ip());
-    let failures = ip.and_then(|ip| {
-        let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
-        match map.get(&ip) {
-            Some((_, last)) if last.elapsed() > THROTTLE_FORGET => {
-                map.remove(&ip);
-                None
+    let (failures, wait_until) = match ip {
+        None => (None, None),
+        Some(ip) => {
+            let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            match map.get_mut(&ip) {
+                Some(f) if f.last.elapsed() > THROTTLE_FORGET => {
+                    map.remove(&ip);
+                    (None, None)
+                }
+                Some(f) => {
+                    let slot = f.next_slot.max(now);
+                    f.next_slot = slot + throttle_delay(f.count);
+                    (Some(f.count), Some(slot + throttle_delay(f.count)))
+                }
+                None => (None, None),
             }
-            Some((n, _)) => Some(*n),
-            None => None,
         }
-    });
-    if let Some(n) = failures {
-        tokio::time::sleep(throttle_delay(n)).await;
+    };
+    if let Some(until) = wait_until {
+        tokio::time::sleep_until(until.into()).await;
     }
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -367,13 +385,24 @@ async fn admin(
             Ok((store, format!("admin:{id}")))
         }
         None => {
-            let n = failures.unwrap_or(0).saturating_add(1);
+            let mut n = failures.unwrap_or(0).saturating_add(1);
             if let Some(ip) = ip {
                 let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
                 if map.len() > 100_000 {
-                    map.clear();
+                    map.retain(|_, f| f.last.elapsed() <= THROTTLE_FORGET);
+                    if map.len() > 100_000 {
+                        map.clear();
+                    }
                 }
-                map.insert(ip, (n, Instant::now()));
+                let now = Instant::now();
+                let entry = map.entry(ip).or_insert(Failures {
+                    count: 0,
+                    last: now,
+                    next_slot: now,
+                });
+                entry.count = entry.count.saturating_add(1);
+                entry.last = now;
+                n = entry.count;
             }
             let what = if presented.is_some() {
                 "an unknown admin key"
