@@ -92,7 +92,7 @@ impl Snapshot {
                 etag: etag::of(&bytes),
                 version: doc.version.unwrap_or_default(),
                 keys: by_hash.len(),
-                body: bytes,
+                body: bytes.into(),
             }),
             by_hash,
         })
@@ -201,13 +201,13 @@ impl GatewayStore for FileStore {
         Ok(self.snapshot().set.clone())
     }
 
-    fn record(&self, hash: &KeyHash) -> StoreResult<Option<Vec<u8>>> {
+    fn record(&self, hash: &KeyHash) -> StoreResult<Option<bytes::Bytes>> {
         let snapshot = self.snapshot();
         Ok(snapshot
             .by_hash
             .get(hash)
-            .and_then(|range| snapshot.set.body.get(range.clone()))
-            .map(<[u8]>::to_vec))
+            .filter(|range| range.end <= snapshot.set.body.len())
+            .map(|range| snapshot.set.body.slice(range.clone())))
     }
 
     fn ready(&self) -> StoreResult<()> {

@@ -302,7 +302,7 @@ impl GatewayStore for SqliteStore {
                 etag: etag::of(&body),
                 version,
                 keys: rows.len(),
-                body,
+                body: body.into(),
             });
             *lock(&self.cache) = Some(set.clone());
             Ok(set)
@@ -311,7 +311,7 @@ impl GatewayStore for SqliteStore {
         result
     }
 
-    fn record(&self, hash: &KeyHash) -> StoreResult<Option<Vec<u8>>> {
+    fn record(&self, hash: &KeyHash) -> StoreResult<Option<bytes::Bytes>> {
         let conn = lock(&self.reader);
         let row = conn
             .query_row(
@@ -321,8 +321,12 @@ impl GatewayStore for SqliteStore {
             )
             .optional()
             .map_err(unavailable)?;
-        row.map(|(_, row)| serde_json::to_vec(&GatewayRecord::of(&row)).map_err(unavailable))
-            .transpose()
+        row.map(|(_, row)| {
+            serde_json::to_vec(&GatewayRecord::of(&row))
+                .map(Into::into)
+                .map_err(unavailable)
+        })
+        .transpose()
     }
 
     fn ready(&self) -> StoreResult<()> {

@@ -187,7 +187,8 @@ pub struct Usage {
 #[derive(Debug)]
 pub struct KeySetBody {
     pub version: String,
-    pub body: Vec<u8>,
+    /// Shared with the answers being sent: a clone costs nothing.
+    pub body: bytes::Bytes,
     pub etag: String,
     pub keys: usize,
 }
@@ -198,7 +199,7 @@ pub trait GatewayStore: Send + Sync {
     /// The key set document, with a tag that changes exactly when its bytes do.
     fn key_set(&self) -> StoreResult<std::sync::Arc<KeySetBody>>;
     /// The record (JSON, as in the key set) of a key that is not revoked.
-    fn record(&self, hash: &keygate_core::record::KeyHash) -> StoreResult<Option<Vec<u8>>>;
+    fn record(&self, hash: &keygate_core::record::KeyHash) -> StoreResult<Option<bytes::Bytes>>;
     /// Whether the store can be read now.
     fn ready(&self) -> StoreResult<()>;
     /// One line for the log: what is served.
