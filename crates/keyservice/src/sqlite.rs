@@ -705,6 +705,22 @@ mod tests {
     }
 
     #[test]
+    fn wal_with_full_sync_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        for conn in [&s.writer, &s.reader, &s.key_set_reader] {
+            let conn = lock(conn);
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            let sync: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), sync), ("wal", 2));
+        }
+    }
+
+    #[test]
     fn keys_are_served_until_revoked_and_the_set_parses() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
