@@ -87,9 +87,10 @@ bench: tools wasm
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.
+# BENCH_MEMORY_ARGS passes options (e.g. a quick run: --keys 10000 --inline 1000 --workers 1).
 bench-memory: tools wasm
 	cargo build --release -p keygate-cli -p keygate-tools
-	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory $(BENCH_MEMORY_ARGS)
 
 # Mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, in each key
 # mode: inline (1,000,000), key_set (600,000) and lookup (400,000) against the real

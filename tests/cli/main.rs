@@ -4,5 +4,6 @@
 
 mod check;
 mod commands;
+mod keyservice;
 mod next_steps;
 mod serve;

@@ -9,6 +9,7 @@ mod cli;
 mod ecds;
 mod http2;
 mod key_service;
+mod key_service_mtls;
 mod key_set;
 mod lookup;
 mod operations;

@@ -8,7 +8,6 @@ mod check;
 mod duration;
 mod edit;
 mod error;
-mod etag;
 mod generate;
 mod hash;
 mod keys_file;
@@ -119,18 +118,90 @@ enum Command {
         #[arg(long)]
         emit_envoy: bool,
     },
-    /// Serve the key file over HTTP: GET /v1/keyset (with ETag) and GET /v1/keys/{hash}
+    /// Serve keys to gateways over HTTP(S): GET /v1/keyset (with ETag) and
+    /// GET /v1/keys/{hash}; with --db, also the admin API (/v1/admin/...)
     Serve {
-        /// The key file
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
+        /// A key file, served read-only
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "db",
+            conflicts_with = "db"
+        )]
+        keys: Option<PathBuf>,
+        /// A SQLite database (created if missing), served read-write with the admin API
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the address is printed)
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081",
               value_parser = usage::listen_address)]
         listen: String,
-        /// Requests answered at once
+        /// Worker threads
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
+        /// Serve HTTPS with this certificate chain (PEM)
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM)
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Gateway endpoints (/v1/keyset, /v1/keys/{hash}, /v1/usage) answer only clients
+        /// with a certificate signed by this CA (PEM); needs --tls-cert
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+    },
+    /// Copy every record of a key file into a key service database (all or none)
+    Import {
+        /// The key file to read
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+        /// The key service's database (created if missing)
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+    },
+    /// Write a key service database's key set (revoked keys left out) to a key file
+    Export {
+        /// The key service's database
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The key file to write (replaced atomically)
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
+    /// Admin keys for the key service's admin API
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Show or set the key service's policy: the scope catalog and the default and
+    /// maximum expiry of new keys
+    Policy {
+        /// The key service's database
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The scope catalog, comma-separated: keys may hold only these
+        #[arg(long, value_name = "SCOPES", conflicts_with = "any_scope")]
+        scopes: Option<String>,
+        /// No catalog: any scope is accepted
+        #[arg(long)]
+        any_scope: bool,
+        /// Lifetime of a new key when none is asked for: never, 7d, 30d, 90d, 365d...
+        #[arg(long, value_name = "DURATION")]
+        default_expiry: Option<String>,
+        /// The longest lifetime a key may get: never, 7d, 30d, 90d, 365d...
+        #[arg(long, value_name = "DURATION")]
+        max_expiry: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make an admin key: printed once, stored hashed in the database
+    New {
+        /// The key service's database (created if missing)
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// What the admin key is for
+        #[arg(long)]
+        label: Option<String>,
     },
 }
 
@@ -165,9 +236,37 @@ fn run(command: Command) -> error::Result<()> {
         Command::Check { config, emit_envoy } => check::run(&config, emit_envoy),
         Command::Serve {
             keys,
+            db,
             listen,
             threads,
-        } => serve::run(&keys, &listen, threads.into()),
+            tls_cert,
+            tls_key,
+            client_ca,
+        } => serve::run(serve::Serve {
+            keys,
+            db,
+            listen,
+            threads: threads.into(),
+            tls_cert,
+            tls_key,
+            client_ca,
+        }),
+        Command::Import { keys, db } => serve::import(&keys, &db),
+        Command::Export { db, keys } => serve::export(&db, &keys),
+        Command::Admin(AdminCommand::New { db, label }) => serve::admin_new(&db, label.as_deref()),
+        Command::Policy {
+            db,
+            scopes,
+            any_scope,
+            default_expiry,
+            max_expiry,
+        } => serve::policy(
+            &db,
+            scopes,
+            any_scope,
+            default_expiry.as_deref(),
+            max_expiry.as_deref(),
+        ),
     }
 }
 

@@ -1,340 +1,118 @@
-//! `keygate serve`: the key-service endpoints (README "`keygate serve`") over keys.json.
-//!
-//! - `GET /v1/keyset`: the file as it is, with a strong `ETag` (sha256 of the bytes);
-//!   `If-None-Match` → 304.
-//! - `GET /v1/keys/{hash}`: the record whose hash that is, as written in the file; 404 when
-//!   there is none, 400 when `{hash}` is not 64 lowercase hex characters.
-//! - HEAD too; other methods 405, other paths 404.
-//!
-//! The file is parsed once and kept with its tag and a hash index; each request only
-//! compares the file's metadata with what was loaded, so a million-key file costs one
-//! `stat` per request until it changes. A file that turns invalid (or disappears) while
-//! running is logged once and the last good set is served; one that is invalid at start
-//! is refused.
+//! `keygate serve` and the commands that prepare its database (`keygate admin`,
+//! `keygate policy`): flags in, the key service (crates/keyservice) does the work
+//! (README "`keygate serve`" and "The key service (`keygate serve --db`)").
 
 use crate::error::{Error, Result};
-use crate::etag;
-use keygate_core::record::{KeyHash, KeySetDoc};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::collections::HashMap;
-use std::fs::{File, Metadata};
-use std::io::{Cursor, Read};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use keygate_keyservice::server::{Options, Tls};
+use keygate_keyservice::Source;
+use std::path::PathBuf;
 
-/// What identifies one version of the file on disk without reading it. `keygate` replaces
-/// the file by renaming, which changes the inode even when size and mtime look the same.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    #[cfg(unix)]
-    inode: (u64, u64),
+pub struct Serve {
+    pub keys: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub listen: String,
+    pub threads: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
-impl Stamp {
-    fn of(meta: &Metadata) -> Stamp {
-        Stamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            #[cfg(unix)]
-            inode: {
-                use std::os::unix::fs::MetadataExt;
-                (meta.dev(), meta.ino())
-            },
+/// Serves until the process is stopped (Ctrl-C, SIGTERM: open requests finish first).
+pub fn run(serve: Serve) -> Result<()> {
+    let source = match (serve.keys, serve.db) {
+        (Some(keys), None) => Source::File(keys),
+        (None, Some(db)) => Source::Db(db),
+        _ => {
+            return Err(Error::new(
+                "serve: give exactly one of --keys FILE and --db PATH",
+            ))
         }
-    }
-}
-
-/// Bytes shared by the snapshot and the responses being sent from it.
-#[derive(Clone)]
-struct Body {
-    bytes: Arc<Vec<u8>>,
-    range: Range<usize>,
-}
-
-impl Body {
-    fn owned(bytes: Vec<u8>) -> Body {
-        let range = 0..bytes.len();
-        Body {
-            bytes: Arc::new(bytes),
-            range,
-        }
-    }
-}
-
-impl AsRef<[u8]> for Body {
-    fn as_ref(&self) -> &[u8] {
-        self.bytes.get(self.range.clone()).unwrap_or_default()
-    }
-}
-
-/// One good version of the file.
-struct Snapshot {
-    stamp: Stamp,
-    body: Arc<Vec<u8>>,
-    etag: String,
-    version: Option<String>,
-    /// Where each record's text is in `body`.
-    by_hash: HashMap<KeyHash, Range<usize>>,
-}
-
-#[derive(Deserialize)]
-struct RawRecords<'a> {
-    #[serde(borrow)]
-    keys: Vec<&'a RawValue>,
-}
-
-impl Snapshot {
-    fn load(path: &Path) -> Result<Snapshot> {
-        let mut file =
-            File::open(path).map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
-        // The stamp of the very file read, so a change during the read is seen next time.
-        let stamp = file
-            .metadata()
-            .map(|m| Stamp::of(&m))
-            .map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::at(path, format!("cannot read: {e}")))?;
-        // The filter's own checks: never serve a set the filter would refuse.
-        let doc = KeySetDoc::parse(&bytes).map_err(|problems| Error::each_at(path, &problems))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| Error::at(path, e))?;
-        let raw: RawRecords = serde_json::from_str(text).map_err(|e| Error::at(path, e))?;
-        let start = text.as_ptr() as usize;
-        let mut by_hash = HashMap::with_capacity(doc.keys.len());
-        for (record, raw) in doc.keys.iter().zip(raw.keys) {
-            let at = raw.get().as_ptr() as usize - start;
-            by_hash.insert(record.hash, at..at + raw.get().len());
-        }
-        Ok(Snapshot {
-            stamp,
-            etag: etag::of(&bytes),
-            body: Arc::new(bytes),
-            version: doc.version,
-            by_hash,
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} keys, version {}",
-            self.by_hash.len(),
-            self.version.as_deref().unwrap_or("(none)")
-        )
-    }
-
-    fn record(&self, hash: &KeyHash) -> Option<Body> {
-        self.by_hash.get(hash).map(|range| Body {
-            bytes: self.body.clone(),
-            range: range.clone(),
-        })
-    }
-}
-
-struct State {
-    current: Arc<Snapshot>,
-    /// The file as last examined, good or not (`None`: it could not be examined), so a
-    /// bad file is reported once, not on every request.
-    seen: Option<Stamp>,
-}
-
-struct KeyService {
-    path: PathBuf,
-    state: Mutex<State>,
-    /// Held by the one thread that reloads; the others keep answering from the current
-    /// snapshot meanwhile.
-    reloading: Mutex<()>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; if something did, the state is still whole.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl KeyService {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        let observed = std::fs::metadata(&self.path);
-        let observed_stamp = observed.as_ref().ok().map(Stamp::of);
-        let current = {
-            let state = lock(&self.state);
-            if state.seen == observed_stamp {
-                return state.current.clone();
-            }
-            state.current.clone()
-        };
-        let Ok(_reloading) = self.reloading.try_lock() else {
-            return current;
-        };
-        let mut state = lock(&self.state);
-        if state.seen == observed_stamp {
-            return state.current.clone();
-        }
-        let path = self.path.display();
-        let still = || {
-            format!(
-                "still serving the last good key set ({})",
-                current.describe()
-            )
-        };
-        match observed {
-            Err(e) => {
-                eprintln!("keygate serve: {path}: cannot read: {e}; {}", still());
-                state.seen = None;
-            }
-            // The file is read without the state locked: other requests are answered
-            // from the current snapshot meanwhile.
-            Ok(_) => {
-                drop(state);
-                let loaded = Snapshot::load(&self.path);
-                state = lock(&self.state);
-                match loaded {
-                    Ok(snapshot) => {
-                        eprintln!("keygate serve: {path}: reloaded: {}", snapshot.describe());
-                        state.seen = Some(snapshot.stamp);
-                        state.current = Arc::new(snapshot);
-                    }
-                    Err(error) => {
-                        for line in &error.lines {
-                            eprintln!("keygate serve: {line}; {}", still());
-                        }
-                        state.seen = observed_stamp;
-                    }
-                }
-            }
-        }
-        state.current.clone()
-    }
-}
-
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-fn respond(status: u16, headers: Vec<Option<Header>>, body: Body) -> Response<Cursor<Body>> {
-    let len = body.as_ref().len();
-    Response::new(
-        StatusCode(status),
-        headers.into_iter().flatten().collect(),
-        Cursor::new(body),
-        Some(len),
-        None,
-    )
-}
-
-fn json_error(status: u16, error: &str, description: &str) -> Response<Cursor<Body>> {
-    let body = serde_json::json!({"error": error, "error_description": description});
-    respond(
-        status,
-        vec![header("Content-Type", "application/json")],
-        Body::owned(format!("{body}\n").into_bytes()),
-    )
-}
-
-fn answer(service: &KeyService, request: &Request) -> Response<Cursor<Body>> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        let mut response = json_error(405, "method_not_allowed", "use GET or HEAD");
-        if let Some(allow) = header("Allow", "GET, HEAD") {
-            response.add_header(allow);
-        }
-        return response;
-    }
-    let url = request.url();
-    let path = url.split_once('?').map_or(url, |(path, _)| path);
-    if path == "/v1/keyset" {
-        let snapshot = service.snapshot();
-        let if_none_match = request
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv("If-None-Match"))
-            .map(|h| h.value.as_str());
-        let etag = header("ETag", &snapshot.etag);
-        if etag::none_match(if_none_match, &snapshot.etag) {
-            return respond(304, vec![etag], Body::owned(Vec::new()));
-        }
-        let len = snapshot.body.len();
-        return respond(
-            200,
-            vec![
-                header("Content-Type", "application/json"),
-                etag,
-                header("Cache-Control", "no-cache"),
-            ],
-            Body {
-                bytes: snapshot.body.clone(),
-                range: 0..len,
-            },
-        );
-    }
-    if let Some(hash) = path.strip_prefix("/v1/keys/") {
-        let Ok(hash) = KeyHash::parse_hex(hash) else {
-            return json_error(
-                400,
-                "invalid_request",
-                "the path must end with a key hash: 64 lowercase hex characters",
-            );
-        };
-        return match service.snapshot().record(&hash) {
-            Some(record) => respond(
-                200,
-                vec![header("Content-Type", "application/json")],
-                record,
-            ),
-            None => json_error(404, "not_found", "no key with this hash"),
-        };
-    }
-    json_error(
-        404,
-        "not_found",
-        "no such endpoint: use /v1/keyset or /v1/keys/{hash}",
-    )
-}
-
-fn work(service: &KeyService, server: &tiny_http::Server) {
-    loop {
-        match server.recv() {
-            // A client that left before its answer was sent needs nothing more.
-            Ok(request) => {
-                let response = answer(service, &request);
-                let _ = request.respond(response);
-            }
-            Err(e) => eprintln!("keygate serve: cannot accept a connection: {e}"),
-        }
-    }
-}
-
-/// Serves until the process is stopped (SIGINT, SIGTERM: nothing to save on the way out).
-pub fn run(keys: &Path, listen: &str, threads: usize) -> Result<()> {
-    let snapshot = Snapshot::load(keys)?;
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| Error::new(format!("--listen {listen}: cannot listen: {e}")))?;
-    let address = match server.server_addr().to_ip() {
-        Some(address) => address.to_string(),
-        None => listen.to_string(),
     };
-    eprintln!(
-        "keygate serve: listening on http://{address} ({}: {})",
-        keys.display(),
-        snapshot.describe()
-    );
-    let service = Arc::new(KeyService {
-        path: keys.to_path_buf(),
-        state: Mutex::new(State {
-            seen: Some(snapshot.stamp),
-            current: Arc::new(snapshot),
+    let tls = match (serve.tls_cert, serve.tls_key, serve.client_ca) {
+        (Some(cert), Some(key), client_ca) => Some(Tls {
+            cert,
+            key,
+            client_ca,
         }),
-        reloading: Mutex::new(()),
-    });
-    let server = Arc::new(server);
-    for _ in 1..threads.max(1) {
-        let service = service.clone();
-        let server = server.clone();
-        std::thread::spawn(move || work(&service, &server));
+        (None, None, None) => None,
+        (None, None, Some(_)) => {
+            return Err(Error::new(
+                "--client-ca needs TLS: give --tls-cert and --tls-key too",
+            ))
+        }
+        _ => return Err(Error::new("--tls-cert and --tls-key go together")),
+    };
+    let options = Options {
+        listen: serve.listen,
+        tls,
+    };
+    keygate_keyservice::run(source, options, serve.threads).map_err(|lines| Error { lines })
+}
+
+/// `keygate admin new`: prints the admin key once, as JSON.
+pub fn admin_new(db: &std::path::Path, label: Option<&str>) -> Result<()> {
+    let (id, key) = keygate_keyservice::admin_new(db, label).map_err(Error::new)?;
+    #[derive(serde::Serialize)]
+    struct Shown<'a> {
+        id: &'a str,
+        admin_key: &'a str,
     }
-    work(&service, &server);
+    let out = serde_json::to_string(&Shown {
+        id: &id,
+        admin_key: &key,
+    })
+    .map_err(|e| Error::new(e.to_string()))?;
+    println!("{out}");
+    Ok(())
+}
+
+/// `keygate policy`: changes what is given and prints the policy in force.
+pub fn policy(
+    db: &std::path::Path,
+    scopes: Option<String>,
+    any_scope: bool,
+    default_expiry: Option<&str>,
+    max_expiry: Option<&str>,
+) -> Result<()> {
+    let scopes = match (scopes, any_scope) {
+        (Some(list), false) => Some(Some(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        )),
+        (None, true) => Some(None),
+        _ => None,
+    };
+    let policy =
+        keygate_keyservice::policy(db, scopes, default_expiry, max_expiry).map_err(Error::new)?;
+    #[derive(serde::Serialize)]
+    struct Shown {
+        scopes: Option<Vec<String>>,
+        default_expiry: String,
+        max_expiry: String,
+    }
+    let out = serde_json::to_string(&Shown {
+        scopes: policy.scopes,
+        default_expiry: policy.default_expiry.to_string(),
+        max_expiry: policy.max_expiry.to_string(),
+    })
+    .map_err(|e| Error::new(e.to_string()))?;
+    println!("{out}");
+    Ok(())
+}
+
+/// `keygate import`: records from a key file into the database.
+pub fn import(keys: &std::path::Path, db: &std::path::Path) -> Result<()> {
+    let n = keygate_keyservice::import(keys, db).map_err(|lines| Error { lines })?;
+    println!("imported {n} keys into {}", db.display());
+    Ok(())
+}
+
+/// `keygate export`: the database's key set into a key file.
+pub fn export(db: &std::path::Path, keys: &std::path::Path) -> Result<()> {
+    let n = keygate_keyservice::export(db, keys).map_err(Error::new)?;
+    println!("exported {n} keys to {}", keys.display());
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod h2;
 pub mod h2_upstream;
 pub mod http1;
 pub mod key_service;
+pub mod keysvc;
 pub mod process;
 pub mod serve;
 pub mod temp;

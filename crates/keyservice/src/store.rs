@@ -1,0 +1,244 @@
+//! What the key service keeps, behind two traits so another database can take SQLite's
+//! place: [`GatewayStore`] (what gateways read: the key set and single records) and
+//! [`AdminStore`] (the admin API's reads and changes, admin keys, policy, audit, usage).
+//!
+//! Keys are kept only as the SHA-256 of the key. A revoked key stays as a row with status
+//! `revoked` (so the audit trail and the list still name it) but is never served to a
+//! gateway again.
+
+use crate::duration::Lifetime;
+use serde::Serialize;
+use std::fmt;
+
+/// Unix seconds.
+pub type Seconds = i64;
+
+pub fn now() -> Seconds {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// RFC 3339 in UTC, whole seconds (`2026-11-01T10:00:00Z`).
+pub fn rfc3339(at: Seconds) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| at.to_string())
+}
+
+/// Parses RFC 3339 (any offset, fractional seconds dropped) to unix seconds.
+pub fn parse_rfc3339(text: &str) -> Result<Seconds, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// No such key (or admin key).
+    NotFound,
+    /// The change does not apply to the key as it is (e.g. it is revoked).
+    Conflict(String),
+    /// The store cannot be read or written.
+    Unavailable(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound => f.write_str("not found"),
+            StoreError::Conflict(why) => f.write_str(why),
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Enabled,
+    Disabled,
+    Revoked,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Enabled => "enabled",
+            Status::Disabled => "disabled",
+            Status::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "enabled" => Some(Status::Enabled),
+            "disabled" => Some(Status::Disabled),
+            "revoked" => Some(Status::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A key as the admin API shows it: the record (README "Configuration reference") plus
+/// usage (`last_used_at`, `uses`) and, once revoked, when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub hash: String,
+    pub owner: String,
+    pub label: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: Seconds,
+    pub expires_at: Option<Seconds>,
+    pub status: Status,
+    pub read_only: bool,
+    pub revoked_at: Option<Seconds>,
+    pub last_used_at: Option<Seconds>,
+    pub uses: u64,
+}
+
+/// A key to add (already checked against the policy).
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    pub id: String,
+    pub hash: String,
+    pub owner: String,
+    pub label: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: Seconds,
+    pub expires_at: Option<Seconds>,
+    pub read_only: bool,
+}
+
+/// A PATCH: each `Some` replaces the field. `expires_at: Some(None)` = never.
+#[derive(Clone, Debug, Default)]
+pub struct KeyChange {
+    pub status: Option<Status>,
+    pub label: Option<Option<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<Option<Seconds>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    pub status: Option<Status>,
+    pub limit: u32,
+    /// Rows after this position (an opaque cursor from the previous page).
+    pub after: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub keys: Vec<KeyRow>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    #[serde(serialize_with = "ser_time")]
+    pub at: Seconds,
+    /// `admin:<admin key id>` or `cli:<local user>`.
+    pub actor: String,
+    pub action: String,
+    pub key_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(at: &Seconds, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*at))
+}
+
+/// README "The key service": the scope catalog (`None`: any scope) and expiries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub scopes: Option<Vec<String>>,
+    pub default_expiry: Lifetime,
+    pub max_expiry: Lifetime,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            scopes: None,
+            default_expiry: Lifetime::Seconds(90 * 86_400),
+            max_expiry: Lifetime::Never,
+        }
+    }
+}
+
+/// One usage report entry (README "Usage"): `count` more uses, the latest at `last_used_at`.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    pub hash: String,
+    pub count: u64,
+    pub last_used_at: Seconds,
+}
+
+/// The key set as served on `/v1/keyset`: the document's bytes and their tag.
+#[derive(Debug)]
+pub struct KeySetBody {
+    pub version: String,
+    /// Shared with the answers being sent: a clone costs nothing.
+    pub body: bytes::Bytes,
+    pub etag: String,
+    pub keys: usize,
+}
+
+/// What gateways read. Calls block (file reads, database queries): run them off the
+/// async workers.
+pub trait GatewayStore: Send + Sync {
+    /// The key set document, with a tag that changes exactly when its bytes do.
+    fn key_set(&self) -> StoreResult<std::sync::Arc<KeySetBody>>;
+    /// The record (JSON, as in the key set) of a key that is not revoked.
+    fn record(&self, hash: &keygate_core::record::KeyHash) -> StoreResult<Option<bytes::Bytes>>;
+    /// Whether the store can be read now.
+    fn ready(&self) -> StoreResult<()>;
+    /// One line for the log: what is served.
+    fn describe(&self) -> String;
+}
+
+/// What the admin API (and `keygate admin`/`keygate policy`) read and change. Every change
+/// is committed, with its audit entry, before the call returns.
+pub trait AdminStore: GatewayStore {
+    fn create_key(&self, actor: &str, key: NewKey) -> StoreResult<KeyRow>;
+    fn get_key(&self, id: &str) -> StoreResult<KeyRow>;
+    fn list_keys(&self, query: &ListQuery) -> StoreResult<Page>;
+    fn update_key(&self, actor: &str, id: &str, change: KeyChange) -> StoreResult<KeyRow>;
+    fn revoke_key(&self, actor: &str, id: &str) -> StoreResult<KeyRow>;
+    /// Revokes every key of `owner` that is not revoked yet; answers how many.
+    fn revoke_owner(&self, actor: &str, owner: &str) -> StoreResult<u64>;
+    /// Adds `new` with the owner, label, scopes and read-only flag of `old_id`, and makes
+    /// the old key expire at `old_expires_at` if that is sooner than its expiry.
+    fn rotate_key(
+        &self,
+        actor: &str,
+        old_id: &str,
+        new: NewKey,
+        old_expires_at: Seconds,
+    ) -> StoreResult<KeyRow>;
+    fn audit(&self, since: Option<Seconds>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    fn policy(&self) -> StoreResult<Policy>;
+    fn set_policy(&self, actor: &str, policy: &Policy) -> StoreResult<()>;
+    fn add_admin_key(
+        &self,
+        actor: &str,
+        id: &str,
+        hash: &str,
+        label: Option<&str>,
+    ) -> StoreResult<()>;
+    /// The id of the admin key with this hash.
+    fn admin_key(&self, hash: &str) -> StoreResult<Option<String>>;
+    fn record_usage(&self, reports: &[Usage]) -> StoreResult<()>;
+    /// Adds existing records (`keygate import`), all or none: a key whose id or hash is
+    /// already in the store is a conflict naming its position.
+    fn import_keys(&self, actor: &str, keys: &[(NewKey, Status)]) -> StoreResult<usize>;
+}
