@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn bearer_key_is_allowed_with_identity() {
     let c = config();
-    let h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let h = with_bearer("GET", "/data/query", ALICE);
     let a = assert_allowed_as(run(&c, &h), "id-alice");
     let k = a.key.unwrap();
     assert_eq!(k.owner.as_str(), "alice");
@@ -128,11 +128,7 @@ fn percent_encoded_query_parameter_key_is_allowed() {
 #[test]
 fn only_configured_sources_are_read() {
     let c = config_with("sources", json!([{"header": "x-api-key"}]));
-    let h = request(
-        "GET",
-        &format!("/data/query?api_key={ALICE}"),
-        &[("authorization", &bearer(ALICE))],
-    );
+    let h = with_bearer("GET", &format!("/data/query?api_key={ALICE}"), ALICE);
     assert_eq!(denied(run(&c, &h)), Denial::Missing);
 }
 
@@ -141,7 +137,7 @@ fn default_sources_read_only_the_authorization_header() {
     let mut doc = base_doc();
     doc.as_object_mut().unwrap().remove("sources");
     let c = config_from(&doc);
-    let bearer_h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let bearer_h = with_bearer("GET", "/data/query", ALICE);
     assert_allowed_as(run(&c, &bearer_h), "id-alice");
     let header = request("GET", "/data/query", &[("x-api-key", ALICE)]);
     assert_eq!(denied(run(&c, &header)), Denial::Missing);
@@ -154,7 +150,7 @@ fn legacy_apikey_prefix_is_stripped_from_every_source() {
     let c = config();
     let legacy = format!("apikey|{ALICE}");
     let cases = [
-        request("GET", "/data/query", &[("authorization", &bearer(&legacy))]),
+        with_bearer("GET", "/data/query", &legacy),
         request(
             "GET",
             "/data/query",

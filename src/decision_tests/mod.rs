@@ -122,6 +122,11 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// A request presenting `key` as a Bearer token, and nothing else.
+fn with_bearer(method: &str, path: &str, key: &str) -> Headers {
+    request(method, path, &[("authorization", &bearer(key))])
+}
+
 fn basic(user_pass: &str) -> String {
     format!(
         "Basic {}",
@@ -168,6 +173,14 @@ fn assert_allowed_as<'c>(v: Verdict<'c>, id: &str) -> Allowed<'c> {
     let a = allowed(v);
     assert_eq!(key_id(&a).as_deref(), Some(id), "{a:?}");
     a
+}
+
+/// The scopes a MissingScope denial names; any other verdict fails the test.
+fn needed_scope<'c>(v: Verdict<'c>) -> &'c str {
+    match denied(v) {
+        Denial::MissingScope { needed, .. } => needed,
+        other => panic!("expected MissingScope, got {other:?}"),
+    }
 }
 
 fn assert_bad_request(v: Verdict<'_>) -> &'static str {

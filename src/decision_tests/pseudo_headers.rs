@@ -22,10 +22,7 @@ fn replace(headers: Headers, name: &str, value: &[u8]) -> Headers {
 #[test]
 fn missing_method_is_a_bad_request() {
     let c = config();
-    let h = without(
-        request("GET", "/healthz", &[("authorization", &bearer(ALICE))]),
-        ":method",
-    );
+    let h = without(with_bearer("GET", "/healthz", ALICE), ":method");
     let d = denied(decide(&c, &h, no_clock));
     assert!(matches!(d, Denial::BadRequest(_)), "{d:?}");
     assert_eq!(d.outcome(), Outcome::Malformed);

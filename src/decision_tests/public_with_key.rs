@@ -22,7 +22,7 @@ fn public_route_with_unknown_key_is_unknown_key() {
 fn public_route_with_valid_key_forwards_identity() {
     let c = config();
     // NOSCOPE holds no scopes at all: a public route needs none.
-    let h = request("GET", "/healthz", &[("authorization", &bearer(NOSCOPE))]);
+    let h = with_bearer("GET", "/healthz", NOSCOPE);
     let v = run(&c, &h);
     assert_eq!(v.outcome(), Outcome::Allowed);
     let a = assert_allowed_as(v, "id-noscope");
@@ -40,7 +40,7 @@ fn public_route_with_valid_key_forwards_identity() {
 #[test]
 fn public_route_with_expired_key_is_expired() {
     let c = config();
-    let h = request("GET", "/healthz", &[("authorization", &bearer(EXPIRED))]);
+    let h = with_bearer("GET", "/healthz", EXPIRED);
     let d = denied(run(&c, &h));
     assert!(
         matches!(&d, Denial::Expired(k) if k.id.as_str() == "id-expired"),

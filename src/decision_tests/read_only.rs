@@ -6,11 +6,7 @@ use super::*;
 fn read_only_key_may_get_head_and_options() {
     let c = config();
     for method in ["GET", "HEAD", "OPTIONS"] {
-        let h = request(
-            method,
-            "/data/download/x",
-            &[("authorization", &bearer(READONLY))],
-        );
+        let h = with_bearer(method, "/data/download/x", READONLY);
         let a = allowed(run(&c, &h));
         assert_eq!(key_id(&a).as_deref(), Some("id-ro"), "{method}");
     }
@@ -20,11 +16,7 @@ fn read_only_key_may_get_head_and_options() {
 fn read_only_key_may_not_write() {
     let c = config();
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        let h = request(
-            method,
-            "/data/download/x",
-            &[("authorization", &bearer(READONLY))],
-        );
+        let h = with_bearer(method, "/data/download/x", READONLY);
         let d = denied(run(&c, &h));
         assert!(
             matches!(&d, Denial::ReadOnly(k) if k.id.as_str() == "id-ro"),
@@ -39,11 +31,7 @@ fn read_only_key_may_not_write() {
 fn read_only_key_holding_the_scope_still_may_not_upload() {
     let c = config();
     for method in ["POST", "PUT"] {
-        let h = request(
-            method,
-            "/data/upload/f",
-            &[("authorization", &bearer(READONLY))],
-        );
+        let h = with_bearer(method, "/data/upload/f", READONLY);
         assert!(
             matches!(denied(run(&c, &h)), Denial::ReadOnly(_)),
             "{method}"
@@ -54,18 +42,18 @@ fn read_only_key_holding_the_scope_still_may_not_upload() {
 #[test]
 fn read_only_key_writing_on_public_route_is_read_only() {
     let c = config();
-    let h = request("POST", "/healthz", &[("authorization", &bearer(READONLY))]);
+    let h = with_bearer("POST", "/healthz", READONLY);
     assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
-    let h = request("GET", "/healthz", &[("authorization", &bearer(READONLY))]);
+    let h = with_bearer("GET", "/healthz", READONLY);
     assert_allowed_as(run(&c, &h), "id-ro");
 }
 
 #[test]
 fn read_only_key_writing_under_unmatched_authenticate_is_read_only() {
     let c = config_with("unmatched", json!("authenticate"));
-    let h = request("DELETE", "/other", &[("authorization", &bearer(READONLY))]);
+    let h = with_bearer("DELETE", "/other", READONLY);
     assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
-    let h = request("GET", "/other", &[("authorization", &bearer(READONLY))]);
+    let h = with_bearer("GET", "/other", READONLY);
     assert_allowed_as(run(&c, &h), "id-ro");
 }
 

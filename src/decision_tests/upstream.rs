@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn identity_is_set_and_credential_hidden_in_order() {
     let c = config();
-    let h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let h = with_bearer("GET", "/data/query", ALICE);
     let a = allowed(run(&c, &h));
     assert_eq!(
         edits(&a, &c),
