@@ -3,7 +3,9 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{get, http, keygate, new_key, replace, serve_refused, Scratch, Served};
+use cli_support::{
+    get, http, key_file, keygate, new_key, new_scoped_key, replace, serve_refused, Scratch, Served,
+};
 use keygate_core::record::KeyHash;
 use serde_json::json;
 use std::path::Path;
@@ -22,19 +24,8 @@ fn sha256_etag(bytes: &[u8]) -> String {
 
 #[test]
 fn serves_the_key_set_with_an_etag() {
-    let dir = Scratch::new("serve-keyset");
-    let keys = dir.join("keys.json");
-    new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    );
+    let (_dir, keys) = key_file("serve-keyset");
+    new_scoped_key(&keys, "alice", "browse", "30d", &[]);
     new_key(&keys, &["--owner", "bob", "--expires-in", "never"]);
     let server = Served::start(&keys);
     assert!(server
@@ -90,19 +81,8 @@ fn serves_the_key_set_with_an_etag() {
 
 #[test]
 fn serves_one_record_by_hash() {
-    let dir = Scratch::new("serve-record");
-    let keys = dir.join("keys.json");
-    let alice = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "7d",
-        ],
-    );
+    let (_dir, keys) = key_file("serve-record");
+    let alice = new_scoped_key(&keys, "alice", "browse", "7d", &[]);
     new_key(&keys, &["--owner", "bob", "--expires-in", "never"]);
     let server = Served::start(&keys);
 
@@ -151,8 +131,7 @@ fn serves_one_record_by_hash() {
 
 #[test]
 fn picks_up_changes_without_a_restart() {
-    let dir = Scratch::new("serve-reload");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("serve-reload");
     let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
     let server = Served::start(&keys);
     let first = get(server.addr, "/v1/keyset");
@@ -187,8 +166,7 @@ fn picks_up_changes_without_a_restart() {
 
 #[test]
 fn keeps_the_last_good_set_when_the_file_turns_bad() {
-    let dir = Scratch::new("serve-bad");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("serve-bad");
     let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
     let server = Served::start(&keys);
     let good = get(server.addr, "/v1/keyset");

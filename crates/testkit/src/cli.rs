@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub use crate::serve::{serve_refused, Serve, Served};
@@ -110,6 +110,34 @@ pub fn new_key(keys: &Path, args: &[&str]) -> Issued {
     let mut all = vec!["new", "--keys", keys.to_str().unwrap()];
     all.extend_from_slice(args);
     Issued::parse(&keygate(&all).ok().stdout)
+}
+
+/// A scratch folder for a test and the key file `keys.json` in it (`keygate new` makes it).
+pub fn key_file(label: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new(label);
+    let keys = dir.join("keys.json");
+    (dir, keys)
+}
+
+/// `keygate new --keys FILE --owner OWNER --scopes SCOPES --expires-in EXPIRES_IN extra...`,
+/// which must succeed: the usual key of a test, holding `scopes` (comma-separated).
+pub fn new_scoped_key(
+    keys: &Path,
+    owner: &str,
+    scopes: &str,
+    expires_in: &str,
+    extra: &[&str],
+) -> Issued {
+    let mut args = vec![
+        "--owner",
+        owner,
+        "--scopes",
+        scopes,
+        "--expires-in",
+        expires_in,
+    ];
+    args.extend_from_slice(extra);
+    new_key(keys, &args)
 }
 
 /// The key file as JSON.
