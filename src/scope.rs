@@ -1,10 +1,8 @@
 //! Scopes: names checked once, then numbered so that "does this key hold every scope this
 //! rule needs" is one bitwise test on the request path.
 
-use serde::{Deserialize, Deserializer};
-use std::borrow::Cow;
+use crate::header::checked_text;
 use std::collections::HashMap;
-use std::fmt;
 
 /// A scope name: a `scope-token` of RFC 6749 §3.3 (printable ASCII except space, `"` and
 /// `\`), so that it can be quoted in `WWW-Authenticate` and joined by spaces in a header.
@@ -25,24 +23,9 @@ impl Scope {
             ))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Scope {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <Cow<'de, str>>::deserialize(deserializer)?;
-        Scope::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+checked_text!(Scope);
 
 /// The scopes a key holds or a rule needs, as bits of a [`ScopeIndex`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
