@@ -241,7 +241,7 @@ fn all_denials(k: &KeyRecord) -> Vec<Denial<'_>> {
         Denial::UnknownKey,
         Denial::Expired(k),
         Denial::Disabled(k),
-        missing_scope(&k, "upload"),
+        missing_scope(k, "upload"),
         Denial::ReadOnly(k),
         Denial::NoRule,
         Denial::ReadOnlyUpgrade(k),
