@@ -204,6 +204,17 @@ fn rm(name: &str) -> Edit {
     Edit::Remove(name.to_string())
 }
 
+/// The edits for a request ALICE's key is allowed on: `before` (spoofed identities
+/// removed), her identity set, then `after` (credentials hidden, the path).
+fn alice_edits(before: Vec<Edit>, after: Vec<Edit>) -> Vec<Edit> {
+    let identity = vec![
+        set("x-api-key-id", "id-alice"),
+        set("x-api-key-owner", "alice"),
+        set("x-api-key-scopes", "browse download"),
+    ];
+    [before, identity, after].concat()
+}
+
 #[derive(Default)]
 struct Recorder(Vec<Edit>);
 
