@@ -122,6 +122,11 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// `GET /data/query` (a route needing `browse`) with one header.
+fn get_query_with(name: &str, value: &str) -> Headers {
+    request("GET", "/data/query", &[(name, value)])
+}
+
 /// A request presenting `key` as a Bearer token, and nothing else.
 fn with_bearer(method: &str, path: &str, key: &str) -> Headers {
     request(method, path, &[("authorization", &bearer(key))])

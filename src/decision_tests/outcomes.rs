@@ -74,33 +74,18 @@ fn denial_outcome_for_every_variant() {
 fn decided_verdicts_count_as_the_right_outcome() {
     let c = config();
     let cases: Vec<(Headers, Outcome)> = vec![
-        (
-            request("GET", "/data/query", &[("x-api-key", ALICE)]),
-            Outcome::Allowed,
-        ),
+        (get_query_with("x-api-key", ALICE), Outcome::Allowed),
         (request("GET", "/healthz", &[]), Outcome::Public),
         (
             request("GET", "/healthz", &[("x-api-key", ALICE)]),
             Outcome::Allowed,
         ),
         (request("GET", "/data/query", &[]), Outcome::Missing),
-        (
-            request("GET", "/data/query", &[("x-api-key", "")]),
-            Outcome::Malformed,
-        ),
+        (get_query_with("x-api-key", ""), Outcome::Malformed),
         (request("GET", "/data%2Fquery", &[]), Outcome::Malformed),
-        (
-            request("GET", "/data/query", &[("x-api-key", UNKNOWN)]),
-            Outcome::Invalid,
-        ),
-        (
-            request("GET", "/data/query", &[("x-api-key", EXPIRED)]),
-            Outcome::Expired,
-        ),
-        (
-            request("GET", "/data/query", &[("x-api-key", DISABLED)]),
-            Outcome::Disabled,
-        ),
+        (get_query_with("x-api-key", UNKNOWN), Outcome::Invalid),
+        (get_query_with("x-api-key", EXPIRED), Outcome::Expired),
+        (get_query_with("x-api-key", DISABLED), Outcome::Disabled),
         (
             request("POST", "/data/upload", &[("x-api-key", ALICE)]),
             Outcome::Forbidden,
@@ -120,10 +105,10 @@ fn decided_verdicts_count_as_the_right_outcome() {
 fn verdicts_never_show_the_raw_key_when_debug_printed() {
     let c = config();
     for h in [
-        request("GET", "/data/query", &[("x-api-key", ALICE)]),
+        get_query_with("x-api-key", ALICE),
         request("POST", "/data/upload", &[("x-api-key", ALICE)]),
-        request("GET", "/data/query", &[("x-api-key", UNKNOWN)]),
-        request("GET", "/data/query", &[("x-api-key", EXPIRED)]),
+        get_query_with("x-api-key", UNKNOWN),
+        get_query_with("x-api-key", EXPIRED),
         request("GET", "/nowhere", &[("x-api-key", ALICE)]),
         request(
             "GET",
