@@ -4,7 +4,7 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, keygate_with_stdin, new_key, records, Scratch};
+use cli_support::{check_ok, keygate, keygate_with_stdin, new_key, records, Scratch};
 use keygate_core::record::KeyHash;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -222,15 +222,10 @@ fn an_unreachable_rule_is_warned_about_but_accepted() {
         ]
     });
     let path = write(&dir, "c.json", &config.to_string());
-    let run = keygate(&["check", p(&path)]).ok();
-    let shown = path.display();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{shown}: ok: 0 keys, 2 rules\n{shown}: warning: rules[1]: is unreachable: \
-             rules[0] matches every request it matches (path \"/admin/users\", methods GET) \
-             first\n"
-        )
+        check_ok(&path),
+        "ok: 0 keys, 2 rules\nwarning: rules[1]: is unreachable: rules[0] matches every \
+         request it matches (path \"/admin/users\", methods GET) first\n"
     );
 }
 
@@ -250,13 +245,9 @@ fn emit_envoy_renders_a_checked_configuration_that_checks_again() {
         "{yaml}"
     );
     let emitted = write(&dir, "filter.yaml", &yaml);
-    let run = keygate(&["check", p(&emitted)]).ok();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{}: [0].typed_config.config.configuration.value: ok: 0 keys, 1 rule\n",
-            emitted.display()
-        )
+        check_ok(&emitted),
+        "[0].typed_config.config.configuration.value: ok: 0 keys, 1 rule\n"
     );
     // A configuration the filter would refuse is not rendered.
     let bad = write(

@@ -4,8 +4,8 @@ use keygate_testkit::cli as cli_support;
 
 use base64::Engine;
 use cli_support::{
-    key_file, keygate, keygate_with_stdin, new_key, new_scoped_key, read_json, record, records,
-    Issued, Scratch,
+    check_ok, key_file, keygate, keygate_on, keygate_with_stdin, new_key, new_scoped_key,
+    read_json, record, records, Issued, Scratch,
 };
 use keygate_core::record::KeyHash;
 use keygate_core::timestamp::Timestamp;
@@ -455,9 +455,7 @@ fn commands_on_a_missing_file_fail_clearly() {
         vec!["enable", "x"],
         vec!["revoke", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         assert!(
             run.stderr
                 .starts_with(&format!("keygate: {}: no such file", keys.display())),
@@ -560,9 +558,7 @@ fn a_corrupt_key_file_is_never_overwritten() {
             vec!["list"],
             vec!["list", "--json"],
         ] {
-            let mut all = args.clone();
-            all.extend(["--keys", p(&keys)]);
-            let run = keygate(&all).failed();
+            let run = keygate_on(&keys, &args).failed();
             assert_eq!(run.stdout, "", "{args:?}");
             let expected = format!("keygate: {}: ", keys.display());
             assert!(
@@ -661,11 +657,7 @@ fn check_accepts_a_config_made_from_the_key_file() {
         ]
     });
     let path = write_config(&dir, "config.json", &config);
-    let run = keygate(&["check", p(&path)]).ok();
-    assert_eq!(
-        run.stdout,
-        format!("{}: ok: 2 keys, 2 rules\n", path.display())
-    );
+    assert_eq!(check_ok(&path), "ok: 2 keys, 2 rules\n");
 }
 
 /// Configs that take their keys from `keygate serve` are checked the same way.
@@ -676,23 +668,17 @@ fn check_accepts_key_service_configs() {
     let key_set = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset",
         "authority": "keyservice", "refresh_seconds": 30, "timeout_ms": 2000}, "rules": rules});
     let path = write_config(&dir, "key_set.json", &key_set);
-    let run = keygate(&["check", p(&path)]).ok();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{}: ok: key set fetched over HTTP (key_set), 1 rule\n",
-            path.display()
-        )
+        check_ok(&path),
+        "ok: key set fetched over HTTP (key_set), 1 rule\n"
     );
     let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}",
         "authority": "keyservice", "cache_seconds": 60, "negative_cache_seconds": 10,
         "timeout_ms": 1000}, "rules": rules});
     let path = write_config(&dir, "lookup.json", &lookup);
-    let run = keygate(&["check", p(&path)]).ok();
-    assert!(
-        run.stdout
-            .ends_with(": ok: keys looked up one by one (lookup), 1 rule\n"),
-        "{run:?}"
+    assert_eq!(
+        check_ok(&path),
+        "ok: keys looked up one by one (lookup), 1 rule\n"
     );
 }
 

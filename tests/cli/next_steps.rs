@@ -4,8 +4,8 @@
 use keygate_testkit::cli as cli_support;
 
 use cli_support::{
-    key_file, keygate, keygate_in, keygate_with_stdin, new_key, new_scoped_key, record, Run,
-    Scratch,
+    key_file, keygate, keygate_in, keygate_on, keygate_with_stdin, new_key, new_scoped_key, record,
+    Run, Scratch,
 };
 use keygate_core::record::KeyHash;
 use serde_json::json;
@@ -116,9 +116,7 @@ fn list_json_fed_back_as_a_key_file_is_named() {
         vec!["list"],
         vec!["new", "--owner", "o", "--expires-in", "7d"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&listed)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&listed, &args).failed();
         assert_eq!(
             run.stderr,
             format!(
@@ -193,9 +191,7 @@ fn a_missing_directory_is_named_and_nothing_is_made() {
         vec!["disable", "x"],
         vec!["revoke", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         let missing = dir.join("no-such-dir");
         assert_eq!(
             run.stderr,
@@ -221,9 +217,7 @@ fn a_directory_as_the_key_file_leaves_no_lock_behind() {
         vec!["list"],
         vec!["enable", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         assert_eq!(
             run.stderr,
             format!(

@@ -81,6 +81,13 @@ pub fn keygate(args: &[&str]) -> Run {
     keygate_with_stdin(args, b"")
 }
 
+/// Runs `keygate args... --keys FILE`.
+pub fn keygate_on(keys: &Path, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--keys", keys.to_str().unwrap()]);
+    keygate(&all)
+}
+
 /// What `keygate new` printed.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -138,6 +145,20 @@ pub fn new_scoped_key(
     ];
     args.extend_from_slice(extra);
     new_key(keys, &args)
+}
+
+/// `keygate check FILE`, which must succeed: what it printed, each line without the
+/// `FILE: ` every line starts with.
+pub fn check_ok(path: &Path) -> String {
+    let run = keygate(&["check", path.to_str().unwrap()]).ok();
+    let prefix = format!("{}: ", path.display());
+    run.stdout
+        .lines()
+        .map(|line| match line.strip_prefix(&prefix) {
+            Some(said) => format!("{said}\n"),
+            None => panic!("a line of keygate check not about {prefix:?}: {run:?}"),
+        })
+        .collect()
 }
 
 /// The key file as JSON.
