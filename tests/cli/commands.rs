@@ -4,8 +4,8 @@ use keygate_testkit::cli as cli_support;
 
 use base64::Engine;
 use cli_support::{
-    check_ok, key_file, keygate, keygate_on, keygate_with_stdin, new_key, new_scoped_key,
-    read_json, record, records, Issued, Scratch,
+    check_fails, check_ok, key_file, keygate, keygate_on, keygate_with_stdin, new_key,
+    new_scoped_key, read_json, record, records, Issued, Scratch,
 };
 use keygate_core::record::KeyHash;
 use keygate_core::timestamp::Timestamp;
@@ -694,7 +694,7 @@ fn check_names_every_problem_by_field() {
         "realm": "bad\"realm"
     });
     let path = write_config(&dir, "bad.json", &config);
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     let shown = path.display().to_string();
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{run:?}");
@@ -716,16 +716,16 @@ fn check_names_every_problem_by_field() {
     );
 
     let unknown = write_config(&dir, "unknown.json", &json!({"keys": [], "rulez": []}));
-    let run = keygate(&["check", p(&unknown)]).failed();
+    let run = check_fails(&unknown);
     assert!(run.stdout.contains("rulez"), "{run:?}");
     assert!(run.stderr.contains("1 problem: "), "{run:?}");
 
     let not_json = dir.join("not.json");
     std::fs::write(&not_json, "keys: []").unwrap();
-    keygate(&["check", p(&not_json)]).failed();
+    check_fails(&not_json);
 
     let missing = dir.join("missing.json");
-    let run = keygate(&["check", p(&missing)]).failed();
+    let run = check_fails(&missing);
     assert!(
         run.stderr
             .starts_with(&format!("keygate: {}: cannot read: ", missing.display())),

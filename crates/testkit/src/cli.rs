@@ -161,6 +161,11 @@ pub fn check_ok(path: &Path) -> String {
         .collect()
 }
 
+/// `keygate check FILE`, which must fail.
+pub fn check_fails(path: &Path) -> Run {
+    keygate(&["check", path.to_str().unwrap()]).failed()
+}
+
 /// The key file as JSON.
 pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
