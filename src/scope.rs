@@ -27,6 +27,16 @@ impl Scope {
 
 checked_text!(Scope);
 
+/// Scopes joined by single spaces, as the scopes header carries them and a challenge names
+/// them.
+pub fn joined(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The scopes a key holds or a rule needs, as bits of a [`ScopeIndex`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeMask(u128);
