@@ -25,16 +25,19 @@ fn key_hash_lookup_is_exact_and_case_sensitive() {
     }
 }
 
+/// On a protected route and on a public one alike (a former test of the public routes).
 #[test]
 fn key_expired_before_now_is_expired() {
     let c = config();
-    let h = with_bearer("GET", "/data/query", EXPIRED);
-    let d = denied(run(&c, &h));
-    assert!(
-        matches!(&d, Denial::Expired(k) if k.id.as_str() == "id-expired"),
-        "{d:?}"
-    );
-    assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-expired"));
+    for path in ["/data/query", "/healthz"] {
+        let d = denied(run(&c, &with_bearer("GET", path, EXPIRED)));
+        assert!(
+            matches!(&d, Denial::Expired(k) if k.id.as_str() == "id-expired"),
+            "{path}: {d:?}"
+        );
+        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-expired"));
+        assert_eq!(d.outcome(), Outcome::Expired);
+    }
 }
 
 #[test]
@@ -81,17 +84,23 @@ fn expiry_with_offset_is_the_instant_in_utc() {
     assert!(matches!(d, Denial::Expired(_)), "{d:?}");
 }
 
+/// On a protected route and on a public one alike, from any source (the latter a former
+/// test of the public routes).
 #[test]
 fn disabled_key_is_disabled() {
     let c = config();
-    let h = with_bearer("GET", "/data/query", DISABLED);
-    let d = denied(decide(&c, &h, no_clock));
-    assert!(
-        matches!(&d, Denial::Disabled(k) if k.id.as_str() == "id-disabled"),
-        "{d:?}"
-    );
-    assert_eq!(d.outcome(), Outcome::Disabled);
-    assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-disabled"));
+    for h in [
+        with_bearer("GET", "/data/query", DISABLED),
+        request("GET", "/healthz", &[("x-api-key", DISABLED)]),
+    ] {
+        let d = denied(decide(&c, &h, no_clock));
+        assert!(
+            matches!(&d, Denial::Disabled(k) if k.id.as_str() == "id-disabled"),
+            "{h:?}: {d:?}"
+        );
+        assert_eq!(d.outcome(), Outcome::Disabled);
+        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-disabled"));
+    }
 }
 
 #[test]
