@@ -31,12 +31,8 @@ fn key_expired_before_now_is_expired() {
     let c = config();
     for path in ["/data/query", "/healthz"] {
         let d = denied(run(&c, &with_bearer("GET", path, EXPIRED)));
-        assert!(
-            matches!(&d, Denial::Expired(k) if k.id.as_str() == "id-expired"),
-            "{path}: {d:?}"
-        );
-        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-expired"));
-        assert_eq!(d.outcome(), Outcome::Expired);
+        assert!(matches!(d, Denial::Expired(_)), "{path}: {d:?}");
+        assert_key_denial(&d, "id-expired", Outcome::Expired);
     }
 }
 
@@ -83,12 +79,8 @@ fn disabled_key_is_disabled() {
         request("GET", "/healthz", &[("x-api-key", DISABLED)]),
     ] {
         let d = denied(decide(&c, &h, no_clock));
-        assert!(
-            matches!(&d, Denial::Disabled(k) if k.id.as_str() == "id-disabled"),
-            "{h:?}: {d:?}"
-        );
-        assert_eq!(d.outcome(), Outcome::Disabled);
-        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-disabled"));
+        assert!(matches!(d, Denial::Disabled(_)), "{h:?}: {d:?}");
+        assert_key_denial(&d, "id-disabled", Outcome::Disabled);
     }
 }
 

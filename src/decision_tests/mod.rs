@@ -188,6 +188,12 @@ fn needed_scope<'c>(v: Verdict<'c>) -> &'c str {
     }
 }
 
+/// Asserts that `d` names the key `id` and counts as `outcome` in the stats.
+fn assert_key_denial(d: &Denial<'_>, id: &str, outcome: Outcome) {
+    assert_eq!(d.key().map(|k| k.id.as_str()), Some(id), "{d:?}");
+    assert_eq!(d.outcome(), outcome, "{d:?}");
+}
+
 fn assert_bad_request(v: Verdict<'_>) -> &'static str {
     match denied(v) {
         Denial::BadRequest(why) => why,

@@ -18,12 +18,8 @@ fn read_only_key_may_not_write() {
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let h = with_bearer(method, "/data/download/x", READONLY);
         let d = denied(run(&c, &h));
-        assert!(
-            matches!(&d, Denial::ReadOnly(k) if k.id.as_str() == "id-ro"),
-            "{method}: {d:?}"
-        );
-        assert_eq!(d.outcome(), Outcome::Forbidden);
-        assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-ro"));
+        assert!(matches!(d, Denial::ReadOnly(_)), "{method}: {d:?}");
+        assert_key_denial(&d, "id-ro", Outcome::Forbidden);
     }
 }
 
@@ -39,22 +35,23 @@ fn read_only_key_holding_the_scope_still_may_not_upload() {
     }
 }
 
+/// Where a key alone lets a request in, on a public route and under `unmatched:
+/// authenticate`, a read-only key may read but not write (two former tests).
 #[test]
-fn read_only_key_writing_on_public_route_is_read_only() {
-    let c = config();
-    let h = with_bearer("POST", "/healthz", READONLY);
-    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
-    let h = with_bearer("GET", "/healthz", READONLY);
-    assert_allowed_as(run(&c, &h), "id-ro");
-}
-
-#[test]
-fn read_only_key_writing_under_unmatched_authenticate_is_read_only() {
-    let c = config_with("unmatched", json!("authenticate"));
-    let h = with_bearer("DELETE", "/other", READONLY);
-    assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)));
-    let h = with_bearer("GET", "/other", READONLY);
-    assert_allowed_as(run(&c, &h), "id-ro");
+fn read_only_key_writing_on_public_or_unmatched_routes_is_read_only() {
+    for (c, write, path) in [
+        (config(), "POST", "/healthz"),
+        (
+            config_with("unmatched", json!("authenticate")),
+            "DELETE",
+            "/other",
+        ),
+    ] {
+        let h = with_bearer(write, path, READONLY);
+        assert!(matches!(denied(run(&c, &h)), Denial::ReadOnly(_)), "{path}");
+        let h = with_bearer("GET", path, READONLY);
+        assert_allowed_as(run(&c, &h), "id-ro");
+    }
 }
 
 #[test]
@@ -66,12 +63,8 @@ fn read_only_key_may_not_upgrade_the_connection() {
     let extra: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let h = request("GET", "/data/download/x", &extra);
     let d = denied(run(&c, &h));
-    assert!(
-        matches!(&d, Denial::ReadOnlyUpgrade(k) if k.id.as_str() == "id-ro"),
-        "{d:?}"
-    );
-    assert_eq!(d.outcome(), Outcome::Forbidden);
-    assert_eq!(d.key().map(|k| k.id.as_str()), Some("id-ro"));
+    assert!(matches!(d, Denial::ReadOnlyUpgrade(_)), "{d:?}");
+    assert_key_denial(&d, "id-ro", Outcome::Forbidden);
     // On a public route too: the key presented is checked as anywhere else.
     let h = request("GET", "/healthz", &extra);
     assert!(matches!(denied(run(&c, &h)), Denial::ReadOnlyUpgrade(_)));
