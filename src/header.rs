@@ -1,9 +1,5 @@
 //! Header names and values that configuration may put on the wire, checked once at load.
 
-use serde::{Deserialize, Deserializer};
-use std::borrow::Cow;
-use std::fmt;
-
 /// `tchar` of RFC 9110 §5.6.2: the characters of a header name or a method.
 pub fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -12,6 +8,35 @@ pub fn is_token_char(b: u8) -> bool {
 pub fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(is_token_char)
 }
+
+/// For a text newtype `T(Box<str>)` whose `T::parse` checks it: `as_str`, `Display` as the
+/// text itself, and `Deserialize` from a string through `parse` (its message is serde's).
+macro_rules! checked_text {
+    ($type:ident) => {
+        impl $type {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D>(deserializer: D) -> Result<Self, D::Error>
+            where
+                D: serde::Deserializer<'de>,
+            {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                $type::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use checked_text;
 
 /// A header name in lowercase, the form Envoy hands to filters (HTTP/1 names are
 /// lowercased by the codec, HTTP/2 and HTTP/3 names are lowercase on the wire).
@@ -36,24 +61,9 @@ impl HeaderName {
         debug_assert!(is_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase()));
         HeaderName(name.into())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for HeaderName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <Cow<'de, str>>::deserialize(deserializer)?;
-        HeaderName::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+checked_text!(HeaderName);
 
 /// Text that is forwarded verbatim as a header value (a key's id or owner): not empty, no
 /// control characters (which would let a key record inject headers), no surrounding
@@ -74,24 +84,9 @@ impl HeaderText {
         }
         Ok(HeaderText(text.into()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for HeaderText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <Cow<'de, str>>::deserialize(deserializer)?;
-        HeaderText::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+checked_text!(HeaderText);
 
 #[cfg(test)]
 mod tests {

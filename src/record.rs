@@ -157,12 +157,7 @@ pub enum KeyState {
 
 impl KeyRecord {
     pub fn from_doc(doc: KeyRecordDoc, index: &ScopeIndex) -> (KeyHash, KeyRecord) {
-        let scopes_header = doc
-            .scopes
-            .iter()
-            .map(Scope::as_str)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let scopes_header = crate::scope::joined(&doc.scopes);
         let record = KeyRecord {
             scope_mask: index.mask(&doc.scopes),
             scopes_header: scopes_header.into(),

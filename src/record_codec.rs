@@ -38,13 +38,7 @@ pub fn encode(doc: &KeyRecordDoc, generation: u64) -> Vec<u8> {
     }
     put_text(&mut out, doc.id.as_str());
     put_text(&mut out, doc.owner.as_str());
-    let joined = doc
-        .scopes
-        .iter()
-        .map(Scope::as_str)
-        .collect::<Vec<_>>()
-        .join(" ");
-    put_text(&mut out, &joined);
+    put_text(&mut out, &crate::scope::joined(&doc.scopes));
     out
 }
 

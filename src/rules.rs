@@ -320,10 +320,9 @@ fn compile(doc: RuleDoc, index: &mut ScopeIndex, at: &str) -> Result<Rule, Vec<C
                     errors.push(ConfigError::new(format!("{at}.scopes[{j}]"), message));
                 }
             }
-            let needed: Vec<&str> = doc.scopes.iter().map(Scope::as_str).collect();
             Some(Access::Scopes {
                 mask: index.mask(&doc.scopes),
-                needed: needed.join(" ").into(),
+                needed: crate::scope::joined(&doc.scopes).into(),
             })
         }
     };

@@ -1,10 +1,8 @@
 //! Scopes: names checked once, then numbered so that "does this key hold every scope this
 //! rule needs" is one bitwise test on the request path.
 
-use serde::{Deserialize, Deserializer};
-use std::borrow::Cow;
+use crate::header::checked_text;
 use std::collections::HashMap;
-use std::fmt;
 
 /// A scope name: a `scope-token` of RFC 6749 §3.3 (printable ASCII except space, `"` and
 /// `\`), so that it can be quoted in `WWW-Authenticate` and joined by spaces in a header.
@@ -25,23 +23,18 @@ impl Scope {
             ))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+checked_text!(Scope);
 
-impl<'de> Deserialize<'de> for Scope {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <Cow<'de, str>>::deserialize(deserializer)?;
-        Scope::parse(&text).map_err(serde::de::Error::custom)
-    }
+/// Scopes joined by single spaces, as the scopes header carries them and a challenge names
+/// them.
+pub fn joined(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The scopes a key holds or a rule needs, as bits of a [`ScopeIndex`].

@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn bearer_key_is_allowed_with_identity() {
     let c = config();
-    let h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let h = with_bearer("GET", "/data/query", ALICE);
     let a = assert_allowed_as(run(&c, &h), "id-alice");
     let k = a.key.unwrap();
     assert_eq!(k.owner.as_str(), "alice");
@@ -18,11 +18,7 @@ fn bearer_key_is_allowed_with_identity() {
 #[test]
 fn apikey_scheme_is_allowed() {
     let c = config();
-    let h = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &format!("ApiKey {ALICE}"))],
-    );
+    let h = get_query_with("authorization", &format!("ApiKey {ALICE}"));
     let a = assert_allowed_as(run(&c, &h), "id-alice");
     assert_eq!(a.hide_sources, 0b001);
 }
@@ -30,11 +26,7 @@ fn apikey_scheme_is_allowed() {
 #[test]
 fn basic_with_apikey_username_is_allowed() {
     let c = config();
-    let h = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &basic(&format!("apikey:{ALICE}")))],
-    );
+    let h = get_query_with("authorization", &basic(&format!("apikey:{ALICE}")));
     let a = assert_allowed_as(run(&c, &h), "id-alice");
     assert_eq!(a.hide_sources, 0b001);
 }
@@ -45,17 +37,9 @@ fn basic_with_custom_username_is_allowed_and_default_username_is_not_a_key() {
         "sources",
         json!([{"authorization": {"schemes": ["Basic"], "basic_username": "svc"}}]),
     );
-    let ok = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &basic(&format!("svc:{ALICE}")))],
-    );
+    let ok = get_query_with("authorization", &basic(&format!("svc:{ALICE}")));
     assert_allowed_as(run(&c, &ok), "id-alice");
-    let other = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &basic(&format!("apikey:{ALICE}")))],
-    );
+    let other = get_query_with("authorization", &basic(&format!("apikey:{ALICE}")));
     assert_eq!(denied(run(&c, &other)), Denial::Missing);
 }
 
@@ -71,7 +55,7 @@ fn scheme_names_are_case_insensitive() {
         basic(&format!("apikey:{ALICE}")).replacen("Basic", "basic", 1),
         basic(&format!("apikey:{ALICE}")).replacen("Basic", "BASIC", 1),
     ] {
-        let h = request("GET", "/data/query", &[("authorization", &value)]);
+        let h = get_query_with("authorization", &value);
         let a = allowed(run(&c, &h));
         assert_eq!(key_id(&a).as_deref(), Some("id-alice"), "{value}");
     }
@@ -93,7 +77,7 @@ fn whitespace_around_the_key_is_ignored() {
 #[test]
 fn named_header_key_is_allowed() {
     let c = config();
-    let h = request("GET", "/data/query", &[("x-api-key", ALICE)]);
+    let h = get_query_with("x-api-key", ALICE);
     let a = assert_allowed_as(run(&c, &h), "id-alice");
     assert_eq!(a.hide_sources, 0b010);
     assert_eq!(a.new_path, None);
@@ -102,7 +86,7 @@ fn named_header_key_is_allowed() {
 #[test]
 fn named_header_configured_in_mixed_case_matches_lowercase_header() {
     let c = config_with("sources", json!([{"header": "ApiKey"}]));
-    let h = request("GET", "/data/query", &[("apikey", ALICE)]);
+    let h = get_query_with("apikey", ALICE);
     assert_allowed_as(run(&c, &h), "id-alice");
 }
 
@@ -128,11 +112,7 @@ fn percent_encoded_query_parameter_key_is_allowed() {
 #[test]
 fn only_configured_sources_are_read() {
     let c = config_with("sources", json!([{"header": "x-api-key"}]));
-    let h = request(
-        "GET",
-        &format!("/data/query?api_key={ALICE}"),
-        &[("authorization", &bearer(ALICE))],
-    );
+    let h = with_bearer("GET", &format!("/data/query?api_key={ALICE}"), ALICE);
     assert_eq!(denied(run(&c, &h)), Denial::Missing);
 }
 
@@ -141,9 +121,9 @@ fn default_sources_read_only_the_authorization_header() {
     let mut doc = base_doc();
     doc.as_object_mut().unwrap().remove("sources");
     let c = config_from(&doc);
-    let bearer_h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let bearer_h = with_bearer("GET", "/data/query", ALICE);
     assert_allowed_as(run(&c, &bearer_h), "id-alice");
-    let header = request("GET", "/data/query", &[("x-api-key", ALICE)]);
+    let header = get_query_with("x-api-key", ALICE);
     assert_eq!(denied(run(&c, &header)), Denial::Missing);
     let query = request("GET", &format!("/data/query?api_key={ALICE}"), &[]);
     assert_eq!(denied(run(&c, &query)), Denial::Missing);
@@ -154,13 +134,9 @@ fn legacy_apikey_prefix_is_stripped_from_every_source() {
     let c = config();
     let legacy = format!("apikey|{ALICE}");
     let cases = [
-        request("GET", "/data/query", &[("authorization", &bearer(&legacy))]),
-        request(
-            "GET",
-            "/data/query",
-            &[("authorization", &basic(&format!("apikey:{legacy}")))],
-        ),
-        request("GET", "/data/query", &[("x-api-key", &legacy)]),
+        with_bearer("GET", "/data/query", &legacy),
+        get_query_with("authorization", &basic(&format!("apikey:{legacy}"))),
+        get_query_with("x-api-key", &legacy),
         request("GET", &format!("/data/query?api_key=apikey%7C{ALICE}"), &[]),
     ];
     for h in cases {
@@ -172,17 +148,9 @@ fn legacy_apikey_prefix_is_stripped_from_every_source() {
 #[test]
 fn custom_strip_prefixes_replace_the_default() {
     let c = config_with("strip_prefixes", json!(["legacy:"]));
-    let h = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &bearer(&format!("legacy:{ALICE}")))],
-    );
+    let h = get_query_with("authorization", &bearer(&format!("legacy:{ALICE}")));
     assert_allowed_as(run(&c, &h), "id-alice");
-    let old = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &bearer(&format!("apikey|{ALICE}")))],
-    );
+    let old = get_query_with("authorization", &bearer(&format!("apikey|{ALICE}")));
     assert_eq!(denied(run(&c, &old)), Denial::UnknownKey);
 }
 
@@ -273,30 +241,14 @@ fn conflicting_keys_are_refused_even_on_a_public_route() {
 fn malformed_credentials_are_a_bad_request() {
     let c = config();
     let cases: Vec<Headers> = vec![
-        request("GET", "/data/query", &[("authorization", "Bearer")]),
-        request("GET", "/data/query", &[("authorization", "Bearer   ")]),
-        request(
-            "GET",
-            "/data/query",
-            &[("authorization", "ApiKey two words")],
-        ),
-        request(
-            "GET",
-            "/data/query",
-            &[("authorization", "Basic !!!notbase64")],
-        ),
-        request(
-            "GET",
-            "/data/query",
-            &[("authorization", &basic("apikey-without-colon"))],
-        ),
-        request(
-            "GET",
-            "/data/query",
-            &[("authorization", &basic("apikey:"))],
-        ),
-        request("GET", "/data/query", &[("authorization", "Bearer apikey|")]),
-        request("GET", "/data/query", &[("x-api-key", "")]),
+        get_query_with("authorization", "Bearer"),
+        get_query_with("authorization", "Bearer   "),
+        get_query_with("authorization", "ApiKey two words"),
+        get_query_with("authorization", "Basic !!!notbase64"),
+        get_query_with("authorization", &basic("apikey-without-colon")),
+        get_query_with("authorization", &basic("apikey:")),
+        get_query_with("authorization", "Bearer apikey|"),
+        get_query_with("x-api-key", ""),
         request("GET", "/data/query?api_key=", &[]),
         request("GET", "/data/query?api_key=%zz", &[]),
     ];
@@ -311,11 +263,7 @@ fn malformed_credentials_are_a_bad_request() {
 #[test]
 fn basic_for_another_user_is_no_credential_so_missing() {
     let c = config();
-    let h = request(
-        "GET",
-        "/data/query",
-        &[("authorization", &basic("alice@example.org:hunter2"))],
-    );
+    let h = get_query_with("authorization", &basic("alice@example.org:hunter2"));
     assert_eq!(denied(run(&c, &h)), Denial::Missing);
 }
 
@@ -331,7 +279,7 @@ fn unconfigured_or_foreign_schemes_are_no_credential() {
         "Digest username=alice".to_string(),
         format!("Token {ALICE}"),
     ] {
-        let h = request("GET", "/data/query", &[("authorization", &value)]);
+        let h = get_query_with("authorization", &value);
         assert_eq!(denied(run(&c, &h)), Denial::Missing, "{value}");
     }
 }

@@ -122,6 +122,16 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// `GET /data/query` (a route needing `browse`) with one header.
+fn get_query_with(name: &str, value: &str) -> Headers {
+    request("GET", "/data/query", &[(name, value)])
+}
+
+/// A request presenting `key` as a Bearer token, and nothing else.
+fn with_bearer(method: &str, path: &str, key: &str) -> Headers {
+    request(method, path, &[("authorization", &bearer(key))])
+}
+
 fn basic(user_pass: &str) -> String {
     format!(
         "Basic {}",
@@ -170,6 +180,20 @@ fn assert_allowed_as<'c>(v: Verdict<'c>, id: &str) -> Allowed<'c> {
     a
 }
 
+/// The scopes a MissingScope denial names; any other verdict fails the test.
+fn needed_scope<'c>(v: Verdict<'c>) -> &'c str {
+    match denied(v) {
+        Denial::MissingScope { needed, .. } => needed,
+        other => panic!("expected MissingScope, got {other:?}"),
+    }
+}
+
+/// Asserts that `d` names the key `id` and counts as `outcome` in the stats.
+fn assert_key_denial(d: &Denial<'_>, id: &str, outcome: Outcome) {
+    assert_eq!(d.key().map(|k| k.id.as_str()), Some(id), "{d:?}");
+    assert_eq!(d.outcome(), outcome, "{d:?}");
+}
+
 fn assert_bad_request(v: Verdict<'_>) -> &'static str {
     match denied(v) {
         Denial::BadRequest(why) => why,
@@ -189,6 +213,17 @@ fn set(name: &str, value: &str) -> Edit {
 
 fn rm(name: &str) -> Edit {
     Edit::Remove(name.to_string())
+}
+
+/// The edits for a request ALICE's key is allowed on: `before` (spoofed identities
+/// removed), her identity set, then `after` (credentials hidden, the path).
+fn alice_edits(before: Vec<Edit>, after: Vec<Edit>) -> Vec<Edit> {
+    let identity = vec![
+        set("x-api-key-id", "id-alice"),
+        set("x-api-key-owner", "alice"),
+        set("x-api-key-scopes", "browse download"),
+    ];
+    [before, identity, after].concat()
 }
 
 #[derive(Default)]

@@ -22,10 +22,7 @@ fn replace(headers: Headers, name: &str, value: &[u8]) -> Headers {
 #[test]
 fn missing_method_is_a_bad_request() {
     let c = config();
-    let h = without(
-        request("GET", "/healthz", &[("authorization", &bearer(ALICE))]),
-        ":method",
-    );
+    let h = without(with_bearer("GET", "/healthz", ALICE), ":method");
     let d = denied(decide(&c, &h, no_clock));
     assert!(matches!(d, Denial::BadRequest(_)), "{d:?}");
     assert_eq!(d.outcome(), Outcome::Malformed);
@@ -65,10 +62,10 @@ fn non_utf8_method_is_a_bad_request() {
 fn the_first_pseudo_header_counts() {
     let c = config();
     // A second :path or :method must not change what the rules saw.
-    let mut h = request("GET", "/data/query", &[("x-api-key", ALICE)]);
+    let mut h = get_query_with("x-api-key", ALICE);
     h.push((":path".to_string(), b"/admin/keys".to_vec()));
     assert_allowed_as(run(&c, &h), "id-alice");
-    let mut h = request("GET", "/data/query", &[("x-api-key", ALICE)]);
+    let mut h = get_query_with("x-api-key", ALICE);
     h.push((":method".to_string(), b"POST".to_vec()));
     assert_allowed_as(run(&c, &h), "id-alice");
     let mut h = request("POST", "/data/query", &[("x-api-key", ALICE)]);

@@ -14,7 +14,7 @@ fn key_holding_the_needed_scope_is_allowed() {
         ("PUT", "/data/upload/x", UPLOADER, "id-uploader"),
         ("GET", "/admin/keys", ADMIN, "id-admin"),
     ] {
-        let h = request(method, path, &[("authorization", &bearer(key))]);
+        let h = with_bearer(method, path, key);
         let v = run(&c, &h);
         assert_eq!(v.outcome(), Outcome::Allowed, "{method} {path}");
         let a = allowed(v);
@@ -37,7 +37,7 @@ fn key_missing_a_scope_is_missing_scope_with_needed_text() {
         ("GET", "/admin/keys", ALICE, "id-alice", "admin"),
         ("GET", "/data/query", NOSCOPE, "id-noscope", "browse"),
     ] {
-        let h = request(method, path, &[("authorization", &bearer(key))]);
+        let h = with_bearer(method, path, key);
         let d = denied(run(&c, &h));
         match &d {
             Denial::MissingScope { key, needed } => {
@@ -57,10 +57,10 @@ fn rule_with_several_scopes_needs_every_one() {
         "rules",
         json!([{"path_prefix": "/reports", "scopes": ["browse", "download"]}]),
     );
-    let ok = request("GET", "/reports/1", &[("authorization", &bearer(ALICE))]);
+    let ok = with_bearer("GET", "/reports/1", ALICE);
     assert_allowed_as(run(&c, &ok), "id-alice");
     // UPLOADER holds browse but not download; ADMIN holds both and more.
-    let partial = request("GET", "/reports/1", &[("authorization", &bearer(UPLOADER))]);
+    let partial = with_bearer("GET", "/reports/1", UPLOADER);
     assert_eq!(
         denied(run(&c, &partial)),
         Denial::MissingScope {
@@ -71,7 +71,7 @@ fn rule_with_several_scopes_needs_every_one() {
             needed: "browse download",
         }
     );
-    let more = request("GET", "/reports/1", &[("authorization", &bearer(ADMIN))]);
+    let more = with_bearer("GET", "/reports/1", ADMIN);
     assert_allowed_as(run(&c, &more), "id-admin");
 }
 
@@ -81,35 +81,21 @@ fn key_scopes_no_rule_mentions_decide_nothing_but_are_forwarded() {
     doc["keys"] = json!([{"id": "x", "hash": hash("kg_x"), "owner": "o",
                           "scopes": ["unrelated", "browse", "other:thing"]}]);
     let c = config_from(&doc);
-    let h = request("GET", "/data/query", &[("authorization", &bearer("kg_x"))]);
+    let h = with_bearer("GET", "/data/query", "kg_x");
     let a = assert_allowed_as(run(&c, &h), "x");
     assert!(edits(&a, &c).contains(&set("x-api-key-scopes", "unrelated browse other:thing")));
-    let up = request(
-        "POST",
-        "/data/upload",
-        &[("authorization", &bearer("kg_x"))],
-    );
-    assert!(matches!(
-        denied(run(&c, &up)),
-        Denial::MissingScope {
-            needed: "upload",
-            ..
-        }
-    ));
+    let up = with_bearer("POST", "/data/upload", "kg_x");
+    assert_eq!(needed_scope(run(&c, &up)), "upload");
 }
 
 #[test]
 fn method_filter_mismatch_is_refused_not_unmatched() {
     let c = config();
     // `/data/query` only allows GET and HEAD; POST is no rule's.
-    let h = request("POST", "/data/query", &[("authorization", &bearer(ADMIN))]);
+    let h = with_bearer("POST", "/data/query", ADMIN);
     assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
     // `/data/upload` only POST and PUT.
-    let h = request(
-        "GET",
-        "/data/upload/x",
-        &[("authorization", &bearer(ADMIN))],
-    );
+    let h = with_bearer("GET", "/data/upload/x", ADMIN);
     assert_eq!(denied(run(&c, &h)), Denial::MethodNotListed);
 }
 
@@ -122,17 +108,11 @@ fn method_filter_mismatch_falls_through_to_the_next_rule() {
             {"path_prefix": "/items", "scopes": ["upload"]}
         ]),
     );
-    let get = request("GET", "/items/1", &[("authorization", &bearer(ALICE))]);
+    let get = with_bearer("GET", "/items/1", ALICE);
     assert_allowed_as(run(&c, &get), "id-alice");
-    let post = request("POST", "/items/1", &[("authorization", &bearer(ALICE))]);
-    assert!(matches!(
-        denied(run(&c, &post)),
-        Denial::MissingScope {
-            needed: "upload",
-            ..
-        }
-    ));
-    let post_up = request("POST", "/items/1", &[("authorization", &bearer(UPLOADER))]);
+    let post = with_bearer("POST", "/items/1", ALICE);
+    assert_eq!(needed_scope(run(&c, &post)), "upload");
+    let post_up = with_bearer("POST", "/items/1", UPLOADER);
     assert_allowed_as(run(&c, &post_up), "id-uploader");
 }
 
@@ -148,14 +128,8 @@ fn first_matching_rule_wins() {
         ]),
     );
     // The broader `/data` rule comes first: browse is not enough.
-    let h = request("GET", "/data/query", &[("authorization", &bearer(ALICE))]);
-    assert!(matches!(
-        denied(run(&c, &h)),
-        Denial::MissingScope {
-            needed: "admin",
-            ..
-        }
-    ));
+    let h = with_bearer("GET", "/data/query", ALICE);
+    assert_eq!(needed_scope(run(&c, &h)), "admin");
     // A later public rule does not open it either.
     let h = request("GET", "/data/query", &[]);
     assert_eq!(denied(run(&c, &h)), Denial::Missing);
@@ -169,18 +143,8 @@ fn methods_match_rules_in_any_case() {
     // HTTP/2 lets a client send `get`; frameworks that treat it as GET must not see a
     // looser rule applied to it.
     let c = config();
-    let h = request("get", "/data/query", &[("authorization", &bearer(ALICE))]);
+    let h = with_bearer("get", "/data/query", ALICE);
     assert_allowed_as(run(&c, &h), "id-alice");
-    let h = request(
-        "post",
-        "/data/upload/x",
-        &[("authorization", &bearer(ALICE))],
-    );
-    assert!(matches!(
-        denied(run(&c, &h)),
-        Denial::MissingScope {
-            needed: "upload",
-            ..
-        }
-    ));
+    let h = with_bearer("post", "/data/upload/x", ALICE);
+    assert_eq!(needed_scope(run(&c, &h)), "upload");
 }

@@ -4,7 +4,7 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, keygate_with_stdin, new_key, records, Scratch};
+use cli_support::{check_fails, check_ok, keygate, keygate_with_stdin, new_key, records, Scratch};
 use keygate_core::record::KeyHash;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -66,16 +66,10 @@ fn the_shipped_envoy_and_kubernetes_files_check() {
     ];
     for (name, want) in cases {
         let path = shipped(name);
-        let run = keygate(&["check", p(&path)]).ok();
-        assert_eq!(
-            run.stdout,
-            format!("{}: {want}\n", path.display()),
-            "{name}"
-        );
+        assert_eq!(check_ok(&path), format!("{want}\n"), "{name}");
     }
     // The ECDS bootstrap holds no configuration: it says where it comes from.
-    let path = shipped("keygate-ecds.yaml");
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&shipped("keygate-ecds.yaml"));
     assert!(run.stderr.contains("(ECDS)"), "{run:?}");
     assert!(run.stderr.contains("keygate-ecds-filter.yaml"), "{run:?}");
 }
@@ -90,7 +84,7 @@ fn a_broken_configuration_inside_envoy_yaml_is_named_by_place_and_field() {
         .replacen("\"realm\": \"immport\"", "\"realm\": 7", 1);
     assert_ne!(broken, yaml, "the shipped file changed: update this test");
     let path = write(&dir, "envoy.yaml", &broken);
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     let shown = path.display();
     assert_eq!(
         run.stdout.lines().collect::<Vec<_>>(),
@@ -106,14 +100,14 @@ fn a_broken_configuration_inside_envoy_yaml_is_named_by_place_and_field() {
     );
     // YAML with no keygate filter in it.
     let path = write(&dir, "other.yaml", "static_resources:\n  listeners: []\n");
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     assert!(
         run.stderr.contains("no keygate configuration found"),
         "{run:?}"
     );
     // Neither JSON nor YAML.
     let path = write(&dir, "bad.yaml", "a: [1, 2\n");
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     assert!(run.stderr.contains("neither JSON nor YAML"), "{run:?}");
 }
 
@@ -130,7 +124,7 @@ fn every_structural_problem_is_reported_not_the_first() {
         "hide_credentials": "yes"
     });
     let path = write(&dir, "c.json", &config.to_string());
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     let shown = path.display().to_string();
     let fields: Vec<&str> = run
         .stdout
@@ -181,7 +175,7 @@ fn a_key_file_is_recognized_and_named() {
     let dir = Scratch::new("check-keys");
     let keys = dir.join("keys.json");
     new_key(&keys, &["--owner", "alice", "--expires-in", "never"]);
-    let run = keygate(&["check", p(&keys)]).failed();
+    let run = check_fails(&keys);
     assert_eq!(
         run.stdout,
         format!(
@@ -197,7 +191,7 @@ fn a_key_file_is_recognized_and_named() {
         "records.json",
         &Value::Array(records(&keys)).to_string(),
     );
-    let run = keygate(&["check", p(&list)]).failed();
+    let run = check_fails(&list);
     assert!(run.stdout.contains("a list of key records"), "{run:?}");
 
     // A key file with a bad record: the record's problem is named too.
@@ -206,7 +200,7 @@ fn a_key_file_is_recognized_and_named() {
         "bad-keys.json",
         r#"{"version": "3", "keys": [{"id": "a", "hash": "ABC", "owner": "o"}]}"#,
     );
-    let run = keygate(&["check", p(&bad)]).failed();
+    let run = check_fails(&bad);
     assert!(run.stdout.contains(": keys[0].hash: "), "{run:?}");
     assert!(run.stderr.contains("a key file"), "{run:?}");
 }
@@ -222,15 +216,10 @@ fn an_unreachable_rule_is_warned_about_but_accepted() {
         ]
     });
     let path = write(&dir, "c.json", &config.to_string());
-    let run = keygate(&["check", p(&path)]).ok();
-    let shown = path.display();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{shown}: ok: 0 keys, 2 rules\n{shown}: warning: rules[1]: is unreachable: \
-             rules[0] matches every request it matches (path \"/admin/users\", methods GET) \
-             first\n"
-        )
+        check_ok(&path),
+        "ok: 0 keys, 2 rules\nwarning: rules[1]: is unreachable: rules[0] matches every \
+         request it matches (path \"/admin/users\", methods GET) first\n"
     );
 }
 
@@ -250,13 +239,9 @@ fn emit_envoy_renders_a_checked_configuration_that_checks_again() {
         "{yaml}"
     );
     let emitted = write(&dir, "filter.yaml", &yaml);
-    let run = keygate(&["check", p(&emitted)]).ok();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{}: [0].typed_config.config.configuration.value: ok: 0 keys, 1 rule\n",
-            emitted.display()
-        )
+        check_ok(&emitted),
+        "[0].typed_config.config.configuration.value: ok: 0 keys, 1 rule\n"
     );
     // A configuration the filter would refuse is not rendered.
     let bad = write(

@@ -4,7 +4,8 @@ use keygate_testkit::cli as cli_support;
 
 use base64::Engine;
 use cli_support::{
-    keygate, keygate_with_stdin, new_key, read_json, record, records, Issued, Scratch,
+    check_fails, check_ok, key_file, keygate, keygate_on, keygate_with_stdin, new_key,
+    new_scoped_key, read_json, record, records, Issued, Scratch,
 };
 use keygate_core::record::KeyHash;
 use keygate_core::timestamp::Timestamp;
@@ -45,21 +46,14 @@ fn is_uuid_v4(id: &str) -> bool {
 
 #[test]
 fn new_prints_the_key_once_and_stores_only_its_hash() {
-    let dir = Scratch::new("new");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("new");
     let before = now();
-    let issued = new_key(
+    let issued = new_scoped_key(
         &keys,
-        &[
-            "--owner",
-            "alice",
-            "--label",
-            "ci-runner",
-            "--scopes",
-            "browse,download",
-            "--expires-in",
-            "90d",
-        ],
+        "alice",
+        "browse,download",
+        "90d",
+        &["--label", "ci-runner"],
     );
     let after = now();
 
@@ -108,8 +102,7 @@ fn new_prints_the_key_once_and_stores_only_its_hash() {
 
 #[test]
 fn new_expiry_flags_prefix_and_permissions() {
-    let dir = Scratch::new("new-options");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("new-options");
     let week = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
     let never = new_key(
         &keys,
@@ -163,8 +156,7 @@ fn new_expiry_flags_prefix_and_permissions() {
 
 #[test]
 fn new_keys_look_random() {
-    let dir = Scratch::new("entropy");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("entropy");
     let issued: Vec<Issued> = (0..12)
         .map(|_| new_key(&keys, &["--owner", "o", "--expires-in", "1y"]))
         .collect();
@@ -193,8 +185,7 @@ fn new_keys_look_random() {
 
 #[test]
 fn new_refuses_bad_input_and_creates_nothing() {
-    let dir = Scratch::new("new-errors");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("new-errors");
     let try_new = |args: &[&str]| {
         let mut all = vec!["new", "--keys", p(&keys)];
         all.extend_from_slice(args);
@@ -262,8 +253,7 @@ fn new_refuses_bad_input_and_creates_nothing() {
 /// Records a command did not touch keep their exact text, nanoseconds and offsets included.
 #[test]
 fn rewrites_keep_other_records_as_written() {
-    let dir = Scratch::new("preserve");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("preserve");
     let immport = format!(
         r#"{{"id": "8c3e4394-10a9-46ef-8af9-b6401ba1400d", "hash": "{}", "owner": "alice", "expires_at": "2027-05-21T20:55:24.654328038Z"}}"#,
         KeyHash::of_key("one").to_hex()
@@ -296,8 +286,7 @@ fn rewrites_keep_other_records_as_written() {
 /// 16 processes add a key at once: the lock keeps every record.
 #[test]
 fn concurrent_new_loses_no_record() {
-    let dir = Scratch::new("concurrent");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("concurrent");
     let children: Vec<_> = (0..16)
         .map(|i| {
             std::process::Command::new(keygate_testkit::keygate_binary())
@@ -361,8 +350,7 @@ fn handwritten(keys: &Path) {
 
 #[test]
 fn list_as_a_table() {
-    let dir = Scratch::new("list");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("list");
     handwritten(&keys);
     let out = keygate(&["list", "--keys", p(&keys)]).ok().stdout;
     let lines: Vec<&str> = out.lines().collect();
@@ -443,8 +431,7 @@ fn list_as_a_table() {
 
 #[test]
 fn list_as_json() {
-    let dir = Scratch::new("list-json");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("list-json");
     handwritten(&keys);
     let out = keygate(&["list", "--keys", p(&keys), "--json"]).ok().stdout;
     let listed: Value = serde_json::from_str(&out).unwrap();
@@ -460,8 +447,7 @@ fn list_as_json() {
 
 #[test]
 fn commands_on_a_missing_file_fail_clearly() {
-    let dir = Scratch::new("missing");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("missing");
     for args in [
         vec!["list"],
         vec!["list", "--json"],
@@ -469,9 +455,7 @@ fn commands_on_a_missing_file_fail_clearly() {
         vec!["enable", "x"],
         vec!["revoke", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         assert!(
             run.stderr
                 .starts_with(&format!("keygate: {}: no such file", keys.display())),
@@ -486,8 +470,7 @@ fn commands_on_a_missing_file_fail_clearly() {
 
 #[test]
 fn disable_enable_revoke() {
-    let dir = Scratch::new("edit");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("edit");
     let a = new_key(&keys, &["--owner", "alice", "--expires-in", "never"]);
     let b = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
     let status = |id: &str| record(&keys, id).unwrap()["status"].clone();
@@ -539,8 +522,7 @@ fn disable_enable_revoke() {
 /// A key file the filter would refuse is never rewritten, whatever the command.
 #[test]
 fn a_corrupt_key_file_is_never_overwritten() {
-    let dir = Scratch::new("corrupt");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("corrupt");
     let good = json!({"id": "a", "hash": KeyHash::of_key("a").to_hex(), "owner": "alice"});
     let cases: Vec<(String, &str)> = vec![
         ("{\"keys\": [".to_string(), "cut short: the JSON ends"),
@@ -576,9 +558,7 @@ fn a_corrupt_key_file_is_never_overwritten() {
             vec!["list"],
             vec!["list", "--json"],
         ] {
-            let mut all = args.clone();
-            all.extend(["--keys", p(&keys)]);
-            let run = keygate(&all).failed();
+            let run = keygate_on(&keys, &args).failed();
             assert_eq!(run.stdout, "", "{args:?}");
             let expected = format!("keygate: {}: ", keys.display());
             assert!(
@@ -663,19 +643,8 @@ fn write_config(dir: &Scratch, name: &str, config: &Value) -> std::path::PathBuf
 
 #[test]
 fn check_accepts_a_config_made_from_the_key_file() {
-    let dir = Scratch::new("check");
-    let keys = dir.join("keys.json");
-    new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    );
+    let (dir, keys) = key_file("check");
+    new_scoped_key(&keys, "alice", "browse", "30d", &[]);
     new_key(
         &keys,
         &["--owner", "bob", "--expires-in", "never", "--read-only"],
@@ -688,11 +657,7 @@ fn check_accepts_a_config_made_from_the_key_file() {
         ]
     });
     let path = write_config(&dir, "config.json", &config);
-    let run = keygate(&["check", p(&path)]).ok();
-    assert_eq!(
-        run.stdout,
-        format!("{}: ok: 2 keys, 2 rules\n", path.display())
-    );
+    assert_eq!(check_ok(&path), "ok: 2 keys, 2 rules\n");
 }
 
 /// Configs that take their keys from `keygate serve` are checked the same way.
@@ -703,23 +668,17 @@ fn check_accepts_key_service_configs() {
     let key_set = json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset",
         "authority": "keyservice", "refresh_seconds": 30, "timeout_ms": 2000}, "rules": rules});
     let path = write_config(&dir, "key_set.json", &key_set);
-    let run = keygate(&["check", p(&path)]).ok();
     assert_eq!(
-        run.stdout,
-        format!(
-            "{}: ok: key set fetched over HTTP (key_set), 1 rule\n",
-            path.display()
-        )
+        check_ok(&path),
+        "ok: key set fetched over HTTP (key_set), 1 rule\n"
     );
     let lookup = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}",
         "authority": "keyservice", "cache_seconds": 60, "negative_cache_seconds": 10,
         "timeout_ms": 1000}, "rules": rules});
     let path = write_config(&dir, "lookup.json", &lookup);
-    let run = keygate(&["check", p(&path)]).ok();
-    assert!(
-        run.stdout
-            .ends_with(": ok: keys looked up one by one (lookup), 1 rule\n"),
-        "{run:?}"
+    assert_eq!(
+        check_ok(&path),
+        "ok: keys looked up one by one (lookup), 1 rule\n"
     );
 }
 
@@ -735,7 +694,7 @@ fn check_names_every_problem_by_field() {
         "realm": "bad\"realm"
     });
     let path = write_config(&dir, "bad.json", &config);
-    let run = keygate(&["check", p(&path)]).failed();
+    let run = check_fails(&path);
     let shown = path.display().to_string();
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{run:?}");
@@ -757,16 +716,16 @@ fn check_names_every_problem_by_field() {
     );
 
     let unknown = write_config(&dir, "unknown.json", &json!({"keys": [], "rulez": []}));
-    let run = keygate(&["check", p(&unknown)]).failed();
+    let run = check_fails(&unknown);
     assert!(run.stdout.contains("rulez"), "{run:?}");
     assert!(run.stderr.contains("1 problem: "), "{run:?}");
 
     let not_json = dir.join("not.json");
     std::fs::write(&not_json, "keys: []").unwrap();
-    keygate(&["check", p(&not_json)]).failed();
+    check_fails(&not_json);
 
     let missing = dir.join("missing.json");
-    let run = keygate(&["check", p(&missing)]).failed();
+    let run = check_fails(&missing);
     assert!(
         run.stderr
             .starts_with(&format!("keygate: {}: cannot read: ", missing.display())),

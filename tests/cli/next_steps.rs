@@ -3,7 +3,10 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, keygate_in, keygate_with_stdin, new_key, record, Run, Scratch};
+use cli_support::{
+    key_file, keygate, keygate_in, keygate_on, keygate_with_stdin, new_key, new_scoped_key, record,
+    Run, Scratch,
+};
 use keygate_core::record::KeyHash;
 use serde_json::json;
 use std::path::Path;
@@ -104,8 +107,7 @@ fn keygate_keys_names_the_file_and_keys_overrides_it() {
 
 #[test]
 fn list_json_fed_back_as_a_key_file_is_named() {
-    let dir = Scratch::new("list-json-back");
-    let keys = dir.join("keys.json");
+    let (dir, keys) = key_file("list-json-back");
     new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
     let listed = dir.join("listed.json");
     let out = keygate(&["list", "--json", "--keys", p(&keys)]).ok().stdout;
@@ -114,9 +116,7 @@ fn list_json_fed_back_as_a_key_file_is_named() {
         vec!["list"],
         vec!["new", "--owner", "o", "--expires-in", "7d"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&listed)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&listed, &args).failed();
         assert_eq!(
             run.stderr,
             format!(
@@ -132,8 +132,7 @@ fn list_json_fed_back_as_a_key_file_is_named() {
 
 #[test]
 fn not_a_key_file_says_what_it_is_and_what_one_looks_like() {
-    let dir = Scratch::new("not-a-key-file");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("not-a-key-file");
     let shown = keys.display().to_string();
     let cases = [
         (
@@ -192,9 +191,7 @@ fn a_missing_directory_is_named_and_nothing_is_made() {
         vec!["disable", "x"],
         vec!["revoke", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         let missing = dir.join("no-such-dir");
         assert_eq!(
             run.stderr,
@@ -220,9 +217,7 @@ fn a_directory_as_the_key_file_leaves_no_lock_behind() {
         vec!["list"],
         vec!["enable", "x"],
     ] {
-        let mut all = args.clone();
-        all.extend(["--keys", p(&keys)]);
-        let run = keygate(&all).failed();
+        let run = keygate_on(&keys, &args).failed();
         assert_eq!(
             run.stderr,
             format!(
@@ -242,8 +237,7 @@ fn a_directory_as_the_key_file_leaves_no_lock_behind() {
 
 #[test]
 fn a_unique_prefix_names_a_key() {
-    let dir = Scratch::new("prefix");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("prefix");
     three_keys(&keys);
     let run = keygate(&["disable", "alpha-2", "--keys", p(&keys)]).ok();
     assert_eq!(run.stdout, "disabled alpha-2\n");
@@ -262,8 +256,7 @@ fn a_unique_prefix_names_a_key() {
 
 #[test]
 fn an_ambiguous_or_unknown_id_points_to_list() {
-    let dir = Scratch::new("prefix-errors");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("prefix-errors");
     three_keys(&keys);
     let before = std::fs::read(&keys).unwrap();
     let shown = keys.display().to_string();
@@ -304,19 +297,8 @@ fn an_ambiguous_or_unknown_id_points_to_list() {
 
 #[test]
 fn scopes_with_spaces_after_commas_are_trimmed() {
-    let dir = Scratch::new("scopes-trimmed");
-    let keys = dir.join("keys.json");
-    let issued = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse, download",
-            "--expires-in",
-            "7d",
-        ],
-    );
+    let (_dir, keys) = key_file("scopes-trimmed");
+    let issued = new_scoped_key(&keys, "alice", "browse, download", "7d", &[]);
     assert_eq!(
         record(&keys, &issued.id).unwrap()["scopes"],
         json!(["browse", "download"])
@@ -350,8 +332,7 @@ fn hash_given_a_key_as_an_argument_points_to_stdin_without_echoing_it() {
 
 #[test]
 fn listen_given_a_bare_port_asks_for_host_and_port() {
-    let dir = Scratch::new("listen-port");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("listen-port");
     std::fs::write(&keys, r#"{"keys": []}"#).unwrap();
     for (given, port) in [("8081", 8081), (":9000", 9000)] {
         let run = keygate(&["serve", "--keys", p(&keys), "--listen", given]);

@@ -3,7 +3,10 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{get, http, keygate, new_key, replace, serve_refused, Scratch, Served};
+use cli_support::{
+    get, http, key_file, keygate, new_key, new_scoped_key, replace, serve_refused, HttpResponse,
+    Issued, Scratch, Served,
+};
 use keygate_core::record::KeyHash;
 use serde_json::json;
 use std::path::Path;
@@ -20,21 +23,19 @@ fn sha256_etag(bytes: &[u8]) -> String {
     )
 }
 
+/// Where `keygate serve` answers with the record of this key.
+fn record_path(issued: &Issued) -> String {
+    format!("/v1/keys/{}", KeyHash::of_key(&issued.api_key).to_hex())
+}
+
+fn etag(r: &HttpResponse) -> String {
+    r.header("etag").unwrap().to_string()
+}
+
 #[test]
 fn serves_the_key_set_with_an_etag() {
-    let dir = Scratch::new("serve-keyset");
-    let keys = dir.join("keys.json");
-    new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    );
+    let (_dir, keys) = key_file("serve-keyset");
+    new_scoped_key(&keys, "alice", "browse", "30d", &[]);
     new_key(&keys, &["--owner", "bob", "--expires-in", "never"]);
     let server = Served::start(&keys);
     assert!(server
@@ -46,7 +47,7 @@ fn serves_the_key_set_with_an_etag() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.body, file, "the document as the file holds it");
-    let etag = r.header("etag").unwrap().to_string();
+    let etag = etag(&r);
     assert_eq!(etag, sha256_etag(&file));
     // The same content, the same tag.
     assert_eq!(
@@ -90,19 +91,8 @@ fn serves_the_key_set_with_an_etag() {
 
 #[test]
 fn serves_one_record_by_hash() {
-    let dir = Scratch::new("serve-record");
-    let keys = dir.join("keys.json");
-    let alice = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "7d",
-        ],
-    );
+    let (_dir, keys) = key_file("serve-record");
+    let alice = new_scoped_key(&keys, "alice", "browse", "7d", &[]);
     new_key(&keys, &["--owner", "bob", "--expires-in", "never"]);
     let server = Served::start(&keys);
 
@@ -151,17 +141,15 @@ fn serves_one_record_by_hash() {
 
 #[test]
 fn picks_up_changes_without_a_restart() {
-    let dir = Scratch::new("serve-reload");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("serve-reload");
     let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
     let server = Served::start(&keys);
-    let first = get(server.addr, "/v1/keyset");
-    let first_etag = first.header("etag").unwrap().to_string();
+    let first_etag = etag(&get(server.addr, "/v1/keyset"));
 
     let bob = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
     let second = get(server.addr, "/v1/keyset");
     assert_eq!(second.body, std::fs::read(&keys).unwrap());
-    let second_etag = second.header("etag").unwrap().to_string();
+    let second_etag = etag(&second);
     assert_ne!(second_etag, first_etag);
     // A client holding the old tag gets the new set.
     let r = http(
@@ -171,7 +159,7 @@ fn picks_up_changes_without_a_restart() {
         &[("If-None-Match", &first_etag)],
     );
     assert_eq!(r.status, 200);
-    let bob_path = format!("/v1/keys/{}", KeyHash::of_key(&bob.api_key).to_hex());
+    let bob_path = record_path(&bob);
     assert_eq!(get(server.addr, &bob_path).status, 200);
     server.wait_for_log("reloaded: 2 keys, version 2");
 
@@ -179,7 +167,7 @@ fn picks_up_changes_without_a_restart() {
     assert_eq!(get(server.addr, &bob_path).json()["status"], "disabled");
     keygate(&["revoke", &bob.id, "--keys", p(&keys)]).ok();
     assert_eq!(get(server.addr, &bob_path).status, 404);
-    let alice_path = format!("/v1/keys/{}", KeyHash::of_key(&alice.api_key).to_hex());
+    let alice_path = record_path(&alice);
     assert_eq!(get(server.addr, &alice_path).status, 200);
     let last = get(server.addr, "/v1/keyset");
     assert_eq!(last.json()["version"], "4");
@@ -187,13 +175,12 @@ fn picks_up_changes_without_a_restart() {
 
 #[test]
 fn keeps_the_last_good_set_when_the_file_turns_bad() {
-    let dir = Scratch::new("serve-bad");
-    let keys = dir.join("keys.json");
+    let (_dir, keys) = key_file("serve-bad");
     let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
     let server = Served::start(&keys);
     let good = get(server.addr, "/v1/keyset");
-    let good_etag = good.header("etag").unwrap().to_string();
-    let alice_path = format!("/v1/keys/{}", KeyHash::of_key(&alice.api_key).to_hex());
+    let good_etag = etag(&good);
+    let alice_path = record_path(&alice);
 
     let bad = json!({"keys": [{"id": "x", "owner": "o", "hash": "not-a-hash"}]});
     replace(&keys, bad.to_string().as_bytes());

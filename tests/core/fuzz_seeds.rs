@@ -27,39 +27,26 @@ fn replay(target: &str, check: fn(&[u8])) {
     );
 }
 
-#[test]
-fn credential_seeds() {
-    replay("credential", checks::credential);
+/// One test a fuzz target: `name: target => check`.
+macro_rules! seed_tests {
+    ($($name:ident: $target:literal => $check:path),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                replay($target, $check);
+            }
+        )*
+    };
 }
 
-#[test]
-fn path_seeds() {
-    replay("path", checks::path);
-}
-
-#[test]
-fn config_seeds() {
-    replay("config", checks::config);
-}
-
-#[test]
-fn key_set_seeds() {
-    replay("key_set", checks::key_set);
-}
-
-#[test]
-fn shared_record_seeds() {
-    replay("shared_record", checks::shared_record);
-}
-
-#[test]
-fn header_map_seeds() {
-    replay("header_map", checks::header_map);
-}
-
-#[test]
-fn request_seeds() {
-    replay("request", checks::request);
+seed_tests! {
+    credential_seeds: "credential" => checks::credential,
+    path_seeds: "path" => checks::path,
+    config_seeds: "config" => checks::config,
+    key_set_seeds: "key_set" => checks::key_set,
+    shared_record_seeds: "shared_record" => checks::shared_record,
+    header_map_seeds: "header_map" => checks::header_map,
+    request_seeds: "request" => checks::request,
 }
 
 /// The checks are not vacuous: a request the rules refuse is refused, and one they allow

@@ -4,7 +4,7 @@
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, new_key, records, Scratch};
+use cli_support::{key_file, keygate, new_scoped_key, records, Scratch};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::{immport_rules, Envoy, Request, Upstream};
@@ -26,33 +26,9 @@ fn config_from(keys: &Path, dir: &Scratch) -> Value {
 
 #[test]
 fn keys_made_and_revoked_with_the_cli_work_in_envoy() {
-    let dir = Scratch::new("envoy");
-    let keys = dir.join("keys.json");
-    let alice = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--label",
-            "laptop",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "90d",
-        ],
-    );
-    let bob = new_key(
-        &keys,
-        &[
-            "--owner",
-            "bob",
-            "--scopes",
-            "browse,download",
-            "--expires-in",
-            "never",
-            "--read-only",
-        ],
-    );
+    let (dir, keys) = key_file("envoy");
+    let alice = new_scoped_key(&keys, "alice", "browse", "90d", &["--label", "laptop"]);
+    let bob = new_scoped_key(&keys, "bob", "browse,download", "never", &["--read-only"]);
     let upstream = Upstream::start();
 
     {

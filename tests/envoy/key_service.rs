@@ -6,7 +6,7 @@
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, new_key, Scratch, Served};
+use cli_support::{key_file, keygate, new_scoped_key, Served};
 use std::time::Duration;
 use support::{eventually, free_port, Bootstrap, Envoy, EnvoyOptions, Request, Upstream};
 
@@ -33,30 +33,9 @@ fn shipped_config(name: &str, port: u16, upstream: u16, key_service: u16) -> Str
 }
 
 fn run(config: &str) {
-    let dir = Scratch::new("key-service");
-    let keys = dir.join("keys.json");
-    let browse = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    );
-    let upload = new_key(
-        &keys,
-        &[
-            "--owner",
-            "ci",
-            "--scopes",
-            "browse,upload",
-            "--expires-in",
-            "never",
-        ],
-    );
+    let (_dir, keys) = key_file("key-service");
+    let browse = new_scoped_key(&keys, "alice", "browse", "30d", &[]);
+    let upload = new_scoped_key(&keys, "ci", "browse,upload", "never", &[]);
     let served = Served::start(&keys);
     let upstream = Upstream::start();
     let text = shipped_config(

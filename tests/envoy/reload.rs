@@ -17,13 +17,16 @@ const REVOKED: &str = "kg_reload_revoked_in_update";
 const DISABLED: &str = "kg_reload_disabled_in_update";
 const ADDED: &str = "kg_reload_added_in_update";
 
-fn record(id: &str, key: &str, status: &str) -> Value {
-    json!({"id": id, "hash": hash_of(key), "owner": "reload", "scopes": ["browse"],
-           "status": status})
-}
-
-fn plugin_config(keys: Vec<Value>) -> Value {
-    json!({"keys": keys, "rules": [{"path_prefix": "/", "scopes": ["browse"]}]})
+/// A configuration whose keys are given as (id, key, status), every one holding `browse`.
+fn plugin_config(keys: &[(&str, &str, &str)]) -> Value {
+    let records: Vec<Value> = keys
+        .iter()
+        .map(|(id, key, status)| {
+            json!({"id": id, "hash": hash_of(key), "owner": "reload", "scopes": ["browse"],
+                   "status": status})
+        })
+        .collect();
+    json!({"keys": records, "rules": [{"path_prefix": "/", "scopes": ["browse"]}]})
 }
 
 /// Replaces the listener file in one step, as Envoy's file watch expects.
@@ -58,19 +61,16 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn rewriting_the_inline_key_set_takes_effect_without_restart() {
-    let upstream = Upstream::start();
     let dir = TempDir::new("lds");
-    let lds = dir.path().join("listeners.json");
+    let lds = dir.join("listeners.json");
     let port = support::free_port();
-    write_listener(
-        &lds,
-        &plugin_config(vec![
-            record("stays", STAYS, "enabled"),
-            record("revoked", REVOKED, "enabled"),
-            record("disabled", DISABLED, "enabled"),
-        ]),
-        port,
-    );
+    let before = [
+        ("stays", STAYS, "enabled"),
+        ("revoked", REVOKED, "enabled"),
+        ("disabled", DISABLED, "enabled"),
+    ];
+    write_listener(&lds, &plugin_config(&before), port);
+    let upstream = Upstream::start();
     let bootstrap = json!({
         "node": {"id": "keygate-reload-test", "cluster": "keygate"},
         "admin": support::admin(),
@@ -102,15 +102,12 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
         })
     };
 
-    write_listener(
-        &lds,
-        &plugin_config(vec![
-            record("stays", STAYS, "enabled"),
-            record("disabled", DISABLED, "disabled"),
-            record("added", ADDED, "enabled"),
-        ]),
-        port,
-    );
+    let after = [
+        ("stays", STAYS, "enabled"),
+        ("disabled", DISABLED, "disabled"),
+        ("added", ADDED, "enabled"),
+    ];
+    write_listener(&lds, &plugin_config(&after), port);
     wait_for("the added key", || status(&envoy, ADDED) == 200);
     assert_eq!(status(&envoy, REVOKED), 401);
     let response = envoy.send(&Request::get("/data").bearer(DISABLED));
@@ -128,7 +125,7 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
 
     // A broken update is refused whole; the configuration in force stays.
     let rejected_before = stat(&envoy, "listener_manager.lds.update_rejected");
-    let mut broken = plugin_config(vec![record("stays", STAYS, "enabled")]);
+    let mut broken = plugin_config(&[("stays", STAYS, "enabled")]);
     broken["keys"][0]["hash"] = json!("not-a-hash");
     write_listener(&lds, &broken, port);
     wait_for("the rejected update", || {

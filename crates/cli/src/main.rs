@@ -41,29 +41,7 @@ struct Cli {
 enum Command {
     /// Make a key: print it once (with its id and expiry) and add its hashed record to
     /// the key file, which is created if missing
-    New {
-        /// Who the key belongs to (forwarded upstream as x-api-key-owner)
-        #[arg(long)]
-        owner: String,
-        /// What the key is for, e.g. the machine or job that uses it
-        #[arg(long)]
-        label: Option<String>,
-        /// Scopes the key holds, comma-separated (browse,download)
-        #[arg(long, value_name = "SCOPES")]
-        scopes: Vec<String>,
-        /// never, or a lifetime: 7d, 30d, 90d, 365d, 45m, 12h, 2w, 1y (365 days)
-        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-        expires_in: String,
-        /// The key may only use GET, HEAD and OPTIONS
-        #[arg(long)]
-        read_only: bool,
-        /// Text the key starts with, to recognize it (letters, digits, '_', '-', '.')
-        #[arg(long, default_value = "kg_")]
-        prefix: String,
-        /// The key file (a key-set document)
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
-    },
+    New(new::NewKey),
     /// List the keys in the key file (no hashes in the table; --json prints the records)
     List {
         /// The key file
@@ -207,23 +185,7 @@ enum AdminCommand {
 
 fn run(command: Command) -> error::Result<()> {
     match command {
-        Command::New {
-            owner,
-            label,
-            scopes,
-            expires_in,
-            read_only,
-            prefix,
-            keys,
-        } => new::run(new::NewKey {
-            owner,
-            label,
-            scopes,
-            expires_in,
-            read_only,
-            prefix,
-            keys,
-        }),
+        Command::New(key) => new::run(key),
         Command::List { keys, json } => list::run(&keys, json),
         Command::Disable { id, keys } => edit::run(edit::Change::Disable, &id, &keys),
         Command::Enable { id, keys } => edit::run(edit::Change::Enable, &id, &keys),

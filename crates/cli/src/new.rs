@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::generate;
 use crate::keys_file::{self, Edited, IfMissing};
 use crate::records::NewRecord;
+use crate::DEFAULT_KEYS;
 use keygate_core::header::HeaderText;
 use keygate_core::record::KeyHash;
 use keygate_core::scope::Scope;
@@ -13,13 +14,29 @@ use std::path::PathBuf;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+// The arguments of `keygate new` (the command's help is its doc comment in main.rs).
+#[derive(clap::Args)]
 pub struct NewKey {
+    /// Who the key belongs to (forwarded upstream as x-api-key-owner)
+    #[arg(long)]
     pub owner: String,
+    /// What the key is for, e.g. the machine or job that uses it
+    #[arg(long)]
     pub label: Option<String>,
+    /// Scopes the key holds, comma-separated (browse,download)
+    #[arg(long, value_name = "SCOPES")]
     pub scopes: Vec<String>,
+    /// never, or a lifetime: 7d, 30d, 90d, 365d, 45m, 12h, 2w, 1y (365 days)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub expires_in: String,
+    /// The key may only use GET, HEAD and OPTIONS
+    #[arg(long)]
     pub read_only: bool,
+    /// Text the key starts with, to recognize it (letters, digits, '_', '-', '.')
+    #[arg(long, default_value = "kg_")]
     pub prefix: String,
+    /// The key file (a key-set document)
+    #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
     pub keys: PathBuf,
 }
 

@@ -1,7 +1,7 @@
 //! Key records as the CLI writes, reads and edits them (README "Configuration reference").
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -29,20 +29,16 @@ impl NewRecord<'_> {
 }
 
 /// The fields `list` shows, read leniently (the file has been checked already). Times are
-/// kept as written.
+/// kept as written; an absent optional field reads as `None`.
 #[derive(Deserialize)]
 pub struct RecordView {
     pub id: String,
     pub owner: String,
-    #[serde(default)]
     pub label: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
-    #[serde(default)]
     pub created_at: Option<String>,
-    #[serde(default)]
     pub expires_at: Option<String>,
-    #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
     pub read_only: bool,
@@ -65,60 +61,52 @@ struct RecordFields {
     id: Value,
     hash: Value,
     owner: Value,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    label: Option<Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    scopes: Option<Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    created_at: Option<Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    expires_at: Option<Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    status: Option<Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    read_only: Option<Value>,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    label: Kept,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    scopes: Kept,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    created_at: Kept,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    expires_at: Kept,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    status: Kept,
+    #[serde(default, skip_serializing_if = "Kept::is_absent")]
+    read_only: Kept,
     /// Whatever a later format adds: kept, not dropped.
     #[serde(flatten)]
     other: Map<String, Value>,
 }
 
-/// `Some` for a field that is there, even as `null` (serde's `Option` would read `null` as
+/// A field of [`RecordFields`] as the record has it: absent (`None`, and left out when
+/// written), or there with its value, even `null` (serde's `Option` would read `null` as
 /// absent).
-fn present<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+#[derive(Default)]
+struct Kept(Option<Value>);
+
+impl Kept {
+    fn is_absent(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for Kept {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kept {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Kept, D::Error> {
+        Value::deserialize(deserializer).map(|v| Kept(Some(v)))
+    }
 }
 
 /// The record with `status` set.
 pub fn with_status(raw: &RawValue, status: &str) -> Result<Box<RawValue>> {
     let mut fields: RecordFields = serde_json::from_str(raw.get())
         .map_err(|e| Error::new(format!("unreadable record: {e}")))?;
-    fields.status = Some(Value::String(status.to_string()));
+    fields.status = Kept(Some(Value::String(status.to_string())));
     serde_json::value::to_raw_value(&fields).map_err(|e| Error::new(e.to_string()))
 }
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub use crate::serve::{serve_refused, Serve, Served};
@@ -81,6 +81,13 @@ pub fn keygate(args: &[&str]) -> Run {
     keygate_with_stdin(args, b"")
 }
 
+/// Runs `keygate args... --keys FILE`.
+pub fn keygate_on(keys: &Path, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--keys", keys.to_str().unwrap()]);
+    keygate(&all)
+}
+
 /// What `keygate new` printed.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -110,6 +117,53 @@ pub fn new_key(keys: &Path, args: &[&str]) -> Issued {
     let mut all = vec!["new", "--keys", keys.to_str().unwrap()];
     all.extend_from_slice(args);
     Issued::parse(&keygate(&all).ok().stdout)
+}
+
+/// A scratch folder for a test and the key file `keys.json` in it (`keygate new` makes it).
+pub fn key_file(label: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new(label);
+    let keys = dir.join("keys.json");
+    (dir, keys)
+}
+
+/// `keygate new --keys FILE --owner OWNER --scopes SCOPES --expires-in EXPIRES_IN extra...`,
+/// which must succeed: the usual key of a test, holding `scopes` (comma-separated).
+pub fn new_scoped_key(
+    keys: &Path,
+    owner: &str,
+    scopes: &str,
+    expires_in: &str,
+    extra: &[&str],
+) -> Issued {
+    let mut args = vec![
+        "--owner",
+        owner,
+        "--scopes",
+        scopes,
+        "--expires-in",
+        expires_in,
+    ];
+    args.extend_from_slice(extra);
+    new_key(keys, &args)
+}
+
+/// `keygate check FILE`, which must succeed: what it printed, each line without the
+/// `FILE: ` every line starts with.
+pub fn check_ok(path: &Path) -> String {
+    let run = keygate(&["check", path.to_str().unwrap()]).ok();
+    let prefix = format!("{}: ", path.display());
+    run.stdout
+        .lines()
+        .map(|line| match line.strip_prefix(&prefix) {
+            Some(said) => format!("{said}\n"),
+            None => panic!("a line of keygate check not about {prefix:?}: {run:?}"),
+        })
+        .collect()
+}
+
+/// `keygate check FILE`, which must fail.
+pub fn check_fails(path: &Path) -> Run {
+    keygate(&["check", path.to_str().unwrap()]).failed()
 }
 
 /// The key file as JSON.

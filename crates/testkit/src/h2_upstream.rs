@@ -2,10 +2,10 @@
 //! included, and a client that sends request trailers: what HTTP/1.1 upstreams and the
 //! echo [`crate::Upstream`] cannot show.
 
+use crate::upstream::Recording;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Header fields as received, names lowercase.
@@ -32,9 +32,7 @@ impl H2Seen {
 /// dropped.
 pub struct H2Upstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<H2Seen>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    recording: Recording<H2Seen>,
 }
 
 impl H2Upstream {
@@ -42,39 +40,28 @@ impl H2Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    while !stop.load(Ordering::Relaxed) {
-                        let accepted =
-                            tokio::time::timeout(Duration::from_millis(50), listener.accept())
-                                .await;
-                        if let Ok(Ok((tcp, _))) = accepted {
-                            tokio::spawn(serve(tcp, seen.clone()));
-                        }
+        let recording = Recording::spawn(move |seen, stop| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let accepted =
+                        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+                    if let Ok(Ok((tcp, _))) = accepted {
+                        tokio::spawn(serve(tcp, seen.clone()));
                     }
-                });
-            })
-        };
-        H2Upstream {
-            addr,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+                }
+            });
+        });
+        H2Upstream { addr, recording }
     }
 
     /// Everything received so far, oldest first, and forgets it.
     pub fn take(&self) -> Vec<H2Seen> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
+        self.recording.take()
     }
 
     /// The `upstream` cluster for Envoy, speaking HTTP/2 to this server.
@@ -94,15 +81,6 @@ impl H2Upstream {
                     "address": self.addr.ip().to_string(), "port_value": self.addr.port()}}}
             }]}]}
         })
-    }
-}
-
-impl Drop for H2Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

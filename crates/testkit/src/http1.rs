@@ -73,12 +73,20 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// The values of the header `name` among `headers` (names as received), in order.
+pub(crate) fn values_of<'h, 'n>(
+    headers: &'h [(String, String)],
+    name: &'n str,
+) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        values_of(&self.headers, name).next()
     }
 
     pub fn text(&self) -> String {

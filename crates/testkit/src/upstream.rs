@@ -19,11 +19,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::http1::values_of(&self.headers, name).collect()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -46,13 +42,55 @@ impl Seen {
     }
 }
 
+/// What a recording server shares with its thread: what it received, oldest first.
+pub(crate) type Received<T> = Arc<Mutex<Vec<T>>>;
+
+/// A server's thread, which records what it receives until told to stop: it is stopped,
+/// and waited for, when dropped.
+pub(crate) struct Recording<T> {
+    seen: Received<T>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Recording<T> {
+    /// Runs `serve(seen, stop)` on a thread of its own; it returns once `stop` is set.
+    pub(crate) fn spawn(
+        serve: impl FnOnce(Received<T>, Arc<AtomicBool>) + Send + 'static,
+    ) -> Recording<T> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || serve(seen, stop))
+        };
+        Recording {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything received so far, oldest first, and forgets it.
+    pub(crate) fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl<T> Drop for Recording<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// An HTTP server on 127.0.0.1 that answers every request with 200 and a JSON echo of what
 /// it received, and records it. Stops when dropped.
 pub struct Upstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    recording: Recording<Seen>,
 }
 
 impl Upstream {
@@ -63,54 +101,42 @@ impl Upstream {
     pub fn start_on(addr: &str) -> Upstream {
         let server = tiny_http::Server::http(addr).unwrap();
         let addr = server.server_addr().to_ip().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let seen = seen.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50))
-                    else {
-                        continue;
-                    };
-                    let mut body = Vec::new();
-                    let _ = request.as_reader().read_to_end(&mut body);
-                    let record = Seen {
-                        method: request.method().as_str().to_string(),
-                        target: request.url().to_string(),
-                        headers: request
-                            .headers()
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.field.as_str().as_str().to_ascii_lowercase(),
-                                    h.value.as_str().to_string(),
-                                )
-                            })
-                            .collect(),
-                    };
-                    let echo = serde_json::to_string_pretty(&record.as_json()).unwrap();
-                    seen.lock().unwrap().push(record);
-                    let content_type =
-                        tiny_http::Header::from_bytes("content-type", "application/json").unwrap();
-                    let _ = request.respond(
-                        tiny_http::Response::from_string(echo + "\n").with_header(content_type),
-                    );
-                }
-            })
-        };
-        Upstream {
-            addr,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        let recording = Recording::spawn(move |seen, stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let mut body = Vec::new();
+                let _ = request.as_reader().read_to_end(&mut body);
+                let record = Seen {
+                    method: request.method().as_str().to_string(),
+                    target: request.url().to_string(),
+                    headers: request
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_string(),
+                            )
+                        })
+                        .collect(),
+                };
+                let echo = serde_json::to_string_pretty(&record.as_json()).unwrap();
+                seen.lock().unwrap().push(record);
+                let content_type =
+                    tiny_http::Header::from_bytes("content-type", "application/json").unwrap();
+                let _ = request.respond(
+                    tiny_http::Response::from_string(echo + "\n").with_header(content_type),
+                );
+            }
+        });
+        Upstream { addr, recording }
     }
 
     /// Everything received so far, oldest first, and forgets it.
     pub fn take(&self) -> Vec<Seen> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
+        self.recording.take()
     }
 
     /// The one request received since the last `take`.
@@ -118,14 +144,5 @@ impl Upstream {
         let mut seen = self.take();
         assert_eq!(seen.len(), 1, "upstream saw {seen:?}");
         seen.remove(0)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -162,47 +162,72 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
         ),
         200,
     );
-    add(
-        "upload key uploading",
-        bearer("POST", "/data/upload/batch-1", "upload"),
-        200,
-    );
-    add("public route, no key", anonymous("/healthz"), 200);
-    add(
-        "no key on a protected route",
-        anonymous("/data/query/studies"),
-        401,
-    );
-    add(
-        "expired key",
-        bearer("GET", "/data/query/studies", "expired"),
-        401,
-    );
-    add(
-        "disabled key",
-        bearer("GET", "/data/download/SDY1.zip", "disabled"),
-        401,
-    );
-    add(
-        "browse key trying to upload",
-        bearer("POST", "/data/upload/batch-1", "browse"),
-        403,
-    );
-    add(
-        "read-only key trying to write",
-        bearer("PUT", "/data/upload/batch-1", "read-only"),
-        403,
-    );
-    add(
-        "a key without the admin scope",
-        bearer("GET", "/admin/keys", "download"),
-        403,
-    );
-    add(
-        "a route no rule allows",
-        bearer("GET", "/internal/metrics", "download"),
-        403,
-    );
+    // The rest, in order: a key by its demo name on a route (`None`: no key, and GET).
+    for (what, method, path, name, status) in [
+        (
+            "upload key uploading",
+            "POST",
+            "/data/upload/batch-1",
+            Some("upload"),
+            200,
+        ),
+        ("public route, no key", "GET", "/healthz", None, 200),
+        (
+            "no key on a protected route",
+            "GET",
+            "/data/query/studies",
+            None,
+            401,
+        ),
+        (
+            "expired key",
+            "GET",
+            "/data/query/studies",
+            Some("expired"),
+            401,
+        ),
+        (
+            "disabled key",
+            "GET",
+            "/data/download/SDY1.zip",
+            Some("disabled"),
+            401,
+        ),
+        (
+            "browse key trying to upload",
+            "POST",
+            "/data/upload/batch-1",
+            Some("browse"),
+            403,
+        ),
+        (
+            "read-only key trying to write",
+            "PUT",
+            "/data/upload/batch-1",
+            Some("read-only"),
+            403,
+        ),
+        (
+            "a key without the admin scope",
+            "GET",
+            "/admin/keys",
+            Some("download"),
+            403,
+        ),
+        (
+            "a route no rule allows",
+            "GET",
+            "/internal/metrics",
+            Some("download"),
+            403,
+        ),
+    ] {
+        let example = match name {
+            Some(name) => bearer(method, path, name),
+            None => anonymous(path),
+        };
+        add(what, example, status);
+    }
     out
 }
 
