@@ -100,7 +100,13 @@ impl LookupHost for Host {
     fn set_path(&mut self, path: &[u8]) {
         self.paths_set.push(path.to_vec());
     }
-    fn resume(&mut self, context_id: u32, verdict: Verdict<'_>, redacted: Option<&[u8]>) {
+    fn resume(
+        &mut self,
+        context_id: u32,
+        _hash: &KeyHash,
+        verdict: Verdict<'_>,
+        redacted: Option<&[u8]>,
+    ) {
         // The reentrancy test's state, asked while a request is resumed: no borrow may
         // be held then.
         if let Some(state) = REENTER.with(|r| r.get()) {
