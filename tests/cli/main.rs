@@ -5,3 +5,4 @@
 mod commands;
 mod next_steps;
 mod serve;
+mod usage;

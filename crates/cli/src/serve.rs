@@ -5,6 +5,7 @@
 //! - `GET /v1/keys/{hash}`: the record whose hash that is, as written in the file; 404 when
 //!   there is none, 400 when `{hash}` is not 64 lowercase hex characters.
 //! - HEAD too; other methods 405, other paths 404.
+//! - `POST /v1/usage`: the proxies' usage reports, kept beside the file ([`usage_file`]).
 //!
 //! The file is parsed once and kept with its tag and a hash index; each request only
 //! compares the file's metadata with what was loaded, so a million-key file costs one
@@ -14,6 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::etag;
+use crate::usage_file;
 use keygate_core::record::{KeyHash, KeySetDoc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -149,6 +151,7 @@ struct KeyService {
     /// Held by the one thread that reloads; the others keep answering from the current
     /// snapshot meanwhile.
     reloading: Mutex<()>,
+    usage: usage_file::Store,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,12 +297,34 @@ fn answer(service: &KeyService, request: &Request) -> Response<Cursor<Body>> {
     )
 }
 
+/// `POST /v1/usage` (any other method: 405): 204 once the report is kept.
+fn answer_usage(service: &KeyService, request: &mut Request) -> Response<Cursor<Body>> {
+    if *request.method() != Method::Post {
+        let mut response = json_error(405, "method_not_allowed", "use POST");
+        if let Some(allow) = header("Allow", "POST") {
+            response.add_header(allow);
+        }
+        return response;
+    }
+    let snapshot = service.snapshot();
+    let length = request.body_length();
+    let known = |hash: &KeyHash| snapshot.by_hash.contains_key(hash);
+    match service.usage.report(length, request.as_reader(), known) {
+        Ok(_) => respond(204, vec![], Body::owned(Vec::new())),
+        Err(refused) => json_error(refused.status, refused.error, &refused.description),
+    }
+}
+
 fn work(service: &KeyService, server: &tiny_http::Server) {
     loop {
         match server.recv() {
             // A client that left before its answer was sent needs nothing more.
-            Ok(request) => {
-                let response = answer(service, &request);
+            Ok(mut request) => {
+                let url = request.url();
+                let response = match url.split_once('?').map_or(url, |(path, _)| path) {
+                    usage_file::PATH => answer_usage(service, &mut request),
+                    _ => answer(service, &request),
+                };
                 let _ = request.respond(response);
             }
             Err(e) => eprintln!("keygate serve: cannot accept a connection: {e}"),
@@ -328,6 +353,7 @@ pub fn run(keys: &Path, listen: &str, threads: usize) -> Result<()> {
             current: Arc::new(snapshot),
         }),
         reloading: Mutex::new(()),
+        usage: usage_file::Store::open(keys),
     });
     let server = Arc::new(server);
     for _ in 1..threads.max(1) {
