@@ -14,3 +14,4 @@ mod lookup;
 mod operations;
 mod reload;
 mod requests;
+mod usage;

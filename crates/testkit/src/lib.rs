@@ -19,6 +19,7 @@ pub mod cli;
 pub mod h2;
 pub mod h2_upstream;
 pub mod key_service;
+pub mod usage_sink;
 
 pub use artifacts::{envoy_binary, keygate_binary, repo_root, wasm_module};
 
