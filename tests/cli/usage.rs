@@ -169,3 +169,33 @@ fn bad_reports_are_refused_with_the_field() {
     assert_eq!(post(server.addr, "/v1/keyset", "{}").0, 405);
     assert!(!dir.join("keys.usage.json").exists(), "nothing kept");
 }
+
+#[test]
+fn an_unreadable_usage_file_hides_no_key() {
+    let dir = Scratch::new("usage-unreadable");
+    let keys = dir.join("keys.json");
+    let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "30d"]);
+    let usage_file = dir.join("keys.usage.json");
+    std::fs::write(&usage_file, "{\"usage\": ").unwrap();
+
+    let run = keygate(&["list", "--keys", p(&keys)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("alice"), "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "keygate: {}: not a usage file: ",
+            usage_file.display()
+        )) && run.stderr.trim_end().ends_with("; usage not shown"),
+        "{run:?}"
+    );
+
+    // The service starts anyway, says so, and replaces the file at the first report.
+    let server = Served::start(&keys);
+    let line = server.wait_for_log("usage starts again from nothing");
+    assert!(line.contains("keys.usage.json: not a usage file"), "{line}");
+    let first = report(&[(&alice.api_key, 2, "2026-11-30T10:00:00Z")]);
+    assert_eq!(post(server.addr, "/v1/usage", &first).0, 204);
+    let listed = keygate(&["list", "--json", "--keys", p(&keys)]).ok().stdout;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["uses"], 2);
+}
