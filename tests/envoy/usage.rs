@@ -110,7 +110,10 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
     let config = json!({
         "keys": listed(&keys),
         "rules": rules(),
-        "usage": {"cluster": "keyservice", "path": "/v1/usage", "report_seconds": 1}
+        // keygate serve syncs the usage file before it answers: under a loaded disk
+        // that may take longer than the default timeout.
+        "usage": {"cluster": "keyservice", "path": "/v1/usage", "report_seconds": 1,
+                  "timeout_ms": 10000}
     });
     let envoy = start(&config, &upstream, served.addr);
 
