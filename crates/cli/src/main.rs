@@ -16,6 +16,7 @@ mod new;
 mod records;
 mod serve;
 mod usage;
+mod usage_file;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
