@@ -1,13 +1,16 @@
 //! `usage` through a real Envoy (README "Usage (last used)"): every worker counts the
 //! requests allowed per key and reports them on its timer; `keygate serve --keys` keeps them
-//! and `keygate list` shows them. A key service that is down or failing changes nothing
-//! for requests: the report is dropped and counted.
+//! and `keygate list` shows them; `keygate serve --db` (over mTLS) keeps them in the
+//! database and the admin API shows them. A key service that is down or failing changes
+//! nothing for requests: the report is dropped and counted.
 
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
 
 use cli_support::{keygate, new_key, Scratch, Served};
 use keygate_core::timestamp::Timestamp;
+use keygate_testkit::keysvc::tls::Pki;
+use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -308,4 +311,117 @@ fn a_key_service_that_is_down_changes_nothing_for_requests() {
     );
     let log = envoy.log();
     assert!(!log.contains(ALICE) && !log.contains(&hash_of(ALICE)));
+}
+
+#[test]
+fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
+    let dir = Scratch::new("usage-db");
+    let pki = Pki::generate(dir.path());
+    let db = db_path(dir.path());
+    let admin = admin_key(&db);
+    let server = Server::start(&[
+        "--db",
+        &arg(&db),
+        "--tls-cert",
+        &arg(&pki.server_cert),
+        "--tls-key",
+        &arg(&pki.server_key),
+        "--client-ca",
+        &arg(&pki.ca),
+    ]);
+    let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
+    let create = |owner: &str| {
+        let r = api.json(
+            "POST",
+            "/v1/admin/keys",
+            &json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (alice_id, alice) = create("alice");
+    let (bob_id, _bob) = create("bob");
+
+    let config = json!({
+        "key_set": {"cluster": "keyservice", "path": "/v1/keyset", "authority": "keyservice",
+                    "refresh_seconds": 1},
+        "rules": rules(),
+        // SQLite commits (synchronous=FULL) before it answers.
+        "usage": {"cluster": "keyservice", "authority": "keyservice", "report_seconds": 1,
+                  "timeout_ms": 10000}
+    });
+    let upstream = Upstream::start();
+    let mut bootstrap = bootstrap_with_key_service(&config, upstream.addr, server.addr);
+    for cluster in bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if cluster["name"] == "keyservice" {
+            cluster["transport_socket"] = super::key_service_mtls::mtls(&pki);
+        }
+    }
+    let envoy = Envoy::start_bootstrap(
+        &bootstrap,
+        EnvoyOptions {
+            concurrency: 2,
+            ..EnvoyOptions::default()
+        },
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || status(&envoy, &alice) == 200),
+        "the key set never loaded over mTLS:\n{}\n{}",
+        envoy.log(),
+        server.log()
+    );
+    // What the first request counted is reported too: wait for it, then count from there.
+    let record = |id: &str| api.get(&format!("/v1/admin/keys/{id}")).json();
+    assert!(
+        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 1),
+        "{}\n{}\n{}",
+        record(&alice_id),
+        envoy.log(),
+        server.log()
+    );
+
+    let window_start = now();
+    send_n(&envoy, &alice, 6, 200);
+    send_n(&envoy, "kg_not_a_key", 2, 401);
+    let window_end = now();
+    assert!(
+        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 7),
+        "uses never reached 7: {}\n{}\n{}",
+        record(&alice_id),
+        envoy.log(),
+        server.log()
+    );
+    let alice_record = record(&alice_id);
+    // The service keeps whole seconds.
+    let last = Timestamp::parse_rfc3339(alice_record["last_used_at"].as_str().unwrap()).unwrap();
+    let slack = 2_000_000_000;
+    assert!(
+        last.unix_nanos() >= window_start.unix_nanos() - slack
+            && last.unix_nanos() <= window_end.unix_nanos() + slack,
+        "last_used_at {alice_record} outside the test's window"
+    );
+    let bob_record = record(&bob_id);
+    assert_eq!(
+        (
+            bob_record["uses"].clone(),
+            bob_record["last_used_at"].clone()
+        ),
+        (json!(0), Value::Null)
+    );
+    // The list shows the same, and usage is no change of the key set.
+    let listed = api.get("/v1/admin/keys?owner=alice").json();
+    assert_eq!(listed["keys"][0]["uses"], 7);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(record(&alice_id)["uses"], 7);
+    assert!(envoy.keygate_stat("usage.reports_sent") >= 1);
+    assert_eq!(envoy.keygate_stat("usage.reports_failed"), 0);
+    assert_eq!(envoy.keygate_stat("allowed"), 7);
+    assert!(!server.log().contains(&alice), "{}", server.log());
 }

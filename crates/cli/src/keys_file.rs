@@ -354,7 +354,7 @@ fn lock(path: &Path) -> Result<File> {
 /// Temporary file in the same directory (a rename across file systems is not atomic),
 /// synced before the rename, directory synced after it, so a crash leaves the old file or
 /// the new one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = sidecar(path, &format!(".{}.tmp", std::process::id()));
     let result = (|| {
         let permissions = match std::fs::metadata(path) {

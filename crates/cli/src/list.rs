@@ -1,14 +1,15 @@
 //! `keygate list`: the records of keys.json, as a table or as JSON. The table leaves out
 //! hashes (not secret, but 64 characters that say nothing to a reader); `--json` has them.
-//! Both show each key's usage from the usage file beside keys.json ([`usage_file`]).
+//! Both show each key's usage from the usage file that `keygate serve` keeps beside
+//! keys.json ([`usage_file`], shared with the key service).
 
 use crate::error::{Error, Result};
 use crate::keys_file;
 use crate::records::RecordView;
-use crate::usage_file::{self, KeyUse};
 use keygate_core::record::KeyHash;
 use keygate_core::timestamp::Timestamp;
 use keygate_core::usage::rfc3339_millis;
+use keygate_keyservice::usage_file::{self, KeyUse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -123,10 +124,8 @@ pub fn run(keys: &Path, json: bool) -> Result<()> {
     let doc = keys_file::read(keys)?;
     let usage_path = usage_file::path_for(keys);
     // Usage is an addition: a usage file that cannot be read does not hide the keys.
-    let usage = usage_file::read(&usage_path).unwrap_or_else(|error| {
-        for line in &error.lines {
-            eprintln!("keygate: {line}; usage not shown");
-        }
+    let usage = usage_file::read(&usage_path).unwrap_or_else(|line| {
+        eprintln!("keygate: {line}; usage not shown");
         HashMap::new()
     });
     let mut out = Vec::new();

@@ -16,7 +16,6 @@ mod new;
 mod records;
 mod serve;
 mod usage;
-mod usage_file;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
