@@ -212,7 +212,7 @@ impl Config {
 }
 
 /// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "realm",
     "sources",
     "strip_prefixes",
@@ -223,6 +223,7 @@ const FIELDS: [&str; 10] = [
     "unmatched",
     "forward",
     "hide_credentials",
+    "usage",
 ];
 
 /// Every structural problem of a configuration that is a JSON object: each field, and each
@@ -247,6 +248,7 @@ fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
             "unmatched" => read::<Unmatched>(at, value, &mut errors),
             "forward" => read::<ForwardDoc>(at, value, &mut errors),
             "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
+            "usage" => read::<Option<UsageDoc>>(at, value, &mut errors),
             _ => errors.push(ConfigError::new(
                 at,
                 format!(
