@@ -9,6 +9,7 @@ use crate::record::{InlineKeys, KeyRecordDoc};
 use crate::remote::{FetchDoc, KeySetConfig, LookupConfig, LookupDoc};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
 use crate::scope::ScopeIndex;
+use crate::usage::{UsageConfig, UsageDoc};
 use serde::Deserialize;
 
 /// The names of the headers that carry the caller's identity upstream. They are removed
@@ -49,6 +50,8 @@ pub struct Config {
     pub hide_credentials: bool,
     /// The scopes rules mention, numbered; key records are read against it.
     pub scopes: ScopeIndex,
+    /// `"usage"`: report uses per key to a key service (any key source).
+    pub usage: Option<UsageConfig>,
 }
 
 /// The most sources a configuration may list (they are tracked as bits of a `u32`).
@@ -77,6 +80,8 @@ struct ConfigDoc {
     forward: ForwardDoc,
     #[serde(default)]
     hide_credentials: Option<bool>,
+    #[serde(default)]
+    usage: Option<UsageDoc>,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +184,8 @@ impl Config {
             }
         };
 
+        let usage = doc.usage.and_then(|usage| usage.check(&mut errors));
+
         match (keys, rules) {
             (Some(keys), Some(rules)) if errors.is_empty() => Ok(Config {
                 realm,
@@ -189,6 +196,7 @@ impl Config {
                 forward,
                 hide_credentials: doc.hide_credentials.unwrap_or(true),
                 scopes,
+                usage,
             }),
             _ => Err(errors),
         }
@@ -204,7 +212,7 @@ impl Config {
 }
 
 /// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "realm",
     "sources",
     "strip_prefixes",
@@ -215,6 +223,7 @@ const FIELDS: [&str; 10] = [
     "unmatched",
     "forward",
     "hide_credentials",
+    "usage",
 ];
 
 /// Every structural problem of a configuration that is a JSON object: each field, and each
@@ -239,6 +248,7 @@ fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
             "unmatched" => read::<Unmatched>(at, value, &mut errors),
             "forward" => read::<ForwardDoc>(at, value, &mut errors),
             "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
+            "usage" => read::<Option<UsageDoc>>(at, value, &mut errors),
             _ => errors.push(ConfigError::new(
                 at,
                 format!(
@@ -752,6 +762,38 @@ mod tests {
         let bad = json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys"}});
         let e = parse(&bad).unwrap_err();
         assert!(e[0].starts_with("lookup.path: "), "{e:?}");
+    }
+
+    #[test]
+    fn usage_goes_with_any_key_source() {
+        assert!(parse(&minimal()).unwrap().usage.is_none());
+        let usage = json!({"cluster": "keyservice", "report_seconds": 10});
+        for base in [
+            minimal(),
+            json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset"}}),
+            json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}"}}),
+        ] {
+            let c = parse(&with(base, "usage", usage.clone())).unwrap();
+            let u = c.usage.unwrap();
+            assert_eq!((&*u.path, u.report_seconds), ("/v1/usage", 10));
+            assert_eq!(&*u.endpoint.authority, "keyservice");
+        }
+        let e = parse(&with(minimal(), "usage", json!({"path": "/v1/usage"}))).unwrap_err();
+        assert!(e[0].starts_with("usage: missing field `cluster`"), "{e:?}");
+        let e = parse(&with(
+            minimal(),
+            "usage",
+            json!({"cluster": "k", "report_seconds": 0, "interval": 1}),
+        ))
+        .unwrap_err();
+        assert!(e[0].starts_with("usage.interval: unknown field"), "{e:?}");
+        let e = parse(&with(
+            minimal(),
+            "usage",
+            json!({"cluster": "k", "report_seconds": 0}),
+        ))
+        .unwrap_err();
+        assert_eq!(e, ["usage.report_seconds: 0 is out of range (1 to 3600)"]);
     }
 
     #[test]

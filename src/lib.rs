@@ -30,3 +30,4 @@ pub mod scope;
 pub mod stats;
 pub mod timestamp;
 pub mod trailers;
+pub mod usage;

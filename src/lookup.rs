@@ -37,8 +37,14 @@ pub trait LookupHost {
     fn set_path(&mut self, path: &[u8]);
     /// Makes the paused request `context_id` effective and carries out `verdict` on it
     /// (header edits and resuming, or the local answer); for a refusal, its `:path`
-    /// without a query-parameter key is `redacted_path`.
-    fn resume(&mut self, context_id: u32, verdict: Verdict<'_>, redacted_path: Option<&[u8]>);
+    /// without a query-parameter key is `redacted_path`. `hash` is its key's (for usage).
+    fn resume(
+        &mut self,
+        context_id: u32,
+        hash: &KeyHash,
+        verdict: Verdict<'_>,
+        redacted_path: Option<&[u8]>,
+    );
 }
 
 /// A request paused for its key: what it needs to be decided later.
@@ -219,13 +225,14 @@ impl Lookups {
             let Some(waiting) = self.waiting.borrow_mut().remove(&context_id) else {
                 continue;
             };
+            let hash = waiting.check.hash;
             let verdict = match answer {
                 Some(answer) => waiting
                     .check
                     .finish(config, answer.record(), || host.request_time()),
                 None => waiting.check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
             };
-            host.resume(context_id, verdict, waiting.redacted_path.as_deref());
+            host.resume(context_id, &hash, verdict, waiting.redacted_path.as_deref());
         }
     }
 

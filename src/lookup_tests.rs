@@ -74,6 +74,8 @@ struct Host {
     paths_set: Vec<Vec<u8>>,
     /// (context, outcome, redacted path) of every request resumed.
     resumed: Vec<(u32, Outcome, Option<Vec<u8>>)>,
+    /// The key hash each resumed request was handed with.
+    resumed_hashes: Vec<KeyHash>,
 }
 
 impl LookupHost for Host {
@@ -100,7 +102,14 @@ impl LookupHost for Host {
     fn set_path(&mut self, path: &[u8]) {
         self.paths_set.push(path.to_vec());
     }
-    fn resume(&mut self, context_id: u32, verdict: Verdict<'_>, redacted: Option<&[u8]>) {
+    fn resume(
+        &mut self,
+        context_id: u32,
+        hash: &KeyHash,
+        verdict: Verdict<'_>,
+        redacted: Option<&[u8]>,
+    ) {
+        self.resumed_hashes.push(*hash);
         // The reentrancy test's state, asked while a request is resumed: no borrow may
         // be held then.
         if let Some(state) = REENTER.with(|r| r.get()) {
@@ -161,6 +170,7 @@ fn concurrent_requests_share_one_call_and_are_decided_by_it() {
             (12, Outcome::Allowed)
         ]
     );
+    assert_eq!(host.resumed_hashes, [KeyHash::of_key(ALICE); 3]);
     assert!(!state.is_waiting(10) && !state.is_call(token));
     // The answer is cached: the next request is decided at once.
     match state.start(

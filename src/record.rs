@@ -128,6 +128,22 @@ pub struct KeyRecordDoc {
     pub status: KeyStatus,
     #[serde(default)]
     pub read_only: bool,
+    /// What `keygate list --json` adds from the usage reports (README "Usage (last
+    /// used)"), so that its output stays a configuration's `"keys"`: checked, not kept.
+    #[serde(default)]
+    pub last_used_at: Checked<Option<Timestamp>>,
+    #[serde(default)]
+    pub uses: Checked<u64>,
+}
+
+/// A field that is read and checked for its type, then dropped: it takes no room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(|_| Checked(std::marker::PhantomData))
+    }
 }
 
 /// A key record ready for the request path: the scopes header is joined and the scope
@@ -362,6 +378,22 @@ mod tests {
     }
 
     #[test]
+    fn usage_fields_from_list_json_are_checked_and_dropped() {
+        let listed = json!({"id": "k1", "hash": ABC_SHA256, "owner": "a",
+            "last_used_at": "2026-11-30T10:00:00.500Z", "uses": 12});
+        assert!(doc(listed).is_ok());
+        let never = json!({"id": "k1", "hash": ABC_SHA256, "owner": "a",
+            "last_used_at": null, "uses": 0});
+        assert!(doc(never).is_ok());
+        let bad_time = json!({"id": "k1", "hash": ABC_SHA256, "owner": "a",
+            "last_used_at": "yesterday"});
+        assert!(doc(bad_time).unwrap_err().contains("RFC 3339"));
+        let bad_uses = json!({"id": "k1", "hash": ABC_SHA256, "owner": "a", "uses": -1});
+        assert!(doc(bad_uses).is_err());
+        assert_eq!(std::mem::size_of::<Checked<Option<Timestamp>>>(), 0);
+    }
+
+    #[test]
     fn expiry_and_status() {
         let d = doc(json!({
             "id": "k1", "hash": ABC_SHA256, "owner": "alice",
@@ -485,6 +517,8 @@ mod tests {
                 expires_at: None,
                 status: KeyStatus::Enabled,
                 read_only: false,
+                last_used_at: Checked::default(),
+                uses: Checked::default(),
             })
             .collect();
         let set = InlineKeys::build(docs, &ScopeIndex::default(), "keys").unwrap();

@@ -151,7 +151,7 @@ impl LookupDoc {
     }
 }
 
-fn check_endpoint(
+pub(crate) fn check_endpoint(
     field: &str,
     cluster: String,
     authority: Option<String>,
@@ -194,7 +194,7 @@ fn check_endpoint(
     }
 }
 
-fn check_path(field: &str, path: &str, errors: &mut Vec<ConfigError>) {
+pub(crate) fn check_path(field: &str, path: &str, errors: &mut Vec<ConfigError>) {
     let ok = path.starts_with('/')
         && path
             .bytes()
@@ -207,7 +207,13 @@ fn check_path(field: &str, path: &str, errors: &mut Vec<ConfigError>) {
     }
 }
 
-fn check_range(field: &str, value: u32, min: u32, max: u32, errors: &mut Vec<ConfigError>) {
+pub(crate) fn check_range(
+    field: &str,
+    value: u32,
+    min: u32,
+    max: u32,
+    errors: &mut Vec<ConfigError>,
+) {
     if !(min..=max).contains(&value) {
         errors.push(ConfigError::new(
             field,

@@ -68,6 +68,12 @@ pub const LOOKUP_CALLS: &str = "keygate.lookup.calls";
 pub const LOOKUP_CACHE_HITS: &str = "keygate.lookup.cache_hits";
 pub const LOOKUP_FAILED: &str = "keygate.lookup.failed";
 
+/// `usage` reports the key service accepted, reports dropped (not sent, no answer, or not
+/// accepted), and uses not counted because the VM's tally was full.
+pub const USAGE_REPORTS_SENT: &str = "keygate.usage.reports_sent";
+pub const USAGE_REPORTS_FAILED: &str = "keygate.usage.reports_failed";
+pub const USAGE_DROPPED: &str = "keygate.usage.dropped";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -372,7 +372,9 @@ fn list_as_a_table() {
             "CREATED",
             "EXPIRES",
             "STATUS",
-            "READ-ONLY"
+            "READ-ONLY",
+            "LAST USED",
+            "USES"
         ]
     );
     assert_eq!(
@@ -385,7 +387,9 @@ fn list_as_a_table() {
             "2026-01-01T00:00:00Z",
             "2999-01-01T00:00:00Z",
             "enabled",
-            "no"
+            "no",
+            "never",
+            "0"
         ]
     );
     assert_eq!(
@@ -398,7 +402,9 @@ fn list_as_a_table() {
             "-",
             "2020-01-01T00:00:00+01:00 (expired)",
             "enabled",
-            "no"
+            "no",
+            "never",
+            "0"
         ]
     );
     assert_eq!(
@@ -411,7 +417,9 @@ fn list_as_a_table() {
             "-",
             "never",
             "disabled",
-            "yes"
+            "yes",
+            "never",
+            "0"
         ]
     );
     // Columns line up.
@@ -435,7 +443,13 @@ fn list_as_json() {
     handwritten(&keys);
     let out = keygate(&["list", "--keys", p(&keys), "--json"]).ok().stdout;
     let listed: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed, read_json(&keys)["keys"]);
+    // The records as stored, with their usage (none yet: no usage file).
+    let mut stored = read_json(&keys)["keys"].clone();
+    for record in stored.as_array_mut().unwrap() {
+        record["last_used_at"] = Value::Null;
+        record["uses"] = json!(0);
+    }
+    assert_eq!(listed, stored);
 
     let empty = dir.join("empty.json");
     std::fs::write(&empty, r#"{"keys": []}"#).unwrap();

@@ -7,3 +7,4 @@ mod commands;
 mod keyservice;
 mod next_steps;
 mod serve;
+mod usage;

@@ -53,14 +53,15 @@ fn every_readme_config_parses_and_its_keys_work() {
     let configs = readme_configs();
     assert_eq!(
         configs.len(),
-        6,
-        "ImmPort, LabKey, IMMUNE, VSPC, key_set, lookup"
+        7,
+        "ImmPort, LabKey, IMMUNE, VSPC, key_set, lookup, usage"
     );
-    let [immport, labkey, immune, vspc, fetched, lookup] = &configs[..] else {
+    let [immport, labkey, immune, vspc, fetched, lookup, usage] = &configs[..] else {
         unreachable!()
     };
     assert!(matches!(fetched.keys, KeySource::KeySet(_)));
     assert!(matches!(lookup.keys, KeySource::Lookup(_)));
+    assert!(usage.usage.is_some() && fetched.usage.is_none());
     // With no set to read, a protected route cannot be decided here: 503.
     assert_eq!(status(fetched, "GET", "/data/query/x", "Bearer k"), 503);
     assert_eq!(status(fetched, "GET", "/healthz", ""), 200);

@@ -23,7 +23,8 @@ fn plugin_config() -> Value {
     })
 }
 
-fn mtls(pki: &Pki) -> Value {
+/// The `keyservice` cluster's transport socket: TLS with `pki`'s client certificate.
+pub(crate) fn mtls(pki: &Pki) -> Value {
     json!({"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "sni": "keyservice",

@@ -16,3 +16,4 @@ mod operations;
 mod reload;
 mod requests;
 mod rules;
+mod usage;

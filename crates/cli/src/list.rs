@@ -1,14 +1,24 @@
 //! `keygate list`: the records of keys.json, as a table or as JSON. The table leaves out
 //! hashes (not secret, but 64 characters that say nothing to a reader); `--json` has them.
+//! Both show each key's usage from the usage file that `keygate serve` keeps beside
+//! keys.json ([`usage_file`], shared with the key service).
 
 use crate::error::{Error, Result};
 use crate::keys_file;
 use crate::records::RecordView;
+use keygate_core::record::KeyHash;
 use keygate_core::timestamp::Timestamp;
+use keygate_core::usage::rfc3339_millis;
+use keygate_keyservice::usage_file::{self, KeyUse};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-const HEADINGS: [&str; 8] = [
+const COLUMNS: usize = 10;
+
+const HEADINGS: [&str; COLUMNS] = [
     "ID",
     "OWNER",
     "LABEL",
@@ -17,9 +27,36 @@ const HEADINGS: [&str; 8] = [
     "EXPIRES",
     "STATUS",
     "READ-ONLY",
+    "LAST USED",
+    "USES",
 ];
 
-fn row(record: &RecordView, now: Timestamp) -> [String; 8] {
+/// A record's hash, to find its usage.
+#[derive(Deserialize)]
+struct HashOf {
+    hash: KeyHash,
+}
+
+fn usage_of<'u>(raw: &RawValue, usage: &'u HashMap<KeyHash, KeyUse>) -> Option<&'u KeyUse> {
+    let HashOf { hash } = serde_json::from_str(raw.get()).ok()?;
+    usage.get(&hash)
+}
+
+/// The record as stored, with `"last_used_at"` (`null`: never) and `"uses"` added.
+fn with_usage(raw: &RawValue, used: Option<&KeyUse>) -> String {
+    let text = raw.get().trim_end();
+    let open = text.strip_suffix('}').unwrap_or(text).trim_end();
+    let last = used.map_or("null".to_string(), |u| {
+        format!("\"{}\"", rfc3339_millis(u.last_used))
+    });
+    let comma = if open.ends_with('{') { "" } else { "," };
+    format!(
+        "{open}{comma}\"last_used_at\":{last},\"uses\":{}}}",
+        used.map_or(0, |u| u.uses)
+    )
+}
+
+fn row(record: &RecordView, used: Option<&KeyUse>, now: Timestamp) -> [String; COLUMNS] {
     let expires = match &record.expires_at {
         None => "never".to_string(),
         Some(at) => match Timestamp::parse_rfc3339(at) {
@@ -46,11 +83,18 @@ fn row(record: &RecordView, now: Timestamp) -> [String; 8] {
             .clone()
             .unwrap_or_else(|| "enabled".to_string()),
         if record.read_only { "yes" } else { "no" }.to_string(),
+        used.map_or("never".to_string(), |u| {
+            // To the second, as CREATED.
+            let mut at = rfc3339_millis(u.last_used);
+            at.replace_range(19..23, "");
+            at
+        }),
+        used.map_or(0, |u| u.uses).to_string(),
     ]
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last one is not padded.
-pub fn table(rows: &[[String; 8]]) -> String {
+pub fn table(rows: &[[String; COLUMNS]]) -> String {
     let mut widths = HEADINGS.map(|h| h.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -78,13 +122,20 @@ pub fn table(rows: &[[String; 8]]) -> String {
 
 pub fn run(keys: &Path, json: bool) -> Result<()> {
     let doc = keys_file::read(keys)?;
+    let usage_path = usage_file::path_for(keys);
+    // Usage is an addition: a usage file that cannot be read does not hide the keys.
+    let usage = usage_file::read(&usage_path).unwrap_or_else(|line| {
+        eprintln!("keygate: {line}; usage not shown");
+        HashMap::new()
+    });
     let mut out = Vec::new();
     if json {
-        // The records as stored, hashes included: what a config's inline "keys" takes.
+        // The records as stored, hashes included, with their usage: what a config's
+        // inline "keys" takes.
         out.extend_from_slice(b"[");
         for (i, record) in doc.records.iter().enumerate() {
             out.extend_from_slice(if i == 0 { b"\n  " } else { b",\n  " });
-            out.extend_from_slice(record.get().as_bytes());
+            out.extend_from_slice(with_usage(record, usage_of(record, &usage)).as_bytes());
         }
         out.extend_from_slice(if doc.records.is_empty() {
             b"]\n"
@@ -96,7 +147,7 @@ pub fn run(keys: &Path, json: bool) -> Result<()> {
         let rows = doc
             .records
             .iter()
-            .map(|raw| RecordView::of(raw).map(|record| row(&record, now)))
+            .map(|raw| RecordView::of(raw).map(|record| row(&record, usage_of(raw, &usage), now)))
             .collect::<Result<Vec<_>>>()?;
         out.extend_from_slice(table(&rows).as_bytes());
     }
@@ -121,6 +172,7 @@ mod tests {
         let now = Timestamp::parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
         let past = row(
             &view(r#"{"id":"a","owner":"o","expires_at":"2026-05-31T23:59:59Z","read_only":true}"#),
+            None,
             now,
         );
         assert_eq!(past[5], "2026-05-31T23:59:59Z (expired)");
@@ -131,19 +183,52 @@ mod tests {
             &view(
                 r#"{"id":"b","owner":"o","scopes":["x","y"],"expires_at":"2026-06-01T00:00:01Z","status":"disabled"}"#,
             ),
+            None,
             now,
         );
         assert_eq!(future[3], "x,y");
         assert_eq!(future[5], "2026-06-01T00:00:01Z");
         assert_eq!(future[6], "disabled");
-        let never = row(&view(r#"{"id":"c","owner":"o"}"#), now);
+        let never = row(&view(r#"{"id":"c","owner":"o"}"#), None, now);
         assert_eq!(never[5], "never");
+        assert_eq!((never[8].as_str(), never[9].as_str()), ("never", "0"));
+        let used = KeyUse {
+            uses: 12,
+            last_used: Timestamp::parse_rfc3339("2026-05-31T10:00:00.750Z").unwrap(),
+        };
+        let row = row(&view(r#"{"id":"c","owner":"o"}"#), Some(&used), now);
+        assert_eq!(
+            (row[8].as_str(), row[9].as_str()),
+            ("2026-05-31T10:00:00Z", "12")
+        );
+    }
+
+    #[test]
+    fn json_records_get_their_usage() {
+        let raw = RawValue::from_string(r#"{"id":"a","owner":"o"}"#.to_string()).unwrap();
+        assert_eq!(
+            with_usage(&raw, None),
+            r#"{"id":"a","owner":"o","last_used_at":null,"uses":0}"#
+        );
+        let used = KeyUse {
+            uses: 3,
+            last_used: Timestamp::parse_rfc3339("2026-05-31T10:00:00.750Z").unwrap(),
+        };
+        let spaced = RawValue::from_string("{ \"id\": \"a\" }".to_string()).unwrap();
+        assert_eq!(
+            with_usage(&spaced, Some(&used)),
+            r#"{ "id": "a","last_used_at":"2026-05-31T10:00:00.750Z","uses":3}"#
+        );
     }
 
     #[test]
     fn table_aligns_columns() {
-        let cells =
-            |id: &str| [id, "o", "-", "-", "-", "never", "enabled", "no"].map(str::to_string);
+        let cells = |id: &str| {
+            [
+                id, "o", "-", "-", "-", "never", "enabled", "no", "never", "0",
+            ]
+            .map(str::to_string)
+        };
         let text = table(&[cells("short"), cells("a-much-longer-id")]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -131,6 +131,9 @@ pub struct Metrics {
     pub lookup_calls: Counter,
     pub lookup_cache_hits: Counter,
     pub lookup_failed: Counter,
+    pub usage_reports_sent: Counter,
+    pub usage_reports_failed: Counter,
+    pub usage_dropped: Counter,
 }
 
 impl Metrics {
@@ -146,6 +149,9 @@ impl Metrics {
             lookup_calls: Counter::define(stats::LOOKUP_CALLS),
             lookup_cache_hits: Counter::define(stats::LOOKUP_CACHE_HITS),
             lookup_failed: Counter::define(stats::LOOKUP_FAILED),
+            usage_reports_sent: Counter::define(stats::USAGE_REPORTS_SENT),
+            usage_reports_failed: Counter::define(stats::USAGE_REPORTS_FAILED),
+            usage_dropped: Counter::define(stats::USAGE_DROPPED),
         }
     }
 
@@ -162,6 +168,9 @@ impl Metrics {
             &self.lookup_calls,
             &self.lookup_cache_hits,
             &self.lookup_failed,
+            &self.usage_reports_sent,
+            &self.usage_reports_failed,
+            &self.usage_dropped,
         ]) {
             counter.flush();
         }

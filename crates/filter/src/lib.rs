@@ -11,6 +11,7 @@ mod headers;
 mod host;
 mod key_set;
 mod lookup;
+mod usage;
 
 use headers::RequestHeaders;
 use host::{carry_out, Metrics};
@@ -23,12 +24,14 @@ use keygate_core::lookup::{Lookups, Next};
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
 use keygate_core::response;
+use keygate_core::stats::Outcome;
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
+use usage::Usage;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -47,11 +50,18 @@ struct Shared {
     metrics: Rc<Metrics>,
     key_set: Option<Rc<KeySetState>>,
     lookups: Option<Rc<Lookups>>,
+    /// Usage reporting, when the configuration asks for it.
+    usage: Option<Rc<Usage>>,
 }
 
 impl Shared {
-    /// Hands a call's answer to the mode that made the call.
+    /// Hands a call's answer to what made the call: usage reporting, or the key mode.
     fn answered(&self, token: u32, body_size: usize) {
+        if let Some(usage) = &self.usage {
+            if usage.answered(&self.metrics, token) {
+                return;
+            }
+        }
         match (&self.config.keys, &self.key_set, &self.lookups) {
             (KeySource::KeySet(_), Some(state), _) => state.answered(&self.metrics, body_size),
             (KeySource::Lookup(lookup), _, Some(lookups)) => lookup::answered(
@@ -59,6 +69,7 @@ impl Shared {
                 &self.config,
                 lookup,
                 &self.metrics,
+                self.usage.as_deref(),
                 token,
                 body_size,
             ),
@@ -75,6 +86,7 @@ impl Shared {
                     config: &self.config,
                     lookup,
                     metrics: &self.metrics,
+                    usage: self.usage.as_deref(),
                 },
             )),
             _ => None,
@@ -172,11 +184,19 @@ impl RootContext for Root {
                 lookups = Some(Rc::new(Lookups::new(lookup)));
             }
         }
+        let usage = config.usage.as_ref().map(|usage| {
+            info!(
+                "keygate: usage reported to cluster {} path {} every {} s",
+                usage.endpoint.cluster, usage.path, usage.report_seconds
+            );
+            Rc::new(Usage::new(usage))
+        });
         self.shared = Some(Shared {
             config: Rc::new(config),
             metrics,
             key_set,
             lookups,
+            usage,
         });
         true
     }
@@ -194,6 +214,9 @@ impl RootContext for Root {
         }
         if let Some((lookups, mut host)) = shared.lookups() {
             lookups.sweep(&mut host, &shared.config, self.context_id);
+        }
+        if let Some(usage) = &shared.usage {
+            usage.tick(&shared.metrics);
         }
     }
 
@@ -273,6 +296,7 @@ impl HttpContext for Request {
             }
             Step::Key(check) => check,
         };
+        let hash = check.hash;
         // Records decoded for this request live here, so the verdict may borrow them.
         let fetched: Option<KeyRecord>;
         let answer: Answer;
@@ -306,7 +330,11 @@ impl HttpContext for Request {
             _ => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
         };
         let redacted = denied_path(config, &verdict, &headers);
+        let used = verdict.outcome() == Outcome::Allowed;
         let proceed = carry_out(config, metrics, verdict, redacted.as_deref(), false);
+        if let (true, true, Some(usage)) = (used, proceed, &shared.usage) {
+            usage.record(metrics, &hash);
+        }
         action(proceed)
     }
 

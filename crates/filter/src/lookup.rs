@@ -5,10 +5,13 @@
 use crate::abi;
 use crate::headers;
 use crate::host::{self, carry_out, Metrics};
+use crate::usage::Usage;
 use keygate_core::config::Config;
 use keygate_core::decision::Verdict;
 use keygate_core::lookup::{LookupHost, Lookups};
+use keygate_core::record::KeyHash;
 use keygate_core::remote::LookupConfig;
+use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
 use log::warn;
 use proxy_wasm::hostcalls;
@@ -19,6 +22,7 @@ pub struct Host<'a> {
     pub config: &'a Config,
     pub lookup: &'a LookupConfig,
     pub metrics: &'a Metrics,
+    pub usage: Option<&'a Usage>,
 }
 
 impl LookupHost for Host<'_> {
@@ -65,10 +69,20 @@ impl LookupHost for Host<'_> {
         let _ = headers::set_path(path);
     }
 
-    fn resume(&mut self, context_id: u32, verdict: Verdict<'_>, redacted_path: Option<&[u8]>) {
+    fn resume(
+        &mut self,
+        context_id: u32,
+        hash: &KeyHash,
+        verdict: Verdict<'_>,
+        redacted_path: Option<&[u8]>,
+    ) {
         // A request that has ended meanwhile cannot be made effective: nothing to do.
         if abi::set_effective_context(context_id).is_ok() {
-            carry_out(self.config, self.metrics, verdict, redacted_path, true);
+            let used = verdict.outcome() == Outcome::Allowed;
+            let proceed = carry_out(self.config, self.metrics, verdict, redacted_path, true);
+            if let (true, true, Some(usage)) = (used, proceed, self.usage) {
+                usage.record(self.metrics, hash);
+            }
         }
     }
 }
@@ -79,6 +93,7 @@ pub fn answered(
     config: &Config,
     lookup: &LookupConfig,
     metrics: &Metrics,
+    usage: Option<&Usage>,
     token: u32,
     body_size: usize,
 ) {
@@ -98,6 +113,7 @@ pub fn answered(
         config,
         lookup,
         metrics,
+        usage,
     };
     lookups.answered(&mut host, config, token, status.as_deref(), &body);
 }

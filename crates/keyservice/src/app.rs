@@ -5,6 +5,7 @@ use crate::duration::Lifetime;
 use crate::etag;
 use crate::secret;
 use crate::store::*;
+use crate::usage_file::UsageFile;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -15,6 +16,8 @@ use axum::{Extension, Json, Router};
 use keygate_core::header::HeaderText;
 use keygate_core::record::KeyHash;
 use keygate_core::scope::Scope;
+use keygate_core::timestamp::Timestamp;
+use keygate_core::usage::UsageReport;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
@@ -25,8 +28,8 @@ use std::time::{Duration, Instant};
 
 /// The largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-/// The largest usage report (10 000 entries).
-pub const USAGE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The largest usage report body: 10 000 entries are about 1.4 MB.
+pub const USAGE_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Who is on the other end of a connection, set by the server for every request.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +55,8 @@ pub struct App {
     pub admin: Option<Arc<dyn AdminStore>>,
     /// `--client-ca` given: the gateway endpoints need a verified client certificate.
     pub require_client_cert: bool,
+    /// File mode: where usage reports are kept (db mode keeps them in `admin`).
+    pub usage_file: Option<Arc<UsageFile>>,
     throttle: Mutex<HashMap<IpAddr, Failures>>,
 }
 
@@ -65,8 +70,15 @@ impl App {
             gateway,
             admin,
             require_client_cert,
+            usage_file: None,
             throttle: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// File mode: `POST /v1/usage` is kept in `usage` (keys.usage.json).
+    pub fn with_usage_file(mut self, usage: Arc<UsageFile>) -> App {
+        self.usage_file = Some(usage);
+        self
     }
 }
 
@@ -155,10 +167,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(key_by_hash).fallback(gateway_method_not_allowed),
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/v1/usage", post(usage).fallback(usage_method_not_allowed));
     if app.admin.is_some() {
         router = router
-            .route("/v1/usage", post(usage))
             .route(
                 "/v1/admin/keys",
                 post(create_key).get(list_keys).delete(revoke_owner),
@@ -192,6 +204,19 @@ async fn gateway_method_not_allowed() -> Response {
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+async fn usage_method_not_allowed() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "use POST",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
     response
 }
 
@@ -885,49 +910,60 @@ async fn audit(
     Ok(Json(AuditPage { entries }))
 }
 
-// ---- usage (README "Usage") ----
+// ---- usage (README "Usage (last used)") ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageRequest {
-    reports: Vec<UsageReport>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageReport {
-    hash: KeyHash,
-    count: u64,
-    last_used_at: String,
-}
-
+/// `POST /v1/usage`, both modes: db mode adds to each key's `uses` and `last_used_at`
+/// in the database, file mode in keys.usage.json. The report is checked as the core
+/// reads it (400 naming the field); a time ahead of the service's clock is taken as now.
 async fn usage(
     State(app): State<Arc<App>>,
     peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
     gateway_allowed(&app, peer)?;
-    let Some(store) = app.admin.clone() else {
-        return Err(ApiError::not_found("usage is kept with --db only"));
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a usage report is at most {USAGE_BODY_LIMIT} bytes"),
+        )
     };
-    let req: UsageRequest = json_body(body, USAGE_BODY_LIMIT).await?;
-    if req.reports.len() > 10_000 {
-        return Err(ApiError::field(
-            "reports",
-            "at most 10000 entries a request",
-        ));
+    // Refused for what it says it holds, before it is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > USAGE_BODY_LIMIT as u64) {
+        return Err(too_large());
     }
-    let mut reports = Vec::with_capacity(req.reports.len());
-    for (i, r) in req.reports.into_iter().enumerate() {
-        let at = parse_rfc3339(&r.last_used_at)
-            .map_err(|e| ApiError::field(&format!("reports[{i}].last_used_at"), e))?;
-        reports.push(Usage {
-            hash: r.hash.to_hex(),
-            count: r.count,
-            last_used_at: at,
-        });
+    let bytes = axum::body::to_bytes(body, USAGE_BODY_LIMIT)
+        .await
+        .map_err(|_| too_large())?;
+    let report = UsageReport::parse(&bytes).map_err(|problems| {
+        let described: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        ApiError::bad(described.join("; "))
+    })?;
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    if let Some(store) = app.admin.clone() {
+        let reports: Vec<Usage> = report
+            .entries
+            .iter()
+            .map(|e| Usage {
+                hash: e.hash.to_hex(),
+                count: e.count,
+                last_used_at: i64::try_from(
+                    e.last_used.min(now).unix_nanos().div_euclid(1_000_000_000),
+                )
+                .unwrap_or(i64::MAX),
+            })
+            .collect();
+        blocking(move || store.record_usage(&reports)).await?;
+    } else if let Some(file) = app.usage_file.clone() {
+        blocking(move || file.record(&report, now)).await?;
+    } else {
+        return Err(ApiError::not_found("this key service keeps no usage"));
     }
-    blocking(move || store.record_usage(&reports)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -196,6 +196,15 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Whether a hash is in the key file as it is now: one look at the file for however
+    /// many hashes (a usage report's).
+    pub fn known_hashes(&self) -> impl Fn(&KeyHash) -> bool {
+        let snapshot = self.snapshot();
+        move |hash| snapshot.by_hash.contains_key(hash)
+    }
+}
+
 impl GatewayStore for FileStore {
     fn key_set(&self) -> StoreResult<Arc<KeySetBody>> {
         Ok(self.snapshot().set.clone())

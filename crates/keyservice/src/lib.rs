@@ -10,6 +10,7 @@ pub mod secret;
 pub mod server;
 pub mod sqlite;
 pub mod store;
+pub mod usage_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +29,9 @@ pub fn run(source: Source, options: server::Options, threads: usize) -> Result<(
     let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let app = match source {
         Source::File(path) => {
-            let store = file::FileStore::open(&path)?;
-            app::App::new(Arc::new(store), None, require_client_cert)
+            let store = Arc::new(file::FileStore::open(&path)?);
+            let usage = usage_file::UsageFile::open(&path, store.clone());
+            app::App::new(store, None, require_client_cert).with_usage_file(Arc::new(usage))
         }
         Source::Db(path) => {
             let store = Arc::new(sqlite::SqliteStore::open(&path).map_err(|e| vec![e])?);

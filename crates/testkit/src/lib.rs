@@ -24,6 +24,7 @@ pub mod process;
 pub mod serve;
 pub mod temp;
 pub mod upstream;
+pub mod usage_sink;
 
 pub use artifacts::{envoy_binary, keygate_binary, repo_root, wasm_module};
 pub use bootstrap::{
