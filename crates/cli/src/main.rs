@@ -4,6 +4,7 @@
 //! one line on stderr starting with `keygate: `, and the exit status is 1 (2 for a command
 //! line that does not parse).
 
+mod changes;
 mod check;
 mod duration;
 mod edit;

@@ -4,6 +4,8 @@
 //!   `If-None-Match` → 304.
 //! - `GET /v1/keys/{hash}`: the record whose hash that is, as written in the file; 404 when
 //!   there is none, 400 when `{hash}` is not 64 lowercase hex characters.
+//! - `GET /v1/changes?since=V&epoch=E&wait=S`: the keys changed since version `V`, for
+//!   `lookup` mode's watch; see changes.rs.
 //! - HEAD too; other methods 405, other paths 404.
 //!
 //! The file is parsed once and kept with its tag and a hash index; each request only
@@ -12,6 +14,7 @@
 //! running is logged once and the last good set is served; one that is invalid at start
 //! is refused.
 
+use crate::changes::{self, Feed};
 use crate::error::{Error, Result};
 use crate::etag;
 use keygate_core::record::{KeyHash, KeySetDoc};
@@ -136,6 +139,18 @@ impl Snapshot {
     }
 }
 
+impl changes::Records for Snapshot {
+    fn hashes(&self) -> Vec<KeyHash> {
+        self.by_hash.keys().copied().collect()
+    }
+
+    fn text(&self, hash: &KeyHash) -> Option<&[u8]> {
+        self.by_hash
+            .get(hash)
+            .and_then(|range| self.body.get(range.clone()))
+    }
+}
+
 struct State {
     current: Arc<Snapshot>,
     /// The file as last examined, good or not (`None`: it could not be examined), so a
@@ -149,6 +164,8 @@ struct KeyService {
     /// Held by the one thread that reloads; the others keep answering from the current
     /// snapshot meanwhile.
     reloading: Mutex<()>,
+    /// What each reload changed, for `/v1/changes`.
+    feed: Arc<Feed>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,12 +208,24 @@ impl KeyService {
             Ok(_) => {
                 drop(state);
                 let loaded = Snapshot::load(&self.path);
+                // Reloads take turns (`reloading`): `current` is still the one in force.
+                let changed = loaded
+                    .as_ref()
+                    .map(|snapshot| changes::diff(&*current, snapshot))
+                    .unwrap_or_default();
                 state = lock(&self.state);
                 match loaded {
                     Ok(snapshot) => {
-                        eprintln!("keygate serve: {path}: reloaded: {}", snapshot.describe());
+                        eprintln!(
+                            "keygate serve: {path}: reloaded: {}, {} key(s) changed",
+                            snapshot.describe(),
+                            changed.len()
+                        );
                         state.seen = Some(snapshot.stamp);
                         state.current = Arc::new(snapshot);
+                        // Only once the new records are served: a filter told of a change
+                        // asks again and must get the new record.
+                        self.feed.reloaded(changed);
                     }
                     Err(error) => {
                         for line in &error.lines {
@@ -290,8 +319,26 @@ fn answer(service: &KeyService, request: &Request) -> Response<Cursor<Body>> {
     json_error(
         404,
         "not_found",
-        "no such endpoint: use /v1/keyset or /v1/keys/{hash}",
+        "no such endpoint: use /v1/keyset, /v1/keys/{hash} or /v1/changes",
     )
+}
+
+/// `/v1/changes` is answered by the feed (changes.rs), which may hold the request; any
+/// other request is handed back.
+fn changes_hook(service: &KeyService, request: Request) -> Option<Request> {
+    let url = request.url();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let method = request.method().clone();
+    if path != "/v1/changes" || !matches!(method, Method::Get | Method::Head) {
+        return Some(request);
+    }
+    let query = query.to_string();
+    // Any reload first, so that the answer is as of the file now.
+    service.snapshot();
+    service
+        .feed
+        .handle(request, &query, matches!(method, Method::Get));
+    None
 }
 
 fn work(service: &KeyService, server: &tiny_http::Server) {
@@ -299,6 +346,9 @@ fn work(service: &KeyService, server: &tiny_http::Server) {
         match server.recv() {
             // A client that left before its answer was sent needs nothing more.
             Ok(request) => {
+                let Some(request) = changes_hook(service, request) else {
+                    continue;
+                };
                 let response = answer(service, &request);
                 let _ = request.respond(response);
             }
@@ -328,7 +378,22 @@ pub fn run(keys: &Path, listen: &str, threads: usize) -> Result<()> {
             current: Arc::new(snapshot),
         }),
         reloading: Mutex::new(()),
+        feed: Arc::new(Feed::new()),
     });
+    eprintln!(
+        "keygate serve: change feed: epoch {}, version {}",
+        service.feed.epoch(),
+        service.feed.version()
+    );
+    {
+        let service = service.clone();
+        let feed = service.feed.clone();
+        std::thread::spawn(move || {
+            feed.hold(move || {
+                service.snapshot();
+            })
+        });
+    }
     let server = Arc::new(server);
     for _ in 1..threads.max(1) {
         let service = service.clone();
