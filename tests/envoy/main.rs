@@ -11,6 +11,7 @@ mod http2;
 mod key_service;
 mod key_set;
 mod lookup;
+mod lookup_watch;
 mod operations;
 mod reload;
 mod requests;
