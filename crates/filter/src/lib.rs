@@ -184,8 +184,17 @@ impl RootContext for Root {
                 key_set = Some(Rc::new(KeySetState::new(fetch)));
             }
             KeySource::Lookup(lookup) => {
+                let watch = lookup.watch.as_ref().map_or_else(
+                    || "no change feed (watch_seconds 0)".to_string(),
+                    |w| {
+                        format!(
+                            "change feed {} ({} s long-polls)",
+                            w.changes_path, w.wait_seconds
+                        )
+                    },
+                );
                 info!(
-                    "keygate: configuration accepted: keys looked up on cluster {}, {} rules",
+                    "keygate: configuration accepted: keys looked up on cluster {}, {watch}, {} rules",
                     lookup.endpoint.cluster,
                     config.rules.rules.len()
                 );
