@@ -209,10 +209,13 @@ impl KeyService {
                 drop(state);
                 let loaded = Snapshot::load(&self.path);
                 // Reloads take turns (`reloading`): `current` is still the one in force.
-                let changed = loaded
-                    .as_ref()
-                    .map(|snapshot| changes::diff(&*current, snapshot))
-                    .unwrap_or_default();
+                let changed = match &loaded {
+                    // The same bytes (a file touched or rewritten as it was): nothing changed.
+                    Ok(snapshot) if snapshot.etag != current.etag => {
+                        changes::diff(&*current, snapshot)
+                    }
+                    _ => Vec::new(),
+                };
                 state = lock(&self.state);
                 match loaded {
                     Ok(snapshot) => {
