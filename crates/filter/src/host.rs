@@ -131,6 +131,8 @@ pub struct Metrics {
     pub lookup_calls: Counter,
     pub lookup_cache_hits: Counter,
     pub lookup_failed: Counter,
+    pub lookup_watch_changes: Counter,
+    pub lookup_watch_failed: Counter,
 }
 
 impl Metrics {
@@ -146,6 +148,8 @@ impl Metrics {
             lookup_calls: Counter::define(stats::LOOKUP_CALLS),
             lookup_cache_hits: Counter::define(stats::LOOKUP_CACHE_HITS),
             lookup_failed: Counter::define(stats::LOOKUP_FAILED),
+            lookup_watch_changes: Counter::define(stats::LOOKUP_WATCH_CHANGES),
+            lookup_watch_failed: Counter::define(stats::LOOKUP_WATCH_FAILED),
         }
     }
 
@@ -162,6 +166,8 @@ impl Metrics {
             &self.lookup_calls,
             &self.lookup_cache_hits,
             &self.lookup_failed,
+            &self.lookup_watch_changes,
+            &self.lookup_watch_failed,
         ]) {
             counter.flush();
         }

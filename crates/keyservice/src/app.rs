@@ -20,8 +20,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tower_http::timeout::TimeoutLayer;
 
 /// The largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -53,6 +56,13 @@ pub struct App {
     /// `--client-ca` given: the gateway endpoints need a verified client certificate.
     pub require_client_cert: bool,
     throttle: Mutex<HashMap<IpAddr, Failures>>,
+    /// Long-polls of the change feed held now (changes.rs).
+    pub(crate) held: AtomicUsize,
+    /// Wakes the task that has the store look for changes while long-polls are held.
+    pub(crate) refresh_wake: Notify,
+    pub(crate) refresher_started: AtomicBool,
+    /// Set when the server stops: held long-polls answer at once.
+    pub(crate) stopping: watch::Sender<bool>,
 }
 
 impl App {
@@ -66,7 +76,17 @@ impl App {
             admin,
             require_client_cert,
             throttle: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            refresh_wake: Notify::new(),
+            refresher_started: AtomicBool::new(false),
+            stopping: watch::channel(false).0,
         }
+    }
+
+    /// The server is stopping: long-polls held answer 304 now rather than at the end of
+    /// their wait.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
@@ -78,14 +98,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             error,
             description: description.into(),
         }
     }
-    fn bad(description: impl Into<String>) -> Self {
+    pub(crate) fn bad(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
     fn field(field: &str, problem: impl std::fmt::Display) -> Self {
@@ -134,10 +158,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs a blocking store call off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
@@ -145,6 +169,10 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(StoreError::Unavailable(format!("store task failed: {e}")).into()),
     }
 }
+
+/// A request (body included) is answered within this, or gets 408; long-polls of the
+/// change feed are bounded by their own wait instead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(app: Arc<App>) -> Router {
     let keyset = get(keyset).fallback(gateway_method_not_allowed);
@@ -171,6 +199,15 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/v1/admin/audit", get(audit));
     }
     router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // After the timeout layer: a long-poll may be held for up to 60 s.
+        .route(
+            "/v1/changes",
+            get(crate::changes::changes).fallback(gateway_method_not_allowed),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -205,14 +242,14 @@ async fn not_found(uri: Uri) -> ApiError {
             "no such admin endpoint (the admin API is served with --db only)",
         );
     }
-    ApiError::not_found("no such endpoint: use /v1/keyset or /v1/keys/{hash}")
+    ApiError::not_found("no such endpoint: use /v1/keyset, /v1/keys/{hash} or /v1/changes")
 }
 
 fn bad_hash() -> ApiError {
     ApiError::bad("the path must end with a key hash: 64 lowercase hex characters")
 }
 
-fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
+pub(crate) fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
     if app.require_client_cert && !peer.is_some_and(|Extension(p)| p.client_cert) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
