@@ -2,7 +2,8 @@
 //! (README "Watching for changes"): a revoked key is refused by every worker within about
 //! a second although its answer is cached for 60 s; a restarted key service (a new epoch)
 //! drops every cached answer; a long-poll that times out is made again at once; a key
-//! service without the change feed still serves lookups as before.
+//! service without the change feed still serves lookups as before; with `keygate serve
+//! --db`, a key revoked through the admin API is refused within a second.
 
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
@@ -297,4 +298,57 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
         VMS,
         "{log}"
     );
+}
+
+/// The same through `keygate serve --db`: a key revoked through the admin API is refused
+/// (401) by every worker within about a second, its answer cached for 60 s.
+#[test]
+fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_second() {
+    use support::keysvc::{admin_key, arg, db_path, Client, Server};
+    let dir = Scratch::new("lookup-watch-db");
+    let db = db_path(dir.path());
+    let admin = admin_key(&db);
+    let served = Server::start(&["--db", &arg(&db)]);
+    let api = Client::plain(served.addr).with_bearer(&admin);
+    let issue = |owner: &str| {
+        let created = api.json(
+            "POST",
+            "/v1/admin/keys",
+            &json!({"owner": owner, "scopes": ["browse"]}),
+        );
+        assert_eq!(created.status, 201, "{created:?}");
+        created.json()
+    };
+    let alice = issue("alice");
+    let bob = issue("bob");
+    let (alice_key, bob_key) = (
+        alice["api_key"].as_str().unwrap(),
+        bob["api_key"].as_str().unwrap(),
+    );
+    let upstream = Upstream::start();
+    let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
+    await_watching(&envoy, VMS);
+
+    cache_on_every_worker(&envoy, &[alice_key, bob_key], 200, 4);
+    let calls = envoy.keygate_stat("lookup.calls");
+    let revoke = api.send(
+        "DELETE",
+        &format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()),
+        &[],
+        None,
+    );
+    let revoked = Instant::now();
+    assert_eq!(revoke.status, 200, "{revoke:?}");
+    let delay = time_until_refused(&envoy, alice_key, revoked, Duration::from_secs(3));
+    println!("db mode: revocation enforced by every worker after {delay:?} (cache_seconds 60)");
+    assert!(delay <= Duration::from_secs(1), "{delay:?}");
+    assert_eq!(status(&envoy, alice_key), 401);
+
+    for _ in 0..10 {
+        assert_eq!(status(&envoy, bob_key), 200);
+    }
+    envoy.await_stats_flush();
+    assert_eq!(envoy.keygate_stat("lookup.calls"), calls + 2);
+    assert_eq!(envoy.keygate_stat("lookup.watch_failed"), 0);
+    assert!(!served.log().contains(alice_key));
 }

@@ -1081,6 +1081,13 @@ mod tests {
         }
         let (status, _, _) = call(&router, "GET", "/v1/keyset", &[], "", peer(true)).await;
         assert_eq!(status, StatusCode::OK);
+        // The change feed is a gateway endpoint too.
+        let (status, _, body) = call(&router, "GET", "/v1/changes", &[], "", peer(false)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "forbidden");
+        let (status, _, body) = call(&router, "GET", "/v1/changes", &[], "", peer(true)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["version"], "0");
         let (status, _, _) = call(&router, "GET", "/healthz", &[], "", None).await;
         assert_eq!(status, StatusCode::OK);
         // The admin API needs the admin key, not a client certificate.
