@@ -63,6 +63,8 @@ pub struct App {
     pub(crate) refresher_started: AtomicBool,
     /// Set when the server stops: held long-polls answer at once.
     pub(crate) stopping: watch::Sender<bool>,
+    /// The answer shared by the long-polls one change woke.
+    pub(crate) feed_memo: tokio::sync::Mutex<Option<crate::changes::Memo>>,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
             refresh_wake: Notify::new(),
             refresher_started: AtomicBool::new(false),
             stopping: watch::channel(false).0,
+            feed_memo: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -1068,6 +1071,54 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn held_long_polls_are_answered_by_the_change_that_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, admin) = app(&dir, false);
+        let bearer = format!("Bearer {admin}");
+        let auth = [("authorization", bearer.as_str())];
+        let (_, _, base) = call(&router, "GET", "/v1/changes", &[], "", None).await;
+        let epoch = base["epoch"].as_str().unwrap().to_string();
+        assert_eq!(base["version"], "0");
+        let polls: Vec<_> = (0..200)
+            .map(|_| {
+                let router = router.clone();
+                let uri = format!("/v1/changes?since=0&epoch={epoch}&wait=20");
+                tokio::spawn(async move { call(&router, "GET", &uri, &[], "", None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _, created) = call(
+            &router,
+            "POST",
+            "/v1/admin/keys",
+            &auth,
+            r#"{"owner":"alice","scopes":["browse"]}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let hash = secret::hash(created["api_key"].as_str().unwrap()).to_hex();
+        let started = Instant::now();
+        for poll in polls {
+            let (status, headers, body) = poll.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            assert_eq!(
+                body,
+                json!({"version": "1", "epoch": epoch, "hashes": [hash]})
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A HEAD, or a wait of 0, is not held; nothing is held any more.
+        let uri = format!("/v1/changes?since=1&epoch={epoch}&wait=20");
+        let (status, _, _) = call(&router, "HEAD", &uri, &[], "", None).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        let uri = format!("/v1/changes?since=2&epoch={epoch}&wait=20");
+        let (status, _, body) = call(&router, "GET", &uri, &[], "", None).await;
+        assert_eq!((status, &body["error"]), (StatusCode::GONE, &json!("gone")));
     }
 
     #[tokio::test]

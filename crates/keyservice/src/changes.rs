@@ -13,6 +13,9 @@
 //!   change is served; at most [`MAX_HELD`] at once (503 past that). While any is held,
 //!   one task asks the store every 100 ms to look for changes made behind its back (the
 //!   key file replaced; another process writing the database).
+//! - Thousands of long-polls woken by one change share one answer ([`Memo`]): the store
+//!   is asked once, the body is built once. A long-poll made at the version last
+//!   announced is held without asking the store.
 
 use crate::app::{blocking, gateway_allowed, ApiError, ApiResult, App, Peer};
 use crate::store::{GatewayStore, Since};
@@ -136,13 +139,21 @@ pub fn parse_query(query: &str) -> Result<FeedQuery<'_>, String> {
     Ok(parsed)
 }
 
-fn changes_body(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> Response {
+fn changes_bytes(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> bytes::Bytes {
     let hashes: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
     let body = serde_json::json!({
         "version": version.to_string(),
         "epoch": epoch.as_str(),
         "hashes": hashes,
     });
+    format!("{body}\n").into()
+}
+
+fn changes_body(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> Response {
+    json_response(changes_bytes(version, epoch, hashes))
+}
+
+fn json_response(body: bytes::Bytes) -> Response {
     (
         [
             (
@@ -151,9 +162,53 @@ fn changes_body(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        format!("{body}\n"),
+        body,
     )
         .into_response()
+}
+
+fn gone() -> Response {
+    ApiError::new(
+        StatusCode::GONE,
+        "gone",
+        "the version asked from is older than the changes kept, or unknown: start over \
+         without since",
+    )
+    .into_response()
+}
+
+/// The answer given to the long-polls at `since` woken by the announcement of
+/// `announced`: the next ones woken by it take it as is.
+pub struct Memo {
+    since: u64,
+    announced: u64,
+    /// The body of a 200; `None`: 410.
+    body: Option<bytes::Bytes>,
+}
+
+/// What to answer a long-poll at `since` woken by `announced`; `None`: nothing new yet.
+async fn answer_woken(app: &App, since: u64, announced: u64) -> ApiResult<Option<Response>> {
+    let mut memo = app.feed_memo.lock().await;
+    if let Some(m) = memo
+        .as_ref()
+        .filter(|m| m.since == since && m.announced == announced)
+    {
+        return Ok(Some(m.body.clone().map_or_else(gone, json_response)));
+    }
+    let store = app.gateway.clone();
+    let body = match blocking(move || store.changes_since(since)).await? {
+        Since::Current => return Ok(None),
+        Since::Changed(version, hashes) => {
+            Some(changes_bytes(version, app.gateway.feed_epoch(), &hashes))
+        }
+        Since::Gone => None,
+    };
+    *memo = Some(Memo {
+        since,
+        announced,
+        body: body.clone(),
+    });
+    Ok(Some(body.map_or_else(gone, json_response)))
 }
 
 fn not_modified() -> Response {
@@ -174,15 +229,7 @@ async fn answer_now(
     Ok(match blocking(move || s.changes_since(since)).await? {
         Since::Current => None,
         Since::Changed(version, hashes) => Some(changes_body(version, epoch, &hashes)),
-        Since::Gone => Some(
-            ApiError::new(
-                StatusCode::GONE,
-                "gone",
-                "the version asked from is older than the changes kept, or unknown: start \
-                 over without since",
-            )
-            .into_response(),
-        ),
+        Since::Gone => Some(gone()),
     })
 }
 
@@ -245,13 +292,18 @@ pub async fn changes(
             return Ok(changes_body(version, &epoch, &[]));
         }
     };
+    let holding = query.wait > 0 && method != Method::HEAD;
     // Subscribed before the store is asked: a change made meanwhile is not missed.
     let mut versions = store.subscribe();
-    versions.borrow_and_update();
-    if let Some(response) = answer_now(&store, &epoch, since).await? {
-        return Ok(response);
+    let announced = *versions.borrow_and_update();
+    // At the version last announced: nothing to ask the store (a change it has not
+    // announced yet is announced to the long-poll, by a request or the refresher).
+    if !(holding && since == announced) {
+        if let Some(response) = answer_now(&store, &epoch, since).await? {
+            return Ok(response);
+        }
     }
-    if query.wait == 0 || method == Method::HEAD {
+    if !holding {
         return Ok(not_modified());
     }
     let _held = match hold(&app) {
@@ -284,8 +336,8 @@ pub async fn changes(
             // The server is stopping: nothing changed so far.
             () = &mut stop => return Ok(not_modified()),
         }
-        versions.borrow_and_update();
-        if let Some(response) = answer_now(&store, &epoch, since).await? {
+        let announced = *versions.borrow_and_update();
+        if let Some(response) = answer_woken(&app, since, announced).await? {
             return Ok(response);
         }
     }
