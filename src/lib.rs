@@ -5,7 +5,7 @@
 //! matching ([`rules`]), key records ([`record`]), the decision ([`decision`]) and the
 //! response it implies ([`response`]), and the protocols a host follows: the `key_set`
 //! mode's shared set ([`key_set`]) and the `lookup` mode's calls ([`lookup`]) and cache
-//! ([`lookup_cache`]). The
+//! ([`lookup_cache`]), kept fresh by the key service's change feed ([`watch`]). The
 //! hosts (the proxy-wasm filter in `crates/filter`, the `keygate` CLI in `crates/cli`) read
 //! input, call this crate and act on its answer.
 #![forbid(unsafe_code)]
@@ -31,3 +31,4 @@ pub mod stats;
 pub mod timestamp;
 pub mod trailers;
 pub mod usage;
+pub mod watch;

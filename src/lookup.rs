@@ -236,6 +236,17 @@ impl Lookups {
         }
     }
 
+    /// The key service's change feed reported changes (README "Watching for changes"):
+    /// the cache forgets what they make stale.
+    pub fn forget(&self, forget: &crate::watch::Forget) {
+        let mut cache = self.cache.borrow_mut();
+        match forget {
+            crate::watch::Forget::Nothing => {}
+            crate::watch::Forget::Hashes(hashes) => cache.forget(hashes),
+            crate::watch::Forget::All => cache.forget_all(),
+        }
+    }
+
     /// Whether request `context_id` is paused for its key.
     pub fn is_waiting(&self, context_id: u32) -> bool {
         self.waiting.borrow().contains_key(&context_id)

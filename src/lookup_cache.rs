@@ -39,8 +39,17 @@ pub enum Probe {
 
 #[derive(Debug)]
 enum Entry {
-    Known { answer: Answer, until_ms: u64 },
-    Pending { since_ms: u64, waiters: Vec<u32> },
+    Known {
+        answer: Answer,
+        until_ms: u64,
+    },
+    Pending {
+        since_ms: u64,
+        waiters: Vec<u32>,
+        /// The key changed (or everything was dropped) while its call was on its way: the
+        /// answer may predate the change, so it decides the waiting requests but is not kept.
+        stale: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -92,6 +101,7 @@ impl LookupCache {
             Entry::Pending {
                 since_ms: now_ms,
                 waiters: vec![context_id],
+                stale: false,
             },
         );
         Probe::Ask
@@ -100,11 +110,12 @@ impl LookupCache {
     /// Records the key service's answer (`None`: no answer, the service failed) and
     /// returns the requests that were waiting for it.
     pub fn resolve(&mut self, hash: &KeyHash, answer: Option<Answer>, now_ms: u64) -> Vec<u32> {
-        let waiters = match self.entries.remove(hash) {
-            Some(Entry::Pending { waiters, .. }) => waiters,
-            _ => Vec::new(),
+        let (waiters, stale) = match self.entries.remove(hash) {
+            Some(Entry::Pending { waiters, stale, .. }) => (waiters, stale),
+            _ => (Vec::new(), false),
         };
         let lifetime = match &answer {
+            _ if stale => 0,
             Some(Answer::Found(_)) => self.found_ms,
             Some(Answer::Unknown) => self.unknown_ms,
             None => 0,
@@ -133,6 +144,32 @@ impl LookupCache {
         waiters
     }
 
+    /// These keys changed at the key service (README "Watching for changes"): their
+    /// answers are dropped, and an answer on its way for one of them is used for the
+    /// requests waiting on it but not kept (it may have been given before the change).
+    pub fn forget(&mut self, hashes: &[KeyHash]) {
+        for hash in hashes {
+            match self.entries.get_mut(hash) {
+                Some(Entry::Known { .. }) => {
+                    self.entries.remove(hash);
+                }
+                Some(Entry::Pending { stale, .. }) => *stale = true,
+                None => {}
+            }
+        }
+    }
+
+    /// Anything may have changed: every answer is dropped, and none on its way is kept.
+    pub fn forget_all(&mut self) {
+        self.entries.retain(|_, entry| match entry {
+            Entry::Known { .. } => false,
+            Entry::Pending { stale, .. } => {
+                *stale = true;
+                true
+            }
+        });
+    }
+
     /// A waiting request went away (the client left).
     pub fn leave(&mut self, hash: &KeyHash, context_id: u32) {
         if let Some(Entry::Pending { waiters, .. }) = self.entries.get_mut(hash) {
@@ -152,8 +189,14 @@ impl LookupCache {
     /// requests wait for it.
     pub fn renew(&mut self, hash: &KeyHash, now_ms: u64) -> usize {
         match self.entries.get_mut(hash) {
-            Some(Entry::Pending { since_ms, waiters }) => {
+            Some(Entry::Pending {
+                since_ms,
+                waiters,
+                stale,
+            }) => {
                 *since_ms = now_ms;
+                // Made now, the new call's answer is not older than any change seen.
+                *stale = false;
                 waiters.len()
             }
             _ => 0,
@@ -318,6 +361,57 @@ mod tests {
         assert!(read_answer(None, b"", &h, &index)
             .unwrap_err()
             .contains("timeout"));
+    }
+
+    #[test]
+    fn changed_keys_are_forgotten_even_when_their_answer_is_on_its_way() {
+        let mut cache = LookupCache::new(60, 60, 100);
+        let (a, b, c) = (
+            KeyHash::of_key("a"),
+            KeyHash::of_key("b"),
+            KeyHash::of_key("c"),
+        );
+        for (i, h) in [a, b].iter().enumerate() {
+            cache.probe(h, i as u32, 0);
+            cache.resolve(h, Some(record("a")), 0);
+        }
+        // c's call is on its way when c changes.
+        assert_eq!(cache.probe(&c, 7, 0), Probe::Ask);
+        cache.forget(&[a, c, KeyHash::of_key("never seen")]);
+        assert_eq!(cache.probe(&a, 1, 1), Probe::Ask, "a is asked again");
+        assert_eq!(
+            cache.probe(&b, 2, 1),
+            Probe::Hit(record("a")),
+            "b did not change"
+        );
+        assert_eq!(
+            cache.probe(&c, 8, 1),
+            Probe::Wait,
+            "the call on its way still serves"
+        );
+        assert_eq!(cache.resolve(&c, Some(Answer::Unknown), 2), vec![7, 8]);
+        assert_eq!(
+            cache.probe(&c, 9, 3),
+            Probe::Ask,
+            "an answer from before the change is not kept"
+        );
+        // A call made after the change is kept as usual.
+        cache.resolve(&c, Some(Answer::Unknown), 4);
+        assert_eq!(cache.probe(&c, 9, 5), Probe::Hit(Answer::Unknown));
+    }
+
+    #[test]
+    fn forgetting_everything_keeps_calls_on_their_way_but_not_their_answers() {
+        let mut cache = LookupCache::new(60, 60, 100);
+        let (a, b) = (KeyHash::of_key("a"), KeyHash::of_key("b"));
+        cache.probe(&a, 1, 0);
+        cache.resolve(&a, Some(Answer::Unknown), 0);
+        assert_eq!(cache.probe(&b, 2, 0), Probe::Ask);
+        cache.forget_all();
+        assert_eq!(cache.len(), 1, "only b's call on its way");
+        assert_eq!(cache.resolve(&b, Some(Answer::Unknown), 1), vec![2]);
+        assert!(cache.is_empty());
+        assert_eq!(cache.probe(&a, 3, 1), Probe::Ask);
     }
 
     #[test]

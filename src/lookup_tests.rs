@@ -380,3 +380,36 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
     state.sweep(&mut host, &config, ROOT);
     assert_eq!(outcomes(&host).len(), 3);
 }
+
+#[test]
+fn a_key_the_change_feed_reports_is_asked_again() {
+    use crate::watch::Forget;
+    let config = config();
+    let state = lookups(&config);
+    let mut host = host();
+    let ask = |state: &Lookups, host: &mut Host, context: u32| {
+        state.start(host, context, check(&config, "/data", ALICE), || None, true)
+    };
+    ask(&state, &mut host, 10);
+    let (token, _) = host.calls[0].clone();
+    state.answered(
+        &mut host,
+        &config,
+        token,
+        Some("200"),
+        &record_body(ALICE, &["browse"]),
+    );
+    assert!(matches!(ask(&state, &mut host, 11), Next::Decide(..)));
+    state.forget(&Forget::Nothing);
+    assert!(matches!(ask(&state, &mut host, 12), Next::Decide(..)));
+    state.forget(&Forget::Hashes(vec![KeyHash::of_key(ALICE)]));
+    assert!(matches!(ask(&state, &mut host, 13), Next::Paused));
+    assert_eq!(host.calls.len(), 2);
+    // Revoked meanwhile: 404, and the request is refused.
+    let (token, _) = host.calls[1].clone();
+    state.answered(&mut host, &config, token, Some("404"), b"");
+    assert_eq!(host.resumed.last().map(|r| r.1), Some(Outcome::Invalid));
+    state.forget(&Forget::All);
+    assert!(matches!(ask(&state, &mut host, 14), Next::Paused));
+    assert_eq!(host.calls.len(), 3);
+}

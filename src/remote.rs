@@ -32,6 +32,17 @@ pub struct LookupConfig {
     path_after: Box<str>,
     pub cache_seconds: u32,
     pub negative_cache_seconds: u32,
+    /// Where and how long to long-poll for changed keys (`watch_seconds` > 0), so that a
+    /// cached answer for a changed key is dropped at once; `None` (`watch_seconds: 0`):
+    /// answers live out their lifetime.
+    pub watch: Option<WatchConfig>,
+}
+
+/// `"lookup"`'s `watch_seconds` and `changes_path` (README "Watching for changes").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    pub changes_path: Box<str>,
+    pub wait_seconds: u32,
 }
 
 impl LookupConfig {
@@ -50,6 +61,10 @@ pub const DEFAULT_FETCH_TIMEOUT_MS: u32 = 2000;
 pub const DEFAULT_LOOKUP_TIMEOUT_MS: u32 = 1000;
 pub const DEFAULT_CACHE_SECONDS: u32 = 60;
 pub const DEFAULT_NEGATIVE_CACHE_SECONDS: u32 = 10;
+pub const DEFAULT_WATCH_SECONDS: u32 = 25;
+/// The longest long-poll a key service is asked for.
+pub const MAX_WATCH_SECONDS: u32 = 60;
+pub const DEFAULT_CHANGES_PATH: &str = "/v1/changes";
 const HASH_PLACEHOLDER: &str = "{hash}";
 
 #[derive(Deserialize)]
@@ -78,6 +93,10 @@ pub(crate) struct LookupDoc {
     negative_cache_seconds: Option<u32>,
     #[serde(default)]
     timeout_ms: Option<u32>,
+    #[serde(default)]
+    watch_seconds: Option<u32>,
+    #[serde(default)]
+    changes_path: Option<String>,
 }
 
 impl FetchDoc {
@@ -140,6 +159,18 @@ impl LookupDoc {
             86_400,
             errors,
         );
+        let wait_seconds = self.watch_seconds.unwrap_or(DEFAULT_WATCH_SECONDS);
+        check_range(
+            "lookup.watch_seconds",
+            wait_seconds,
+            0,
+            MAX_WATCH_SECONDS,
+            errors,
+        );
+        let changes_path = self
+            .changes_path
+            .unwrap_or_else(|| DEFAULT_CHANGES_PATH.to_string());
+        check_path("lookup.changes_path", &changes_path, errors);
         let (before_hash, after_hash) = split?;
         (errors.len() == before).then(|| LookupConfig {
             endpoint,
@@ -147,6 +178,10 @@ impl LookupDoc {
             path_after: after_hash.into(),
             cache_seconds,
             negative_cache_seconds,
+            watch: (wait_seconds > 0).then(|| WatchConfig {
+                changes_path: changes_path.into(),
+                wait_seconds,
+            }),
         })
     }
 }
@@ -298,5 +333,35 @@ mod tests {
             "cache_seconds": 100000}))
         .unwrap_err();
         assert!(errors[0].starts_with("lookup.cache_seconds: 100000 is out of range"));
+    }
+
+    #[test]
+    fn lookup_watches_for_changes_unless_told_not_to() {
+        let c = lookup(json!({"cluster": "k", "path": "/v1/keys/{hash}"})).unwrap();
+        assert_eq!(
+            c.watch,
+            Some(WatchConfig {
+                changes_path: "/v1/changes".into(),
+                wait_seconds: 25
+            })
+        );
+        let c = lookup(json!({"cluster": "k", "path": "/{hash}", "watch_seconds": 0})).unwrap();
+        assert_eq!(c.watch, None);
+        let c = lookup(
+            json!({"cluster": "k", "path": "/{hash}", "watch_seconds": 60,
+            "changes_path": "/keys/changes?tenant=a"}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.watch.map(|w| (w.changes_path, w.wait_seconds)),
+            Some(("/keys/changes?tenant=a".into(), 60))
+        );
+        let errors = lookup(
+            json!({"cluster": "k", "path": "/{hash}", "watch_seconds": 61,
+            "changes_path": "changes"}),
+        )
+        .unwrap_err();
+        assert!(errors[0].starts_with("lookup.watch_seconds: 61 is out of range"));
+        assert!(errors[1].starts_with("lookup.changes_path: "), "{errors:?}");
     }
 }

@@ -67,6 +67,9 @@ pub const FETCH_AGE_SECONDS: &str = "keygate.fetch.age_seconds";
 pub const LOOKUP_CALLS: &str = "keygate.lookup.calls";
 pub const LOOKUP_CACHE_HITS: &str = "keygate.lookup.cache_hits";
 pub const LOOKUP_FAILED: &str = "keygate.lookup.failed";
+/// `lookup` change-feed answers that reported a new version, and feed calls that failed.
+pub const LOOKUP_WATCH_CHANGES: &str = "keygate.lookup.watch_changes";
+pub const LOOKUP_WATCH_FAILED: &str = "keygate.lookup.watch_failed";
 
 /// `usage` reports the key service accepted, reports dropped (not sent, no answer, or not
 /// accepted), and uses not counted because the VM's tally was full.

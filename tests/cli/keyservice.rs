@@ -1098,10 +1098,7 @@ fn import_from_a_key_file_and_export_back() {
 
     let out = dir.join("exported.json");
     let run = keygate(&["export", "--db", &arg(&db), "--keys", &arg(&out)]).ok();
-    assert_eq!(
-        run.stdout,
-        format!("exported 1 keys to {}\n", out.display())
-    );
+    assert_eq!(run.stdout, format!("exported 1 key to {}\n", out.display()));
     let doc = KeySetDoc::parse(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(doc.keys.len(), 1);
     assert_eq!(doc.keys[0].hash, KeyHash::of_key(&b.api_key));

@@ -2,6 +2,7 @@
 // Test code: a failed step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod changes;
 mod check;
 mod commands;
 mod keyservice;

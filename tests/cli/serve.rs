@@ -198,7 +198,7 @@ fn keeps_the_last_good_set_when_the_file_turns_bad() {
         "{line}"
     );
     assert!(
-        line.contains("still serving the last good key set (1 keys, version 1)"),
+        line.contains("still serving the last good key set (1 key, version 1)"),
         "{line}"
     );
     // Reported once, not on every request.

@@ -12,6 +12,7 @@ mod key_service;
 mod key_service_mtls;
 mod key_set;
 mod lookup;
+mod lookup_watch;
 mod operations;
 mod reload;
 mod requests;

@@ -3,6 +3,7 @@
 //! (README "`keygate serve`" and "The key service (`keygate serve --db`)").
 
 use crate::error::{Error, Result};
+use keygate_core::record::count_keys;
 use keygate_keyservice::server::{Options, Tls};
 use keygate_keyservice::Source;
 use std::path::PathBuf;
@@ -106,13 +107,13 @@ pub fn policy(
 /// `keygate import`: records from a key file into the database.
 pub fn import(keys: &std::path::Path, db: &std::path::Path) -> Result<()> {
     let n = keygate_keyservice::import(keys, db).map_err(|lines| Error { lines })?;
-    println!("imported {n} keys into {}", db.display());
+    println!("imported {} into {}", count_keys(n), db.display());
     Ok(())
 }
 
 /// `keygate export`: the database's key set into a key file.
 pub fn export(db: &std::path::Path, keys: &std::path::Path) -> Result<()> {
     let n = keygate_keyservice::export(db, keys).map_err(Error::new)?;
-    println!("exported {n} keys to {}", keys.display());
+    println!("exported {} to {}", count_keys(n), keys.display());
     Ok(())
 }

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub usage_reports_sent: Counter,
     pub usage_reports_failed: Counter,
     pub usage_dropped: Counter,
+    pub lookup_watch_changes: Counter,
+    pub lookup_watch_failed: Counter,
 }
 
 impl Metrics {
@@ -152,6 +154,8 @@ impl Metrics {
             usage_reports_sent: Counter::define(stats::USAGE_REPORTS_SENT),
             usage_reports_failed: Counter::define(stats::USAGE_REPORTS_FAILED),
             usage_dropped: Counter::define(stats::USAGE_DROPPED),
+            lookup_watch_changes: Counter::define(stats::LOOKUP_WATCH_CHANGES),
+            lookup_watch_failed: Counter::define(stats::LOOKUP_WATCH_FAILED),
         }
     }
 
@@ -171,6 +175,8 @@ impl Metrics {
             &self.usage_reports_sent,
             &self.usage_reports_failed,
             &self.usage_dropped,
+            &self.lookup_watch_changes,
+            &self.lookup_watch_failed,
         ]) {
             counter.flush();
         }

@@ -12,6 +12,7 @@ mod host;
 mod key_set;
 mod lookup;
 mod usage;
+mod watch;
 
 use headers::RequestHeaders;
 use host::{carry_out, Metrics};
@@ -25,6 +26,7 @@ use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
 use keygate_core::response;
 use keygate_core::stats::Outcome;
+use keygate_core::watch::Watch;
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -77,6 +79,19 @@ impl Shared {
         }
     }
 
+    /// What the lookup mode's change feed works with, in that mode.
+    fn feed(&self, salt: u32) -> Option<watch::Feed<'_>> {
+        match (&self.config.keys, &self.lookups) {
+            (KeySource::Lookup(lookup), Some(lookups)) => Some(watch::Feed {
+                lookups,
+                lookup,
+                metrics: &self.metrics,
+                salt: u64::from(salt),
+            }),
+            _ => None,
+        }
+    }
+
     /// The lookup mode's state and host, in that mode.
     fn lookups(&self) -> Option<(&Lookups, lookup::Host<'_>)> {
         match (&self.config.keys, &self.lookups) {
@@ -99,6 +114,8 @@ struct Root {
     context_id: u32,
     shared: Option<Shared>,
     metrics: Option<Rc<Metrics>>,
+    /// `lookup` mode's change feed, when `watch_seconds` > 0 (README "Watching for changes").
+    watch: Option<Watch>,
 }
 
 // Often enough that a switched set reaches every worker well within a second, and that
@@ -108,6 +125,11 @@ const TICK: Duration = Duration::from_millis(500);
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
+            if let (Some(watch), Some(feed)) = (&mut self.watch, shared.feed(self.context_id)) {
+                if feed.answered(watch, token, body_size) {
+                    return;
+                }
+            }
             shared.answered(token, body_size);
         }
     }
@@ -154,6 +176,7 @@ impl RootContext for Root {
         host::refresh_clock();
         let _ = hostcalls::set_tick_period(TICK);
         let (mut key_set, mut lookups) = (None, None);
+        self.watch = None;
         match &config.keys {
             KeySource::Inline(set) => {
                 metrics.keys_loaded(set.len());
@@ -176,12 +199,23 @@ impl RootContext for Root {
                 key_set = Some(Rc::new(KeySetState::new(fetch)));
             }
             KeySource::Lookup(lookup) => {
+                let watch = lookup.watch.as_ref().map_or_else(
+                    || "no change feed (watch_seconds 0)".to_string(),
+                    |w| {
+                        format!(
+                            "change feed {} ({} s long-polls)",
+                            w.changes_path, w.wait_seconds
+                        )
+                    },
+                );
                 info!(
-                    "keygate: configuration accepted: keys looked up on cluster {}, {} rules",
+                    "keygate: configuration accepted: keys looked up on cluster {}, {watch}, {} rules",
                     lookup.endpoint.cluster,
                     config.rules.rules.len()
                 );
                 lookups = Some(Rc::new(Lookups::new(lookup)));
+                // The first call waits for the first tick, as the key set's fetch does.
+                self.watch = lookup.watch.as_ref().map(Watch::new);
             }
         }
         let usage = config.usage.as_ref().map(|usage| {
@@ -217,6 +251,9 @@ impl RootContext for Root {
         }
         if let Some(usage) = &shared.usage {
             usage.tick(&shared.metrics);
+        }
+        if let (Some(watch), Some(feed)) = (&mut self.watch, shared.feed(self.context_id)) {
+            feed.poll(watch);
         }
     }
 

@@ -23,8 +23,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tower_http::timeout::TimeoutLayer;
 
 /// The largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -58,6 +61,15 @@ pub struct App {
     /// File mode: where usage reports are kept (db mode keeps them in `admin`).
     pub usage_file: Option<Arc<UsageFile>>,
     throttle: Mutex<HashMap<IpAddr, Failures>>,
+    /// Long-polls of the change feed held now (changes.rs).
+    pub(crate) held: AtomicUsize,
+    /// Wakes the task that has the store look for changes while long-polls are held.
+    pub(crate) refresh_wake: Notify,
+    pub(crate) refresher_started: AtomicBool,
+    /// Set when the server stops: held long-polls answer at once.
+    pub(crate) stopping: watch::Sender<bool>,
+    /// The answer shared by the long-polls one change woke.
+    pub(crate) feed_memo: tokio::sync::Mutex<Option<crate::changes::Memo>>,
 }
 
 impl App {
@@ -72,6 +84,11 @@ impl App {
             require_client_cert,
             usage_file: None,
             throttle: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            refresh_wake: Notify::new(),
+            refresher_started: AtomicBool::new(false),
+            stopping: watch::channel(false).0,
+            feed_memo: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -79,6 +96,12 @@ impl App {
     pub fn with_usage_file(mut self, usage: Arc<UsageFile>) -> App {
         self.usage_file = Some(usage);
         self
+    }
+
+    /// The server is stopping: long-polls held answer 304 now rather than at the end of
+    /// their wait.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
@@ -90,14 +113,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             error,
             description: description.into(),
         }
     }
-    fn bad(description: impl Into<String>) -> Self {
+    pub(crate) fn bad(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
     fn field(field: &str, problem: impl std::fmt::Display) -> Self {
@@ -146,10 +173,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs a blocking store call off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
@@ -157,6 +184,10 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(StoreError::Unavailable(format!("store task failed: {e}")).into()),
     }
 }
+
+/// A request (body included) is answered within this, or gets 408; long-polls of the
+/// change feed are bounded by their own wait instead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(app: Arc<App>) -> Router {
     let keyset = get(keyset).fallback(gateway_method_not_allowed);
@@ -183,6 +214,15 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/v1/admin/audit", get(audit));
     }
     router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // After the timeout layer: a long-poll may be held for up to 60 s.
+        .route(
+            "/v1/changes",
+            get(crate::changes::changes).fallback(gateway_method_not_allowed),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -230,14 +270,14 @@ async fn not_found(uri: Uri) -> ApiError {
             "no such admin endpoint (the admin API is served with --db only)",
         );
     }
-    ApiError::not_found("no such endpoint: use /v1/keyset or /v1/keys/{hash}")
+    ApiError::not_found("no such endpoint: use /v1/keyset, /v1/keys/{hash} or /v1/changes")
 }
 
 fn bad_hash() -> ApiError {
     ApiError::bad("the path must end with a key hash: 64 lowercase hex characters")
 }
 
-fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
+pub(crate) fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
     if app.require_client_cert && !peer.is_some_and(|Extension(p)| p.client_cert) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -1070,6 +1110,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn held_long_polls_are_answered_by_the_change_that_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, admin) = app(&dir, false);
+        let bearer = format!("Bearer {admin}");
+        let auth = [("authorization", bearer.as_str())];
+        let (_, _, base) = call(&router, "GET", "/v1/changes", &[], "", None).await;
+        let epoch = base["epoch"].as_str().unwrap().to_string();
+        assert_eq!(base["version"], "0");
+        let polls: Vec<_> = (0..200)
+            .map(|_| {
+                let router = router.clone();
+                let uri = format!("/v1/changes?since=0&epoch={epoch}&wait=20");
+                tokio::spawn(async move { call(&router, "GET", &uri, &[], "", None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _, created) = call(
+            &router,
+            "POST",
+            "/v1/admin/keys",
+            &auth,
+            r#"{"owner":"alice","scopes":["browse"]}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let hash = secret::hash(created["api_key"].as_str().unwrap()).to_hex();
+        let started = Instant::now();
+        for poll in polls {
+            let (status, headers, body) = poll.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            assert_eq!(
+                body,
+                json!({"version": "1", "epoch": epoch, "hashes": [hash]})
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A HEAD, or a wait of 0, is not held; nothing is held any more.
+        let uri = format!("/v1/changes?since=1&epoch={epoch}&wait=20");
+        let (status, _, _) = call(&router, "HEAD", &uri, &[], "", None).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        let uri = format!("/v1/changes?since=2&epoch={epoch}&wait=20");
+        let (status, _, body) = call(&router, "GET", &uri, &[], "", None).await;
+        assert_eq!((status, &body["error"]), (StatusCode::GONE, &json!("gone")));
+    }
+
+    #[tokio::test]
     async fn client_certificates_and_admin_keys_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let (router, admin) = app(&dir, true);
@@ -1080,6 +1168,13 @@ mod tests {
         }
         let (status, _, _) = call(&router, "GET", "/v1/keyset", &[], "", peer(true)).await;
         assert_eq!(status, StatusCode::OK);
+        // The change feed is a gateway endpoint too.
+        let (status, _, body) = call(&router, "GET", "/v1/changes", &[], "", peer(false)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "forbidden");
+        let (status, _, body) = call(&router, "GET", "/v1/changes", &[], "", peer(true)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["version"], "0");
         let (status, _, _) = call(&router, "GET", "/healthz", &[], "", None).await;
         assert_eq!(status, StatusCode::OK);
         // The admin API needs the admin key, not a client certificate.

@@ -5,10 +5,19 @@
 //! file's metadata with what was loaded, so a million-key file costs one `stat` per
 //! request until it changes. A file that turns invalid (or disappears) while running is
 //! logged once and the last good set is served; one that is invalid at start is refused.
+//!
+//! The change feed (changes.rs): the epoch is random, made when the store is opened (a
+//! restarted server is a new store for the filters); the version starts at 1 and grows by
+//! one with each reload that changed something, the diff of hashes (added, removed, or a
+//! record whose text changed) kept in a bounded [`Log`]. A version is announced only once
+//! its records are served: a filter told of a change asks again and must get the new
+//! record.
 
+use crate::changes::{Log, MAX_LOG_HASHES};
 use crate::etag;
-use crate::store::{GatewayStore, KeySetBody, StoreResult};
-use keygate_core::record::{KeyHash, KeySetDoc};
+use crate::store::{GatewayStore, KeySetBody, Since, StoreResult};
+use keygate_core::record::{count_keys, KeyHash, KeySetDoc};
+use keygate_core::watch::Epoch;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -98,18 +107,44 @@ impl Snapshot {
         })
     }
 
+    /// A record's text, as served.
+    fn text(&self, hash: &KeyHash) -> Option<&[u8]> {
+        self.by_hash
+            .get(hash)
+            .and_then(|range| self.set.body.get(range.clone()))
+    }
+
     fn describe(&self) -> String {
         let version = if self.set.version.is_empty() {
             "(none)"
         } else {
             &self.set.version
         };
-        format!("{} keys, version {version}", self.by_hash.len())
+        format!("{}, version {version}", count_keys(self.by_hash.len()))
     }
+}
+
+/// The keys whose record differs between two versions of the file: added, removed, or
+/// whose text changed.
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<KeyHash> {
+    let mut changed: Vec<KeyHash> = new
+        .by_hash
+        .keys()
+        .filter(|hash| old.text(hash) != new.text(hash))
+        .copied()
+        .collect();
+    changed.extend(
+        old.by_hash
+            .keys()
+            .filter(|hash| !new.by_hash.contains_key(hash)),
+    );
+    changed
 }
 
 struct State {
     current: Arc<Snapshot>,
+    /// What each reload changed.
+    log: Log,
     /// The file as last examined, good or not (`None`: it could not be examined), so a
     /// bad file is reported once, not on every request.
     seen: Option<Stamp>,
@@ -121,6 +156,9 @@ pub struct FileStore {
     /// Held by the one thread that reloads; the others keep answering from the current
     /// snapshot meanwhile.
     reloading: Mutex<()>,
+    epoch: Epoch,
+    /// The feed's version, announced once served.
+    feed: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,14 +169,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl FileStore {
     /// Loads `path`; an invalid file is refused with one line per problem.
     pub fn open(path: &Path) -> Result<FileStore, Vec<String>> {
+        FileStore::open_with_log(path, MAX_LOG_HASHES)
+    }
+
+    fn open_with_log(path: &Path, max_log_hashes: usize) -> Result<FileStore, Vec<String>> {
         let snapshot = Snapshot::load(path)?;
+        let epoch = crate::secret::new_epoch()
+            .and_then(|e| Epoch::parse(&e))
+            .map_err(|e| vec![format!("the change feed's epoch: {e}")])?;
+        let log = Log::new(max_log_hashes);
+        let (feed, _) = tokio::sync::watch::channel(log.version());
         Ok(FileStore {
             path: path.to_path_buf(),
             state: Mutex::new(State {
                 seen: Some(snapshot.stamp),
                 current: Arc::new(snapshot),
+                log,
             }),
             reloading: Mutex::new(()),
+            epoch,
+            feed,
         })
     }
 
@@ -176,12 +226,37 @@ impl FileStore {
             Ok(_) => {
                 drop(state);
                 let loaded = Snapshot::load(&self.path);
+                // Reloads take turns (`reloading`): `current` is still the one in force.
+                let changed = match &loaded {
+                    // The same bytes (a file touched or rewritten as it was): nothing changed.
+                    Ok(snapshot) if snapshot.set.etag != current.set.etag => {
+                        diff(&current, snapshot)
+                    }
+                    _ => Vec::new(),
+                };
                 state = lock(&self.state);
                 match loaded {
                     Ok(snapshot) => {
-                        eprintln!("keygate serve: {path}: reloaded: {}", snapshot.describe());
+                        eprintln!(
+                            "keygate serve: {path}: reloaded: {}; {} changed",
+                            snapshot.describe(),
+                            count_keys(changed.len())
+                        );
                         state.seen = Some(snapshot.stamp);
                         state.current = Arc::new(snapshot);
+                        // Only once the new records are served.
+                        if let Some(version) = state.log.record(changed) {
+                            let current = state.current.clone();
+                            drop(state);
+                            self.feed.send_if_modified(|v| {
+                                let newer = version > *v;
+                                if newer {
+                                    *v = version;
+                                }
+                                newer
+                            });
+                            return current;
+                        }
                     }
                     Err(lines) => {
                         for line in &lines {
@@ -225,5 +300,102 @@ impl GatewayStore for FileStore {
 
     fn describe(&self) -> String {
         format!("{}: {}", self.path.display(), self.snapshot().describe())
+    }
+
+    fn feed_epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    fn feed_version(&self) -> StoreResult<u64> {
+        // Any reload first: the answer is as of the file now.
+        self.snapshot();
+        Ok(lock(&self.state).log.version())
+    }
+
+    fn changes_since(&self, since: u64) -> StoreResult<Since> {
+        self.snapshot();
+        Ok(lock(&self.state).log.since(since))
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    fn refresh(&self) {
+        self.snapshot();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, records: &[(&str, &str)]) {
+        let keys: Vec<String> = records
+            .iter()
+            .enumerate()
+            .map(|(n, (key, owner))| {
+                format!(
+                    r#"{{"id":"k{n}","hash":"{}","owner":"{owner}","scopes":["browse"],"created_at":"2026-01-01T00:00:00Z","expires_at":null,"status":"enabled"}}"#,
+                    KeyHash::of_key(key).to_hex()
+                )
+            })
+            .collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!(r#"{{"keys":[{}]}}"#, keys.join(","))).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn sorted(mut hashes: Vec<KeyHash>) -> Vec<KeyHash> {
+        hashes.sort_by_key(KeyHash::to_hex);
+        hashes
+    }
+
+    #[test]
+    fn a_reload_changes_the_keys_added_removed_or_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        write(&path, &[("a", "alice"), ("b", "bob"), ("c", "carol")]);
+        let store = FileStore::open(&path).unwrap();
+        let mut versions = store.subscribe();
+        assert_eq!(store.feed_version().unwrap(), 1);
+        assert_eq!(store.changes_since(1).unwrap(), Since::Current);
+        write(&path, &[("a", "alice"), ("b", "bobby"), ("d", "dave")]);
+        let Since::Changed(2, changed) = store.changes_since(1).unwrap() else {
+            panic!("no version 2");
+        };
+        let h = KeyHash::of_key;
+        assert_eq!(sorted(changed), sorted(vec![h("b"), h("c"), h("d")]));
+        assert!(versions.has_changed().unwrap());
+        assert_eq!(*versions.borrow_and_update(), 2);
+        // The records of version 2 are the ones served.
+        assert!(store.record(&h("d")).unwrap().is_some());
+        assert!(store.record(&h("c")).unwrap().is_none());
+        // The same bytes again: no version.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(path.with_extension("tmp"), &bytes).unwrap();
+        std::fs::rename(path.with_extension("tmp"), &path).unwrap();
+        store.refresh();
+        assert_eq!(store.feed_version().unwrap(), 2);
+        assert!(!versions.has_changed().unwrap());
+        assert_eq!(store.changes_since(0).unwrap(), Since::Gone);
+        assert_eq!(store.changes_since(3).unwrap(), Since::Gone);
+    }
+
+    #[test]
+    fn the_log_of_a_file_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        write(&path, &[("a", "alice")]);
+        let store = FileStore::open_with_log(&path, 3).unwrap();
+        write(&path, &[("a", "alice"), ("b", "bob")]);
+        store.refresh();
+        write(&path, &[("b", "bob"), ("c", "carol")]);
+        store.refresh();
+        assert_eq!(store.changes_since(1).unwrap(), Since::Gone);
+        assert!(matches!(
+            store.changes_since(2).unwrap(),
+            Since::Changed(3, _)
+        ));
     }
 }

@@ -24,6 +24,12 @@ pub fn new_key(prefix: &str) -> Result<String, String> {
     ))
 }
 
+/// A change feed's epoch: 128 random bits, lowercase hex.
+pub fn new_epoch() -> Result<String, String> {
+    let bytes: [u8; 16] = random()?;
+    Ok(hex::encode(bytes))
+}
+
 /// A random (version 4) UUID, lowercase and hyphenated.
 pub fn new_id() -> Result<String, String> {
     let mut b: [u8; 16] = random()?;

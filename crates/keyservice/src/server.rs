@@ -2,7 +2,8 @@
 //! limits, and a clean stop on Ctrl-C or SIGTERM.
 
 use crate::app::{router, App, Peer};
-use axum::http::{Request, StatusCode};
+use crate::store::StoreError;
+use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,13 +16,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutLayer;
 
 /// A client has this long to finish the TLS handshake, and to send a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request (body included) is answered within this, or gets 408.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// On a stop, open connections get this long to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -124,19 +122,24 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
     } else {
         ""
     };
-    let describe = {
+    let (describe, feed_version) = {
         let store = app.gateway.clone();
-        tokio::task::spawn_blocking(move || store.describe())
+        tokio::task::spawn_blocking(move || (store.describe(), store.feed_version()))
             .await
-            .unwrap_or_default()
+            .unwrap_or_else(|e| (String::new(), Err(StoreError::Unavailable(e.to_string()))))
     };
     eprintln!(
         "keygate serve: listening on {scheme}://{address} ({describe}{mtls}); stop with Ctrl-C or SIGTERM"
     );
-    let router = router(Arc::new(app)).layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
-    ));
+    match feed_version {
+        Ok(version) => eprintln!(
+            "keygate serve: change feed: epoch {}, version {version}",
+            app.gateway.feed_epoch().as_str()
+        ),
+        Err(e) => eprintln!("keygate serve: change feed: {e}"),
+    }
+    let app = Arc::new(app);
+    let router = router(app.clone());
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -217,6 +220,7 @@ pub async fn serve(app: App, options: Options) -> Result<(), String> {
     }
     drop(listener);
     eprintln!("keygate serve: stopping: finishing open requests");
+    app.stop();
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => {

@@ -4,11 +4,21 @@
 //!
 //! Every change bumps `meta.version` (the key set's `version`) in the same transaction
 //! and writes its audit entry there too. Reads of the key set are cached by version.
+//!
+//! The change feed (changes.rs): its version is `meta.version`, its epoch `meta.epoch`
+//! (random, made with the database). Each change writes the hashes it touched into
+//! `changes` under the new version, in the same transaction; the table is kept to
+//! [`MAX_LOG_HASHES`] rows by dropping the oldest versions (`meta.changes_from` is then
+//! the oldest `since` it can answer). A change is announced on the feed's `watch` channel
+//! once committed; one made by another process on the same file is found by
+//! [`GatewayStore::refresh`].
 
+use crate::changes::MAX_LOG_HASHES;
 use crate::duration::Lifetime;
 use crate::etag;
 use crate::store::*;
-use keygate_core::record::KeyHash;
+use keygate_core::record::{count_keys, KeyHash};
+use keygate_core::watch::Epoch;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -48,6 +58,11 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS changes (
+    version INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (version, hash)
+) WITHOUT ROWID;
 ";
 
 const KEY_COLUMNS: &str = "seq, id, hash, owner, label, scopes, created_at, expires_at, status, \
@@ -64,6 +79,11 @@ pub struct SqliteStore {
     /// hold up lookups and admin reads.
     key_set_reader: Mutex<Connection>,
     cache: Mutex<Option<Arc<KeySetBody>>>,
+    epoch: Epoch,
+    /// The feed's version, announced once committed.
+    feed: tokio::sync::watch::Sender<u64>,
+    /// Rows the `changes` table keeps at most.
+    log_bound: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,11 +188,58 @@ fn get_by_id(conn: &Connection, id: &str) -> StoreResult<KeyRow> {
     .ok_or(StoreError::NotFound)
 }
 
-fn bump(tx: &Connection) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'version'",
+/// A new version, which touched `hashes` (lowercase hex): recorded in `changes`, which
+/// is then pruned to `bound` rows, oldest versions first.
+fn bump(tx: &Connection, hashes: &[&str], bound: usize) -> rusqlite::Result<()> {
+    let version: i64 = tx.query_row(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'version'
+         RETURNING CAST(value AS INTEGER)",
         [],
+        |r| r.get(0),
     )?;
+    let mut added = 0usize;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT OR IGNORE INTO changes (version, hash) VALUES (?1, ?2)")?;
+        for hash in hashes {
+            added += insert.execute(params![version, hash])?;
+        }
+    }
+    let rows: i64 = tx.query_row(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + ?1 WHERE name = 'changes_rows'
+         RETURNING CAST(value AS INTEGER)",
+        [i64::try_from(added).unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )?;
+    let mut over = rows.saturating_sub(i64::try_from(bound).unwrap_or(i64::MAX));
+    if over <= 0 {
+        return Ok(());
+    }
+    let mut upto = None;
+    {
+        let mut versions = tx.prepare_cached(
+            "SELECT version, count(*) FROM changes GROUP BY version ORDER BY version",
+        )?;
+        let mut rows = versions.query([])?;
+        while over > 0 {
+            let Some(row) = rows.next()? else {
+                break;
+            };
+            upto = Some(row.get::<_, i64>(0)?);
+            over -= row.get::<_, i64>(1)?;
+        }
+    }
+    if let Some(upto) = upto {
+        let removed = tx.execute("DELETE FROM changes WHERE version <= ?1", [upto])?;
+        tx.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) - ?1 WHERE name = 'changes_rows'",
+            [i64::try_from(removed).unwrap_or(i64::MAX)],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'changes_from'",
+            [upto.to_string()],
+        )?;
+    }
     Ok(())
 }
 
@@ -231,6 +298,21 @@ impl SqliteStore {
                 [epoch],
             )
             .map_err(at)?;
+        // A database made before the change feed: its log starts at its current version.
+        writer
+            .execute_batch(
+                "INSERT OR IGNORE INTO meta (name, value)
+                     SELECT 'changes_from', value FROM meta WHERE name = 'version';
+                 INSERT OR IGNORE INTO meta (name, value) VALUES ('changes_rows', '0');",
+            )
+            .map_err(at)?;
+        let epoch = Self::get_meta(&writer, "epoch")
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .unwrap_or_default();
+        let epoch = Epoch::parse(&epoch)
+            .map_err(|e| format!("{}: the change feed's epoch: {e}", path.display()))?;
+        let version =
+            Self::feed_version_of(&writer).map_err(|e| format!("{}: {e}", path.display()))?;
         let reader = open_connection(path).map_err(at)?;
         let key_set_reader = open_connection(path).map_err(at)?;
         Ok(SqliteStore {
@@ -239,7 +321,28 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             key_set_reader: Mutex::new(key_set_reader),
             cache: Mutex::new(None),
+            epoch,
+            feed: tokio::sync::watch::channel(version).0,
+            log_bound: MAX_LOG_HASHES,
         })
+    }
+
+    /// `meta.version`, as the feed's version.
+    fn feed_version_of(conn: &Connection) -> StoreResult<u64> {
+        Self::version(conn)?
+            .parse::<u64>()
+            .map_err(|e| unavailable(format!("meta.version: {e}")))
+    }
+
+    /// Tells the long-polls about `version`, if newer than what they were told.
+    fn announce(&self, version: u64) {
+        self.feed.send_if_modified(|announced| {
+            let newer = version > *announced;
+            if newer {
+                *announced = version;
+            }
+            newer
+        });
     }
 
     /// Runs `change` in one IMMEDIATE transaction and commits it (durably: WAL with
@@ -250,7 +353,10 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
         let out = change(&tx)?;
+        let version = Self::feed_version_of(&tx)?;
         tx.commit().map_err(unavailable)?;
+        drop(conn);
+        self.announce(version);
         Ok(out)
     }
 
@@ -341,8 +447,69 @@ impl GatewayStore for SqliteStore {
             |r| r.get(0),
         );
         match (count, Self::version(&conn)) {
-            (Ok(n), Ok(v)) => format!("{}: {n} keys, version {v}", self.path.display()),
+            (Ok(n), Ok(v)) => format!(
+                "{}: {}, version {v}",
+                self.path.display(),
+                count_keys(usize::try_from(n).unwrap_or(usize::MAX))
+            ),
             _ => self.path.display().to_string(),
+        }
+    }
+
+    fn feed_epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    fn feed_version(&self) -> StoreResult<u64> {
+        Self::feed_version_of(&lock(&self.reader))
+    }
+
+    fn changes_since(&self, since: u64) -> StoreResult<Since> {
+        let conn = lock(&self.reader);
+        // One read transaction: the version, the log's start and its rows agree.
+        conn.execute_batch("BEGIN").map_err(unavailable)?;
+        let result = (|| {
+            let version = Self::feed_version_of(&conn)?;
+            if since == version {
+                return Ok(Since::Current);
+            }
+            let from = match Self::get_meta(&conn, "changes_from")? {
+                Some(from) => from
+                    .parse::<u64>()
+                    .map_err(|e| unavailable(format!("meta.changes_from: {e}")))?,
+                None => version,
+            };
+            if since > version || since < from {
+                return Ok(Since::Gone);
+            }
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT hash FROM changes WHERE version > ?1")
+                .map_err(unavailable)?;
+            let hashes = stmt
+                .query_map([i64::try_from(since).unwrap_or(i64::MAX)], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(unavailable)?
+                .map(|hash| {
+                    let hash = hash.map_err(unavailable)?;
+                    KeyHash::parse_hex(&hash).map_err(|_| {
+                        unavailable(format!("bad hash in the changes table: {hash:?}"))
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Since::Changed(version, hashes))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        result
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    fn refresh(&self) {
+        if let Ok(version) = self.feed_version() {
+            self.announce(version);
         }
     }
 }
@@ -352,7 +519,7 @@ impl AdminStore for SqliteStore {
         self.change(|tx| {
             insert_key(tx, &key)?;
             audit(tx, actor, "create", Some(&key.id), Some(&key.owner)).map_err(unavailable)?;
-            bump(tx).map_err(unavailable)?;
+            bump(tx, &[&key.hash], self.log_bound).map_err(unavailable)?;
             get_by_id(tx, &key.id)
         })
     }
@@ -435,7 +602,7 @@ impl AdminStore for SqliteStore {
             )
             .map_err(unavailable)?;
             audit(tx, actor, "update", Some(id), Some(&what.join(" "))).map_err(unavailable)?;
-            bump(tx).map_err(unavailable)?;
+            bump(tx, &[&row.hash], self.log_bound).map_err(unavailable)?;
             Ok(row)
         })
     }
@@ -452,28 +619,30 @@ impl AdminStore for SqliteStore {
             )
             .map_err(unavailable)?;
             audit(tx, actor, "revoke", Some(id), None).map_err(unavailable)?;
-            bump(tx).map_err(unavailable)?;
+            bump(tx, &[&row.hash], self.log_bound).map_err(unavailable)?;
             get_by_id(tx, id)
         })
     }
 
     fn revoke_owner(&self, actor: &str, owner: &str) -> StoreResult<u64> {
         self.change(|tx| {
-            let ids = {
+            let keys = {
                 let mut stmt = tx
                     .prepare(
-                        "SELECT id FROM keys WHERE owner = ?1 AND status != 'revoked' ORDER BY seq",
+                        "SELECT id, hash FROM keys WHERE owner = ?1 AND status != 'revoked' ORDER BY seq",
                     )
                     .map_err(unavailable)?;
-                let ids = stmt
-                    .query_map([owner], |r| r.get::<_, String>(0))
+                let keys = stmt
+                    .query_map([owner], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
                     .map_err(unavailable)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(unavailable)?;
-                ids
+                keys
             };
             let at = now();
-            for id in &ids {
+            for (id, _) in &keys {
                 tx.execute(
                     "UPDATE keys SET status = 'revoked', revoked_at = ?2 WHERE id = ?1",
                     params![id, at],
@@ -488,10 +657,11 @@ impl AdminStore for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
-            if !ids.is_empty() {
-                bump(tx).map_err(unavailable)?;
+            if !keys.is_empty() {
+                let hashes: Vec<&str> = keys.iter().map(|(_, hash)| hash.as_str()).collect();
+                bump(tx, &hashes, self.log_bound).map_err(unavailable)?;
             }
-            Ok(ids.len() as u64)
+            Ok(keys.len() as u64)
         })
     }
 
@@ -540,7 +710,7 @@ impl AdminStore for SqliteStore {
                 Some(&format!("rotation of {old_id}")),
             )
             .map_err(unavailable)?;
-            bump(tx).map_err(unavailable)?;
+            bump(tx, &[&old.hash, &new.hash], self.log_bound).map_err(unavailable)?;
             get_by_id(tx, &new.id)
         })
     }
@@ -656,7 +826,8 @@ impl AdminStore for SqliteStore {
                 audit(tx, actor, "import", Some(&key.id), Some(&key.owner)).map_err(unavailable)?;
             }
             if !keys.is_empty() {
-                bump(tx).map_err(unavailable)?;
+                let hashes: Vec<&str> = keys.iter().map(|(key, _)| key.hash.as_str()).collect();
+                bump(tx, &hashes, self.log_bound).map_err(unavailable)?;
             }
             Ok(keys.len())
         })
@@ -838,6 +1009,123 @@ mod tests {
         );
     }
 
+    fn changed(s: &SqliteStore, since: u64) -> (u64, Vec<String>) {
+        match s.changes_since(since).unwrap() {
+            Since::Changed(version, hashes) => {
+                let mut hashes: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
+                hashes.sort();
+                (version, hashes)
+            }
+            other => panic!("since {since}: {other:?}"),
+        }
+    }
+
+    fn sorted(hashes: &[&str]) -> Vec<String> {
+        let mut hashes: Vec<String> = hashes.iter().map(|h| h.to_string()).collect();
+        hashes.sort();
+        hashes
+    }
+
+    #[test]
+    fn every_change_is_in_the_feed_under_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let mut versions = s.subscribe();
+        assert_eq!(s.feed_version().unwrap(), 0);
+        assert_eq!(s.changes_since(0).unwrap(), Since::Current);
+        assert_eq!(s.changes_since(1).unwrap(), Since::Gone);
+        let (_, a) = key("alice", 1);
+        let (_, b) = key("alice", 2);
+        let (_, c) = key("bob", 3);
+        for k in [&a, &b, &c] {
+            s.create_key("t", k.clone()).unwrap();
+        }
+        assert_eq!(*versions.borrow_and_update(), 3);
+        assert_eq!(changed(&s, 0), (3, sorted(&[&a.hash, &b.hash, &c.hash])));
+        assert_eq!(changed(&s, 2), (3, sorted(&[&c.hash])));
+        s.update_key(
+            "t",
+            &c.id,
+            KeyChange {
+                status: Some(Status::Disabled),
+                ..KeyChange::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(changed(&s, 3), (4, sorted(&[&c.hash])));
+        s.revoke_key("t", &c.id).unwrap();
+        assert_eq!(changed(&s, 4), (5, sorted(&[&c.hash])));
+        let (_, new) = key("x", 4);
+        let rotated = s.rotate_key("t", &a.id, new, 1_850_000_000).unwrap();
+        assert_eq!(changed(&s, 5), (6, sorted(&[&a.hash, &rotated.hash])));
+        assert_eq!(s.revoke_owner("t", "alice").unwrap(), 3);
+        assert_eq!(
+            changed(&s, 6),
+            (7, sorted(&[&a.hash, &b.hash, &rotated.hash]))
+        );
+        let (_, d) = key("dave", 5);
+        s.import_keys("t", &[(d.clone(), Status::Enabled)]).unwrap();
+        assert_eq!(changed(&s, 7), (8, sorted(&[&d.hash])));
+        assert!(versions.has_changed().unwrap());
+        assert_eq!(*versions.borrow_and_update(), 8);
+        // Usage, policy and admin keys are not changes of what gateways get.
+        s.record_usage(&[Usage {
+            hash: d.hash.clone(),
+            count: 1,
+            last_used_at: 1,
+        }])
+        .unwrap();
+        s.set_policy("t", &Policy::default()).unwrap();
+        assert_eq!(s.changes_since(8).unwrap(), Since::Current);
+        assert!(!versions.has_changed().unwrap());
+        // The epoch is the database's: the same when opened again.
+        let epoch = s.feed_epoch().clone();
+        drop(s);
+        let s = store(&dir);
+        assert_eq!(s.feed_epoch(), &epoch);
+        assert_eq!(changed(&s, 7), (8, sorted(&[&d.hash])));
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(store(&other).feed_epoch(), &epoch);
+    }
+
+    #[test]
+    fn the_changes_table_is_bounded_and_other_writers_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir);
+        s.log_bound = 3;
+        let keys: Vec<NewKey> = (0..4).map(|n| key("alice", n).1).collect();
+        s.import_keys(
+            "t",
+            &[
+                (keys[0].clone(), Status::Enabled),
+                (keys[1].clone(), Status::Enabled),
+            ],
+        )
+        .unwrap(); // 1
+        s.create_key("t", keys[2].clone()).unwrap(); // 2
+        s.create_key("t", keys[3].clone()).unwrap(); // 3: version 1 goes
+        assert_eq!(s.changes_since(0).unwrap(), Since::Gone);
+        assert_eq!(changed(&s, 1), (3, sorted(&[&keys[2].hash, &keys[3].hash])));
+        assert_eq!(s.revoke_owner("t", "alice").unwrap(), 4); // 4: alone over the bound
+        assert_eq!(s.changes_since(3).unwrap(), Since::Gone);
+        assert_eq!(s.changes_since(4).unwrap(), Since::Current);
+        let rows: i64 = lock(&s.reader)
+            .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+
+        // Another process changes the database: found by refresh.
+        let mut versions = s.subscribe();
+        versions.borrow_and_update();
+        let other = store(&dir);
+        let (_, e) = key("erin", 9);
+        other.create_key("cli:other", e.clone()).unwrap();
+        assert!(!versions.has_changed().unwrap());
+        s.refresh();
+        assert_eq!(*versions.borrow_and_update(), 5);
+        assert_eq!(changed(&s, 4), (5, sorted(&[&e.hash])));
+    }
+
     #[test]
     fn policy_admin_keys_usage() {
         let dir = tempfile::tempdir().unwrap();
@@ -903,7 +1191,7 @@ mod scale {
                 };
                 insert_key(&tx, &key).unwrap();
             }
-            bump(&tx).unwrap();
+            bump(&tx, &[], MAX_LOG_HASHES).unwrap();
             tx.commit().unwrap();
         }
         let t = Instant::now();

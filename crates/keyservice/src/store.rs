@@ -193,8 +193,24 @@ pub struct KeySetBody {
     pub keys: usize,
 }
 
+/// What the change feed (README "Watching for changes") says about a `since`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Nothing newer.
+    Current,
+    /// The keys changed (added, changed, removed) since, and the version they bring the
+    /// client to.
+    Changed(u64, Vec<keygate_core::record::KeyHash>),
+    /// Older than the changes kept, or a version the store never had.
+    Gone,
+}
+
 /// What gateways read. Calls block (file reads, database queries): run them off the
 /// async workers.
+///
+/// The change feed: every change that alters what gateways get makes a new version,
+/// which only grows within the store's epoch (random, made with the store); the hashes
+/// each version touched are kept, within a bound.
 pub trait GatewayStore: Send + Sync {
     /// The key set document, with a tag that changes exactly when its bytes do.
     fn key_set(&self) -> StoreResult<std::sync::Arc<KeySetBody>>;
@@ -204,6 +220,19 @@ pub trait GatewayStore: Send + Sync {
     fn ready(&self) -> StoreResult<()>;
     /// One line for the log: what is served.
     fn describe(&self) -> String;
+    /// The change feed's epoch.
+    fn feed_epoch(&self) -> &keygate_core::watch::Epoch;
+    /// The change feed's current version.
+    fn feed_version(&self) -> StoreResult<u64>;
+    /// What changed since version `since` of this epoch.
+    fn changes_since(&self, since: u64) -> StoreResult<Since>;
+    /// Sees the feed's version each time a change is made (or found by [`Self::refresh`]),
+    /// once what it changed is being served.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Looks for changes made behind the service's back (the key file replaced, another
+    /// process writing the database) and announces them; run every 100 ms while
+    /// long-polls are held.
+    fn refresh(&self);
 }
 
 /// What the admin API (and `keygate admin`/`keygate policy`) read and change. Every change
