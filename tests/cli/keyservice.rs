@@ -57,16 +57,7 @@ fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
         policy,
         json!({"scopes": ["browse", "download", "upload"], "default_expiry": "30d", "max_expiry": "1y"})
     );
-    let server = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-        "--client-ca",
-        &arg(&pki.ca),
-    ]);
+    let server = Server::start_tls(&db, &pki, true);
     assert!(server.https);
     assert!(
         server.log().contains("stop with Ctrl-C or SIGTERM"),
@@ -971,14 +962,7 @@ fn slow_and_idle_clients_are_disconnected() {
     let pki = Pki::generate(dir.path());
     let db = db_path(dir.path());
     let plain = Server::start(&["--db", &arg(&db)]);
-    let tls = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-    ]);
+    let tls = Server::start_tls(&db, &pki, false);
     // Each connection must be closed by the server within the 10 s limits (plus slack).
     let closed_within = |addr: std::net::SocketAddr, send: &'static [u8]| {
         std::thread::spawn(move || {

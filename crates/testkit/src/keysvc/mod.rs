@@ -40,6 +40,24 @@ impl Server {
         Self::start_on(args.iter().map(|s| s.to_string()).collect(), "127.0.0.1:0")
     }
 
+    /// `keygate serve --db DB` over TLS with `pki`'s server certificate; with
+    /// `client_ca`, `--client-ca` too (mTLS: the gateway endpoints want a client
+    /// certificate signed by `pki`'s CA).
+    pub fn start_tls(db: &Path, pki: &tls::Pki, client_ca: bool) -> Server {
+        let mut args = vec![
+            "--db".to_string(),
+            arg(db),
+            "--tls-cert".to_string(),
+            arg(&pki.server_cert),
+            "--tls-key".to_string(),
+            arg(&pki.server_key),
+        ];
+        if client_ca {
+            args.extend(["--client-ca".to_string(), arg(&pki.ca)]);
+        }
+        Self::start_on(args, "127.0.0.1:0")
+    }
+
     fn start_on(args: Vec<String>, listen: &str) -> Server {
         let mut child = Command::new(keygate_binary())
             .arg("serve")
