@@ -5,7 +5,7 @@
 use keygate_core::record::{KeyHash, KeySetDoc};
 use keygate_testkit::cli::{keygate, Scratch};
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server, TlsDb};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,10 +37,12 @@ fn set_policy(db: &std::path::Path, args: &[&str]) -> Value {
 
 #[test]
 fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
-    let dir = Scratch::new("keysvc-tls");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let TlsDb {
+        dir,
+        pki,
+        db,
+        admin,
+    } = TlsDb::new("keysvc-tls");
     assert!(admin.starts_with("kga_"));
     let policy = set_policy(
         &db,

@@ -5,9 +5,8 @@
 
 use keygate_testkit as support;
 
-use keygate_testkit::cli::Scratch;
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use keygate_testkit::keysvc::{arg, Client, Server, TlsDb};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -72,10 +71,12 @@ fn mtls(pki: &Pki) -> Value {
 
 #[test]
 fn keys_made_through_the_admin_api_reach_envoy_over_mtls() {
-    let dir = Scratch::new("keysvc-envoy");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let TlsDb {
+        dir: _dir,
+        pki,
+        db,
+        admin,
+    } = TlsDb::new("keysvc-envoy");
     let server = Server::start_tls(&db, &pki, true);
     let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
     let upstream = Upstream::start();
@@ -91,19 +92,7 @@ fn keys_made_through_the_admin_api_reach_envoy_over_mtls() {
         server.log()
     );
 
-    let create = |owner: &str| {
-        let r = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        let v = r.json();
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["api_key"].as_str().unwrap().to_string(),
-        )
-    };
+    let create = |owner: &str| api.create_browse_key(owner);
     let (alice_id, alice) = create("alice");
     let bobs = [create("bob"), create("bob")];
     assert!(

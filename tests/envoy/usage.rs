@@ -9,8 +9,7 @@ use keygate_testkit::cli as cli_support;
 
 use cli_support::{keygate, new_key, Issued, Scratch, Served};
 use keygate_core::timestamp::Timestamp;
-use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, db_path, Client, Server};
+use keygate_testkit::keysvc::{Client, Server, TlsDb};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -303,25 +302,15 @@ fn a_key_service_that_is_down_changes_nothing_for_requests() {
 
 #[test]
 fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
-    let dir = Scratch::new("usage-db");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let TlsDb {
+        dir: _dir,
+        pki,
+        db,
+        admin,
+    } = TlsDb::new("usage-db");
     let server = Server::start_tls(&db, &pki, true);
     let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
-    let create = |owner: &str| {
-        let r = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        let v = r.json();
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["api_key"].as_str().unwrap().to_string(),
-        )
-    };
+    let create = |owner: &str| api.create_browse_key(owner);
     let (alice_id, alice) = create("alice");
     let (bob_id, _bob) = create("bob");
 

@@ -26,6 +26,30 @@ pub fn admin_key(db: &Path) -> String {
 }
 
 /// `keygate serve --db PATH` (or `--keys`, as `args` say). Killed when dropped.
+/// A scratch directory with a test PKI, a database and its first admin key: where a test
+/// of `keygate serve --db` over TLS starts.
+pub struct TlsDb {
+    pub dir: crate::cli::Scratch,
+    pub pki: tls::Pki,
+    pub db: PathBuf,
+    pub admin: String,
+}
+
+impl TlsDb {
+    pub fn new(name: &str) -> TlsDb {
+        let dir = crate::cli::Scratch::new(name);
+        let pki = tls::Pki::generate(dir.path());
+        let db = db_path(dir.path());
+        let admin = admin_key(&db);
+        TlsDb {
+            dir,
+            pki,
+            db,
+            admin,
+        }
+    }
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
@@ -194,6 +218,22 @@ impl Client {
     pub fn with_bearer(mut self, key: &str) -> Client {
         self.bearer = Some(key.to_string());
         self
+    }
+
+    /// Creates a key for `owner` with the scope `browse`, living 7 days, through the admin
+    /// API: its (id, api_key).
+    pub fn create_browse_key(&self, owner: &str) -> (String, String) {
+        let r = self.json(
+            "POST",
+            "/v1/admin/keys",
+            &serde_json::json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
     }
 
     pub fn get(&self, target: &str) -> HttpResponse {
