@@ -56,3 +56,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     })?;
     Ok(doc)
 }
+
+/// The field each error names (its text before the first `:`), for tests.
+#[cfg(test)]
+pub(crate) fn fields_at_fault(errors: &[String]) -> Vec<&str> {
+    errors
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect()
+}

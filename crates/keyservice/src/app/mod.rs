@@ -248,28 +248,20 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn gateway_method_not_allowed() -> Response {
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "use GET or HEAD",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    response
+    method_not_allowed("use GET or HEAD", "GET, HEAD")
 }
 
 async fn usage_method_not_allowed() -> Response {
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "use POST",
-    )
-    .into_response();
+    method_not_allowed("use POST", "POST")
+}
+
+/// 405 saying `what` to use, with `Allow: allow`.
+fn method_not_allowed(what: &'static str, allow: &'static str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", what).into_response();
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
