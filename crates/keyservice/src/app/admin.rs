@@ -129,13 +129,7 @@ pub(super) struct CreateRequest {
     read_only: bool,
 }
 
-pub(super) async fn create_key(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (store, actor) = admin(&app, peer, &headers).await?;
+pub(super) async fn create_key(Admin { store, actor }: Admin, body: Body) -> ApiResult<Response> {
     let req: CreateRequest = json_body(body, ADMIN_BODY_LIMIT).await?;
     let owner = HeaderText::parse(&req.owner).map_err(|e| ApiError::field("owner", e))?;
     let s = store.clone();
@@ -202,12 +196,9 @@ pub(super) struct ListParams {
 }
 
 pub(super) async fn list_keys(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
+    Admin { store, .. }: Admin,
 ) -> ApiResult<Json<KeyPage>> {
-    let (store, _) = admin(&app, peer, &headers).await?;
     let p = query(params)?;
     let status = p
         .status
@@ -248,12 +239,9 @@ pub(super) async fn list_keys(
 }
 
 pub(super) async fn get_key(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Admin { store, .. }: Admin,
 ) -> ApiResult<Json<KeyView>> {
-    let (store, _) = admin(&app, peer, &headers).await?;
     let id = key_id(&id)?;
     let row = blocking(move || store.get_key(&id)).await?;
     Ok(Json(row.into()))
@@ -273,13 +261,10 @@ pub(super) struct PatchRequest {
 }
 
 pub(super) async fn update_key(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Admin { store, actor }: Admin,
     body: Body,
 ) -> ApiResult<Json<KeyView>> {
-    let (store, actor) = admin(&app, peer, &headers).await?;
     let id = key_id(&id)?;
     let req: PatchRequest = json_body(body, ADMIN_BODY_LIMIT).await?;
     if req.status.is_none()
@@ -351,12 +336,9 @@ pub(super) async fn update_key(
 }
 
 pub(super) async fn revoke_key(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Admin { store, actor }: Admin,
 ) -> ApiResult<Json<KeyView>> {
-    let (store, actor) = admin(&app, peer, &headers).await?;
     let id = key_id(&id)?;
     let row = blocking(move || store.revoke_key(&actor, &id)).await?;
     Ok(Json(row.into()))
@@ -369,12 +351,9 @@ pub(super) struct OwnerParams {
 }
 
 pub(super) async fn revoke_owner(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     params: Result<Query<OwnerParams>, QueryRejection>,
+    Admin { store, actor }: Admin,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (store, actor) = admin(&app, peer, &headers).await?;
     let owner = query(params)?
         .owner
         .filter(|o| !o.is_empty())
@@ -392,13 +371,10 @@ pub(super) struct RotateRequest {
 }
 
 pub(super) async fn rotate_key(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Admin { store, actor }: Admin,
     body: Body,
 ) -> ApiResult<Response> {
-    let (store, actor) = admin(&app, peer, &headers).await?;
     let id = key_id(&id)?;
     let req: RotateRequest = json_body(body, ADMIN_BODY_LIMIT).await?;
     let grace = match req.grace.as_deref() {
@@ -446,12 +422,9 @@ pub(super) struct AuditParams {
 }
 
 pub(super) async fn audit(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
     params: Result<Query<AuditParams>, QueryRejection>,
+    Admin { store, .. }: Admin,
 ) -> ApiResult<Json<AuditPage>> {
-    let (store, _) = admin(&app, peer, &headers).await?;
     let p = query(params)?;
     let since = p
         .since

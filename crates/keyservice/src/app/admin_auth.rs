@@ -1,8 +1,28 @@
 //! Admin authentication (`Authorization: Bearer`) and the throttling of failures.
 
 use super::*;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 
 // ---- admin authentication ----
+
+/// An authenticated admin: the admin store and who is acting (`admin:<id>`). As an
+/// extractor it authenticates (`admin`) after the extractors before it and before the
+/// body is read.
+pub(super) struct Admin {
+    pub(super) store: Arc<dyn AdminStore>,
+    pub(super) actor: String,
+}
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, ApiError> {
+        let peer = parts.extensions.get::<Peer>().copied().map(Extension);
+        let (store, actor) = admin(app, peer, &parts.headers).await?;
+        Ok(Admin { store, actor })
+    }
+}
 
 pub(super) const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);
 
@@ -13,7 +33,7 @@ pub(super) fn throttle_delay(failures: u32) -> Duration {
 /// The admin store and who is acting (`admin:<id>`), from `Authorization: Bearer`.
 /// Failures are logged (never with the presented key) and every later attempt from the
 /// same address waits longer, up to 5 s, until one succeeds or 15 minutes pass.
-pub(super) async fn admin(
+async fn admin(
     app: &App,
     peer: Option<Extension<Peer>>,
     headers: &HeaderMap,

@@ -37,7 +37,7 @@ mod usage;
 use admin::{
     audit, create_key, get_key, list_keys, revoke_key, revoke_owner, rotate_key, update_key,
 };
-use admin_auth::admin;
+use admin_auth::Admin;
 pub(crate) use gateway::gateway_allowed;
 use gateway::{key_by_hash, keyset, readyz};
 use usage::usage;
