@@ -149,12 +149,7 @@ fn the_feed_of_a_database_reports_a_revoke_made_through_the_admin_api() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let revoke = api.send(
-        "DELETE",
-        &format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()),
-        &[],
-        None,
-    );
+    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
     let revoked_at = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let (answer, answered_at) = poll.join().unwrap();

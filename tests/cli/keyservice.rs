@@ -37,12 +37,13 @@ fn set_policy(db: &std::path::Path, args: &[&str]) -> Value {
 
 #[test]
 fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
+    let scratch = TlsDb::new("keysvc-tls");
     let TlsDb {
         dir,
         pki,
         db,
         admin,
-    } = TlsDb::new("keysvc-tls");
+    } = &scratch;
     assert!(admin.starts_with("kga_"));
     let policy = set_policy(
         &db,
@@ -360,8 +361,7 @@ fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
             "90d",
         ],
     );
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (server, api) = Server::start_db(&db, &admin);
     let r = api.json(
         "POST",
         "/v1/admin/keys",
@@ -818,8 +818,7 @@ fn a_hundred_parallel_creates_lose_nothing() {
     let dir = Scratch::new("keysvc-parallel");
     let db = db_path(dir.path());
     let admin = admin_key(&db);
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (server, api) = Server::start_db(&db, &admin);
     let threads: Vec<_> = (0..100)
         .map(|i| {
             let api = api.clone();
@@ -856,8 +855,7 @@ fn sigkill_during_a_burst_loses_no_acknowledged_change() {
     let dir = Scratch::new("keysvc-kill");
     let db = db_path(dir.path());
     let admin = admin_key(&db);
-    let mut server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (mut server, api) = Server::start_db(&db, &admin);
     // What the server acknowledged: created (id, hash) and revoked ids.
     let created = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let revoked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -1055,8 +1053,7 @@ fn import_from_a_key_file_and_export_back() {
     );
 
     let admin = admin_key(&db);
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (server, api) = Server::start_db(&db, &admin);
     let record = api.get(&format!("/v1/admin/keys/{}", a.id)).json();
     assert_eq!(record["hash"], hash_of(&a.api_key));
     assert_eq!(record["expires_at"], a.expires_at.as_deref().unwrap());

@@ -6,7 +6,7 @@
 use keygate_testkit as support;
 
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{arg, Client, Server, TlsDb};
+use keygate_testkit::keysvc::{arg, TlsDb};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,16 +71,10 @@ fn mtls(pki: &Pki) -> Value {
 
 #[test]
 fn keys_made_through_the_admin_api_reach_envoy_over_mtls() {
-    let TlsDb {
-        dir: _dir,
-        pki,
-        db,
-        admin,
-    } = TlsDb::new("keysvc-envoy");
-    let server = Server::start_tls(&db, &pki, true);
-    let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
+    let scratch = TlsDb::new("keysvc-envoy");
+    let (server, api) = scratch.serve_mtls();
     let upstream = Upstream::start();
-    let envoy = start_envoy_over_mtls(&plugin_config(), upstream.addr, server.addr, &pki);
+    let envoy = start_envoy_over_mtls(&plugin_config(), upstream.addr, server.addr, &scratch.pki);
     let status = |key: &str| envoy.send(&Request::get("/data/x").bearer(key)).status;
     let all = |key: &str, want: u16| (0..10).all(|_| status(key) == want);
 

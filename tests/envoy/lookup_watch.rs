@@ -304,12 +304,11 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
 /// (401) by every worker within about a second, its answer cached for 60 s.
 #[test]
 fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_second() {
-    use support::keysvc::{admin_key, arg, db_path, Client, Server};
+    use support::keysvc::{admin_key, db_path, Server};
     let dir = Scratch::new("lookup-watch-db");
     let db = db_path(dir.path());
     let admin = admin_key(&db);
-    let served = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(served.addr).with_bearer(&admin);
+    let (served, api) = Server::start_db(&db, &admin);
     let issue = |owner: &str| {
         let created = api.json(
             "POST",
@@ -331,12 +330,7 @@ fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_secon
 
     cache_on_every_worker(&envoy, &[alice_key, bob_key], 200, 4);
     let calls = envoy.keygate_stat("lookup.calls");
-    let revoke = api.send(
-        "DELETE",
-        &format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()),
-        &[],
-        None,
-    );
+    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
     let revoked = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let delay = time_until_refused(&envoy, alice_key, revoked, Duration::from_secs(3));

@@ -9,7 +9,7 @@ use keygate_testkit::cli as cli_support;
 
 use cli_support::{keygate, new_key, Issued, Scratch, Served};
 use keygate_core::timestamp::Timestamp;
-use keygate_testkit::keysvc::{Client, Server, TlsDb};
+use keygate_testkit::keysvc::TlsDb;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -105,6 +105,17 @@ fn assert_eventually(envoy: &Envoy, seconds: u64, done: impl Fn(&Envoy) -> bool)
     );
 }
 
+/// Asserts that `record`'s `last_used_at` is within `slack_nanos` of the window
+/// `start..=end`.
+fn assert_used_within(record: &Value, start: Timestamp, end: Timestamp, slack_nanos: i128) {
+    let last = Timestamp::parse_rfc3339(record["last_used_at"].as_str().unwrap()).unwrap();
+    assert!(
+        last.unix_nanos() >= start.unix_nanos() - slack_nanos
+            && last.unix_nanos() <= end.unix_nanos() + slack_nanos,
+        "last_used_at {record} outside the test's window"
+    );
+}
+
 /// Requests with `key` until `n` were answered `expect`; each must be answered at once.
 fn send_n(envoy: &Envoy, key: &str, n: usize, expect: u16) {
     for _ in 0..n {
@@ -153,14 +164,8 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
     );
     let records = listed(&keys);
     let alice_record = by_owner(&records, "alice");
-    let last = Timestamp::parse_rfc3339(alice_record["last_used_at"].as_str().unwrap()).unwrap();
     // The VM's clock is read on its tick: at most half a second behind.
-    let slack = 1_000_000_000;
-    assert!(
-        last.unix_nanos() >= window_start.unix_nanos() - slack
-            && last.unix_nanos() <= window_end.unix_nanos() + slack,
-        "last_used_at {alice_record} outside the test's window"
-    );
+    assert_used_within(&alice_record, window_start, window_end, 1_000_000_000);
     let bob_record = by_owner(&records, "bob");
     assert_eq!(
         (
@@ -302,14 +307,8 @@ fn a_key_service_that_is_down_changes_nothing_for_requests() {
 
 #[test]
 fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
-    let TlsDb {
-        dir: _dir,
-        pki,
-        db,
-        admin,
-    } = TlsDb::new("usage-db");
-    let server = Server::start_tls(&db, &pki, true);
-    let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
+    let scratch = TlsDb::new("usage-db");
+    let (server, api) = scratch.serve_mtls();
     let create = |owner: &str| api.create_browse_key(owner);
     let (alice_id, alice) = create("alice");
     let (bob_id, _bob) = create("bob");
@@ -323,8 +322,12 @@ fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
                   "timeout_ms": 10000}
     });
     let upstream = Upstream::start();
-    let envoy =
-        super::key_service_mtls::start_envoy_over_mtls(&config, upstream.addr, server.addr, &pki);
+    let envoy = super::key_service_mtls::start_envoy_over_mtls(
+        &config,
+        upstream.addr,
+        server.addr,
+        &scratch.pki,
+    );
     assert!(
         eventually(Duration::from_secs(10), || status(&envoy, &alice) == 200),
         "the key set never loaded over mTLS:\n{}\n{}",
@@ -354,13 +357,7 @@ fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
     );
     let alice_record = record(&alice_id);
     // The service keeps whole seconds.
-    let last = Timestamp::parse_rfc3339(alice_record["last_used_at"].as_str().unwrap()).unwrap();
-    let slack = 2_000_000_000;
-    assert!(
-        last.unix_nanos() >= window_start.unix_nanos() - slack
-            && last.unix_nanos() <= window_end.unix_nanos() + slack,
-        "last_used_at {alice_record} outside the test's window"
-    );
+    assert_used_within(&alice_record, window_start, window_end, 2_000_000_000);
     let bob_record = record(&bob_id);
     assert_eq!(
         (

@@ -48,6 +48,14 @@ impl TlsDb {
             admin,
         }
     }
+
+    /// `keygate serve --db` over mTLS, and a client of its admin API (no client
+    /// certificate) with the admin key.
+    pub fn serve_mtls(&self) -> (Server, Client) {
+        let server = Server::start_tls(&self.db, &self.pki, true);
+        let api = Client::tls(server.addr, &self.pki, false).with_bearer(&self.admin);
+        (server, api)
+    }
 }
 
 pub struct Server {
@@ -80,6 +88,14 @@ impl Server {
             args.extend(["--client-ca".to_string(), arg(&pki.ca)]);
         }
         Self::start_on(args, "127.0.0.1:0")
+    }
+
+    /// `keygate serve --db DB` over plain HTTP, and a client of its admin API with the
+    /// admin key `admin`.
+    pub fn start_db(db: &Path, admin: &str) -> (Server, Client) {
+        let server = Server::start(&["--db", &arg(db)]);
+        let api = Client::plain(server.addr).with_bearer(admin);
+        (server, api)
     }
 
     fn start_on(args: Vec<String>, listen: &str) -> Server {
@@ -242,6 +258,11 @@ impl Client {
 
     pub fn json(&self, method: &str, target: &str, body: &Value) -> HttpResponse {
         self.send(method, target, &[], Some(body.to_string().as_bytes()))
+    }
+
+    /// `DELETE target`, no headers, no body.
+    pub fn delete(&self, target: &str) -> HttpResponse {
+        self.send("DELETE", target, &[], None)
     }
 
     pub fn send(
