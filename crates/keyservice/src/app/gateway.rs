@@ -1,8 +1,25 @@
 //! The gateway endpoints: `/v1/keyset`, `/v1/keys/{hash}`, and `/readyz`.
 
 use super::*;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 
-pub(crate) fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
+/// The app, for a gateway endpoint's handler: as an extractor it refuses (403) a peer
+/// without a client certificate when the service asks for one (`--client-ca`), after the
+/// extractors before it and before the body is read.
+pub struct Gateway(pub Arc<App>);
+
+impl FromRequestParts<Arc<App>> for Gateway {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Gateway, ApiError> {
+        let peer = parts.extensions.get::<Peer>().copied().map(Extension);
+        gateway_allowed(app, peer)?;
+        Ok(Gateway(app.clone()))
+    }
+}
+
+fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
     if app.require_client_cert && !peer.is_some_and(|Extension(p)| p.client_cert) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -13,12 +30,7 @@ pub(crate) fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiRe
     Ok(())
 }
 
-pub(super) async fn keyset(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    gateway_allowed(&app, peer)?;
+pub(super) async fn keyset(headers: HeaderMap, Gateway(app): Gateway) -> ApiResult<Response> {
     let store = app.gateway.clone();
     let set = blocking(move || store.key_set()).await?;
     let tag = HeaderValue::from_str(&set.etag).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -44,11 +56,9 @@ pub(super) async fn keyset(
 }
 
 pub(super) async fn key_by_hash(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
     Path(hash): Path<String>,
+    Gateway(app): Gateway,
 ) -> ApiResult<Response> {
-    gateway_allowed(&app, peer)?;
     let hash = KeyHash::parse_hex(&hash).map_err(|_| bad_hash())?;
     let store = app.gateway.clone();
     match blocking(move || store.record(&hash)).await? {

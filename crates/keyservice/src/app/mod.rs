@@ -38,7 +38,7 @@ use admin::{
     audit, create_key, get_key, list_keys, revoke_key, revoke_owner, rotate_key, update_key,
 };
 use admin_auth::Admin;
-pub(crate) use gateway::gateway_allowed;
+pub use gateway::Gateway;
 use gateway::{key_by_hash, keyset, readyz};
 use usage::usage;
 

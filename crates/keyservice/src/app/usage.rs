@@ -8,12 +8,10 @@ use super::*;
 /// in the database, file mode in keys.usage.json. The report is checked as the core
 /// reads it (400 naming the field); a time ahead of the service's clock is taken as now.
 pub(super) async fn usage(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
+    Gateway(app): Gateway,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    gateway_allowed(&app, peer)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
