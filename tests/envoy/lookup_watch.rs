@@ -149,6 +149,22 @@ fn time_until_refused(envoy: &Envoy, key: &str, since: Instant, within: Duration
     streak.unwrap()
 }
 
+/// A scratch directory whose keys.json holds alice's and bob's keys (from `issue`).
+fn alice_and_bob(
+    name: &str,
+) -> (
+    Scratch,
+    std::path::PathBuf,
+    cli_support::Issued,
+    cli_support::Issued,
+) {
+    let dir = Scratch::new(name);
+    let keys = dir.join("keys.json");
+    let alice = issue(&keys, "alice");
+    let bob = issue(&keys, "bob");
+    (dir, keys, alice, bob)
+}
+
 fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
     new_key(
         keys,
@@ -165,10 +181,7 @@ fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
 
 #[test]
 fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
-    let dir = Scratch::new("lookup-watch-revoke");
-    let keys = dir.join("keys.json");
-    let alice = issue(&keys, "alice");
-    let bob = issue(&keys, "bob");
+    let (dir, keys, alice, bob) = alice_and_bob("lookup-watch-revoke");
     let served = Serve::start(&keys, free_port(), &dir.join("serve.log"));
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
@@ -198,10 +211,7 @@ fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
 
 #[test]
 fn a_restarted_key_service_is_a_new_epoch_and_every_cached_answer_goes() {
-    let dir = Scratch::new("lookup-watch-restart");
-    let keys = dir.join("keys.json");
-    let alice = issue(&keys, "alice");
-    let bob = issue(&keys, "bob");
+    let (dir, keys, alice, bob) = alice_and_bob("lookup-watch-restart");
     let port = free_port();
     let served = Serve::start(&keys, port, &dir.join("serve-1.log"));
     let upstream = Upstream::start();

@@ -336,25 +336,22 @@ fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
     );
     // What the first request counted is reported too: wait for it, then count from there.
     let record = |id: &str| api.get(&format!("/v1/admin/keys/{id}")).json();
-    assert!(
-        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 1),
-        "{}\n{}\n{}",
-        record(&alice_id),
-        envoy.log(),
-        server.log()
-    );
+    let await_uses = |n: u64| {
+        assert!(
+            eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == n),
+            "uses never reached {n}: {}\n{}\n{}",
+            record(&alice_id),
+            envoy.log(),
+            server.log()
+        )
+    };
+    await_uses(1);
 
     let window_start = now();
     send_n(&envoy, &alice, 6, 200);
     send_n(&envoy, "kg_not_a_key", 2, 401);
     let window_end = now();
-    assert!(
-        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 7),
-        "uses never reached 7: {}\n{}\n{}",
-        record(&alice_id),
-        envoy.log(),
-        server.log()
-    );
+    await_uses(7);
     let alice_record = record(&alice_id);
     // The service keeps whole seconds.
     assert_used_within(&alice_record, window_start, window_end, 2_000_000_000);
