@@ -5,7 +5,7 @@
 use keygate_core::record::{KeyHash, KeySetDoc};
 use keygate_testkit::cli::{keygate, Scratch};
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server, TlsDb};
+use keygate_testkit::keysvc::{admin_key, arg, db_path, scratch_db, Client, Server, TlsDb};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -347,9 +347,7 @@ fn case(method: &'static str, path: &str, body: Value, status: u16, names: &'sta
 
 #[test]
 fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
-    let dir = Scratch::new("keysvc-bad");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-bad");
     set_policy(
         &db,
         &[
@@ -815,9 +813,7 @@ fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn a_hundred_parallel_creates_lose_nothing() {
-    let dir = Scratch::new("keysvc-parallel");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-parallel");
     let (server, api) = Server::start_db(&db, &admin);
     let threads: Vec<_> = (0..100)
         .map(|i| {
@@ -852,9 +848,7 @@ fn a_hundred_parallel_creates_lose_nothing() {
 
 #[test]
 fn sigkill_during_a_burst_loses_no_acknowledged_change() {
-    let dir = Scratch::new("keysvc-kill");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-kill");
     let (mut server, api) = Server::start_db(&db, &admin);
     // What the server acknowledged: created (id, hash) and revoked ids.
     let created = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
@@ -1109,9 +1103,7 @@ fn import_from_a_key_file_and_export_back() {
 
 #[test]
 fn parallel_admin_key_guesses_wait_in_line() {
-    let dir = Scratch::new("keysvc-guess");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-guess");
     let server = Server::start(&["--db", &arg(&db)]);
     let guesser = Client::plain(server.addr).with_bearer("kga_guess");
     assert_eq!(guesser.get("/v1/admin/keys").status, 401);

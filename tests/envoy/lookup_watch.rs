@@ -314,10 +314,8 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
 /// (401) by every worker within about a second, its answer cached for 60 s.
 #[test]
 fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_second() {
-    use support::keysvc::{admin_key, db_path, Server};
-    let dir = Scratch::new("lookup-watch-db");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    use support::keysvc::{scratch_db, Server};
+    let (_dir, db, admin) = scratch_db("lookup-watch-db");
     let (served, api) = Server::start_db(&db, &admin);
     let issue = |owner: &str| {
         let created = api.json(

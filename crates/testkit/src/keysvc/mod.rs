@@ -26,6 +26,14 @@ pub fn admin_key(db: &Path) -> String {
 }
 
 /// `keygate serve --db PATH` (or `--keys`, as `args` say). Killed when dropped.
+/// A scratch directory `name`, a database in it, and the database's first admin key.
+pub fn scratch_db(name: &str) -> (crate::cli::Scratch, PathBuf, String) {
+    let dir = crate::cli::Scratch::new(name);
+    let db = db_path(dir.path());
+    let admin = admin_key(&db);
+    (dir, db, admin)
+}
+
 /// A scratch directory with a test PKI, a database and its first admin key: where a test
 /// of `keygate serve --db` over TLS starts.
 pub struct TlsDb {
@@ -37,10 +45,8 @@ pub struct TlsDb {
 
 impl TlsDb {
     pub fn new(name: &str) -> TlsDb {
-        let dir = crate::cli::Scratch::new(name);
+        let (dir, db, admin) = scratch_db(name);
         let pki = tls::Pki::generate(dir.path());
-        let db = db_path(dir.path());
-        let admin = admin_key(&db);
         TlsDb {
             dir,
             pki,
