@@ -65,3 +65,13 @@ pub(crate) fn fields_at_fault(errors: &[String]) -> Vec<&str> {
         .map(|e| e.split(':').next().unwrap_or_default())
         .collect()
 }
+
+/// Asserts that there are as many errors as `expect` has rows, each beginning with its row,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn assert_errors_start_with(errors: &[String], expect: &[&str]) {
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    for (got, want) in errors.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+    }
+}
