@@ -55,6 +55,17 @@ fn all_answer(envoy: &Envoy, key: &str, want: u16, times: usize) -> bool {
     (0..times).all(|_| status(envoy, key) == want)
 }
 
+/// An upstream, a key service serving alice's and bob's keys (version 1), and Envoy.
+fn alice_and_bob() -> (Upstream, KeyService, Envoy) {
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
+    );
+    let envoy = start(service.addr, &upstream);
+    (upstream, service, envoy)
+}
+
 #[test]
 fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up() {
     let upstream = Upstream::start();
@@ -126,12 +137,7 @@ fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up(
 
 #[test]
 fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
-    );
-    let envoy = start(service.addr, &upstream);
+    let (_upstream, service, envoy) = alice_and_bob();
     assert!(eventually(Duration::from_secs(10), || status(&envoy, BOB) == 200));
     assert!(all_answer(&envoy, ALICE, 200, 10) && all_answer(&envoy, BOB, 200, 10));
     // Let the switch to the first set settle, so the next one is not held back by it.
@@ -185,12 +191,7 @@ fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() 
 /// the same bound as later on.
 #[test]
 fn a_revocation_right_after_a_set_loads_keeps_the_bound() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
-    );
-    let envoy = start(service.addr, &upstream);
+    let (_upstream, service, envoy) = alice_and_bob();
     let mut loaded = Instant::now();
     assert!(eventually(Duration::from_secs(10), || {
         loaded = Instant::now();

@@ -14,6 +14,14 @@ fn app(dir: &tempfile::TempDir, require_client_cert: bool) -> (Router, String) {
     (router(Arc::new(app)), key)
 }
 
+/// An app in db mode (no client certificate asked for) and its admin key's
+/// `Authorization` value; the directory holds the database.
+fn admin_app() -> (tempfile::TempDir, Router, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, admin) = app(&dir, false);
+    (dir, router, format!("Bearer {admin}"))
+}
+
 async fn call(
     router: &Router,
     method: &str,
@@ -56,9 +64,7 @@ fn delays_grow_and_are_capped() {
 
 #[tokio::test]
 async fn created_keys_are_served_and_etags_answer_304() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, admin) = app(&dir, false);
-    let bearer = format!("Bearer {admin}");
+    let (_dir, router, bearer) = admin_app();
     let auth = [("authorization", bearer.as_str())];
     let (status, headers, body) = call(
         &router,
@@ -101,9 +107,7 @@ async fn created_keys_are_served_and_etags_answer_304() {
 
 #[tokio::test]
 async fn held_long_polls_are_answered_by_the_change_that_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, admin) = app(&dir, false);
-    let bearer = format!("Bearer {admin}");
+    let (_dir, router, bearer) = admin_app();
     let auth = [("authorization", bearer.as_str())];
     let (_, _, base) = call(&router, "GET", "/v1/changes", &[], "", None).await;
     let epoch = base["epoch"].as_str().unwrap().to_string();
