@@ -22,6 +22,16 @@ fn admin_app() -> (tempfile::TempDir, Router, String) {
     (dir, router, format!("Bearer {admin}"))
 }
 
+/// `POST /v1/admin/keys` for alice with the scope `browse`.
+async fn create_alice(
+    router: &Router,
+    auth: &[(&str, &str)],
+    peer: Option<Peer>,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let body = r#"{"owner":"alice","scopes":["browse"]}"#;
+    call(router, "POST", "/v1/admin/keys", auth, body, peer).await
+}
+
 async fn call(
     router: &Router,
     method: &str,
@@ -66,15 +76,7 @@ fn delays_grow_and_are_capped() {
 async fn created_keys_are_served_and_etags_answer_304() {
     let (_dir, router, bearer) = admin_app();
     let auth = [("authorization", bearer.as_str())];
-    let (status, headers, body) = call(
-        &router,
-        "POST",
-        "/v1/admin/keys",
-        &auth,
-        r#"{"owner":"alice","scopes":["browse"]}"#,
-        peer(false),
-    )
-    .await;
+    let (status, headers, body) = create_alice(&router, &auth, peer(false)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     let key = body["api_key"].as_str().unwrap();
@@ -120,15 +122,7 @@ async fn held_long_polls_are_answered_by_the_change_that_commits() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _, created) = call(
-        &router,
-        "POST",
-        "/v1/admin/keys",
-        &auth,
-        r#"{"owner":"alice","scopes":["browse"]}"#,
-        None,
-    )
-    .await;
+    let (status, _, created) = create_alice(&router, &auth, None).await;
     assert_eq!(status, StatusCode::CREATED);
     let hash = secret::hash(created["api_key"].as_str().unwrap()).to_hex();
     let started = Instant::now();
