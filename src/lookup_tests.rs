@@ -57,6 +57,12 @@ fn ask(state: &Lookups, host: &mut Host, config: &Config, context_id: u32, path:
     state.start(host, context_id, check(config, path, ALICE), || None, true)
 }
 
+/// The root context's sweep with the clock at `T0 + after_ms`.
+fn sweep_at(state: &Lookups, host: &mut Host, config: &Config, after_ms: u64) {
+    host.now_ms = T0 + after_ms;
+    state.sweep(host, config, ROOT);
+}
+
 fn record_body(key: &str, scopes: &[&str]) -> Vec<u8> {
     json!({"id": format!("id-{key}"), "hash": KeyHash::of_key(key).to_hex(),
            "owner": "o", "scopes": scopes})
@@ -208,8 +214,7 @@ fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
     // The asker's client goes away: its call's answer is lost with it.
     state.done(10);
     assert!(!state.is_waiting(10) && state.is_waiting(11));
-    host.now_ms = T0 + 500;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 500);
     assert_eq!(
         host.calls.len(),
         2,
@@ -233,8 +238,7 @@ fn a_leaver_who_did_not_ask_orphans_nothing() {
     ask(&state, &mut host, &config, 10, "/data");
     ask(&state, &mut host, &config, 11, "/data");
     state.done(11);
-    host.now_ms = T0 + 500;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 500);
     assert_eq!(host.calls.len(), 1, "the asker's call still stands");
     let (token, _) = host.calls[0].clone();
     state.answered(&mut host, &config, token, Some("404"), b"");
@@ -247,17 +251,14 @@ fn an_overdue_call_is_made_again_then_fails_its_waiters() {
     ask(&state, &mut host, &config, 10, "/data");
     ask(&state, &mut host, &config, 11, "/public");
     // Within timeout + 1 s the call is left alone.
-    host.now_ms = T0 + 2_000;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 2_000);
     assert_eq!(host.calls.len(), 1);
     // Past it, the root asks again (the answer may have gone with a request)...
-    host.now_ms = T0 + 2_001;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 2_001);
     assert_eq!(host.calls.len(), 2);
     assert!(host.resumed.is_empty());
     // ...and when the root's own call is overdue, the waiters are decided without it.
-    host.now_ms = T0 + 4_002;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 4_002);
     assert_eq!(host.calls.len(), 2);
     assert_eq!(
         outcomes(&host),
@@ -360,10 +361,8 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
         || None,
         true,
     );
-    host.now_ms = T0 + 10_000;
-    state.sweep(&mut host, &config, ROOT);
-    host.now_ms = T0 + 20_000;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 10_000);
+    sweep_at(&state, &mut host, &config, 20_000);
     assert_eq!(outcomes(&host).len(), 3);
 }
 
