@@ -208,14 +208,7 @@ pub(super) async fn list_keys(
             })
         })
         .transpose()?;
-    let limit = match p.limit {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to 1000")))?,
-    };
+    let limit = limit_param(p.limit, 100, 1000)?;
     let after = p
         .cursor
         .map(|c| {
@@ -430,14 +423,19 @@ pub(super) async fn audit(
         .since
         .map(|s| parse_rfc3339(&s).map_err(|e| ApiError::bad(format!("since: {e}"))))
         .transpose()?;
-    let limit = match p.limit {
-        None => 1000,
+    let limit = limit_param(p.limit, 1000, 10_000)?;
+    let entries = blocking(move || store.audit(since, limit)).await?;
+    Ok(Json(AuditPage { entries }))
+}
+
+/// `limit`: `default` when absent, else a whole number from 1 to `max`.
+fn limit_param(limit: Option<String>, default: u32, max: u32) -> ApiResult<u32> {
+    match limit {
+        None => Ok(default),
         Some(l) => l
             .parse::<u32>()
             .ok()
-            .filter(|l| (1..=10_000).contains(l))
-            .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to 10000")))?,
-    };
-    let entries = blocking(move || store.audit(since, limit)).await?;
-    Ok(Json(AuditPage { entries }))
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to {max}"))),
+    }
 }
