@@ -348,8 +348,8 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
     let state: &'static Lookups = Box::leak(Box::new(lookups(&config)));
     REENTER.with(|r| r.set(Some(state)));
     let mut host = host();
-    ask(&state, &mut host, &config, 10, "/data");
-    ask(&state, &mut host, &config, 11, "/data");
+    ask(state, &mut host, &config, 10, "/data");
+    ask(state, &mut host, &config, 11, "/data");
     let (token, _) = host.calls[0].clone();
     state.answered(&mut host, &config, token, Some("404"), b"");
     assert_eq!(outcomes(&host).len(), 2);
@@ -361,8 +361,8 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
         || None,
         true,
     );
-    sweep_at(&state, &mut host, &config, 10_000);
-    sweep_at(&state, &mut host, &config, 20_000);
+    sweep_at(state, &mut host, &config, 10_000);
+    sweep_at(state, &mut host, &config, 20_000);
     assert_eq!(outcomes(&host).len(), 3);
 }
 

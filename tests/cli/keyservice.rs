@@ -37,13 +37,12 @@ fn set_policy(db: &std::path::Path, args: &[&str]) -> Value {
 
 #[test]
 fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
-    let scratch = TlsDb::new("keysvc-tls");
     let TlsDb {
         dir,
         pki,
         db,
         admin,
-    } = &scratch;
+    } = TlsDb::new("keysvc-tls");
     assert!(admin.starts_with("kga_"));
     let policy = set_policy(
         &db,
