@@ -56,3 +56,22 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     })?;
     Ok(doc)
 }
+
+/// The field each error names (its text before the first `:`), for tests.
+#[cfg(test)]
+pub(crate) fn fields_at_fault(errors: &[String]) -> Vec<&str> {
+    errors
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect()
+}
+
+/// Asserts that there are as many errors as `expect` has rows, each beginning with its row,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn assert_errors_start_with(errors: &[String], expect: &[&str]) {
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    for (got, want) in errors.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+    }
+}

@@ -45,6 +45,24 @@ fn check(config: &Config, path: &str, key: &str) -> KeyCheck {
     }
 }
 
+/// A lookup config, its lookups, and a host at `T0`.
+fn setup() -> (Config, Lookups, Host) {
+    let config = config();
+    let state = lookups(&config);
+    (config, state, host())
+}
+
+/// Request `context_id` for `path` with alice's key, hidden at once.
+fn ask(state: &Lookups, host: &mut Host, config: &Config, context_id: u32, path: &str) -> Next {
+    state.start(host, context_id, check(config, path, ALICE), || None, true)
+}
+
+/// The root context's sweep with the clock at `T0 + after_ms`.
+fn sweep_at(state: &Lookups, host: &mut Host, config: &Config, after_ms: u64) {
+    host.now_ms = T0 + after_ms;
+    state.sweep(host, config, ROOT);
+}
+
 fn record_body(key: &str, scopes: &[&str]) -> Vec<u8> {
     json!({"id": format!("id-{key}"), "hash": KeyHash::of_key(key).to_hex(),
            "owner": "o", "scopes": scopes})
@@ -134,9 +152,7 @@ fn outcomes(host: &Host) -> Vec<(u32, Outcome)> {
 
 #[test]
 fn concurrent_requests_share_one_call_and_are_decided_by_it() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
+    let (config, state, mut host) = setup();
     for context in [10, 11, 12] {
         let next = state.start(
             &mut host,
@@ -173,13 +189,7 @@ fn concurrent_requests_share_one_call_and_are_decided_by_it() {
     assert_eq!(host.resumed_hashes, [KeyHash::of_key(ALICE); 3]);
     assert!(!state.is_waiting(10) && !state.is_call(token));
     // The answer is cached: the next request is decided at once.
-    match state.start(
-        &mut host,
-        13,
-        check(&config, "/data/x", ALICE),
-        || None,
-        true,
-    ) {
+    match ask(&state, &mut host, &config, 13, "/data/x") {
         Next::Decide(_, Answer::Found(record)) => assert_eq!(record.owner.as_str(), "o"),
         other => panic!("{other:?}"),
     }
@@ -188,10 +198,8 @@ fn concurrent_requests_share_one_call_and_are_decided_by_it() {
 
 #[test]
 fn an_answer_to_an_unknown_token_changes_nothing() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
     state.answered(&mut host, &config, 99, Some("404"), b"");
     assert!(host.resumed.is_empty());
     assert!(state.is_waiting(10));
@@ -199,17 +207,14 @@ fn an_answer_to_an_unknown_token_changes_nothing() {
 
 #[test]
 fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
-    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
+    ask(&state, &mut host, &config, 11, "/data");
     let (first, _) = host.calls[0].clone();
     // The asker's client goes away: its call's answer is lost with it.
     state.done(10);
     assert!(!state.is_waiting(10) && state.is_waiting(11));
-    host.now_ms = T0 + 500;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 500);
     assert_eq!(
         host.calls.len(),
         2,
@@ -229,14 +234,11 @@ fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
 
 #[test]
 fn a_leaver_who_did_not_ask_orphans_nothing() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
-    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
+    ask(&state, &mut host, &config, 11, "/data");
     state.done(11);
-    host.now_ms = T0 + 500;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 500);
     assert_eq!(host.calls.len(), 1, "the asker's call still stands");
     let (token, _) = host.calls[0].clone();
     state.answered(&mut host, &config, token, Some("404"), b"");
@@ -245,29 +247,18 @@ fn a_leaver_who_did_not_ask_orphans_nothing() {
 
 #[test]
 fn an_overdue_call_is_made_again_then_fails_its_waiters() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
-    state.start(
-        &mut host,
-        11,
-        check(&config, "/public", ALICE),
-        || None,
-        true,
-    );
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
+    ask(&state, &mut host, &config, 11, "/public");
     // Within timeout + 1 s the call is left alone.
-    host.now_ms = T0 + 2_000;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 2_000);
     assert_eq!(host.calls.len(), 1);
     // Past it, the root asks again (the answer may have gone with a request)...
-    host.now_ms = T0 + 2_001;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 2_001);
     assert_eq!(host.calls.len(), 2);
     assert!(host.resumed.is_empty());
     // ...and when the root's own call is overdue, the waiters are decided without it.
-    host.now_ms = T0 + 4_002;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(&state, &mut host, &config, 4_002);
     assert_eq!(host.calls.len(), 2);
     assert_eq!(
         outcomes(&host),
@@ -276,23 +267,21 @@ fn an_overdue_call_is_made_again_then_fails_its_waiters() {
     );
     assert!(!state.is_waiting(10) && !state.is_waiting(11));
     // A failure is not cached: the next request asks.
-    state.start(&mut host, 12, check(&config, "/data", ALICE), || None, true);
+    ask(&state, &mut host, &config, 12, "/data");
     assert_eq!(host.calls.len(), 3);
 }
 
 #[test]
 fn a_failed_answer_fails_the_waiters_and_is_not_kept() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
     let (token, _) = host.calls[0].clone();
     state.answered(&mut host, &config, token, Some("500"), b"");
     assert_eq!(outcomes(&host), [(10, Outcome::Unavailable)]);
     assert_eq!(host.failures.len(), 1);
     assert!(host.failures[0].contains("500"), "{:?}", host.failures);
     // A record for another key is a failure too.
-    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    ask(&state, &mut host, &config, 11, "/data");
     let (token, _) = host.calls[1].clone();
     state.answered(
         &mut host,
@@ -312,20 +301,18 @@ fn a_call_that_cannot_be_made_decides_at_once() {
         refuse_calls: true,
         ..host()
     };
-    let next = state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
+    let next = ask(&state, &mut host, &config, 10, "/data");
     assert!(matches!(next, Next::Unavailable(_)));
     assert!(!state.is_waiting(10));
     assert_eq!(host.failures, ["no such cluster"]);
     host.refuse_calls = false;
-    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    ask(&state, &mut host, &config, 11, "/data");
     assert_eq!(host.calls.len(), 1, "nothing pending was left behind");
 }
 
 #[test]
 fn a_paused_request_loses_its_query_key_when_the_key_is_hidden() {
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
+    let (config, state, mut host) = setup();
     let redacted = || Some(b"/data?q=1".to_vec());
     state.start(
         &mut host,
@@ -361,8 +348,8 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
     let state: &'static Lookups = Box::leak(Box::new(lookups(&config)));
     REENTER.with(|r| r.set(Some(state)));
     let mut host = host();
-    state.start(&mut host, 10, check(&config, "/data", ALICE), || None, true);
-    state.start(&mut host, 11, check(&config, "/data", ALICE), || None, true);
+    ask(state, &mut host, &config, 10, "/data");
+    ask(state, &mut host, &config, 11, "/data");
     let (token, _) = host.calls[0].clone();
     state.answered(&mut host, &config, token, Some("404"), b"");
     assert_eq!(outcomes(&host).len(), 2);
@@ -374,19 +361,15 @@ fn the_host_may_call_back_in_while_a_request_is_resumed() {
         || None,
         true,
     );
-    host.now_ms = T0 + 10_000;
-    state.sweep(&mut host, &config, ROOT);
-    host.now_ms = T0 + 20_000;
-    state.sweep(&mut host, &config, ROOT);
+    sweep_at(state, &mut host, &config, 10_000);
+    sweep_at(state, &mut host, &config, 20_000);
     assert_eq!(outcomes(&host).len(), 3);
 }
 
 #[test]
 fn a_key_the_change_feed_reports_is_asked_again() {
     use crate::watch::Forget;
-    let config = config();
-    let state = lookups(&config);
-    let mut host = host();
+    let (config, state, mut host) = setup();
     let ask = |state: &Lookups, host: &mut Host, context: u32| {
         state.start(host, context, check(&config, "/data", ALICE), || None, true)
     };

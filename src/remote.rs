@@ -294,10 +294,7 @@ mod tests {
         let errors = fetch(json!({"cluster": "key service", "path": "v1/keyset",
             "authority": "a b", "refresh_seconds": 0, "timeout_ms": 0}))
         .unwrap_err();
-        let fields: Vec<&str> = errors
-            .iter()
-            .map(|e| e.split(':').next().unwrap())
-            .collect();
+        let fields = crate::error::fields_at_fault(&errors);
         assert_eq!(
             fields,
             [

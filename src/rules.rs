@@ -591,10 +591,7 @@ mod tests {
             "rules[10].methods[1]: \"PO ST\" is not an HTTP method",
             "rules[11].path_prefix: \"/m;v=1\" contains ';'",
         ];
-        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
-        for (got, want) in errors.iter().zip(expect) {
-            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
-        }
+        crate::error::assert_errors_start_with(&errors, &expect);
     }
 
     #[test]

@@ -42,10 +42,7 @@ fn config_problems_are_all_named() {
         "report_seconds": 0, "timeout_ms": 0}),
     )
     .unwrap_err();
-    let fields: Vec<&str> = errors
-        .iter()
-        .map(|e| e.split(':').next().unwrap())
-        .collect();
+    let fields = crate::error::fields_at_fault(&errors);
     assert_eq!(
         fields,
         [

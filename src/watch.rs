@@ -300,11 +300,19 @@ impl Watch {
         let baseline_call = self.position.is_none();
         let step = match read_changes(status, body) {
             Err(reason) => self.fail(reason, now_ms, jitter),
-            Ok(FeedAnswer::Gone) if baseline_call => self.fail(
-                "the key service answered 410 to a first call".into(),
-                now_ms,
-                jitter,
-            ),
+            // A first call has no version to be gone from or to be unchanged since.
+            Ok(answer @ (FeedAnswer::Gone | FeedAnswer::NotModified)) if baseline_call => {
+                let status = if matches!(answer, FeedAnswer::Gone) {
+                    410
+                } else {
+                    304
+                };
+                self.fail(
+                    format!("the key service answered {status} to a first call"),
+                    now_ms,
+                    jitter,
+                )
+            }
             Ok(FeedAnswer::Gone) => {
                 self.failures = 0;
                 self.position = None;
@@ -316,11 +324,6 @@ impl Watch {
                     outcome: Outcome::Gone,
                 }
             }
-            Ok(FeedAnswer::NotModified) if baseline_call => self.fail(
-                "the key service answered 304 to a first call".into(),
-                now_ms,
-                jitter,
-            ),
             Ok(FeedAnswer::NotModified) => {
                 self.failures = 0;
                 self.next_at_ms = self.after_quiet_answer(&call, now_ms);

@@ -105,10 +105,8 @@ fn the_feed_reports_what_each_reload_changed() {
 /// the database's (the same after a restart); a stop answers held long-polls.
 #[test]
 fn the_feed_of_a_database_reports_a_revoke_made_through_the_admin_api() {
-    use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
-    let dir = cli_support::Scratch::new("serve-db-changes");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    use keygate_testkit::keysvc::{arg, scratch_db, Client, Server};
+    let (dir, db, admin) = scratch_db("serve-db-changes");
     let mut server = Server::start(&["--db", &arg(&db)]);
     let addr = server.addr;
     let gateway = Client::plain(addr);
@@ -149,12 +147,7 @@ fn the_feed_of_a_database_reports_a_revoke_made_through_the_admin_api() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let revoke = api.send(
-        "DELETE",
-        &format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()),
-        &[],
-        None,
-    );
+    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
     let revoked_at = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let (answer, answered_at) = poll.join().unwrap();

@@ -5,7 +5,7 @@
 use keygate_core::record::{KeyHash, KeySetDoc};
 use keygate_testkit::cli::{keygate, Scratch};
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use keygate_testkit::keysvc::{admin_key, arg, db_path, scratch_db, Client, Server, TlsDb};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,10 +37,12 @@ fn set_policy(db: &std::path::Path, args: &[&str]) -> Value {
 
 #[test]
 fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
-    let dir = Scratch::new("keysvc-tls");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let TlsDb {
+        dir,
+        pki,
+        db,
+        admin,
+    } = TlsDb::new("keysvc-tls");
     assert!(admin.starts_with("kga_"));
     let policy = set_policy(
         &db,
@@ -57,16 +59,7 @@ fn admin_api_over_tls_with_client_certificates_on_gateway_endpoints() {
         policy,
         json!({"scopes": ["browse", "download", "upload"], "default_expiry": "30d", "max_expiry": "1y"})
     );
-    let server = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-        "--client-ca",
-        &arg(&pki.ca),
-    ]);
+    let server = Server::start_tls(&db, &pki, true);
     assert!(server.https);
     assert!(
         server.log().contains("stop with Ctrl-C or SIGTERM"),
@@ -353,9 +346,7 @@ fn case(method: &'static str, path: &str, body: Value, status: u16, names: &'sta
 
 #[test]
 fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
-    let dir = Scratch::new("keysvc-bad");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-bad");
     set_policy(
         &db,
         &[
@@ -367,8 +358,7 @@ fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
             "90d",
         ],
     );
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (server, api) = Server::start_db(&db, &admin);
     let r = api.json(
         "POST",
         "/v1/admin/keys",
@@ -822,11 +812,8 @@ fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn a_hundred_parallel_creates_lose_nothing() {
-    let dir = Scratch::new("keysvc-parallel");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (_dir, db, admin) = scratch_db("keysvc-parallel");
+    let (server, api) = Server::start_db(&db, &admin);
     let threads: Vec<_> = (0..100)
         .map(|i| {
             let api = api.clone();
@@ -860,11 +847,8 @@ fn a_hundred_parallel_creates_lose_nothing() {
 
 #[test]
 fn sigkill_during_a_burst_loses_no_acknowledged_change() {
-    let dir = Scratch::new("keysvc-kill");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
-    let mut server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (_dir, db, admin) = scratch_db("keysvc-kill");
+    let (mut server, api) = Server::start_db(&db, &admin);
     // What the server acknowledged: created (id, hash) and revoked ids.
     let created = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let revoked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -971,14 +955,7 @@ fn slow_and_idle_clients_are_disconnected() {
     let pki = Pki::generate(dir.path());
     let db = db_path(dir.path());
     let plain = Server::start(&["--db", &arg(&db)]);
-    let tls = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-    ]);
+    let tls = Server::start_tls(&db, &pki, false);
     // Each connection must be closed by the server within the 10 s limits (plus slack).
     let closed_within = |addr: std::net::SocketAddr, send: &'static [u8]| {
         std::thread::spawn(move || {
@@ -1069,8 +1046,7 @@ fn import_from_a_key_file_and_export_back() {
     );
 
     let admin = admin_key(&db);
-    let server = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(server.addr).with_bearer(&admin);
+    let (server, api) = Server::start_db(&db, &admin);
     let record = api.get(&format!("/v1/admin/keys/{}", a.id)).json();
     assert_eq!(record["hash"], hash_of(&a.api_key));
     assert_eq!(record["expires_at"], a.expires_at.as_deref().unwrap());
@@ -1126,9 +1102,7 @@ fn import_from_a_key_file_and_export_back() {
 
 #[test]
 fn parallel_admin_key_guesses_wait_in_line() {
-    let dir = Scratch::new("keysvc-guess");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
+    let (_dir, db, admin) = scratch_db("keysvc-guess");
     let server = Server::start(&["--db", &arg(&db)]);
     let guesser = Client::plain(server.addr).with_bearer("kga_guess");
     assert_eq!(guesser.get("/v1/admin/keys").status, 401);

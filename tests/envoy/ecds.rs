@@ -8,10 +8,11 @@
 use keygate_testkit as support;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::{eventually, hash_of, Bootstrap, Envoy, EnvoyOptions, Request, TempDir, Upstream};
+use support::{
+    eventually, hash_of, Background, Bootstrap, Envoy, EnvoyOptions, Request, TempDir, Upstream,
+};
 
 /// In the shipped resource file from the start, revoked by the update.
 const REVOKED: &str = "kg_example_browse_key_replace_me";
@@ -118,27 +119,22 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
 
     // One client, one request after another on new connections, cycling through the three
     // keys, from before the first rewrite until after the last.
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let stop = stop.clone();
-        let listener = envoy.listener;
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            for key in [REVOKED, ADDED, STAYS].into_iter().cycle() {
-                if stop.load(Ordering::Relaxed) || seen.len() >= 50_000 || Instant::now() > deadline
-                {
-                    break;
-                }
-                let at = Instant::now();
-                let answer = support::try_request(listener, &Request::get(PATH).bearer(key))
-                    .map(|r| r.status)
-                    .map_err(|e| e.to_string());
-                seen.push(Seen { key, at, answer });
+    let listener = envoy.listener;
+    let client = Background::start(move |stop| {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for key in [REVOKED, ADDED, STAYS].into_iter().cycle() {
+            if stop.load(Ordering::Relaxed) || seen.len() >= 50_000 || Instant::now() > deadline {
+                break;
             }
-            seen
-        })
-    };
+            let at = Instant::now();
+            let answer = support::try_request(listener, &Request::get(PATH).bearer(key))
+                .map(|r| r.status)
+                .map_err(|e| e.to_string());
+            seen.push(Seen { key, at, answer });
+        }
+        seen
+    });
     std::thread::sleep(Duration::from_millis(500));
 
     // The update: ADDED takes REVOKED's place.
@@ -182,8 +178,7 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
     assert!(envoy.log().contains("unmatched"), "{}", envoy.log());
     assert_eq!(text_stat(&envoy, &format!("{ECDS}.version_text")), "\"2\"");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let seen = client.join().unwrap();
+    let seen = client.stop();
 
     // Every answer was one of the expected ones, and each key switched once, for good.
     let mut problems = Vec::new();

@@ -5,10 +5,10 @@
 
 use keygate_testkit as support;
 
-use keygate_testkit::cli::Scratch;
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use keygate_testkit::keysvc::{arg, TlsDb};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::{bootstrap_with_key_service, eventually, Envoy, EnvoyOptions, Request, Upstream};
 
@@ -23,8 +23,34 @@ fn plugin_config() -> Value {
     })
 }
 
+/// Envoy (2 workers) with `config`, routing to `upstream`, whose `keyservice` cluster
+/// reaches `key_service` over mTLS with `pki`'s client certificate.
+pub(crate) fn start_envoy_over_mtls(
+    config: &Value,
+    upstream: SocketAddr,
+    key_service: SocketAddr,
+    pki: &Pki,
+) -> Envoy {
+    let mut bootstrap = bootstrap_with_key_service(config, upstream, key_service);
+    for cluster in bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if cluster["name"] == "keyservice" {
+            cluster["transport_socket"] = mtls(pki);
+        }
+    }
+    Envoy::start_bootstrap(
+        &bootstrap,
+        EnvoyOptions {
+            concurrency: 2,
+            ..EnvoyOptions::default()
+        },
+    )
+}
+
 /// The `keyservice` cluster's transport socket: TLS with `pki`'s client certificate.
-pub(crate) fn mtls(pki: &Pki) -> Value {
+fn mtls(pki: &Pki) -> Value {
     json!({"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "sni": "keyservice",
@@ -45,38 +71,10 @@ pub(crate) fn mtls(pki: &Pki) -> Value {
 
 #[test]
 fn keys_made_through_the_admin_api_reach_envoy_over_mtls() {
-    let dir = Scratch::new("keysvc-envoy");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
-    let server = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-        "--client-ca",
-        &arg(&pki.ca),
-    ]);
-    let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
+    let scratch = TlsDb::new("keysvc-envoy");
+    let (server, api) = scratch.serve_mtls();
     let upstream = Upstream::start();
-    let mut bootstrap = bootstrap_with_key_service(&plugin_config(), upstream.addr, server.addr);
-    for cluster in bootstrap["static_resources"]["clusters"]
-        .as_array_mut()
-        .unwrap()
-    {
-        if cluster["name"] == "keyservice" {
-            cluster["transport_socket"] = mtls(&pki);
-        }
-    }
-    let envoy = Envoy::start_bootstrap(
-        &bootstrap,
-        EnvoyOptions {
-            concurrency: 2,
-            ..EnvoyOptions::default()
-        },
-    );
+    let envoy = start_envoy_over_mtls(&plugin_config(), upstream.addr, server.addr, &scratch.pki);
     let status = |key: &str| envoy.send(&Request::get("/data/x").bearer(key)).status;
     let all = |key: &str, want: u16| (0..10).all(|_| status(key) == want);
 
@@ -88,19 +86,7 @@ fn keys_made_through_the_admin_api_reach_envoy_over_mtls() {
         server.log()
     );
 
-    let create = |owner: &str| {
-        let r = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        let v = r.json();
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["api_key"].as_str().unwrap().to_string(),
-        )
-    };
+    let create = |owner: &str| api.create_browse_key(owner);
     let (alice_id, alice) = create("alice");
     let bobs = [create("bob"), create("bob")];
     assert!(

@@ -55,6 +55,39 @@ fn all_answer(envoy: &Envoy, key: &str, want: u16, times: usize) -> bool {
     (0..times).all(|_| status(envoy, key) == want)
 }
 
+/// An upstream, a key service serving alice's and bob's keys (version 1), and Envoy.
+fn alice_and_bob() -> (Upstream, KeyService, Envoy) {
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
+    );
+    let envoy = start(service.addr, &upstream);
+    (upstream, service, envoy)
+}
+
+/// Waits (up to 8 s) until every worker refuses bob's key, seen as 40 refusals in a row
+/// (spread over the workers): how long after `since` that run began. `each_try` runs
+/// before every try.
+fn time_until_bob_is_refused(
+    envoy: &Envoy,
+    since: Instant,
+    mut each_try: impl FnMut(),
+) -> Duration {
+    let mut took = None;
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            each_try();
+            let start = since.elapsed();
+            let refused = all_answer(envoy, BOB, 401, 40);
+            took = refused.then_some(start);
+            refused
+        }),
+        "a worker still lets bob in"
+    );
+    took.unwrap()
+}
+
 #[test]
 fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up() {
     let upstream = Upstream::start();
@@ -126,12 +159,7 @@ fn protected_routes_wait_for_a_first_set_and_it_loads_when_the_service_comes_up(
 
 #[test]
 fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
-    );
-    let envoy = start(service.addr, &upstream);
+    let (_upstream, service, envoy) = alice_and_bob();
     assert!(eventually(Duration::from_secs(10), || status(&envoy, BOB) == 200));
     assert!(all_answer(&envoy, ALICE, 200, 10) && all_answer(&envoy, BOB, 200, 10));
     // Let the switch to the first set settle, so the next one is not held back by it.
@@ -146,17 +174,7 @@ fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() 
     let revoked = Instant::now();
     // The revocation is seen by every worker once 40 requests in a row (spread over both
     // workers) are refused; `took` is when that run began.
-    let mut took = None;
-    assert!(
-        eventually(Duration::from_secs(8), || {
-            let start = revoked.elapsed();
-            let refused = all_answer(&envoy, BOB, 401, 40);
-            took = refused.then_some(start);
-            refused
-        }),
-        "a worker still lets bob in"
-    );
-    let took = took.unwrap();
+    let took = time_until_bob_is_refused(&envoy, revoked, || {});
     assert!(all_answer(&envoy, CAROL, 200, 20));
     assert!(all_answer(&envoy, ALICE, 200, 20));
     eprintln!("revocation seen by every worker after at most {took:?}");
@@ -185,12 +203,7 @@ fn a_revocation_reaches_every_worker_within_the_refresh_interval_and_a_second() 
 /// the same bound as later on.
 #[test]
 fn a_revocation_right_after_a_set_loads_keeps_the_bound() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc("1", vec![record("alice", ALICE), record("bob", BOB)]),
-    );
-    let envoy = start(service.addr, &upstream);
+    let (_upstream, service, envoy) = alice_and_bob();
     let mut loaded = Instant::now();
     assert!(eventually(Duration::from_secs(10), || {
         loaded = Instant::now();
@@ -199,20 +212,11 @@ fn a_revocation_right_after_a_set_loads_keeps_the_bound() {
     let fetches_at_load = service.calls().keyset;
     service.set_doc(doc("2", vec![record("alice", ALICE)]));
     let mut next_fetch = None;
-    let mut took = None;
-    assert!(
-        eventually(Duration::from_secs(8), || {
-            if next_fetch.is_none() && service.calls().keyset > fetches_at_load {
-                next_fetch = Some(loaded.elapsed());
-            }
-            let start = loaded.elapsed();
-            let refused = all_answer(&envoy, BOB, 401, 40);
-            took = refused.then_some(start);
-            refused
-        }),
-        "a worker still lets bob in"
-    );
-    let took = took.unwrap();
+    let took = time_until_bob_is_refused(&envoy, loaded, || {
+        if next_fetch.is_none() && service.calls().keyset > fetches_at_load {
+            next_fetch = Some(loaded.elapsed());
+        }
+    });
     eprintln!(
         "after a first load: next fetch seen within {next_fetch:?}, revocation seen by every \
          worker after at most {took:?}"

@@ -24,6 +24,24 @@ fn doc(records: Vec<Value>) -> Value {
     json!({"version": "1", "keys": records})
 }
 
+/// A key service on a free port that knows alice's key (scope `browse`).
+fn alice_service() -> KeyService {
+    KeyService::start_on(
+        "127.0.0.1:0",
+        doc(vec![record("alice", ALICE, &["browse"])]),
+    )
+}
+
+/// An upstream, alice's key service answering lookups after `delay_ms`, and Envoy
+/// caching answers for 60 s.
+fn slow_lookups(delay_ms: u64) -> (Upstream, KeyService, Envoy) {
+    let upstream = Upstream::start();
+    let service = alice_service();
+    service.delay_lookups(Duration::from_millis(delay_ms));
+    let envoy = start(&service, &upstream, 60);
+    (upstream, service, envoy)
+}
+
 fn plugin_config(cache_seconds: u32) -> Value {
     json!({
         "lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}",
@@ -101,13 +119,7 @@ fn keys_are_asked_by_hash_and_cache_hits_make_no_call() {
 
 #[test]
 fn concurrent_requests_for_one_key_share_one_call() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc(vec![record("alice", ALICE, &["browse"])]),
-    );
-    service.delay_lookups(Duration::from_millis(400));
-    let envoy = start(&service, &upstream, 60);
+    let (upstream, service, envoy) = slow_lookups(400);
 
     let listener = envoy.listener;
     let clients: Vec<_> = (0..8)
@@ -187,10 +199,7 @@ fn service_down_and_nothing_cached_is_503_and_cached_answers_still_serve() {
 #[test]
 fn a_revoked_key_is_refused_once_its_answer_expires() {
     let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc(vec![record("alice", ALICE, &["browse"])]),
-    );
+    let service = alice_service();
     let envoy = start(&service, &upstream, 1);
     let asked = std::time::Instant::now();
     assert_eq!(status(&envoy, ALICE), 200);
@@ -209,13 +218,7 @@ fn a_revoked_key_is_refused_once_its_answer_expires() {
 #[test]
 fn a_waiting_request_is_served_when_the_request_that_asked_goes_away() {
     use std::io::Write;
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc(vec![record("alice", ALICE, &["browse"])]),
-    );
-    service.delay_lookups(Duration::from_millis(800));
-    let envoy = start(&service, &upstream, 60);
+    let (_upstream, service, envoy) = slow_lookups(800);
 
     // The first request makes the call, then its client leaves.
     let mut first = std::net::TcpStream::connect(envoy.listener).unwrap();
@@ -243,13 +246,7 @@ fn a_waiting_request_is_served_when_the_request_that_asked_goes_away() {
 
 #[test]
 fn a_request_body_does_not_move_a_waiting_request_on() {
-    let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc(vec![record("alice", ALICE, &["browse"])]),
-    );
-    service.delay_lookups(Duration::from_millis(500));
-    let envoy = start(&service, &upstream, 60);
+    let (upstream, service, envoy) = slow_lookups(500);
 
     let listener = envoy.listener;
     let send = move |key: &'static str| {
@@ -286,10 +283,7 @@ fn a_request_body_does_not_move_a_waiting_request_on() {
 fn a_query_key_is_gone_from_the_logged_path_while_the_request_waits() {
     use std::io::Write;
     let upstream = Upstream::start();
-    let service = KeyService::start_on(
-        "127.0.0.1:0",
-        doc(vec![record("alice", ALICE, &["browse"])]),
-    );
+    let service = alice_service();
     service.delay_lookups(Duration::from_millis(1500));
     let mut config = plugin_config(60);
     config["sources"] = json!([{"query": "api_key"}]);

@@ -149,6 +149,22 @@ fn time_until_refused(envoy: &Envoy, key: &str, since: Instant, within: Duration
     streak.unwrap()
 }
 
+/// A scratch directory whose keys.json holds alice's and bob's keys (from `issue`).
+fn alice_and_bob(
+    name: &str,
+) -> (
+    Scratch,
+    std::path::PathBuf,
+    cli_support::Issued,
+    cli_support::Issued,
+) {
+    let dir = Scratch::new(name);
+    let keys = dir.join("keys.json");
+    let alice = issue(&keys, "alice");
+    let bob = issue(&keys, "bob");
+    (dir, keys, alice, bob)
+}
+
 fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
     new_key(
         keys,
@@ -165,10 +181,7 @@ fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
 
 #[test]
 fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
-    let dir = Scratch::new("lookup-watch-revoke");
-    let keys = dir.join("keys.json");
-    let alice = issue(&keys, "alice");
-    let bob = issue(&keys, "bob");
+    let (dir, keys, alice, bob) = alice_and_bob("lookup-watch-revoke");
     let served = Serve::start(&keys, free_port(), &dir.join("serve.log"));
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
@@ -198,10 +211,7 @@ fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
 
 #[test]
 fn a_restarted_key_service_is_a_new_epoch_and_every_cached_answer_goes() {
-    let dir = Scratch::new("lookup-watch-restart");
-    let keys = dir.join("keys.json");
-    let alice = issue(&keys, "alice");
-    let bob = issue(&keys, "bob");
+    let (dir, keys, alice, bob) = alice_and_bob("lookup-watch-restart");
     let port = free_port();
     let served = Serve::start(&keys, port, &dir.join("serve-1.log"));
     let upstream = Upstream::start();
@@ -304,12 +314,9 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
 /// (401) by every worker within about a second, its answer cached for 60 s.
 #[test]
 fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_second() {
-    use support::keysvc::{admin_key, arg, db_path, Client, Server};
-    let dir = Scratch::new("lookup-watch-db");
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
-    let served = Server::start(&["--db", &arg(&db)]);
-    let api = Client::plain(served.addr).with_bearer(&admin);
+    use support::keysvc::{scratch_db, Server};
+    let (_dir, db, admin) = scratch_db("lookup-watch-db");
+    let (served, api) = Server::start_db(&db, &admin);
     let issue = |owner: &str| {
         let created = api.json(
             "POST",
@@ -331,12 +338,7 @@ fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_secon
 
     cache_on_every_worker(&envoy, &[alice_key, bob_key], 200, 4);
     let calls = envoy.keygate_stat("lookup.calls");
-    let revoke = api.send(
-        "DELETE",
-        &format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()),
-        &[],
-        None,
-    );
+    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
     let revoked = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let delay = time_until_refused(&envoy, alice_key, revoked, Duration::from_secs(3));

@@ -7,10 +7,9 @@ use keygate_testkit as support;
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::{hash_of, Envoy, EnvoyOptions, Request, TempDir, Upstream};
+use support::{hash_of, Background, Envoy, EnvoyOptions, Request, TempDir, Upstream};
 
 const STAYS: &str = "kg_reload_valid_throughout";
 const REVOKED: &str = "kg_reload_revoked_in_update";
@@ -88,19 +87,15 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     let updates_before = stat(&envoy, "listener_manager.lds.update_success");
 
     // A client using a key valid before and after sees no failure during the switch.
-    let stop = Arc::new(AtomicBool::new(false));
-    let steady = {
-        let stop = stop.clone();
-        let listener = envoy.listener;
-        std::thread::spawn(move || {
-            let mut answers = Vec::new();
-            while !stop.load(Ordering::Relaxed) && answers.len() < 5000 {
-                let response = support::request(listener, &Request::get("/data").bearer(STAYS));
-                answers.push(response.status);
-            }
-            answers
-        })
-    };
+    let listener = envoy.listener;
+    let steady = Background::start(move |stop| {
+        let mut answers = Vec::new();
+        while !stop.load(Ordering::Relaxed) && answers.len() < 5000 {
+            let response = support::request(listener, &Request::get("/data").bearer(STAYS));
+            answers.push(response.status);
+        }
+        answers
+    });
 
     let after = [
         ("stays", STAYS, "enabled"),
@@ -114,8 +109,7 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     assert_eq!(response.status, 401);
     assert_eq!(response.json()["error_description"], "API key disabled");
 
-    stop.store(true, Ordering::Relaxed);
-    let answers = steady.join().unwrap();
+    let answers = steady.stop();
     assert!(!answers.is_empty());
     assert!(
         answers.iter().all(|s| *s == 200),

@@ -7,10 +7,9 @@
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{keygate, new_key, Scratch, Served};
+use cli_support::{keygate, new_key, Issued, Scratch, Served};
 use keygate_core::timestamp::Timestamp;
-use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use keygate_testkit::keysvc::TlsDb;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -77,6 +76,46 @@ fn by_owner(records: &[Value], owner: &str) -> Value {
         .clone()
 }
 
+/// `keygate new` for alice, with the scope `browse`, living `expires_in`.
+fn new_alice(keys: &Path, expires_in: &str) -> Issued {
+    new_key(
+        keys,
+        &[
+            "--owner",
+            "alice",
+            "--scopes",
+            "browse",
+            "--expires-in",
+            expires_in,
+        ],
+    )
+}
+
+/// alice's `uses` as `keygate list --json` shows them.
+fn alice_uses(keys: &Path) -> Value {
+    by_owner(&listed(keys), "alice")["uses"].clone()
+}
+
+/// Asserts that `done` comes true within `seconds`, showing Envoy's log if not.
+fn assert_eventually(envoy: &Envoy, seconds: u64, done: impl Fn(&Envoy) -> bool) {
+    assert!(
+        eventually(Duration::from_secs(seconds), || done(envoy)),
+        "{}",
+        envoy.log()
+    );
+}
+
+/// Asserts that `record`'s `last_used_at` is within `slack_nanos` of the window
+/// `start..=end`.
+fn assert_used_within(record: &Value, start: Timestamp, end: Timestamp, slack_nanos: i128) {
+    let last = Timestamp::parse_rfc3339(record["last_used_at"].as_str().unwrap()).unwrap();
+    assert!(
+        last.unix_nanos() >= start.unix_nanos() - slack_nanos
+            && last.unix_nanos() <= end.unix_nanos() + slack_nanos,
+        "last_used_at {record} outside the test's window"
+    );
+}
+
 /// Requests with `key` until `n` were answered `expect`; each must be answered at once.
 fn send_n(envoy: &Envoy, key: &str, n: usize, expect: u16) {
     for _ in 0..n {
@@ -94,17 +133,7 @@ fn send_n(envoy: &Envoy, key: &str, n: usize, expect: u16) {
 fn allowed_requests_reach_keygate_serve_and_keygate_list() {
     let dir = Scratch::new("usage-serve");
     let keys = dir.join("keys.json");
-    let alice = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    );
+    let alice = new_alice(&keys, "30d");
     let bob = new_key(&keys, &["--owner", "bob", "--expires-in", "never"]);
     let before = std::fs::read(&keys).unwrap();
     let served = Served::start(&keys);
@@ -127,11 +156,7 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
     let window_end = now();
 
     assert!(
-        eventually(Duration::from_secs(10), || by_owner(
-            &listed(&keys),
-            "alice"
-        )["uses"]
-            == 7),
+        eventually(Duration::from_secs(10), || alice_uses(&keys) == 7),
         "uses never reached 7: {:?}\n{}\n{}",
         listed(&keys),
         envoy.log(),
@@ -139,14 +164,8 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
     );
     let records = listed(&keys);
     let alice_record = by_owner(&records, "alice");
-    let last = Timestamp::parse_rfc3339(alice_record["last_used_at"].as_str().unwrap()).unwrap();
     // The VM's clock is read on its tick: at most half a second behind.
-    let slack = 1_000_000_000;
-    assert!(
-        last.unix_nanos() >= window_start.unix_nanos() - slack
-            && last.unix_nanos() <= window_end.unix_nanos() + slack,
-        "last_used_at {alice_record} outside the test's window"
-    );
+    assert_used_within(&alice_record, window_start, window_end, 1_000_000_000);
     let bob_record = by_owner(&records, "bob");
     assert_eq!(
         (
@@ -183,17 +202,7 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
 fn lookup_mode_counts_requests_that_waited_for_their_key() {
     let dir = Scratch::new("usage-lookup");
     let keys = dir.join("keys.json");
-    let alice = new_key(
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "never",
-        ],
-    );
+    let alice = new_alice(&keys, "never");
     let served = Served::start(&keys);
     let upstream = Upstream::start();
     let config = json!({
@@ -205,11 +214,7 @@ fn lookup_mode_counts_requests_that_waited_for_their_key() {
     // The first request of each worker waits for the key service; the others are cache hits.
     send_n(&envoy, &alice.api_key, 5, 200);
     assert!(
-        eventually(Duration::from_secs(10), || by_owner(
-            &listed(&keys),
-            "alice"
-        )["uses"]
-            == 5),
+        eventually(Duration::from_secs(10), || alice_uses(&keys) == 5),
         "{:?}\n{}",
         listed(&keys),
         envoy.log()
@@ -223,24 +228,18 @@ fn a_failing_key_service_changes_nothing_for_requests() {
     let upstream = Upstream::start();
     let envoy = start(&inline_config(), &upstream, sink.addr);
     send_n(&envoy, ALICE, 4, 200);
-    assert!(
-        eventually(Duration::from_secs(10), || envoy
-            .keygate_stat("usage.reports_failed")
-            >= 1),
-        "{}",
-        envoy.log()
-    );
+    assert_eventually(&envoy, 10, |envoy| {
+        envoy.keygate_stat("usage.reports_failed") >= 1
+    });
     // Still answered at once while reports fail.
     send_n(&envoy, ALICE, 3, 200);
     assert_eq!(envoy.keygate_stat("usage.reports_sent"), 0);
     // Envoy writes its log file every few seconds.
-    assert!(
-        eventually(Duration::from_secs(15), || envoy
+    assert_eventually(&envoy, 15, |envoy| {
+        envoy
             .log()
-            .contains("usage report dropped: the key service answered 500")),
-        "{}",
-        envoy.log()
-    );
+            .contains("usage report dropped: the key service answered 500")
+    });
     let log = envoy.log();
     assert!(!log.contains(ALICE) && !log.contains(&hash_of(ALICE)));
 
@@ -293,56 +292,24 @@ fn a_key_service_that_is_down_changes_nothing_for_requests() {
         send_n(&envoy, BOB, 1, 403);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        eventually(Duration::from_secs(10), || envoy
-            .keygate_stat("usage.reports_failed")
-            >= 1),
-        "{}",
-        envoy.log()
-    );
+    assert_eventually(&envoy, 10, |envoy| {
+        envoy.keygate_stat("usage.reports_failed") >= 1
+    });
     assert_eq!(envoy.keygate_stat("usage.reports_sent"), 0);
     assert_eq!(envoy.keygate_stat("denied.unavailable"), 0);
-    assert!(
-        eventually(Duration::from_secs(15), || envoy
-            .log()
-            .contains("usage report dropped")),
-        "{}",
-        envoy.log()
-    );
+    // Envoy writes its log file every few seconds.
+    assert_eventually(&envoy, 15, |envoy| {
+        envoy.log().contains("usage report dropped")
+    });
     let log = envoy.log();
     assert!(!log.contains(ALICE) && !log.contains(&hash_of(ALICE)));
 }
 
 #[test]
 fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
-    let dir = Scratch::new("usage-db");
-    let pki = Pki::generate(dir.path());
-    let db = db_path(dir.path());
-    let admin = admin_key(&db);
-    let server = Server::start(&[
-        "--db",
-        &arg(&db),
-        "--tls-cert",
-        &arg(&pki.server_cert),
-        "--tls-key",
-        &arg(&pki.server_key),
-        "--client-ca",
-        &arg(&pki.ca),
-    ]);
-    let api = Client::tls(server.addr, &pki, false).with_bearer(&admin);
-    let create = |owner: &str| {
-        let r = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        let v = r.json();
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["api_key"].as_str().unwrap().to_string(),
-        )
-    };
+    let scratch = TlsDb::new("usage-db");
+    let (server, api) = scratch.serve_mtls();
+    let create = |owner: &str| api.create_browse_key(owner);
     let (alice_id, alice) = create("alice");
     let (bob_id, _bob) = create("bob");
 
@@ -355,21 +322,11 @@ fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
                   "timeout_ms": 10000}
     });
     let upstream = Upstream::start();
-    let mut bootstrap = bootstrap_with_key_service(&config, upstream.addr, server.addr);
-    for cluster in bootstrap["static_resources"]["clusters"]
-        .as_array_mut()
-        .unwrap()
-    {
-        if cluster["name"] == "keyservice" {
-            cluster["transport_socket"] = super::key_service_mtls::mtls(&pki);
-        }
-    }
-    let envoy = Envoy::start_bootstrap(
-        &bootstrap,
-        EnvoyOptions {
-            concurrency: 2,
-            ..EnvoyOptions::default()
-        },
+    let envoy = super::key_service_mtls::start_envoy_over_mtls(
+        &config,
+        upstream.addr,
+        server.addr,
+        &scratch.pki,
     );
     assert!(
         eventually(Duration::from_secs(10), || status(&envoy, &alice) == 200),
@@ -379,34 +336,25 @@ fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
     );
     // What the first request counted is reported too: wait for it, then count from there.
     let record = |id: &str| api.get(&format!("/v1/admin/keys/{id}")).json();
-    assert!(
-        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 1),
-        "{}\n{}\n{}",
-        record(&alice_id),
-        envoy.log(),
-        server.log()
-    );
+    let await_uses = |n: u64| {
+        assert!(
+            eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == n),
+            "uses never reached {n}: {}\n{}\n{}",
+            record(&alice_id),
+            envoy.log(),
+            server.log()
+        )
+    };
+    await_uses(1);
 
     let window_start = now();
     send_n(&envoy, &alice, 6, 200);
     send_n(&envoy, "kg_not_a_key", 2, 401);
     let window_end = now();
-    assert!(
-        eventually(Duration::from_secs(10), || record(&alice_id)["uses"] == 7),
-        "uses never reached 7: {}\n{}\n{}",
-        record(&alice_id),
-        envoy.log(),
-        server.log()
-    );
+    await_uses(7);
     let alice_record = record(&alice_id);
     // The service keeps whole seconds.
-    let last = Timestamp::parse_rfc3339(alice_record["last_used_at"].as_str().unwrap()).unwrap();
-    let slack = 2_000_000_000;
-    assert!(
-        last.unix_nanos() >= window_start.unix_nanos() - slack
-            && last.unix_nanos() <= window_end.unix_nanos() + slack,
-        "last_used_at {alice_record} outside the test's window"
-    );
+    assert_used_within(&alice_record, window_start, window_end, 2_000_000_000);
     let bob_record = record(&bob_id);
     assert_eq!(
         (

@@ -12,47 +12,24 @@ pub enum Expiry {
     After(Duration),
 }
 
-/// Longer than any key should live; past it, `never` says what is meant.
-const LONGEST_DAYS: i64 = 100 * 365;
-
 const ACCEPTED: &str = "use \"never\" or a positive whole number followed by m (minutes), \
                         h (hours), d (days), w (weeks) or y (365 days), such as 7d, 30d, \
                         90d, 365d, 12h or 2w";
 
+/// Parsed by the key service's parser of lifetimes (the same units and limit of 100
+/// years), worded for the command line.
 pub fn parse(text: &str) -> Result<Expiry, String> {
-    if text == "never" {
-        return Ok(Expiry::Never);
+    match keygate_keyservice::duration::minutes(text, false) {
+        Ok(None) => Ok(Expiry::Never),
+        Ok(Some(minutes)) => Ok(Expiry::After(Duration::minutes(minutes))),
+        Err(refused) => Err(format!(
+            "--expires-in {text:?}: {}; {ACCEPTED}",
+            refused.words(
+                "a key that expires at once is useless (to stop a key, disable or revoke it)",
+                "longer than 100 years (say \"never\" for a key that does not expire)",
+            )
+        )),
     }
-    let bad = |why: &str| format!("--expires-in {text:?}: {why}; {ACCEPTED}");
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| bad("no unit"))?;
-    let (count, unit) = text.split_at(split);
-    if count.is_empty() {
-        return Err(bad("no number"));
-    }
-    // A count too long for u32 is far past the longest allowed anyway.
-    let count: i64 = count.parse::<u32>().map_err(|_| bad("too long"))?.into();
-    if count == 0 {
-        return Err(bad(
-            "a key that expires at once is useless (to stop a key, disable or revoke it)",
-        ));
-    }
-    let minutes_per_unit: i64 = match unit {
-        "m" => 1,
-        "h" => 60,
-        "d" => 24 * 60,
-        "w" => 7 * 24 * 60,
-        "y" => 365 * 24 * 60,
-        _ => return Err(bad(&format!("unknown unit {unit:?}"))),
-    };
-    let minutes = count * minutes_per_unit;
-    if minutes > LONGEST_DAYS * 24 * 60 {
-        return Err(bad(
-            "longer than 100 years (say \"never\" for a key that does not expire)",
-        ));
-    }
-    Ok(Expiry::After(Duration::minutes(minutes)))
 }
 
 #[cfg(test)]

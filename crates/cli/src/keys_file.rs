@@ -14,11 +14,14 @@
 use crate::error::{Error, Result};
 use keygate_core::error::ConfigError;
 use keygate_core::record::KeySetDoc;
+#[cfg(unix)]
+use keygate_keyservice::atomic_file::NEW_FILE_MODE;
+use keygate_keyservice::atomic_file::{directory_of, sidecar, write_atomically};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 pub struct KeysDoc {
     /// A counter, as a string (the format only asks for something opaque that changes).
@@ -47,11 +50,6 @@ struct IdOnly<'a> {
     #[serde(borrow)]
     id: std::borrow::Cow<'a, str>,
 }
-
-/// New files hold only hashes, but owners and labels are nobody else's business either;
-/// an existing file keeps whatever mode it was given.
-#[cfg(unix)]
-const NEW_FILE_MODE: u32 = 0o600;
 
 impl KeysDoc {
     pub fn empty() -> KeysDoc {
@@ -222,14 +220,6 @@ fn missing(path: &Path) -> Error {
     )
 }
 
-/// The directory that holds `path` (`.` for a bare name).
-fn directory_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
 /// An error when the directory meant to hold the key file is not there.
 fn no_directory(path: &Path) -> Option<Error> {
     let dir = directory_of(path);
@@ -329,12 +319,6 @@ pub enum Edited<T> {
     Unchanged(T),
 }
 
-fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
 /// Holds the exclusive lock until dropped. The lock file is never removed: removing it
 /// would let a waiting process lock a file that a newcomer no longer sees.
 fn lock(path: &Path) -> Result<File> {
@@ -349,54 +333,6 @@ fn lock(path: &Path) -> Result<File> {
     file.lock()
         .map_err(|e| Error::at(&lock_path, format!("cannot lock: {e}")))?;
     Ok(file)
-}
-
-/// Temporary file in the same directory (a rename across file systems is not atomic),
-/// synced before the rename, directory synced after it, so a crash leaves the old file or
-/// the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = sidecar(path, &format!(".{}.tmp", std::process::id()));
-    let result = (|| {
-        let permissions = match std::fs::metadata(path) {
-            Ok(meta) => Some(meta.permissions()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, NEW_FILE_MODE);
-        let mut file = options.open(&tmp)?;
-        // A leftover temporary file from a crashed run keeps its old mode: set it.
-        match permissions {
-            Some(permissions) => file.set_permissions(permissions)?,
-            #[cfg(unix)]
-            None => {
-                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(NEW_FILE_MODE))?
-            }
-            #[cfg(not(unix))]
-            None => {}
-        }
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(directory_of(path))?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_path: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,12 +17,10 @@
 //!   is asked once, the body is built once. A long-poll made at the version last
 //!   announced is held without asking the store.
 
-use crate::app::{blocking, gateway_allowed, ApiError, ApiResult, App, Peer};
+use crate::app::{blocking, ApiError, ApiResult, App, Gateway};
 use crate::store::{GatewayStore, Since};
-use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use keygate_core::record::KeyHash;
 use keygate_core::watch::Epoch;
 use std::collections::{HashSet, VecDeque};
@@ -273,13 +271,7 @@ async fn refresher(app: Arc<App>) {
 }
 
 /// `GET /v1/changes?since=V&epoch=E&wait=S` (HEAD answers at once, never held).
-pub async fn changes(
-    State(app): State<Arc<App>>,
-    peer: Option<Extension<Peer>>,
-    method: Method,
-    uri: Uri,
-) -> ApiResult<Response> {
-    gateway_allowed(&app, peer)?;
+pub async fn changes(method: Method, uri: Uri, Gateway(app): Gateway) -> ApiResult<Response> {
     let query = parse_query(uri.query().unwrap_or("")).map_err(ApiError::bad)?;
     let store = app.gateway.clone();
     let epoch = store.feed_epoch().clone();

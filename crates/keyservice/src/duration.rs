@@ -5,6 +5,65 @@ use std::fmt;
 
 const LONGEST_MINUTES: i64 = 100 * 365 * 24 * 60;
 
+/// Why the text of a lifetime was refused; each caller words it (`words`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    NoUnit,
+    NoNumber,
+    TooLong,
+    Zero,
+    UnknownUnit(String),
+    Over100Years,
+}
+
+impl Refused {
+    /// The reason, with the caller's words for `0` and for more than 100 years.
+    pub fn words(&self, zero: &str, over: &str) -> String {
+        match self {
+            Refused::NoUnit => "no unit".to_string(),
+            Refused::NoNumber => "no number".to_string(),
+            Refused::TooLong => "too long".to_string(),
+            Refused::Zero => zero.to_string(),
+            Refused::UnknownUnit(unit) => format!("unknown unit {unit:?}"),
+            Refused::Over100Years => over.to_string(),
+        }
+    }
+}
+
+/// `never` (`None`), or a whole number of m (minutes), h, d, w or y (365 days) as
+/// minutes, at most 100 years; `0` only when `zero_ok`. The one parser of lifetimes, for
+/// the key service and `keygate new --expires-in`.
+pub fn minutes(text: &str, zero_ok: bool) -> Result<Option<i64>, Refused> {
+    if text == "never" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(Refused::NoUnit)?;
+    let (count, unit) = text.split_at(split);
+    if count.is_empty() {
+        return Err(Refused::NoNumber);
+    }
+    // A count too long for u32 is far past the longest allowed anyway.
+    let count: i64 = count.parse::<u32>().map_err(|_| Refused::TooLong)?.into();
+    if count == 0 && !zero_ok {
+        return Err(Refused::Zero);
+    }
+    let per: i64 = match unit {
+        "m" => 1,
+        "h" => 60,
+        "d" => 24 * 60,
+        "w" => 7 * 24 * 60,
+        "y" => 365 * 24 * 60,
+        _ => return Err(Refused::UnknownUnit(unit.to_string())),
+    };
+    let minutes = count * per;
+    if minutes > LONGEST_MINUTES {
+        return Err(Refused::Over100Years);
+    }
+    Ok(Some(minutes))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifetime {
     Never,
@@ -15,35 +74,15 @@ pub enum Lifetime {
 impl Lifetime {
     /// `zero_ok`: whether `0m` (or `0h`...) is accepted, as for a rotation's grace.
     pub fn parse(text: &str, zero_ok: bool) -> Result<Lifetime, String> {
-        if text == "never" {
-            return Ok(Lifetime::Never);
-        }
         let accepted = "use \"never\" or a whole number followed by m, h, d, w or y (365 days), such as 7d, 30d, 90d, 365d or 24h";
-        let bad = |why: &str| format!("{text:?}: {why}; {accepted}");
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| bad("no unit"))?;
-        let (count, unit) = text.split_at(split);
-        if count.is_empty() {
-            return Err(bad("no number"));
+        match minutes(text, zero_ok) {
+            Ok(None) => Ok(Lifetime::Never),
+            Ok(Some(minutes)) => Ok(Lifetime::Seconds(minutes * 60)),
+            Err(refused) => Err(format!(
+                "{text:?}: {}; {accepted}",
+                refused.words("must be more than 0", "longer than 100 years")
+            )),
         }
-        let count: i64 = count.parse::<u32>().map_err(|_| bad("too long"))?.into();
-        if count == 0 && !zero_ok {
-            return Err(bad("must be more than 0"));
-        }
-        let per: i64 = match unit {
-            "m" => 1,
-            "h" => 60,
-            "d" => 24 * 60,
-            "w" => 7 * 24 * 60,
-            "y" => 365 * 24 * 60,
-            _ => return Err(bad(&format!("unknown unit {unit:?}"))),
-        };
-        let minutes = count * per;
-        if minutes > LONGEST_MINUTES {
-            return Err(bad("longer than 100 years"));
-        }
-        Ok(Lifetime::Seconds(minutes * 60))
     }
 
     /// Whether `self` is no longer than `max`.

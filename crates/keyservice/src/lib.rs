@@ -3,6 +3,7 @@
 //! the admin API), TLS and mTLS.
 
 pub mod app;
+pub mod atomic_file;
 pub mod changes;
 pub mod duration;
 pub mod etag;

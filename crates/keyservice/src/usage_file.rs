@@ -8,6 +8,7 @@
 //! are kept: a report about any other hash is ignored, so the file stays as small as the
 //! key set, and a key revoked from the key file leaves it at the next report.
 
+use crate::atomic_file::write_atomically;
 use crate::file::FileStore;
 use crate::store::{StoreError, StoreResult};
 use keygate_core::record::KeyHash;
@@ -15,7 +16,7 @@ use keygate_core::timestamp::Timestamp;
 use keygate_core::usage::{rfc3339_millis, UsageReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -123,54 +124,6 @@ pub fn merge(
     }
     uses.retain(|hash, _| known(hash));
     kept
-}
-
-/// A new usage file is readable by its owner only (owners' usage is nobody else's
-/// business); a mode set later is kept.
-#[cfg(unix)]
-const NEW_FILE_MODE: u32 = 0o600;
-
-/// A temporary file in the same directory (a rename across file systems is not atomic),
-/// synced before the rename, the directory synced after it: a crash leaves the old file
-/// or the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let result = (|| {
-        let permissions = match std::fs::metadata(path) {
-            Ok(meta) => Some(meta.permissions()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        let mut file = std::fs::File::create(&tmp)?;
-        match permissions {
-            Some(permissions) => file.set_permissions(permissions)?,
-            #[cfg(unix)]
-            None => {
-                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(NEW_FILE_MODE))?
-            }
-            #[cfg(not(unix))]
-            None => {}
-        }
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        {
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => Path::new("."),
-            };
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// `keygate serve --keys`'s usage: what the usage file holds, kept in memory and written

@@ -39,6 +39,27 @@ pub use serve::{Serve, Served};
 pub use temp::TempDir;
 pub use upstream::{Seen, Upstream};
 
+/// A thread that runs until told to stop: `work` is handed the stop flag to watch.
+pub struct Background<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    pub fn start(work: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || work(&flag));
+        Background { stop, thread }
+    }
+
+    /// Sets the stop flag and waits for what the thread returns.
+    pub fn stop(self) -> T {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Polls `check` every 50 ms until it holds or `within` has passed; true if it held.
 pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

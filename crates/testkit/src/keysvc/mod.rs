@@ -26,6 +26,44 @@ pub fn admin_key(db: &Path) -> String {
 }
 
 /// `keygate serve --db PATH` (or `--keys`, as `args` say). Killed when dropped.
+/// A scratch directory `name`, a database in it, and the database's first admin key.
+pub fn scratch_db(name: &str) -> (crate::cli::Scratch, PathBuf, String) {
+    let dir = crate::cli::Scratch::new(name);
+    let db = db_path(dir.path());
+    let admin = admin_key(&db);
+    (dir, db, admin)
+}
+
+/// A scratch directory with a test PKI, a database and its first admin key: where a test
+/// of `keygate serve --db` over TLS starts.
+pub struct TlsDb {
+    pub dir: crate::cli::Scratch,
+    pub pki: tls::Pki,
+    pub db: PathBuf,
+    pub admin: String,
+}
+
+impl TlsDb {
+    pub fn new(name: &str) -> TlsDb {
+        let (dir, db, admin) = scratch_db(name);
+        let pki = tls::Pki::generate(dir.path());
+        TlsDb {
+            dir,
+            pki,
+            db,
+            admin,
+        }
+    }
+
+    /// `keygate serve --db` over mTLS, and a client of its admin API (no client
+    /// certificate) with the admin key.
+    pub fn serve_mtls(&self) -> (Server, Client) {
+        let server = Server::start_tls(&self.db, &self.pki, true);
+        let api = Client::tls(server.addr, &self.pki, false).with_bearer(&self.admin);
+        (server, api)
+    }
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
@@ -38,6 +76,32 @@ impl Server {
     /// Starts `keygate serve ARGS --listen 127.0.0.1:0` and waits for its address.
     pub fn start(args: &[&str]) -> Server {
         Self::start_on(args.iter().map(|s| s.to_string()).collect(), "127.0.0.1:0")
+    }
+
+    /// `keygate serve --db DB` over TLS with `pki`'s server certificate; with
+    /// `client_ca`, `--client-ca` too (mTLS: the gateway endpoints want a client
+    /// certificate signed by `pki`'s CA).
+    pub fn start_tls(db: &Path, pki: &tls::Pki, client_ca: bool) -> Server {
+        let mut args = vec![
+            "--db".to_string(),
+            arg(db),
+            "--tls-cert".to_string(),
+            arg(&pki.server_cert),
+            "--tls-key".to_string(),
+            arg(&pki.server_key),
+        ];
+        if client_ca {
+            args.extend(["--client-ca".to_string(), arg(&pki.ca)]);
+        }
+        Self::start_on(args, "127.0.0.1:0")
+    }
+
+    /// `keygate serve --db DB` over plain HTTP, and a client of its admin API with the
+    /// admin key `admin`.
+    pub fn start_db(db: &Path, admin: &str) -> (Server, Client) {
+        let server = Server::start(&["--db", &arg(db)]);
+        let api = Client::plain(server.addr).with_bearer(admin);
+        (server, api)
     }
 
     fn start_on(args: Vec<String>, listen: &str) -> Server {
@@ -178,12 +242,33 @@ impl Client {
         self
     }
 
+    /// Creates a key for `owner` with the scope `browse`, living 7 days, through the admin
+    /// API: its (id, api_key).
+    pub fn create_browse_key(&self, owner: &str) -> (String, String) {
+        let r = self.json(
+            "POST",
+            "/v1/admin/keys",
+            &serde_json::json!({"owner": owner, "scopes": ["browse"], "expires_in": "7d"}),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
+    }
+
     pub fn get(&self, target: &str) -> HttpResponse {
         self.send("GET", target, &[], None)
     }
 
     pub fn json(&self, method: &str, target: &str, body: &Value) -> HttpResponse {
         self.send(method, target, &[], Some(body.to_string().as_bytes()))
+    }
+
+    /// `DELETE target`, no headers, no body.
+    pub fn delete(&self, target: &str) -> HttpResponse {
+        self.send("DELETE", target, &[], None)
     }
 
     pub fn send(
