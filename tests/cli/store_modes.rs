@@ -5,8 +5,8 @@
 use keygate_testkit::cli::{Run, Scratch};
 use keygate_testkit::keygate_binary;
 use keygate_testkit::keysvc::tls::Pki;
-use keygate_testkit::keysvc::{admin_key, arg, db_path, Server};
-use serde_json::Value;
+use keygate_testkit::keysvc::{admin_key, arg, db_path, Client, Server};
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 
@@ -279,6 +279,42 @@ fn the_same_scenario_on_a_key_file_a_database_and_a_key_service() {
         ],
         env: vec![("KEYGATE_ADMIN_KEY", admin.clone())],
     });
+
+    // LAST USED and USES come from the store, through the service and directly.
+    let listed: Value = serde_json::from_str(
+        &run(
+            &[
+                "list",
+                "--json",
+                "--status",
+                "enabled",
+                "--server",
+                &url,
+                "--ca-cert",
+                &arg(&pki.ca),
+            ],
+            &[],
+            &[("KEYGATE_ADMIN_KEY", admin.clone())],
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    let bob = &listed[0];
+    let report = json!({"reports": [{"hash": bob["hash"], "count": 3, "last_used_at": "2026-11-30T10:00:00Z"}]});
+    let used = Client::tls(server.addr, &pki, false).json("POST", "/v1/usage", &report);
+    assert_eq!(used.status, 204, "{used:?}");
+    let direct = run(
+        &["list", "--db", &arg(&served), "--status", "enabled"],
+        &[],
+        &[],
+    )
+    .ok();
+    let rows = table(&direct.stdout);
+    assert_eq!(
+        (&rows[0][8][..], &rows[0][9][..]),
+        ("2026-11-30T10:00:00Z", "3")
+    );
 
     // The admin key from a file does as well.
     let key_file = dir.path().join("admin.key");

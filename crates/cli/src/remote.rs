@@ -111,17 +111,16 @@ impl Remote {
         ca_cert: Option<&Path>,
     ) -> Result<Remote> {
         let base = url.trim_end_matches('/').to_string();
-        let rest = base
+        let has_host = base
             .strip_prefix("https://")
             .or_else(|| base.strip_prefix("http://"))
-            .filter(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ']))
-            .ok_or_else(|| {
-                Error::new(format!(
-                    "--server {url:?}: give the key service's URL, such as \
-                     https://keys.example.org:8081"
-                ))
-            })?;
-        let _ = rest;
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ']));
+        if !has_host {
+            return Err(Error::new(format!(
+                "--server {url:?}: give the key service's URL, such as \
+                 https://keys.example.org:8081"
+            )));
+        }
         let admin_key = read_admin_key(admin_key_file)?;
         let agent = ureq::AgentBuilder::new()
             .tls_config(Arc::new(tls_config(ca_cert)?))
