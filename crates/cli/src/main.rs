@@ -35,8 +35,9 @@ const DEFAULT_KEYS: &str = "keys.json";
 #[command(
     name = "keygate",
     version,
-    about = "Make, list, disable and revoke API keys for the keygate Envoy filter; \
-             check its configuration; serve a key set over HTTP"
+    about = "Make, list, disable, revoke and rotate API keys for the keygate Envoy filter \
+             (in a key file, a key service's database, or through its admin API); check its \
+             configuration; serve keys over HTTP"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,8 +46,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Make a key: print it once (with its id and expiry) and add its hashed record to
-    /// the key file, which is created if missing
+    /// Make a key: print it once (with its id and expiry) and store its hashed record (a
+    /// missing key file or database is created)
     New(new::NewKey),
     /// List the keys (no hashes in the table; --json prints the records)
     List {
@@ -62,7 +63,7 @@ enum Command {
         #[arg(long, value_parser = ["enabled", "disabled", "revoked"])]
         status: Option<String>,
     },
-    /// Disable a key: it stays in the file and the filter answers "API key disabled"
+    /// Disable a key: it stays listed and the filter answers "API key disabled"
     Disable {
         id: String,
         #[command(flatten)]
