@@ -364,6 +364,17 @@ fn the_same_scenario_on_a_key_file_a_database_and_a_key_service() {
     );
     assert!(!untrusted.stderr.contains(&admin));
     drop(server);
+
+    // A key service that serves a key file has no admin API: said so.
+    let file_server = Server::start(&["--keys", &arg(&keys)]);
+    let plain = format!("http://127.0.0.1:{}", file_server.addr.port());
+    let no_api = run(
+        &["list", "--server", &plain],
+        &[],
+        &[("KEYGATE_ADMIN_KEY", admin.clone())],
+    )
+    .failed();
+    assert!(no_api.stderr.contains("has no admin API"), "{no_api:?}");
 }
 
 #[test]
