@@ -8,4 +8,5 @@ mod commands;
 mod keyservice;
 mod next_steps;
 mod serve;
+mod store_modes;
 mod usage;

@@ -351,7 +351,7 @@ fn listen_given_a_bare_port_asks_for_host_and_port() {
 fn usage_errors_are_one_keygate_line() {
     assert_eq!(
         usage_error(keygate(&["frobnicate"])),
-        "keygate: unrecognized subcommand 'frobnicate'; usage: keygate <COMMAND> (see keygate \
+        "keygate: unrecognized subcommand 'frobnicate' (a similar subcommand exists: 'rotate'); usage: keygate <COMMAND> (see keygate \
          --help)\n"
     );
     assert_eq!(

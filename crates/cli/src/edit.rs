@@ -77,3 +77,20 @@ pub fn run(change: Change, given: &str, keys: &Path) -> Result<()> {
     println!("{message}");
     Ok(())
 }
+
+/// `keygate revoke --owner NAME --keys FILE`: removes every record of that owner.
+pub fn revoke_owner(owner: &str, keys: &Path) -> Result<()> {
+    let count = keys_file::update(keys, IfMissing::Fail, |doc| {
+        let before = doc.records.len();
+        doc.records
+            .retain(|raw| RecordView::of(raw).map_or(true, |r| r.owner != owner));
+        let count = (before - doc.records.len()) as u64;
+        Ok(if count == 0 {
+            Edited::Unchanged(count)
+        } else {
+            Edited::Changed(count)
+        })
+    })?;
+    println!("{}", crate::service::revoked_line(count, owner));
+    Ok(())
+}

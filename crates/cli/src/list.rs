@@ -93,6 +93,29 @@ fn row(record: &RecordView, used: Option<&KeyUse>, now: Timestamp) -> [String; C
     ]
 }
 
+/// A key service's key as a row: the same columns as a key file's record.
+pub fn row_of_key(key: &crate::admin::Key, now: Timestamp) -> [String; COLUMNS] {
+    let record = RecordView {
+        id: key.id.clone(),
+        owner: key.owner.clone(),
+        label: key.label.clone(),
+        scopes: key.scopes.clone(),
+        created_at: Some(key.created_at.clone()),
+        expires_at: key.expires_at.clone(),
+        status: Some(key.status.clone()),
+        read_only: key.read_only,
+    };
+    let used = key
+        .last_used_at
+        .as_deref()
+        .and_then(|at| Timestamp::parse_rfc3339(at).ok())
+        .map(|last_used| KeyUse {
+            uses: key.uses,
+            last_used,
+        });
+    row(&record, used.as_ref(), now)
+}
+
 /// Columns padded to their widest cell, two spaces apart; the last one is not padded.
 pub fn table(rows: &[[String; COLUMNS]]) -> String {
     let mut widths = HEADINGS.map(|h| h.chars().count());
@@ -120,8 +143,16 @@ pub fn table(rows: &[[String; COLUMNS]]) -> String {
     out
 }
 
-pub fn run(keys: &Path, json: bool) -> Result<()> {
-    let doc = keys_file::read(keys)?;
+pub fn run(keys: &Path, json: bool, owner: Option<&str>, status: Option<&str>) -> Result<()> {
+    let mut doc = keys_file::read(keys)?;
+    if owner.is_some() || status.is_some() {
+        doc.records.retain(|raw| {
+            RecordView::of(raw).is_ok_and(|r| {
+                owner.is_none_or(|o| r.owner == o)
+                    && status.is_none_or(|s| r.status.as_deref().unwrap_or("enabled") == s)
+            })
+        });
+    }
     let usage_path = usage_file::path_for(keys);
     // Usage is an addition: a usage file that cannot be read does not hide the keys.
     let usage = usage_file::read(&usage_path).unwrap_or_else(|line| {

@@ -4,6 +4,7 @@
 //! one line on stderr starting with `keygate: `, and the exit status is 1 (2 for a command
 //! line that does not parse).
 
+mod admin;
 mod check;
 mod duration;
 mod edit;
@@ -14,13 +15,18 @@ mod keys_file;
 mod list;
 mod new;
 mod records;
+mod remote;
 mod serve;
+mod service;
+mod target;
 mod usage;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use target::{Target, TargetArgs};
 
 /// The key file when neither --keys nor KEYGATE_KEYS names one (README "Managing keys").
 const DEFAULT_KEYS: &str = "keys.json";
@@ -29,8 +35,9 @@ const DEFAULT_KEYS: &str = "keys.json";
 #[command(
     name = "keygate",
     version,
-    about = "Make, list, disable and revoke API keys for the keygate Envoy filter; \
-             check its configuration; serve a key set over HTTP"
+    about = "Make, list, disable, revoke and rotate API keys for the keygate Envoy filter \
+             (in a key file, a key service's database, or through its admin API); check its \
+             configuration; serve keys over HTTP"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,38 +46,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Make a key: print it once (with its id and expiry) and add its hashed record to
-    /// the key file, which is created if missing
+    /// Make a key: print it once (with its id and expiry) and store its hashed record (a
+    /// missing key file or database is created)
     New(new::NewKey),
-    /// List the keys in the key file (no hashes in the table; --json prints the records)
+    /// List the keys (no hashes in the table; --json prints the records)
     List {
-        /// The key file
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
         /// The records as a JSON array, hashes included
         #[arg(long)]
         json: bool,
+        /// Only this owner's keys
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only keys with this status
+        #[arg(long, value_parser = ["enabled", "disabled", "revoked"])]
+        status: Option<String>,
     },
-    /// Disable a key: it stays in the file and the filter answers "API key disabled"
+    /// Disable a key: it stays listed and the filter answers "API key disabled"
     Disable {
         id: String,
-        /// The key file
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Enable a disabled key again
     Enable {
         id: String,
-        /// The key file
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
     },
-    /// Remove a key's record for good: the filter answers 401 invalid_token
+    /// Revoke a key (or, with --owner, all of an owner's keys): the filter answers 401
+    /// invalid_token. A key file loses the record; a key service keeps it as revoked
     Revoke {
+        #[arg(required_unless_present = "owner", conflicts_with = "owner")]
+        id: Option<String>,
+        /// Revoke every key of this owner, and print how many
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Replace a key (--db or --server): a new key with the same owner, label, scopes and
+    /// read-only flag, printed once; the old one expires after --grace (default: now)
+    Rotate {
         id: String,
-        /// The key file
-        #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-        keys: PathBuf,
+        /// How long the old key keeps working: 0m, 1h, 24h...
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// The key service's audit trail (--db or --server): who changed which key, when
+    Audit {
+        /// Only entries from this time on: RFC 3339, or how long ago (24h, 7d)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The entries as a JSON array
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Print the record hash (hex SHA-256) of a key read on stdin, after removing a legacy
     /// prefix as the filter does (default: apikey|)
@@ -183,13 +218,97 @@ enum AdminCommand {
     },
 }
 
-fn run(command: Command) -> error::Result<()> {
+/// A key command on its target: the key file, or a key service.
+fn on(
+    target: Target,
+    keys: impl FnOnce(PathBuf) -> error::Result<()>,
+    service: impl FnOnce(&dyn admin::Admin) -> error::Result<()>,
+) -> error::Result<()> {
+    match target {
+        Target::Keys(path) => keys(path),
+        Target::Db(path) => service(&admin::Db::open(&path, false)?),
+        Target::Server(remote) => service(&remote),
+    }
+}
+
+/// What a key file cannot do (rotate, audit): say what to use instead.
+fn needs_service(line: &str) -> error::Result<()> {
+    Err(error::Error::new(line))
+}
+
+fn run(command: Command, keys_cli: bool) -> error::Result<()> {
+    use edit::Change;
     match command {
-        Command::New(key) => new::run(key),
-        Command::List { keys, json } => list::run(&keys, json),
-        Command::Disable { id, keys } => edit::run(edit::Change::Disable, &id, &keys),
-        Command::Enable { id, keys } => edit::run(edit::Change::Enable, &id, &keys),
-        Command::Revoke { id, keys } => edit::run(edit::Change::Revoke, &id, &keys),
+        Command::New(key) => new::run(key, keys_cli),
+        Command::List {
+            target,
+            json,
+            owner,
+            status,
+        } => {
+            let status_filter = status
+                .as_deref()
+                .and_then(keygate_keyservice::store::Status::parse);
+            on(
+                target.resolve(keys_cli)?,
+                |keys| list::run(&keys, json, owner.as_deref(), status.as_deref()),
+                |admin| service::list(admin, json, owner.as_deref(), status_filter),
+            )
+        }
+        Command::Disable { id, target } => on(
+            target.resolve(keys_cli)?,
+            |keys| edit::run(Change::Disable, &id, &keys),
+            |admin| service::change(admin, Change::Disable, &id),
+        ),
+        Command::Enable { id, target } => on(
+            target.resolve(keys_cli)?,
+            |keys| edit::run(Change::Enable, &id, &keys),
+            |admin| service::change(admin, Change::Enable, &id),
+        ),
+        Command::Revoke { id, owner, target } => match (id, owner) {
+            (_, Some(owner)) => on(
+                target.resolve(keys_cli)?,
+                |keys| edit::revoke_owner(&owner, &keys),
+                |admin| service::revoke_owner(admin, &owner),
+            ),
+            (id, None) => {
+                let id = id.unwrap_or_default();
+                on(
+                    target.resolve(keys_cli)?,
+                    |keys| edit::run(Change::Revoke, &id, &keys),
+                    |admin| service::change(admin, Change::Revoke, &id),
+                )
+            }
+        },
+        Command::Rotate { id, grace, target } => on(
+            target.resolve(keys_cli)?,
+            |keys| {
+                needs_service(&format!(
+                    "rotate needs a key service (--db PATH or --server URL): with a key file, \
+                     make the new key with `keygate new --keys {}` and revoke the old one once \
+                     its user has switched",
+                    keys.display()
+                ))
+            },
+            |admin| service::rotate(admin, &id, grace.as_deref()),
+        ),
+        Command::Audit {
+            since,
+            json,
+            target,
+        } => {
+            let since = since.as_deref().map(service::since).transpose()?;
+            on(
+                target.resolve(keys_cli)?,
+                |_| {
+                    needs_service(
+                        "audit needs a key service (--db PATH or --server URL): a key file \
+                         keeps no audit trail (its history is its version control's)",
+                    )
+                },
+                |admin| service::audit(admin, since, json),
+            )
+        }
         Command::Hash {
             key: _,
             strip_prefix,
@@ -239,40 +358,57 @@ fn usage_error(line: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Whether --keys was given on the command line, not read from KEYGATE_KEYS.
+fn keys_on_command_line(matches: &clap::ArgMatches) -> bool {
+    matches.subcommand().is_some_and(|(_, m)| {
+        m.ids().any(|id| id.as_str() == "keys")
+            && m.value_source("keys") == Some(ValueSource::CommandLine)
+    })
+}
+
+fn parse_failed(error: clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        // An empty KEYGATE_KEYS reads to clap as an empty --keys.
+        ErrorKind::InvalidValue
+            if std::env::var_os("KEYGATE_KEYS").is_some_and(|v| v.is_empty())
+                && matches!(error.get(ContextKind::InvalidArg),
+                    Some(ContextValue::String(arg)) if arg.starts_with("--keys"))
+                && !std::env::args_os().any(|a| a.to_string_lossy().starts_with("--keys")) =>
+        {
+            usage_error(&format!(
+                "KEYGATE_KEYS is set but empty: set it to the key file, or unset it to use \
+                 {DEFAULT_KEYS}"
+            ))
+        }
+        _ => {
+            let subcommand = std::env::args_os()
+                .nth(1)
+                .and_then(|name| name.into_string().ok())
+                .filter(|name| Cli::command().find_subcommand(name).is_some());
+            usage_error(&usage::one_line(&error, subcommand.as_deref()))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => match error.kind() {
-            ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-            // An empty KEYGATE_KEYS reads to clap as an empty --keys.
-            ErrorKind::InvalidValue
-                if std::env::var_os("KEYGATE_KEYS").is_some_and(|v| v.is_empty())
-                    && matches!(error.get(ContextKind::InvalidArg),
-                        Some(ContextValue::String(arg)) if arg.starts_with("--keys"))
-                    && !std::env::args_os().any(|a| a.to_string_lossy().starts_with("--keys")) =>
-            {
-                return usage_error(&format!(
-                    "KEYGATE_KEYS is set but empty: set it to the key file, or unset it to \
-                     use {DEFAULT_KEYS}"
-                ));
-            }
-            _ => {
-                let subcommand = std::env::args_os()
-                    .nth(1)
-                    .and_then(|name| name.into_string().ok())
-                    .filter(|name| Cli::command().find_subcommand(name).is_some());
-                return usage_error(&usage::one_line(&error, subcommand.as_deref()));
-            }
-        },
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => return parse_failed(error),
     };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => return parse_failed(error),
+    };
+    let keys_cli = keys_on_command_line(&matches);
     if let Command::Hash { key, .. } = &cli.command {
         if !key.is_empty() {
             return usage_error(&usage::hash_arguments(key));
         }
     }
-    match run(cli.command) {
+    match run(cli.command, keys_cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             for line in &error.lines {

@@ -5,12 +5,11 @@ use crate::error::{Error, Result};
 use crate::generate;
 use crate::keys_file::{self, Edited, IfMissing};
 use crate::records::NewRecord;
-use crate::DEFAULT_KEYS;
+use crate::target::{Target, TargetArgs};
 use keygate_core::header::HeaderText;
 use keygate_core::record::KeyHash;
 use keygate_core::scope::Scope;
 use serde::Serialize;
-use std::path::PathBuf;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -35,9 +34,8 @@ pub struct NewKey {
     /// Text the key starts with, to recognize it (letters, digits, '_', '-', '.')
     #[arg(long, default_value = "kg_")]
     pub prefix: String,
-    /// The key file (a key-set document)
-    #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
-    pub keys: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// The one line `new` prints, ImmPort's shape.
@@ -66,7 +64,7 @@ fn rfc3339(t: OffsetDateTime) -> Result<String> {
         .map_err(|e| Error::new(format!("cannot format {t}: {e}")))
 }
 
-pub fn run(args: NewKey) -> Result<()> {
+pub fn run(args: NewKey, keys_on_command_line: bool) -> Result<()> {
     let owner = HeaderText::parse(&args.owner).map_err(|e| Error::new(format!("--owner: {e}")))?;
     let label = match &args.label {
         Some(label) => {
@@ -75,8 +73,23 @@ pub fn run(args: NewKey) -> Result<()> {
         None => None,
     };
     let scopes = parse_scopes(&args.scopes)?;
-    let expiry = duration::parse(&args.expires_in).map_err(Error::new)?;
     generate::check_prefix(&args.prefix)?;
+    let keys = match args.target.clone().resolve(keys_on_command_line)? {
+        Target::Keys(keys) => keys,
+        Target::Db(db) => {
+            return on_service(
+                &crate::admin::Db::open(&db, true)?,
+                &args,
+                &owner,
+                label.as_ref(),
+                &scopes,
+            )
+        }
+        Target::Server(remote) => {
+            return on_service(&remote, &args, &owner, label.as_ref(), &scopes)
+        }
+    };
+    let expiry = duration::parse(&args.expires_in).map_err(Error::new)?;
 
     // Whole seconds: the record is read by people too.
     let now = OffsetDateTime::now_utc()
@@ -107,7 +120,7 @@ pub fn run(args: NewKey) -> Result<()> {
         read_only: args.read_only,
     }
     .to_raw()?;
-    keys_file::update(&args.keys, IfMissing::Create, |doc| {
+    keys_file::update(&keys, IfMissing::Create, |doc| {
         doc.records.push(record);
         Ok(Edited::Changed(()))
     })?;
@@ -120,20 +133,48 @@ pub fn run(args: NewKey) -> Result<()> {
         expires_at: expires_at.as_deref(),
     })
     .map_err(|e| Error::new(e.to_string()))?;
-    println_or_explain(&line, &id, &args.keys)
+    println_or_explain(&line, &id, &format!("--keys {}", keys.display()))
 }
 
-fn println_or_explain(line: &str, id: &str, keys: &std::path::Path) -> Result<()> {
+/// `new --db` / `new --server`: the key service makes the key, applying its policy.
+fn on_service(
+    admin: &dyn crate::admin::Admin,
+    args: &NewKey,
+    owner: &HeaderText,
+    label: Option<&HeaderText>,
+    scopes: &[String],
+) -> Result<()> {
+    let issued = admin.create(&crate::admin::Create {
+        owner: owner.as_str(),
+        label: label.map(HeaderText::as_str),
+        scopes,
+        expires_in: &args.expires_in,
+        read_only: args.read_only,
+        prefix: &args.prefix,
+    })?;
+    print_issued(&issued, &admin.option())
+}
+
+/// The one line of a key made by a key service (`new`, `rotate`), ImmPort's shape.
+pub fn print_issued(issued: &crate::admin::Issued, option: &str) -> Result<()> {
+    let line = serde_json::to_string(&Issued {
+        id: &issued.id,
+        api_key: &issued.api_key,
+        expires_at: issued.expires_at.as_deref(),
+    })
+    .map_err(|e| Error::new(e.to_string()))?;
+    println_or_explain(&line, &issued.id, option)
+}
+
+fn println_or_explain(line: &str, id: &str, option: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .map_err(|e| {
             Error::new(format!(
-                "key {id} was added to {} but could not be shown ({e}); revoke it with \
-                 `keygate revoke {id} --keys {}`",
-                keys.display(),
-                keys.display()
+                "key {id} was made but could not be shown ({e}); revoke it with \
+                 `keygate revoke {id} {option}`"
             ))
         })
 }
