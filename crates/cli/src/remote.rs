@@ -104,6 +104,19 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Whether the authority of an `http://` URL (what follows the scheme) names this machine.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Remote {
     pub fn connect(
         url: &str,
@@ -120,6 +133,15 @@ impl Remote {
                 "--server {url:?}: give the key service's URL, such as \
                  https://keys.example.org:8081"
             )));
+        }
+        if let Some(rest) = base.strip_prefix("http://") {
+            if !is_loopback(rest) {
+                return Err(Error::new(format!(
+                    "--server {url:?}: plain http would send the admin key across the network \
+                     unencrypted; use https:// (plain http is for 127.0.0.1, localhost or [::1] \
+                     only)"
+                )));
+            }
         }
         let admin_key = read_admin_key(admin_key_file)?;
         let agent = ureq::AgentBuilder::new()
@@ -316,5 +338,34 @@ impl Admin for Remote {
         }
         let page: AuditPage = self.call("GET", &path, None)?;
         Ok(page.entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn plain_http_is_only_for_this_machine() {
+        for ok in [
+            "127.0.0.1:8091",
+            "127.0.0.1",
+            "localhost:8091/",
+            "LOCALHOST",
+            "[::1]:8091",
+            "127.3.4.5:1/x",
+        ] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for no in [
+            "keys.example.org:8091",
+            "10.0.0.1:8091",
+            "[2001:db8::1]:80",
+            "127.0.0.1.evil.org",
+            "localhost.evil.org:80",
+            "",
+        ] {
+            assert!(!is_loopback(no), "{no}");
+        }
     }
 }
