@@ -57,6 +57,15 @@ fn ask(state: &Lookups, host: &mut Host, config: &Config, context_id: u32, path:
     state.start(host, context_id, check(config, path, ALICE), || None, true)
 }
 
+/// Requests 10 (for /data, the one that asks) and 11 (for `second_path`) wait for alice's
+/// key.
+fn two_waiting(second_path: &str) -> (Config, Lookups, Host) {
+    let (config, state, mut host) = setup();
+    ask(&state, &mut host, &config, 10, "/data");
+    ask(&state, &mut host, &config, 11, second_path);
+    (config, state, host)
+}
+
 /// The root context's sweep with the clock at `T0 + after_ms`.
 fn sweep_at(state: &Lookups, host: &mut Host, config: &Config, after_ms: u64) {
     host.now_ms = T0 + after_ms;
@@ -207,9 +216,7 @@ fn an_answer_to_an_unknown_token_changes_nothing() {
 
 #[test]
 fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
-    let (config, state, mut host) = setup();
-    ask(&state, &mut host, &config, 10, "/data");
-    ask(&state, &mut host, &config, 11, "/data");
+    let (config, state, mut host) = two_waiting("/data");
     let (first, _) = host.calls[0].clone();
     // The asker's client goes away: its call's answer is lost with it.
     state.done(10);
@@ -234,9 +241,7 @@ fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
 
 #[test]
 fn a_leaver_who_did_not_ask_orphans_nothing() {
-    let (config, state, mut host) = setup();
-    ask(&state, &mut host, &config, 10, "/data");
-    ask(&state, &mut host, &config, 11, "/data");
+    let (config, state, mut host) = two_waiting("/data");
     state.done(11);
     sweep_at(&state, &mut host, &config, 500);
     assert_eq!(host.calls.len(), 1, "the asker's call still stands");
@@ -247,9 +252,7 @@ fn a_leaver_who_did_not_ask_orphans_nothing() {
 
 #[test]
 fn an_overdue_call_is_made_again_then_fails_its_waiters() {
-    let (config, state, mut host) = setup();
-    ask(&state, &mut host, &config, 10, "/data");
-    ask(&state, &mut host, &config, 11, "/public");
+    let (config, state, mut host) = two_waiting("/public");
     // Within timeout + 1 s the call is left alone.
     sweep_at(&state, &mut host, &config, 2_000);
     assert_eq!(host.calls.len(), 1);

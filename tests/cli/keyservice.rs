@@ -334,6 +334,11 @@ struct Case {
     names: &'static str,
 }
 
+/// A case whose request has no body.
+fn no_body(method: &'static str, path: &str, status: u16, names: &'static str) -> Case {
+    case(method, path, Value::Null, status, names)
+}
+
 fn case(method: &'static str, path: &str, body: Value, status: u16, names: &'static str) -> Case {
     Case {
         method,
@@ -506,35 +511,26 @@ fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
             413,
             "bytes",
         ),
-        case("GET", "/v1/admin/keys/not-an-id", Value::Null, 400, "id"),
-        case(
+        no_body("GET", "/v1/admin/keys/not-an-id", 400, "id"),
+        no_body(
             "GET",
             "/v1/admin/keys/8C3E4394-10A9-46EF-8AF9-B6401BA1400D",
-            Value::Null,
             400,
             "id",
         ),
-        case(
+        no_body(
             "GET",
             "/v1/admin/keys/8c3e4394-10a9-46ef-8af9-b6401ba1400d",
-            Value::Null,
             404,
             "id",
         ),
-        case(
+        no_body(
             "DELETE",
             "/v1/admin/keys/8c3e4394-10a9-46ef-8af9-b6401ba1400d",
-            Value::Null,
             404,
             "id",
         ),
-        case(
-            "DELETE",
-            "/v1/admin/keys/..%2f..%2fetc",
-            Value::Null,
-            400,
-            "id",
-        ),
+        no_body("DELETE", "/v1/admin/keys/..%2f..%2fetc", 400, "id"),
         case(
             "PATCH",
             &key_path,
@@ -599,43 +595,13 @@ fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
             400,
             "x",
         ),
-        case("GET", "/v1/admin/keys?limit=0", Value::Null, 400, "limit"),
-        case(
-            "GET",
-            "/v1/admin/keys?limit=many",
-            Value::Null,
-            400,
-            "limit",
-        ),
-        case(
-            "GET",
-            "/v1/admin/keys?status=lost",
-            Value::Null,
-            400,
-            "status",
-        ),
-        case(
-            "GET",
-            "/v1/admin/keys?cursor=-4",
-            Value::Null,
-            400,
-            "cursor",
-        ),
-        case(
-            "GET",
-            "/v1/admin/keys?colour=red",
-            Value::Null,
-            400,
-            "colour",
-        ),
-        case("DELETE", "/v1/admin/keys", Value::Null, 400, "owner"),
-        case(
-            "GET",
-            "/v1/admin/audit?since=yesterday",
-            Value::Null,
-            400,
-            "since",
-        ),
+        no_body("GET", "/v1/admin/keys?limit=0", 400, "limit"),
+        no_body("GET", "/v1/admin/keys?limit=many", 400, "limit"),
+        no_body("GET", "/v1/admin/keys?status=lost", 400, "status"),
+        no_body("GET", "/v1/admin/keys?cursor=-4", 400, "cursor"),
+        no_body("GET", "/v1/admin/keys?colour=red", 400, "colour"),
+        no_body("DELETE", "/v1/admin/keys", 400, "owner"),
+        no_body("GET", "/v1/admin/audit?since=yesterday", 400, "since"),
         case("PUT", "/v1/admin/keys", ok.clone(), 405, ""),
         case(
             "POST",

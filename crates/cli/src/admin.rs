@@ -8,47 +8,13 @@ use keygate_keyservice::duration::Lifetime;
 use keygate_keyservice::secret;
 use keygate_keyservice::sqlite::SqliteStore;
 use keygate_keyservice::store::{
-    self, AdminStore, AuditEntry, KeyChange, KeyRow, ListQuery, NewKey, Status, StoreError,
+    self, AdminStore, AuditEntry, KeyChange, ListQuery, NewKey, Status, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// A key as the admin API shows it (`GET /v1/admin/keys`): the record plus usage.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Key {
-    pub id: String,
-    pub hash: String,
-    pub owner: String,
-    pub label: Option<String>,
-    pub scopes: Vec<String>,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub status: String,
-    pub read_only: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<String>,
-    pub last_used_at: Option<String>,
-    pub uses: u64,
-}
-
-impl From<KeyRow> for Key {
-    fn from(r: KeyRow) -> Key {
-        Key {
-            id: r.id,
-            hash: r.hash,
-            owner: r.owner,
-            label: r.label,
-            scopes: r.scopes,
-            created_at: store::rfc3339(r.created_at),
-            expires_at: r.expires_at.map(store::rfc3339),
-            status: r.status.as_str().to_string(),
-            read_only: r.read_only,
-            revoked_at: r.revoked_at.map(store::rfc3339),
-            last_used_at: r.last_used_at.map(store::rfc3339),
-            uses: r.uses,
-        }
-    }
-}
+pub use keygate_keyservice::store::KeyView as Key;
 
 /// A key shown once, ImmPort's shape.
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,10 +118,7 @@ fn lifetime(option: &str, text: &str, zero_ok: bool) -> Result<Lifetime> {
 }
 
 fn new_material(prefix: &str) -> Result<(String, String, String)> {
-    let raw = secret::new_key(prefix).map_err(Error::new)?;
-    let id = secret::new_id().map_err(Error::new)?;
-    let hash = secret::hash(&raw).to_hex();
-    Ok((raw, id, hash))
+    secret::new_material(prefix).map_err(Error::new)
 }
 
 impl Admin for Db {
@@ -270,16 +233,7 @@ impl Admin for Db {
         let policy = self.store.policy().map_err(|e| Error::at(&self.path, e))?;
         let (raw, new_id, hash) = new_material(secret::KEY_PREFIX)?;
         let created_at = store::now();
-        let new = NewKey {
-            id: new_id,
-            hash,
-            owner: String::new(),
-            label: None,
-            scopes: Vec::new(),
-            created_at,
-            expires_at: policy.default_expiry.expiry_from(created_at),
-            read_only: false,
-        };
+        let new = NewKey::replacement(new_id, hash, created_at, &policy);
         let old_until = grace.expiry_from(created_at).unwrap_or(created_at);
         let row = self
             .store

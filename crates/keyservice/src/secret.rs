@@ -31,6 +31,15 @@ pub fn new_epoch() -> Result<String, String> {
 }
 
 /// A random (version 4) UUID, lowercase and hyphenated.
+/// A new key with `prefix`, a new record id and the key's hash: what creating or rotating a
+/// key needs. The raw key is for the one answer that shows it.
+pub fn new_material(prefix: &str) -> Result<(String, String, String), String> {
+    let raw = new_key(prefix)?;
+    let id = new_id()?;
+    let hash = hash(&raw).to_hex();
+    Ok((raw, id, hash))
+}
+
 pub fn new_id() -> Result<String, String> {
     let mut b: [u8; 16] = random()?;
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -7,7 +7,7 @@
 //! gateway again.
 
 use crate::duration::Lifetime;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Unix seconds.
@@ -103,6 +103,44 @@ pub struct KeyRow {
     pub uses: u64,
 }
 
+/// A key as the admin API answers it (and the CLI reads and prints it): a [`KeyRow`] with
+/// its times in RFC 3339.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    pub hash: String,
+    pub owner: String,
+    pub label: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub status: String,
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub uses: u64,
+}
+
+impl From<KeyRow> for KeyView {
+    fn from(r: KeyRow) -> KeyView {
+        KeyView {
+            id: r.id,
+            hash: r.hash,
+            owner: r.owner,
+            label: r.label,
+            scopes: r.scopes,
+            created_at: rfc3339(r.created_at),
+            expires_at: r.expires_at.map(rfc3339),
+            status: r.status.as_str().to_string(),
+            read_only: r.read_only,
+            revoked_at: r.revoked_at.map(rfc3339),
+            last_used_at: r.last_used_at.map(rfc3339),
+            uses: r.uses,
+        }
+    }
+}
+
 /// A key to add (already checked against the policy).
 #[derive(Clone, Debug)]
 pub struct NewKey {
@@ -114,6 +152,23 @@ pub struct NewKey {
     pub created_at: Seconds,
     pub expires_at: Option<Seconds>,
     pub read_only: bool,
+}
+
+impl NewKey {
+    /// The key that replaces another on rotation: the store copies owner, label, scopes and
+    /// the read-only flag from the key it replaces; the expiry is the policy's default.
+    pub fn replacement(id: String, hash: String, created_at: Seconds, policy: &Policy) -> NewKey {
+        NewKey {
+            id,
+            hash,
+            owner: String::new(),
+            label: None,
+            scopes: Vec::new(),
+            created_at,
+            expires_at: policy.default_expiry.expiry_from(created_at),
+            read_only: false,
+        }
+    }
 }
 
 /// A PATCH: each `Some` replaces the field. `expires_at: Some(None)` = never.

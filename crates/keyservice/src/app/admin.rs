@@ -4,42 +4,6 @@ use super::*;
 
 // ---- admin handlers ----
 
-#[derive(Serialize)]
-pub(super) struct KeyView {
-    id: String,
-    hash: String,
-    owner: String,
-    label: Option<String>,
-    scopes: Vec<String>,
-    created_at: String,
-    expires_at: Option<String>,
-    status: Status,
-    read_only: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revoked_at: Option<String>,
-    last_used_at: Option<String>,
-    uses: u64,
-}
-
-impl From<KeyRow> for KeyView {
-    fn from(r: KeyRow) -> KeyView {
-        KeyView {
-            id: r.id,
-            hash: r.hash,
-            owner: r.owner,
-            label: r.label,
-            scopes: r.scopes,
-            created_at: rfc3339(r.created_at),
-            expires_at: r.expires_at.map(rfc3339),
-            status: r.status,
-            read_only: r.read_only,
-            revoked_at: r.revoked_at.map(rfc3339),
-            last_used_at: r.last_used_at.map(rfc3339),
-            uses: r.uses,
-        }
-    }
-}
-
 pub(super) fn key_id(id: &str) -> ApiResult<String> {
     if secret::is_id(id) {
         Ok(id.to_string())
@@ -109,11 +73,7 @@ pub(super) fn lifetime(
 }
 
 pub(super) fn new_key_material() -> ApiResult<(String, String, String)> {
-    let internal = |e: String| ApiError::from(StoreError::Unavailable(e));
-    let raw = secret::new_key(secret::KEY_PREFIX).map_err(internal)?;
-    let id = secret::new_id().map_err(internal)?;
-    let hash = secret::hash(&raw).to_hex();
-    Ok((raw, id, hash))
+    secret::new_material(secret::KEY_PREFIX).map_err(|e| ApiError::from(StoreError::Unavailable(e)))
 }
 
 #[derive(Deserialize)]
@@ -386,16 +346,7 @@ pub(super) async fn rotate_key(
     let policy = blocking(move || s.policy()).await?;
     let (raw, new_id, hash) = new_key_material()?;
     let created_at = now();
-    let new = NewKey {
-        id: new_id,
-        hash,
-        owner: String::new(),
-        label: None,
-        scopes: Vec::new(),
-        created_at,
-        expires_at: policy.default_expiry.expiry_from(created_at),
-        read_only: false,
-    };
+    let new = NewKey::replacement(new_id, hash, created_at, &policy);
     let old_until = grace.expiry_from(created_at).unwrap_or(created_at);
     let old = id.clone();
     let row = blocking(move || store.rotate_key(&actor, &old, new, old_until)).await?;
