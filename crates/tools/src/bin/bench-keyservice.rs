@@ -750,7 +750,7 @@ fn main() {
         if not_gone == 0 { "yes".to_string() } else { format!("{not_gone} not") }
     );
     println!(
-        "| for comparison: this disk's 4 KiB rewrite + fdatasync ({} times) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | | |",
+        "| for comparison: this disk's 4 KiB rewrite + fdatasync ({} times) | — | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | |",
         syncs.len(),
         percentile(&syncs, 0.5),
         percentile(&syncs, 0.99),
