@@ -95,8 +95,8 @@ bench-memory: tools wasm
 # The key service (`keygate serve`) with 1,000,000 keys in SQLite (--db) and in a key file
 # (--keys), side by side: GET /v1/keys/{hash} lookups/s with p50/p99, the admin API's
 # creates/s and revokes/s, one revoke's latency (and file mode's `keygate revoke`), a full
-# /v1/keyset and the server's RSS; prints the table recorded in BENCHMARKS.md. About 5
-# minutes and 2 GB under /tmp (deleted); BENCH_KEYSERVICE_ARGS passes options (a quick
+# /v1/keyset and the server's RSS; prints the table recorded in BENCHMARKS.md. About 3
+# minutes and 1 GB under /tmp (deleted); BENCH_KEYSERVICE_ARGS passes options (a quick
 # run: --keys 100000 --seconds 3 --admin-seconds 2).
 bench-keyservice:
 	cargo build --release -p keygate-cli -p keygate-tools
