@@ -14,7 +14,7 @@ export KEYGATE_WASM := $(CURDIR)/$(WASM)
 # The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
 export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
-.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory soak
+.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory bench-keyservice soak
 
 run: tools wasm cli
 	cargo run --quiet -p keygate-tools --bin demo
@@ -91,6 +91,16 @@ bench: tools wasm
 bench-memory: tools wasm
 	cargo build --release -p keygate-cli -p keygate-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory $(BENCH_MEMORY_ARGS)
+
+# The key service (`keygate serve`) with 1,000,000 keys in SQLite (--db) and in a key file
+# (--keys), side by side: GET /v1/keys/{hash} lookups/s with p50/p99, the admin API's
+# creates/s and revokes/s, one revoke's latency (and file mode's `keygate revoke`), a full
+# /v1/keyset and the server's RSS; prints the table recorded in BENCHMARKS.md. About 3
+# minutes and 1 GB under /tmp (deleted); BENCH_KEYSERVICE_ARGS passes options (a quick
+# run: --keys 100000 --seconds 3 --admin-seconds 2).
+bench-keyservice:
+	cargo build --release -p keygate-cli -p keygate-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench-keyservice $(BENCH_KEYSERVICE_ARGS)
 
 # Mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, in each key
 # mode: inline (1,000,000), key_set (600,000) and lookup (400,000) against the real
