@@ -66,6 +66,17 @@ fn two_waiting(second_path: &str) -> (Config, Lookups, Host) {
     (config, state, host)
 }
 
+/// The key service answers call `token` with alice's record holding `scopes`.
+fn found_alice(state: &Lookups, host: &mut Host, config: &Config, token: u32, scopes: &[&str]) {
+    state.answered(
+        host,
+        config,
+        token,
+        Some("200"),
+        &record_body(ALICE, scopes),
+    );
+}
+
 /// The root context's sweep with the clock at `T0 + after_ms`.
 fn sweep_at(state: &Lookups, host: &mut Host, config: &Config, after_ms: u64) {
     host.now_ms = T0 + after_ms;
@@ -180,13 +191,7 @@ fn concurrent_requests_share_one_call_and_are_decided_by_it() {
         format!("/v1/keys/{}", KeyHash::of_key(ALICE).to_hex())
     );
     assert!(state.is_call(token));
-    state.answered(
-        &mut host,
-        &config,
-        token,
-        Some("200"),
-        &record_body(ALICE, &["browse"]),
-    );
+    found_alice(&state, &mut host, &config, token, &["browse"]);
     assert_eq!(
         outcomes(&host),
         [
@@ -229,13 +234,7 @@ fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
     );
     assert!(!state.is_call(first));
     let (second, _) = host.calls[1].clone();
-    state.answered(
-        &mut host,
-        &config,
-        second,
-        Some("200"),
-        &record_body(ALICE, &[]),
-    );
+    found_alice(&state, &mut host, &config, second, &[]);
     assert_eq!(outcomes(&host), [(11, Outcome::Forbidden)]);
 }
 
@@ -378,13 +377,7 @@ fn a_key_the_change_feed_reports_is_asked_again() {
     };
     ask(&state, &mut host, 10);
     let (token, _) = host.calls[0].clone();
-    state.answered(
-        &mut host,
-        &config,
-        token,
-        Some("200"),
-        &record_body(ALICE, &["browse"]),
-    );
+    found_alice(&state, &mut host, &config, token, &["browse"]);
     assert!(matches!(ask(&state, &mut host, 11), Next::Decide(..)));
     state.forget(&Forget::Nothing);
     assert!(matches!(ask(&state, &mut host, 12), Next::Decide(..)));

@@ -14,8 +14,17 @@ pub fn bench_key(i: usize) -> String {
 }
 
 /// `n` key records with scope `browse` as a JSON array, written directly (a million in
-/// a few seconds): record `i` is `bench_key(i)`'s.
+/// a few seconds): record `i` is `bench_key(i)`'s, with id `bench-{i}`.
 pub fn bench_records_json(n: usize, expires_at: Option<&str>) -> String {
+    bench_records_json_with(n, expires_at, |i| format!("bench-{i}"))
+}
+
+/// [`bench_records_json`] with the ids `id` makes.
+pub fn bench_records_json_with(
+    n: usize,
+    expires_at: Option<&str>,
+    id: impl Fn(usize) -> String,
+) -> String {
     let expiry = expires_at.map_or(String::new(), |at| format!(",\"expires_at\":\"{at}\""));
     let mut out = String::with_capacity(n * (130 + expiry.len()) + 2);
     out.push('[');
@@ -24,7 +33,8 @@ pub fn bench_records_json(n: usize, expires_at: Option<&str>) -> String {
             out.push(',');
         }
         out.push_str(&format!(
-            "{{\"id\":\"bench-{i}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]{expiry}}}",
+            "{{\"id\":\"{}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]{expiry}}}",
+            id(i),
             hash_of(&bench_key(i)),
             i % 1000
         ));

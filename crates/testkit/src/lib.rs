@@ -32,7 +32,10 @@ pub use bootstrap::{
     listener, upstream_cluster, wasm_filter, with_access_log,
 };
 pub use envoy::{Bootstrap, Envoy, EnvoyOptions, Refused};
-pub use fixtures::{bench_key, bench_records_json, hash_of, immport_every_source, immport_rules};
+pub use fixtures::{
+    bench_key, bench_records_json, bench_records_json_with, hash_of, immport_every_source,
+    immport_rules,
+};
 pub use http1::{request, try_request, Request, Response};
 pub use keygate_core::record::KeyHash;
 pub use serve::{Serve, Served};

@@ -39,7 +39,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, status_kib, ticks_per_second};
-use support::{bench_key, hash_of, keygate_binary, Serve, Served, TempDir};
+use support::{
+    bench_key, bench_records_json_with, hash_of, keygate_binary, Serve, Served, TempDir,
+};
 
 struct Options {
     keys: usize,
@@ -101,21 +103,10 @@ fn record_id(i: usize) -> String {
 
 /// A key file of `n` records with scope `browse`: record `i` is `bench_key(i)`'s.
 fn key_file(n: usize) -> String {
-    let mut out = String::with_capacity(n * 170 + 64);
-    out.push_str("{\"version\":\"1\",\"keys\":[");
-    for i in 0..n {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            "{{\"id\":\"{}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]}}",
-            record_id(i),
-            hash_of(&bench_key(i)),
-            i % 1000
-        ));
-    }
-    out.push_str("]}");
-    out
+    format!(
+        "{{\"version\":\"1\",\"keys\":{}}}",
+        bench_records_json_with(n, None, record_id)
+    )
 }
 
 /// A small xorshift generator: the load needs no more.
