@@ -12,7 +12,11 @@ a Docker engine, and every check shown able to fail on a broken copy.
   /etc/...), and the ECDS resource inlined into its listener: `envoy --mode validate` on a
   copy with the module path pointed at this build.
 - envoy/docker-compose.yaml: `docker-compose config`, and that the Envoy config it mounts
-  names the services, ports and paths the compose file defines.
+  names the services, ports and paths the compose file defines; that the key service's
+  command (envoy/Dockerfile.keygate-serve) finds its database on the volume and its
+  certificates where the compose file binds them, and Envoy its client certificate.
+- Certificates: made here with the README's openssl commands (never committed), so that
+  `envoy --mode validate` loads the mTLS clusters' files.
 
 Run from the repository root with the .venv python (PyYAML, jsonschema, kubernetes-validate).
 Exits 1 on the first failing check, saying which.
@@ -261,6 +265,44 @@ def with_module(text, container_path):
 
 
 # ---------------------------------------------------------------------------------------
+# Certificates
+
+
+def readme_openssl():
+    """The openssl commands of README "docker-compose" (the ```sh block that runs
+    `openssl req -x509`), run in a scratch directory: the files they made."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    start = readme.index("<!-- compose-certificates -->")
+    block = readme[start:].split("```sh\n", 1)[1].split("```", 1)[0]
+    out = os.path.join(TMP, "tls")
+    os.makedirs(out, exist_ok=True)
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=out, capture_output=True, text=True)
+    if run.returncode != 0:
+        fail("README's openssl commands", run.stdout + run.stderr)
+    files = sorted(os.listdir(out))
+    for name in ["ca.crt", "envoy.crt", "envoy.key", "keyservice.crt", "keyservice.key"]:
+        if name not in files:
+            fail(f"README's openssl commands made no {name}", files)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.crt", "keyservice.crt", "envoy.crt"], cwd=out, capture_output=True, text=True
+    )
+    if verify.returncode != 0:
+        fail("README's certificates: openssl verify", verify.stdout + verify.stderr)
+    ok("README's openssl commands make a CA, the key service's and Envoy's certificates (openssl verify)")
+    return out
+
+
+def with_certificates(text, paths):
+    """`text` with each container path in `paths` replaced by the scratch file it names."""
+    for container_path, local in paths.items():
+        if container_path not in text:
+            fail(f"no {container_path} in the config")
+        text = text.replace(container_path, local)
+    return text
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def kubernetes():
@@ -395,11 +437,53 @@ def compose():
         fail("compose: ports published for envoy", f"{published} vs what envoy.yaml listens on {listening}")
     ok("compose: the Envoy config calls the stack's services and listens where compose publishes")
     with open(dockerfile, encoding="utf-8") as f:
-        if "EXPOSE 8081" not in f.read():
-            fail(f"{rel(dockerfile)}: EXPOSE 8081")
+        dockerfile_text = f.read()
+    if "EXPOSE 8443" not in dockerfile_text:
+        fail(f"{rel(dockerfile)}: EXPOSE 8443")
+    (cmd,) = [json.loads(l[len("CMD "):]) for l in dockerfile_text.splitlines() if l.startswith("CMD ")]
+    flags = dict(zip(cmd[1::2], cmd[2::2]))
+    if cmd[0] != "serve" or set(flags) != {"--db", "--listen", "--tls-cert", "--tls-key", "--client-ca"}:
+        fail(f"{rel(dockerfile)}: CMD", cmd)
+    if flags["--listen"].rsplit(":", 1)[1] not in services["keyservice"]["expose"]:
+        fail("compose: keyservice listens on a port it does not expose", flags["--listen"])
+    # The key service's database on the named volume; its certificate, key and CA bound from
+    # envoy/compose/tls/, where the Dockerfile's command reads them.
+    keyservice_mounts = {}
+    for v in services["keyservice"]["volumes"]:
+        if isinstance(v, str):
+            source, target = v.split(":")[:2]
+            if source not in stack.get("volumes", {}):
+                fail("compose: keyservice", f"{v}: not a named volume of the stack")
+            keyservice_mounts[target] = ("volume", source)
+        else:
+            keyservice_mounts[v["target"]] = (v["type"], v["source"])
+    if keyservice_mounts.get(os.path.dirname(flags["--db"]), ("",))[0] != "volume":
+        fail("compose: keyservice", f"--db {flags['--db']} is not on a named volume: {keyservice_mounts}")
+    tls_dir = os.path.join(compose_dir, "compose/tls")
+    wanted = {flags["--tls-cert"]: "keyservice.crt", flags["--tls-key"]: "keyservice.key", flags["--client-ca"]: "ca.crt"}
+    envoy_wanted = {"/etc/envoy-tls/tls.crt": "envoy.crt", "/etc/envoy-tls/tls.key": "envoy.key", "/etc/envoy-tls/ca.crt": "ca.crt"}
+    for service, want in [("keyservice", wanted), ("envoy", envoy_wanted)]:
+        binds = {v["target"]: v for v in services[service]["volumes"] if isinstance(v, dict)}
+        for target, name in want.items():
+            bind = binds.get(target)
+            if bind is None or bind.get("read_only") is not True or bind["type"] != "bind":
+                fail(f"compose: {service}", f"{target} is not bound read-only: {binds.get(target)}")
+            if os.path.normpath(os.path.join(compose_dir, bind["source"])) != os.path.join(tls_dir, name):
+                fail(f"compose: {service}: {target}", f"bound from {bind['source']}, not compose/tls/{name}")
+    for target in envoy_wanted:
+        if f"filename: {target} " not in text:
+            fail(f"{rel(config_path)}: does not read {target}")
+    for ignore in (".gitignore", ".dockerignore"):
+        with open(os.path.join(ROOT, ignore), encoding="utf-8") as f:
+            if "/envoy/compose/tls" not in f.read().split():
+                fail(f"{ignore}: envoy/compose/tls (private keys) is not ignored")
+    ok("compose: keyservice runs the Dockerfile's command on the volume, with its certificates bound where it reads them")
+    ok("compose: Envoy reads its client certificate and the CA where the compose file binds them; compose/tls/ is git- and docker-ignored")
     (plugin,) = keygate_filters(config)
     check_keygate(f"{rel(config_path)}: keygate's configuration", plugin)
-    check_envoy(rel(config_path), with_module(text, "/etc/envoy/keygate.wasm"))
+    tls = readme_openssl()
+    compose_certs = {target: os.path.join(tls, name) for target, name in envoy_wanted.items()}
+    check_envoy(rel(config_path), with_certificates(with_module(text, "/etc/envoy/keygate.wasm"), compose_certs))
 
     print("docker-compose and envoy checks refuse broken copies")
 
@@ -427,11 +511,29 @@ def compose():
             fail(f"refusal: compose file with {what}", run.stdout + run.stderr or "accepted")
         ok(f"refused: compose file with {what}")
     code, output = envoy_validate(
-        scratch("broken-envoy.yaml", with_module(text, "/etc/envoy/keygate.wasm").replace('"unmatched": "deny"', '"unmatched": "nope"'))
+        scratch(
+            "broken-envoy.yaml",
+            with_certificates(with_module(text, "/etc/envoy/keygate.wasm"), compose_certs).replace(
+                '"unmatched": "deny"', '"unmatched": "nope"'
+            ),
+        )
     )
     if code == 0 or "unmatched" not in output:
         fail("refusal: compose Envoy config with keygate's unmatched set to nope", output)
     ok("refused: compose Envoy config with keygate's \"unmatched\": \"nope\" (envoy --mode validate)")
+    code, output = envoy_validate(
+        scratch(
+            "broken-envoy.yaml",
+            with_module(text, "/etc/envoy/keygate.wasm").replace(
+                "/etc/envoy-tls/tls.key", compose_certs["/etc/envoy-tls/ca.crt"]
+            ).replace("/etc/envoy-tls/tls.crt", compose_certs["/etc/envoy-tls/tls.crt"]).replace(
+                "/etc/envoy-tls/ca.crt", compose_certs["/etc/envoy-tls/ca.crt"]
+            ),
+        )
+    )
+    if code == 0:
+        fail("refusal: compose Envoy config with the CA given as Envoy's private key", output)
+    ok("refused: compose Envoy config with a certificate where its private key should be (envoy --mode validate)")
 
 
 def ecds():
