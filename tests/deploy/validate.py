@@ -12,7 +12,11 @@ a Docker engine, and every check shown able to fail on a broken copy.
   /etc/...), and the ECDS resource inlined into its listener: `envoy --mode validate` on a
   copy with the module path pointed at this build.
 - envoy/docker-compose.yaml: `docker-compose config`, and that the Envoy config it mounts
-  names the services, ports and paths the compose file defines.
+  names the services, ports and paths the compose file defines; that the key service's
+  command (envoy/Dockerfile.keygate-serve) finds its database on the volume and its
+  certificates where the compose file binds them, and Envoy its client certificate.
+- Certificates: made here with the README's openssl commands (never committed), so that
+  `envoy --mode validate` loads the mTLS clusters' files.
 
 Run from the repository root with the .venv python (PyYAML, jsonschema, kubernetes-validate).
 Exits 1 on the first failing check, saying which.
@@ -261,6 +265,79 @@ def with_module(text, container_path):
 
 
 # ---------------------------------------------------------------------------------------
+# Certificates
+
+
+CERTS = {}
+
+
+def readme_openssl():
+    """The openssl commands of README "docker-compose" (the ```sh block that runs
+    `openssl req -x509`), run in a scratch directory: the files they made."""
+    if "dir" in CERTS:
+        return CERTS["dir"]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    start = readme.index("<!-- compose-certificates -->")
+    block = readme[start:].split("```sh\n", 1)[1].split("```", 1)[0]
+    out = os.path.join(TMP, "tls")
+    os.makedirs(out, exist_ok=True)
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=out, capture_output=True, text=True)
+    if run.returncode != 0:
+        fail("README's openssl commands", run.stdout + run.stderr)
+    files = sorted(os.listdir(out))
+    for name in ["ca.crt", "envoy.crt", "envoy.key", "keyservice.crt", "keyservice.key"]:
+        if name not in files:
+            fail(f"README's openssl commands made no {name}", files)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.crt", "keyservice.crt", "envoy.crt"], cwd=out, capture_output=True, text=True
+    )
+    if verify.returncode != 0:
+        fail("README's certificates: openssl verify", verify.stdout + verify.stderr)
+    ok("README's openssl commands make a CA, the key service's and Envoy's certificates (openssl verify)")
+    CERTS["dir"] = out
+    return out
+
+
+def envoy_tls_files():
+    """Envoy's client certificate, its key and the CA, as both Envoy configs name them in
+    their containers, and the scratch files that stand for them."""
+    tls = readme_openssl()
+    return {
+        "/etc/envoy-tls/tls.crt": os.path.join(tls, "envoy.crt"),
+        "/etc/envoy-tls/tls.key": os.path.join(tls, "envoy.key"),
+        "/etc/envoy-tls/ca.crt": os.path.join(tls, "ca.crt"),
+    }
+
+
+def check_server_name(what, config):
+    """The keyservice cluster's SNI and the name it checks are one, and the key service's
+    certificate from the README's commands carries it."""
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "keyservice"]
+    tls = cluster["transport_socket"]["typed_config"]
+    names = [m["matcher"]["exact"] for m in tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]]
+    if names != [tls["sni"]]:
+        fail(f"{what}: keyservice cluster", f"SNI {tls['sni']} but checks {names}")
+    run = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", os.path.join(readme_openssl(), "keyservice.crt")],
+        capture_output=True,
+        text=True,
+    )
+    if f"DNS:{tls['sni']}" not in run.stdout:
+        fail(f"{what}: the README's key service certificate does not name {tls['sni']}", run.stdout + run.stderr)
+    ok(f"{what}: keyservice cluster over mTLS, SNI {tls['sni']}, which the README's certificate names")
+
+
+def with_certificates(text, paths):
+    """`text` with each container path in `paths` replaced by the scratch file it names."""
+    for container_path, local in paths.items():
+        if container_path not in text:
+            fail(f"no {container_path} in the config")
+        text = text.replace(container_path, local)
+    return text
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def kubernetes():
@@ -296,7 +373,11 @@ def kubernetes():
     envoy_text = configmap["data"]["envoy.yaml"]
     (plugin,) = keygate_filters(yaml.safe_load(envoy_text))
     check_keygate("ConfigMap keygate-envoy: keygate's configuration", plugin)
-    check_envoy("ConfigMap keygate-envoy: envoy.yaml", with_module(envoy_text, "/etc/keygate/keygate.wasm"))
+    check_server_name("ConfigMap keygate-envoy", yaml.safe_load(envoy_text))
+    check_envoy(
+        "ConfigMap keygate-envoy: envoy.yaml",
+        with_certificates(with_module(envoy_text, "/etc/keygate/keygate.wasm"), envoy_tls_files()),
+    )
     deployments = {
         d["metadata"]["name"]: d
         for d in load_docs(os.path.join(k8s, "envoy.yaml"))
@@ -304,9 +385,42 @@ def kubernetes():
     }
     envoy_pod = deployments["keygate-envoy"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for m in envoy_pod["containers"][0]["volumeMounts"]}
-    if not {"/etc/envoy", "/etc/keygate"} <= mounts:
-        fail("Deployment keygate-envoy: mounts", f"{mounts}: the config and the module must be at /etc/envoy and /etc/keygate")
+    if not {"/etc/envoy", "/etc/keygate", "/etc/envoy-tls"} <= mounts:
+        fail(
+            "Deployment keygate-envoy: mounts",
+            f"{mounts}: the config, the module and the client certificate must be at /etc/envoy, /etc/keygate and /etc/envoy-tls",
+        )
+    check_projected_tls("Deployment keygate-envoy", envoy_pod, "/etc/envoy-tls", "keygate-envoy-tls")
     ok("Deployment keygate-envoy mounts what envoy.yaml reads")
+
+    # The key service: the image's command (the Dockerfile's CMD) reads its database on the
+    # claim and its certificate, key and client CA from one projected directory.
+    claims = {d["metadata"]["name"]: d for d in load_docs(os.path.join(k8s, "envoy.yaml")) if d["kind"] == "PersistentVolumeClaim"}
+    keyservice = deployments["keygate-keyservice"]
+    if keyservice["spec"].get("replicas") != 1 or keyservice["spec"].get("strategy", {}).get("type") != "Recreate":
+        fail("Deployment keygate-keyservice", "one replica (SQLite) with the Recreate strategy")
+    pod = keyservice["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    if "command" in container or "args" in container:
+        fail("Deployment keygate-keyservice: runs the image's command, checked below against the Dockerfile")
+    flags = dockerfile_flags()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    data = volumes.get(mounts.get(os.path.dirname(flags["--db"])), {})
+    claim = data.get("persistentVolumeClaim", {}).get("claimName")
+    if claim not in claims or claims[claim]["spec"]["accessModes"] != ["ReadWriteOnce"]:
+        fail("Deployment keygate-keyservice", f"--db {flags['--db']} is not on a ReadWriteOnce claim of this file: {data}")
+    tls_dir = os.path.dirname(flags["--tls-cert"])
+    if {os.path.dirname(flags[f]) for f in ("--tls-key", "--client-ca")} != {tls_dir}:
+        fail("envoy/Dockerfile.keygate-serve: the certificate, key and CA are not in one directory", flags)
+    check_projected_tls("Deployment keygate-keyservice", pod, tls_dir, "keygate-keyservice-tls")
+    ports = {p["containerPort"] for p in container["ports"]}
+    if int(flags["--listen"].rsplit(":", 1)[1]) not in ports:
+        fail("Deployment keygate-keyservice: ports", f"{ports} vs --listen {flags['--listen']}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if container[probe]["httpGet"].get("scheme") != "HTTPS":
+            fail(f"Deployment keygate-keyservice: {probe} is not over HTTPS")
+    ok("Deployment keygate-keyservice: one replica, Recreate, the database on a claim, the TLS Secret and the CA where the image's command reads them")
 
     print("Kubernetes checks refuse broken copies")
     broken = copy.deepcopy(wasmplugin)
@@ -333,6 +447,12 @@ def kubernetes():
     broken = copy.deepcopy(deployments["keygate-envoy"])
     broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
     refused_k8s("Deployment with a misspelled field (volumeMount)", broken, "volumeMount")
+    broken = copy.deepcopy(claims["keygate-keyservice-data"])
+    broken["spec"]["accessModes"] = "ReadWriteOnce"
+    refused_k8s("PersistentVolumeClaim with accessModes not a list", broken, "'ReadWriteOnce' is not of type 'array'")
+    broken = copy.deepcopy(keyservice)
+    broken["spec"]["strategy"]["recreate"] = {}
+    refused_k8s("Deployment with a misspelled strategy field (recreate)", broken, "recreate")
     broken = copy.deepcopy(configmap)
     broken["data"]["envoy.yaml"] = 1
     refused_k8s("ConfigMap with a number for data", broken, "1 is not of type 'string'")
@@ -350,6 +470,37 @@ def kubernetes():
     if code == 0 or "rules[0]" not in output:
         fail("refusal: config with a rule neither public nor scoped", output)
     ok("refused: config with a rule neither public nor scoped (rules[0])")
+
+
+def dockerfile_flags():
+    """The key service's flags in envoy/Dockerfile.keygate-serve's CMD."""
+    with open(os.path.join(ROOT, "envoy/Dockerfile.keygate-serve"), encoding="utf-8") as f:
+        (cmd,) = [json.loads(l[len("CMD ") :]) for l in f.read().splitlines() if l.startswith("CMD ")]
+    flags = dict(zip(cmd[1::2], cmd[2::2]))
+    if cmd[0] != "serve" or set(flags) != {"--db", "--listen", "--tls-cert", "--tls-key", "--client-ca"}:
+        fail("envoy/Dockerfile.keygate-serve: CMD", cmd)
+    return flags
+
+
+def check_projected_tls(what, pod, path, secret):
+    """`path` holds tls.crt and tls.key from the Secret `secret` and ca.crt from the
+    ConfigMap keygate-ca."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+    sources = volumes.get(mounts.get(path), {}).get("projected", {}).get("sources", [])
+    found = {}
+    for source in sources:
+        for kind in ("secret", "configMap"):
+            if kind in source:
+                for item in source[kind]["items"]:
+                    found[item["path"]] = (kind, source[kind]["name"], item["key"])
+    want = {
+        "tls.crt": ("secret", secret, "tls.crt"),
+        "tls.key": ("secret", secret, "tls.key"),
+        "ca.crt": ("configMap", "keygate-ca", "ca.crt"),
+    }
+    if found != want:
+        fail(f"{what}: {path}", f"{found} vs {want}")
 
 
 def compose():
@@ -395,11 +546,50 @@ def compose():
         fail("compose: ports published for envoy", f"{published} vs what envoy.yaml listens on {listening}")
     ok("compose: the Envoy config calls the stack's services and listens where compose publishes")
     with open(dockerfile, encoding="utf-8") as f:
-        if "EXPOSE 8081" not in f.read():
-            fail(f"{rel(dockerfile)}: EXPOSE 8081")
+        dockerfile_text = f.read()
+    if "EXPOSE 8443" not in dockerfile_text:
+        fail(f"{rel(dockerfile)}: EXPOSE 8443")
+    flags = dockerfile_flags()
+    if flags["--listen"].rsplit(":", 1)[1] not in services["keyservice"]["expose"]:
+        fail("compose: keyservice listens on a port it does not expose", flags["--listen"])
+    # The key service's database on the named volume; its certificate, key and CA bound from
+    # envoy/compose/tls/, where the Dockerfile's command reads them.
+    keyservice_mounts = {}
+    for v in services["keyservice"]["volumes"]:
+        if isinstance(v, str):
+            source, target = v.split(":")[:2]
+            if source not in stack.get("volumes", {}):
+                fail("compose: keyservice", f"{v}: not a named volume of the stack")
+            keyservice_mounts[target] = ("volume", source)
+        else:
+            keyservice_mounts[v["target"]] = (v["type"], v["source"])
+    if keyservice_mounts.get(os.path.dirname(flags["--db"]), ("",))[0] != "volume":
+        fail("compose: keyservice", f"--db {flags['--db']} is not on a named volume: {keyservice_mounts}")
+    tls_dir = os.path.join(compose_dir, "compose/tls")
+    wanted = {flags["--tls-cert"]: "keyservice.crt", flags["--tls-key"]: "keyservice.key", flags["--client-ca"]: "ca.crt"}
+    envoy_wanted = {"/etc/envoy-tls/tls.crt": "envoy.crt", "/etc/envoy-tls/tls.key": "envoy.key", "/etc/envoy-tls/ca.crt": "ca.crt"}
+    for service, want in [("keyservice", wanted), ("envoy", envoy_wanted)]:
+        binds = {v["target"]: v for v in services[service]["volumes"] if isinstance(v, dict)}
+        for target, name in want.items():
+            bind = binds.get(target)
+            if bind is None or bind.get("read_only") is not True or bind["type"] != "bind":
+                fail(f"compose: {service}", f"{target} is not bound read-only: {binds.get(target)}")
+            if os.path.normpath(os.path.join(compose_dir, bind["source"])) != os.path.join(tls_dir, name):
+                fail(f"compose: {service}: {target}", f"bound from {bind['source']}, not compose/tls/{name}")
+    for target in envoy_wanted:
+        if f"filename: {target} " not in text:
+            fail(f"{rel(config_path)}: does not read {target}")
+    for ignore in (".gitignore", ".dockerignore"):
+        with open(os.path.join(ROOT, ignore), encoding="utf-8") as f:
+            if "/envoy/compose/tls" not in f.read().split():
+                fail(f"{ignore}: envoy/compose/tls (private keys) is not ignored")
+    ok("compose: keyservice runs the Dockerfile's command on the volume, with its certificates bound where it reads them")
+    ok("compose: Envoy reads its client certificate and the CA where the compose file binds them; compose/tls/ is git- and docker-ignored")
     (plugin,) = keygate_filters(config)
     check_keygate(f"{rel(config_path)}: keygate's configuration", plugin)
-    check_envoy(rel(config_path), with_module(text, "/etc/envoy/keygate.wasm"))
+    check_server_name(rel(config_path), config)
+    compose_certs = envoy_tls_files()
+    check_envoy(rel(config_path), with_certificates(with_module(text, "/etc/envoy/keygate.wasm"), compose_certs))
 
     print("docker-compose and envoy checks refuse broken copies")
 
@@ -427,11 +617,29 @@ def compose():
             fail(f"refusal: compose file with {what}", run.stdout + run.stderr or "accepted")
         ok(f"refused: compose file with {what}")
     code, output = envoy_validate(
-        scratch("broken-envoy.yaml", with_module(text, "/etc/envoy/keygate.wasm").replace('"unmatched": "deny"', '"unmatched": "nope"'))
+        scratch(
+            "broken-envoy.yaml",
+            with_certificates(with_module(text, "/etc/envoy/keygate.wasm"), compose_certs).replace(
+                '"unmatched": "deny"', '"unmatched": "nope"'
+            ),
+        )
     )
     if code == 0 or "unmatched" not in output:
         fail("refusal: compose Envoy config with keygate's unmatched set to nope", output)
     ok("refused: compose Envoy config with keygate's \"unmatched\": \"nope\" (envoy --mode validate)")
+    code, output = envoy_validate(
+        scratch(
+            "broken-envoy.yaml",
+            with_module(text, "/etc/envoy/keygate.wasm").replace(
+                "/etc/envoy-tls/tls.key", compose_certs["/etc/envoy-tls/ca.crt"]
+            ).replace("/etc/envoy-tls/tls.crt", compose_certs["/etc/envoy-tls/tls.crt"]).replace(
+                "/etc/envoy-tls/ca.crt", compose_certs["/etc/envoy-tls/ca.crt"]
+            ),
+        )
+    )
+    if code == 0:
+        fail("refusal: compose Envoy config with the CA given as Envoy's private key", output)
+    ok("refused: compose Envoy config with a certificate where its private key should be (envoy --mode validate)")
 
 
 def ecds():

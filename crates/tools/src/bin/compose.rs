@@ -1,12 +1,16 @@
 //! `make run-compose`: what `envoy/docker-compose.yaml` runs, natively and on 127.0.0.1:
-//! `keygate serve` with the arguments of `envoy/Dockerfile.keygate-serve` (its key file and
-//! address moved here), an echo upstream in place of the `echo` container, and Envoy with
-//! `envoy/compose/envoy.yaml` (the containers' names and paths pointed at those). Keys are
-//! made with `keygate new`, as `docker-compose run --rm keyservice new ...` makes them, and
-//! keygate fetches them from the key service (`key_set` mode). Ctrl-C stops it all.
+//! `keygate serve --db` with the arguments of `envoy/Dockerfile.keygate-serve` (its
+//! database, address and certificate files moved here), an echo upstream in place of the
+//! `echo` container, and Envoy with `envoy/compose/envoy.yaml` (the containers' names and
+//! paths pointed at those; its `keyservice` cluster over mTLS with a client certificate).
+//! The certificates are made at run time (the test kit's `keysvc::tls`, in place of the
+//! files the operator makes with openssl). The first admin key is made with `keygate admin
+//! new --db`, as `docker-compose run --rm keyservice admin new --db /data/keys.db` makes it;
+//! keys are made through the admin API over HTTPS, and keygate fetches them from the key
+//! service (`key_set` mode). Ctrl-C stops it all.
 //!
-//! `--check` sends every printed example, then revokes a key and waits for the gateway to
-//! refuse it, and exits (`make test` runs it).
+//! `--check` sends every printed example, then revokes a key through the admin API and
+//! waits for the gateway to refuse it, and exits (`make test` runs it).
 //!
 //! Runs `KEYGATE_BIN` (set by `make run-compose`), or builds the `keygate` binary itself.
 
@@ -15,11 +19,13 @@
 
 use keygate_testkit as support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::keysvc::tls::Pki;
+use support::keysvc::Client;
 use support::{eventually, Bootstrap, Envoy, EnvoyOptions, Request, Serve, TempDir, Upstream};
 
 /// The gateway's port when `KEYGATE_PORT` is not set (as the compose file publishes it).
@@ -46,8 +52,9 @@ fn replaced(text: &str, what: &str, from: &str, to: &str) -> Outcome<String> {
 }
 
 /// The key service's arguments after `serve`: the Dockerfile's `CMD` (its ENTRYPOINT is
-/// `keygate`), with the key file and the listening address of this machine.
-fn key_service_args(keys: &Path) -> Outcome<Vec<String>> {
+/// `keygate`), with the database, the listening address and the certificates of this
+/// machine.
+fn key_service_args(db: &Path, pki: &Pki) -> Outcome<Vec<String>> {
     let what = "envoy/Dockerfile.keygate-serve";
     let text = read(&support::repo_root().join(what))?;
     if !text.contains(r#"ENTRYPOINT ["/usr/local/bin/keygate"]"#) {
@@ -61,10 +68,16 @@ fn key_service_args(keys: &Path) -> Outcome<Vec<String>> {
         serde_json::from_str(cmd).map_err(|e| format!("{what}: CMD {cmd}: {e}"))?;
     let expected = [
         "serve",
-        "--keys",
-        "/data/keys.json",
+        "--db",
+        "/data/keys.db",
         "--listen",
-        "0.0.0.0:8081",
+        "0.0.0.0:8443",
+        "--tls-cert",
+        "/etc/keygate/tls/tls.crt",
+        "--tls-key",
+        "/etc/keygate/tls/tls.key",
+        "--client-ca",
+        "/etc/keygate/tls/ca.crt",
     ];
     if args != expected {
         return Err(format!(
@@ -75,15 +88,24 @@ fn key_service_args(keys: &Path) -> Outcome<Vec<String>> {
         .into_iter()
         .skip(1)
         .map(|a| match a.as_str() {
-            "/data/keys.json" => keys.display().to_string(),
-            "0.0.0.0:8081" => "127.0.0.1:0".to_string(),
+            "/data/keys.db" => db.display().to_string(),
+            "0.0.0.0:8443" => "127.0.0.1:0".to_string(),
+            "/etc/keygate/tls/tls.crt" => pki.server_cert.display().to_string(),
+            "/etc/keygate/tls/tls.key" => pki.server_key.display().to_string(),
+            "/etc/keygate/tls/ca.crt" => pki.ca.display().to_string(),
             _ => a,
         })
         .collect())
 }
 
-/// `envoy/compose/envoy.yaml` with the containers' addresses and paths replaced.
-fn envoy_config(port: u16, key_service: SocketAddr, upstream: SocketAddr) -> Outcome<String> {
+/// `envoy/compose/envoy.yaml` with the containers' addresses and paths replaced (Envoy's
+/// client certificate and the CA are `pki`'s).
+fn envoy_config(
+    port: u16,
+    key_service: SocketAddr,
+    upstream: SocketAddr,
+    pki: &Pki,
+) -> Outcome<String> {
     let what = "envoy/compose/envoy.yaml";
     let text = read(&support::repo_root().join(what))?;
     let wasm = support::wasm_module();
@@ -102,7 +124,7 @@ fn envoy_config(port: u16, key_service: SocketAddr, upstream: SocketAddr) -> Out
     let text = replaced(
         &text,
         what,
-        "address: keyservice, port_value: 8081",
+        "address: keyservice, port_value: 8443",
         &format!(
             "address: {}, port_value: {}",
             key_service.ip(),
@@ -119,6 +141,24 @@ fn envoy_config(port: u16, key_service: SocketAddr, upstream: SocketAddr) -> Out
             upstream.port()
         ),
     )?;
+    let text = replaced(
+        &text,
+        what,
+        "{ filename: /etc/envoy-tls/tls.crt }",
+        &format!("{{ filename: {} }}", pki.client_cert.display()),
+    )?;
+    let text = replaced(
+        &text,
+        what,
+        "{ filename: /etc/envoy-tls/tls.key }",
+        &format!("{{ filename: {} }}", pki.client_key.display()),
+    )?;
+    let text = replaced(
+        &text,
+        what,
+        "{ filename: /etc/envoy-tls/ca.crt }",
+        &format!("{{ filename: {} }}", pki.ca.display()),
+    )?;
     replaced(
         &text,
         what,
@@ -127,40 +167,57 @@ fn envoy_config(port: u16, key_service: SocketAddr, upstream: SocketAddr) -> Out
     )
 }
 
-/// A key as `keygate new` printed it.
+/// A key as the admin API's `POST /v1/admin/keys` answered it.
 struct Issued {
     id: String,
     api_key: String,
 }
 
-/// `keygate ARGS...`, which must succeed: what it printed on stdout.
-fn keygate_run(keygate: &Path, args: &[&str], keys: &Path) -> Outcome<Vec<u8>> {
+/// `keygate admin new --db DB`, as `docker-compose run --rm keyservice admin new --db
+/// /data/keys.db` runs it: the admin key it printed.
+fn bootstrap_admin(keygate: &Path, db: &Path) -> Outcome<String> {
     let output = Command::new(keygate)
-        .args(args)
-        .arg("--keys")
-        .arg(keys)
+        .args(["admin", "new", "--db"])
+        .arg(db)
         .output()
         .map_err(|e| format!("{}: {e}", keygate.display()))?;
     if !output.status.success() {
         return Err(format!(
-            "keygate {}: {}",
-            args.join(" "),
+            "keygate admin new: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(output.stdout)
+    let printed: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("keygate admin new printed no JSON: {e}"))?;
+    printed["admin_key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or("keygate admin new printed no admin_key".to_string())
 }
 
-fn new_key(keygate: &Path, keys: &Path, args: &[&str]) -> Outcome<Issued> {
-    let args: Vec<&str> = ["new"].iter().chain(args).copied().collect();
-    let stdout = keygate_run(keygate, &args, keys)?;
-    let printed: Value =
-        serde_json::from_slice(&stdout).map_err(|e| format!("keygate new printed no JSON: {e}"))?;
+/// `POST /v1/admin/keys` with `body`, over HTTPS: the key made.
+fn new_key(api: &Client, body: &Value) -> Outcome<Issued> {
+    let answer = api
+        .try_send(
+            "POST",
+            "/v1/admin/keys",
+            &[],
+            Some(body.to_string().as_bytes()),
+        )
+        .map_err(|e| format!("POST /v1/admin/keys: {e}"))?;
+    if answer.status != 201 {
+        return Err(format!(
+            "POST /v1/admin/keys {body}: {} {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        ));
+    }
+    let printed = answer.json();
     let field = |name: &str| {
         printed[name]
             .as_str()
             .map(str::to_string)
-            .ok_or(format!("keygate new printed no {name}"))
+            .ok_or(format!("POST /v1/admin/keys answered no {name}"))
     };
     Ok(Issued {
         id: field("id")?,
@@ -185,8 +242,8 @@ fn run(check: bool) -> Outcome<()> {
     };
     let keygate = keygate_binary()?;
 
-    // The key file: in .run/compose/ to play with (keygate list/revoke/disable on it while
-    // this runs); a fresh temporary one for --check.
+    // The database and the certificates: in .run/compose/ to play with (curl or `keygate
+    // --server` on the admin API while this runs); a fresh temporary directory for --check.
     let scratch = TempDir::new("compose");
     let dir = if check {
         scratch.path().to_path_buf()
@@ -194,38 +251,34 @@ fn run(check: bool) -> Outcome<()> {
         support::repo_root().join(".run/compose")
     };
     let _ = std::fs::create_dir_all(&dir);
-    let keys = dir.join("keys.json");
-    let _ = std::fs::remove_file(&keys);
-    let browse = new_key(
-        &keygate,
-        &keys,
-        &[
-            "--owner",
-            "alice",
-            "--label",
-            "compose-demo",
-            "--scopes",
-            "browse",
-            "--expires-in",
-            "30d",
-        ],
-    )?;
-    let upload = new_key(
-        &keygate,
-        &keys,
-        &[
-            "--owner",
-            "ci",
-            "--scopes",
-            "browse,upload",
-            "--expires-in",
-            "never",
-        ],
-    )?;
+    let db = dir.join("keys.db");
+    for stale in ["keys.db", "keys.db-wal", "keys.db-shm", "keys.json"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    // What the operator makes with openssl (README "docker-compose"): a CA, the key
+    // service's certificate (for `keyservice`, localhost and 127.0.0.1), Envoy's client
+    // certificate.
+    let pki = Pki::generate(&dir);
+    let admin = bootstrap_admin(&keygate, &db)?;
 
-    let key_service = Serve::new(key_service_args(&keys)?).echo("").try_start()?;
+    let key_service = Serve::new(key_service_args(&db, &pki)?)
+        .echo("")
+        .try_start()?;
+    // The admin API over HTTPS, trusting the CA, with no client certificate (the admin key
+    // is its credential).
+    let api = Client::tls(key_service.addr, &pki, false).with_bearer(&admin);
+    // The gateway endpoints want a client certificate: without one, 403.
+    let bare = Client::tls(key_service.addr, &pki, false)
+        .try_send("GET", "/v1/keyset", &[], None)
+        .map_err(|e| format!("GET /v1/keyset without a client certificate: {e}"))?;
+    if bare.status != 403 {
+        return Err(format!(
+            "GET /v1/keyset without a client certificate: {}, not 403",
+            bare.status
+        ));
+    }
     let upstream = Upstream::start();
-    let config = envoy_config(port, key_service.addr, upstream.addr)?;
+    let config = envoy_config(port, key_service.addr, upstream.addr, &pki)?;
     let envoy = Envoy::start_from(
         Bootstrap::Yaml(&config),
         EnvoyOptions {
@@ -235,12 +288,33 @@ fn run(check: bool) -> Outcome<()> {
         },
     );
     let status = |key: &str, request: Request| envoy.send(&request.bearer(key)).status;
-    // Protected routes answer 503 until the first key set has been fetched.
+    // Protected routes answer 503 until the first key set has been fetched (over mTLS);
+    // then an unknown key is 401.
     if !eventually(Duration::from_secs(15), || {
-        status(&browse.api_key, Request::get("/data/query/study")) == 200
+        status("kg_nobody", Request::get("/data/query/study")) == 401
     }) {
         return Err(format!(
-            "the gateway never let the browse key in:\n{}",
+            "the gateway never loaded a key set over mTLS:\n{}",
+            envoy.log()
+        ));
+    }
+
+    // Keys made now reach the gateway with its next fetch (every 5 s).
+    let browse = new_key(
+        &api,
+        &json!({"owner": "alice", "label": "compose-demo", "scopes": ["browse"],
+                "expires_in": "30d"}),
+    )?;
+    let upload = new_key(
+        &api,
+        &json!({"owner": "ci", "scopes": ["browse", "upload"], "expires_in": "never"}),
+    )?;
+    if !eventually(Duration::from_secs(15), || {
+        status(&browse.api_key, Request::get("/data/query/study")) == 200
+            && status(&upload.api_key, Request::get("/data/query/study")) == 200
+    }) {
+        return Err(format!(
+            "the gateway never let the keys made through the admin API in:\n{}",
             envoy.log()
         ));
     }
@@ -287,14 +361,25 @@ fn run(check: bool) -> Outcome<()> {
             200,
         ),
     ];
+    let service = format!("https://localhost:{}", key_service.addr.port());
+    let ca = pki.ca.display();
     println!("keygate, as envoy/docker-compose.yaml runs it, natively: Envoy on {base},");
     println!(
-        "keygate serve on {} ({}), an echo upstream on http://{}.",
-        key_service.url,
-        keys.display(),
-        upstream.addr
+        "keygate serve on {service} ({}; gateway endpoints over mTLS, certificates in {}),",
+        db.display(),
+        dir.display()
     );
+    println!("an echo upstream on http://{}.", upstream.addr);
     println!();
+    println!("The admin key (keygate admin new --db {}):", db.display());
+    println!("  ADMIN={admin}");
+    println!("Keys made through the admin API, e.g.:");
+    println!(
+        "  curl -s --cacert {ca} {service}/v1/admin/keys -H \"Authorization: Bearer $ADMIN\" \\"
+    );
+    println!(
+        r#"    -d '{{"owner":"alice","label":"compose-demo","scopes":["browse"],"expires_in":"30d"}}'"#
+    );
     println!("Keys, shown once:");
     println!(
         "  alice (browse)        {}  id {}",
@@ -324,10 +409,8 @@ fn run(check: bool) -> Outcome<()> {
         "Revoke alice's key; the gateway refuses it within 5 s (the fetch interval), no restart:"
     );
     println!(
-        "  {} revoke {} --keys {}",
-        keygate.display(),
-        browse.id,
-        keys.display()
+        "  curl -s -X DELETE --cacert {ca} {service}/v1/admin/keys/{} -H \"Authorization: Bearer $ADMIN\"",
+        browse.id
     );
     println!(
         "Counters: curl -s 'http://{}/stats?filter=keygate'",
@@ -335,7 +418,13 @@ fn run(check: bool) -> Outcome<()> {
     );
 
     if check {
-        keygate_run(&keygate, &["revoke", &browse.id], &keys)?;
+        let path = format!("/v1/admin/keys/{}", browse.id);
+        let revoked = api
+            .try_send("DELETE", &path, &[], None)
+            .map_err(|e| format!("DELETE {path}: {e}"))?;
+        if revoked.status != 200 {
+            return Err(format!("DELETE {path}: {}", revoked.status));
+        }
         // The fetch interval (5 s) and a moment for every worker to see the new set.
         let refused = eventually(Duration::from_secs(8), || {
             status(&browse.api_key, Request::get("/data/query/study")) == 401
@@ -351,7 +440,7 @@ fn run(check: bool) -> Outcome<()> {
             ));
         }
         println!(
-            "compose check: all {} examples as expected; the revoked key refused",
+            "compose check: all {} examples as expected over mTLS; the key revoked through the admin API refused",
             examples.len()
         );
         return Ok(());
