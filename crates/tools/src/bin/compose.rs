@@ -107,64 +107,49 @@ fn envoy_config(
     pki: &Pki,
 ) -> Outcome<String> {
     let what = "envoy/compose/envoy.yaml";
-    let text = read(&support::repo_root().join(what))?;
     let wasm = support::wasm_module();
-    let text = replaced(
-        &text,
-        what,
-        "address: 0.0.0.0, port_value: 10000",
-        &format!("address: 127.0.0.1, port_value: {port}"),
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "address: 0.0.0.0, port_value: 9901",
-        "address: 127.0.0.1, port_value: 0",
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "address: keyservice, port_value: 8443",
-        &format!(
-            "address: {}, port_value: {}",
-            key_service.ip(),
-            key_service.port()
+    let file = |path: &Path| format!("{{ filename: {} }}", path.display());
+    let replacements = [
+        (
+            "address: 0.0.0.0, port_value: 10000",
+            format!("address: 127.0.0.1, port_value: {port}"),
         ),
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "address: echo, port_value: 80",
-        &format!(
-            "address: {}, port_value: {}",
-            upstream.ip(),
-            upstream.port()
+        (
+            "address: 0.0.0.0, port_value: 9901",
+            "address: 127.0.0.1, port_value: 0".to_string(),
         ),
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "{ filename: /etc/envoy-tls/tls.crt }",
-        &format!("{{ filename: {} }}", pki.client_cert.display()),
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "{ filename: /etc/envoy-tls/tls.key }",
-        &format!("{{ filename: {} }}", pki.client_key.display()),
-    )?;
-    let text = replaced(
-        &text,
-        what,
-        "{ filename: /etc/envoy-tls/ca.crt }",
-        &format!("{{ filename: {} }}", pki.ca.display()),
-    )?;
-    replaced(
-        &text,
-        what,
-        "/etc/envoy/keygate.wasm",
-        &wasm.display().to_string(),
-    )
+        (
+            "address: keyservice, port_value: 8443",
+            format!(
+                "address: {}, port_value: {}",
+                key_service.ip(),
+                key_service.port()
+            ),
+        ),
+        (
+            "address: echo, port_value: 80",
+            format!(
+                "address: {}, port_value: {}",
+                upstream.ip(),
+                upstream.port()
+            ),
+        ),
+        (
+            "{ filename: /etc/envoy-tls/tls.crt }",
+            file(&pki.client_cert),
+        ),
+        (
+            "{ filename: /etc/envoy-tls/tls.key }",
+            file(&pki.client_key),
+        ),
+        ("{ filename: /etc/envoy-tls/ca.crt }", file(&pki.ca)),
+        ("/etc/envoy/keygate.wasm", wasm.display().to_string()),
+    ];
+    let mut text = read(&support::repo_root().join(what))?;
+    for (from, to) in &replacements {
+        text = replaced(&text, what, from, to)?;
+    }
+    Ok(text)
 }
 
 /// A key as the admin API's `POST /v1/admin/keys` answered it.
