@@ -109,7 +109,7 @@ fn plain_key_set_is_unchanged(addr: std::net::SocketAddr) -> HttpResponse {
 fn db_mode_answers_held_long_polls_with_deltas() {
     use keygate_testkit::keysvc::{scratch_db, Server};
     let (_dir, db, admin) = scratch_db("keyset-delta-db");
-    let (_server, api) = Server::start_db(&db, &admin);
+    let (mut server, api) = Server::start_db(&db, &admin);
     let addr = api.addr;
     let (alice_id, alice) = api.create_browse_key("alice");
     let (bob_id, bob) = api.create_browse_key("bob");
@@ -162,7 +162,7 @@ fn db_mode_answers_held_long_polls_with_deltas() {
     let at_5 = apply(&at_4, &behind);
 
     // The delta brings a set at `since` to the version it names: from 2, all three.
-    let (version, _, now) = full(&get(addr, &format!("/v1/keyset?epoch=other&since=2")));
+    let (version, _, now) = full(&get(addr, "/v1/keyset?epoch=other&since=2"));
     assert_eq!(version, "5");
     assert_eq!(at_5, now);
     let from_2 = get(addr, &format!("/v1/keyset?since=2&epoch={epoch}"));
@@ -182,6 +182,13 @@ fn db_mode_answers_held_long_polls_with_deltas() {
     );
     assert_eq!(get(addr, "/v1/keyset?since=x").status, 400);
     plain_key_set_is_unchanged(addr);
+
+    // A stop answers the held long-polls at once, with 304.
+    let held = poll(addr, format!("/v1/keyset?since=5&epoch={epoch}&wait=20"));
+    let started = Instant::now();
+    assert!(server.terminate().success());
+    assert_eq!(held.join().unwrap().0.status, 304);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

@@ -423,6 +423,40 @@ mod tests {
     }
 
     #[test]
+    fn key_set_deltas_are_the_records_served_at_their_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        write(&path, &[("a", "alice"), ("b", "bob")]);
+        let store = FileStore::open(&path).unwrap();
+        let (version, set) = store.key_set_at().unwrap();
+        assert_eq!(version, 1);
+        assert!(set.body[set.keys_at.clone()].starts_with(b"[{"));
+        assert!(set.body[set.keys_at.clone()].ends_with(b"}]"));
+        assert_eq!(store.key_set_since(1).unwrap(), KeySetSince::Current);
+        write(&path, &[("b", "bobby"), ("c", "carol")]);
+        let h = KeyHash::of_key;
+        let KeySetSince::Delta {
+            version,
+            upsert,
+            delete,
+        } = store.key_set_since(1).unwrap()
+        else {
+            panic!("no delta");
+        };
+        assert_eq!(version, 2);
+        assert_eq!(delete, vec![h("a")]);
+        let mut expected = vec![
+            store.record(&h("b")).unwrap().unwrap(),
+            store.record(&h("c")).unwrap().unwrap(),
+        ];
+        let mut upsert = upsert;
+        upsert.sort();
+        expected.sort();
+        assert_eq!(upsert, expected);
+        assert_eq!(store.key_set_since(5).unwrap(), KeySetSince::Gone);
+    }
+
+    #[test]
     fn the_log_of_a_file_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
