@@ -17,7 +17,7 @@
 //! left out: a key not listed did not change between `since` and `version` (the change log
 //! records every key each version touched, in the same transaction as the version).
 
-use crate::record::{check_unique, DigestMap, KeyHash, KeyRecordDoc};
+use crate::record::{check_unique, DigestMap, KeyHash, KeyRecordDoc, KeySetDoc};
 use crate::watch::Epoch;
 use serde::Deserialize;
 
@@ -37,6 +37,104 @@ pub struct KeySetDelta {
     pub since: u64,
     pub upsert: Vec<KeyRecordDoc>,
     pub delete: Vec<KeyHash>,
+}
+
+/// A 200 answer of `/v1/keyset?since=V&epoch=E`, read in one pass: a delta, or a full
+/// document with its epoch.
+#[derive(Debug)]
+pub enum KeySetAnswer {
+    Delta(KeySetDelta),
+    Full {
+        version: u64,
+        epoch: Epoch,
+        /// Checked as any key-set document (no duplicate id or hash).
+        doc: KeySetDoc,
+    },
+}
+
+/// Either shape: which one it is comes from the fields present.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerDoc<'a> {
+    #[serde(borrow)]
+    version: &'a str,
+    #[serde(borrow)]
+    epoch: &'a str,
+    #[serde(borrow, default)]
+    since: Option<&'a str>,
+    #[serde(default)]
+    upsert: Option<Vec<KeyRecordDoc>>,
+    #[serde(default)]
+    delete: Option<Vec<KeyHash>>,
+    #[serde(default)]
+    keys: Option<Vec<KeyRecordDoc>>,
+}
+
+impl KeySetAnswer {
+    /// Reads an answer of the incremental sync: a delta as [`KeySetDelta::parse`] does; a
+    /// full document (`{"version","epoch","keys"}`) as [`KeySetDoc::parse`] does, with a
+    /// decimal version and a valid epoch. A mix of both shapes is refused.
+    pub fn parse(body: &[u8]) -> Result<KeySetAnswer, String> {
+        let text = bounded_text(body)?;
+        let doc: AnswerDoc<'_> =
+            serde_json::from_str(text).map_err(|e| format!("invalid key set answer: {e}"))?;
+        match doc {
+            AnswerDoc {
+                version,
+                epoch,
+                since: None,
+                upsert: None,
+                delete: None,
+                keys: Some(keys),
+            } => {
+                check_unique(&keys, "keys").map_err(|errors| joined(&errors))?;
+                Ok(KeySetAnswer::Full {
+                    version: parse_version("version", version)?,
+                    epoch: Epoch::parse(epoch)?,
+                    doc: KeySetDoc {
+                        version: Some(version.to_string()),
+                        keys,
+                    },
+                })
+            }
+            AnswerDoc {
+                version,
+                epoch,
+                since: Some(since),
+                upsert: Some(upsert),
+                delete: Some(delete),
+                keys: None,
+            } => KeySetDelta::checked(DeltaDoc {
+                version,
+                epoch,
+                since,
+                upsert,
+                delete,
+            })
+            .map(KeySetAnswer::Delta),
+            _ => Err(
+                "a key set answer is a delta (version, epoch, since, upsert, delete) or a                  full document (version, epoch, keys), not a mix"
+                    .into(),
+            ),
+        }
+    }
+}
+
+fn joined(errors: &[crate::error::ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn bounded_text(body: &[u8]) -> Result<&str, String> {
+    if body.len() > MAX_DELTA_BYTES {
+        return Err(format!(
+            "the answer is larger than {MAX_DELTA_BYTES} bytes: refused"
+        ));
+    }
+    std::str::from_utf8(body).map_err(|_| "the answer is not UTF-8".to_string())
 }
 
 #[derive(Deserialize)]
@@ -70,14 +168,13 @@ impl KeySetDelta {
     /// hash checked as in a key-set document, no key twice (in `upsert`, in `delete`, or
     /// in both), `version` after `since`.
     pub fn parse(body: &[u8]) -> Result<KeySetDelta, String> {
-        if body.len() > MAX_DELTA_BYTES {
-            return Err(format!(
-                "the delta is larger than {MAX_DELTA_BYTES} bytes: refused"
-            ));
-        }
-        let text = std::str::from_utf8(body).map_err(|_| "the delta is not UTF-8".to_string())?;
+        let text = bounded_text(body)?;
         let doc: DeltaDoc<'_> =
             serde_json::from_str(text).map_err(|e| format!("invalid delta: {e}"))?;
+        KeySetDelta::checked(doc)
+    }
+
+    fn checked(doc: DeltaDoc<'_>) -> Result<KeySetDelta, String> {
         let keys = doc.upsert.len().saturating_add(doc.delete.len());
         if keys > MAX_DELTA_KEYS {
             return Err(format!(
@@ -92,13 +189,7 @@ impl KeySetDelta {
             ));
         }
         let epoch = Epoch::parse(doc.epoch)?;
-        check_unique(&doc.upsert, "upsert").map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        check_unique(&doc.upsert, "upsert").map_err(|errors| joined(&errors))?;
         let mut seen: DigestMap<&'static str> = DigestMap::default();
         seen.reserve(keys);
         for record in &doc.upsert {
@@ -223,6 +314,48 @@ mod tests {
         assert!(parse(upserted_twice)
             .unwrap_err()
             .contains("duplicate hash"));
+    }
+
+    #[test]
+    fn answers_are_deltas_or_full_documents_never_a_mix() {
+        let bytes = |v: serde_json::Value| v.to_string().into_bytes();
+        match KeySetAnswer::parse(&bytes(good())).unwrap() {
+            KeySetAnswer::Delta(delta) => assert_eq!(delta.version, 7),
+            other => panic!("{other:?}"),
+        }
+        let full = json!({"version": "7", "epoch": "e1",
+            "keys": [{"id": "a", "hash": h("a"), "owner": "alice"}]});
+        match KeySetAnswer::parse(&bytes(full.clone())).unwrap() {
+            KeySetAnswer::Full {
+                version,
+                epoch,
+                doc,
+            } => {
+                assert_eq!((version, epoch.as_str()), (7, "e1"));
+                assert_eq!(doc.keys.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut mixed = full.clone();
+        mixed["delete"] = json!([]);
+        assert!(KeySetAnswer::parse(&bytes(mixed))
+            .unwrap_err()
+            .contains("not a mix"));
+        let mut no_epoch = full.clone();
+        no_epoch.as_object_mut().unwrap().remove("epoch");
+        assert!(KeySetAnswer::parse(&bytes(no_epoch)).is_err());
+        let mut opaque = full.clone();
+        opaque["version"] = json!("v7");
+        assert!(KeySetAnswer::parse(&bytes(opaque)).is_err());
+        let mut dup = full;
+        dup["keys"] = json!([{"id": "a", "hash": h("a"), "owner": "alice"},
+            {"id": "b", "hash": h("a"), "owner": "bob"}]);
+        assert!(KeySetAnswer::parse(&bytes(dup))
+            .unwrap_err()
+            .contains("duplicate hash"));
+        let mut both = good();
+        both["delete"] = json!([h("a")]);
+        assert!(KeySetAnswer::parse(&bytes(both)).is_err());
     }
 
     #[test]
