@@ -17,6 +17,7 @@ pub mod error;
 pub mod header;
 pub mod header_map;
 pub mod key_set;
+pub mod key_set_delta;
 pub mod lookup;
 pub mod lookup_cache;
 pub mod path;

@@ -202,7 +202,7 @@ impl KeyRecord {
     }
 }
 
-pub(crate) type DigestMap<V> = HashMap<KeyHash, V, BuildHasherDefault<DigestHasher>>;
+pub type DigestMap<V> = HashMap<KeyHash, V, BuildHasherDefault<DigestHasher>>;
 
 /// Records indexed by key hash: lookup costs the same for ten keys or a million.
 #[derive(Clone, Debug, Default)]

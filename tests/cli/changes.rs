@@ -76,10 +76,13 @@ fn the_feed_reports_what_each_reload_changed() {
         get(addr, &format!("/v1/changes?since=2&epoch={epoch}&wait=1")).status,
         304
     );
-    // The key set ignores the query, as before.
+    // The key set's incremental sync follows the same versions (keyset_delta.rs);
+    // without the query, the key set is the file.
     let keyset = get(addr, &format!("/v1/keyset?since=1&epoch={epoch}&wait=20"));
     assert_eq!(keyset.status, 200);
-    assert_eq!(keyset.body, std::fs::read(&keys).unwrap());
+    assert_eq!(keyset.json()["version"], "2");
+    assert_eq!(keyset.json()["delete"], serde_json::json!([]));
+    assert_eq!(get(addr, "/v1/keyset").body, std::fs::read(&keys).unwrap());
 
     // Long-polls do not hold the workers: more than --threads of them, and a lookup still
     // answers at once.

@@ -6,6 +6,7 @@ mod changes;
 mod check;
 mod commands;
 mod keyservice;
+mod keyset_delta;
 mod next_steps;
 mod serve;
 mod store_modes;

@@ -16,16 +16,26 @@
 //! - Thousands of long-polls woken by one change share one answer ([`Memo`]): the store
 //!   is asked once, the body is built once. A long-poll made at the version last
 //!   announced is held without asking the store.
+//!
+//! The key set's incremental sync (`GET /v1/keyset?since=V&epoch=E&wait=S`, SPEC §11) is
+//! the same long-poll ([`Feed::KeySet`]) over the same change log: a delta
+//! `{"version","epoch","since","upsert","delete"}` instead of the hashes, and a full
+//! document `{"version","epoch","keys"}` where the feed says 410 (or for a first call).
 
 use crate::app::{blocking, ApiError, ApiResult, App, Gateway};
-use crate::store::{GatewayStore, Since};
+use crate::store::{GatewayStore, KeySetSince, Since};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use keygate_core::key_set_delta::MAX_DELTA_KEYS;
 use keygate_core::record::KeyHash;
 use keygate_core::watch::Epoch;
 use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Hashes a change log keeps at most (over every version it holds).
@@ -111,6 +121,15 @@ pub struct FeedQuery<'a> {
     pub wait: u64,
 }
 
+/// Whether a query asks for the incremental sync (names `since`, `epoch` or `wait`):
+/// without, `/v1/keyset` answers as a plain server does.
+pub fn is_feed_query(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        matches!(name, "since" | "epoch" | "wait")
+    })
+}
+
 /// Reads `since`, `epoch` and `wait` (capped at [`MAX_WAIT_SECONDS`]); other parameters
 /// are ignored.
 pub fn parse_query(query: &str) -> Result<FeedQuery<'_>, String> {
@@ -137,7 +156,7 @@ pub fn parse_query(query: &str) -> Result<FeedQuery<'_>, String> {
     Ok(parsed)
 }
 
-fn changes_bytes(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> bytes::Bytes {
+fn changes_bytes(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> Bytes {
     let hashes: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
     let body = serde_json::json!({
         "version": version.to_string(),
@@ -147,11 +166,130 @@ fn changes_bytes(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> bytes::Byte
     format!("{body}\n").into()
 }
 
-fn changes_body(version: u64, epoch: &Epoch, hashes: &[KeyHash]) -> Response {
-    json_response(changes_bytes(version, epoch, hashes))
+/// `{"version","epoch","since","upsert":[records],"delete":[hashes]}`: the records as
+/// stored (the bytes `/v1/keys/{hash}` answers), not re-encoded.
+fn delta_bytes(
+    version: u64,
+    epoch: &Epoch,
+    since: u64,
+    upsert: &[Bytes],
+    delete: &[KeyHash],
+) -> Bytes {
+    let mut body = format!(
+        "{{\"version\":\"{version}\",\"epoch\":{},\"since\":\"{since}\",\"upsert\":[",
+        serde_json::Value::from(epoch.as_str())
+    )
+    .into_bytes();
+    for (i, record) in upsert.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(record);
+    }
+    body.extend_from_slice(b"],\"delete\":[");
+    for (i, hash) in delete.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.push(b'"');
+        body.extend_from_slice(hash.to_hex().as_bytes());
+        body.push(b'"');
+    }
+    body.extend_from_slice(b"]}\n");
+    body.into()
 }
 
-fn json_response(body: bytes::Bytes) -> Response {
+/// Which long-poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// `/v1/changes`: the hashes changed.
+    Changes,
+    /// `/v1/keyset?since=`: a delta, or a full document.
+    KeySet,
+}
+
+/// A 200's body (or 410), shared by the long-polls one change woke.
+#[derive(Clone, Debug)]
+pub(crate) enum Reply {
+    Json(Bytes),
+    /// A body in pieces: a full key set around the stored document's `keys`, not copied.
+    Chunks(Vec<Bytes>),
+    Gone,
+}
+
+impl Reply {
+    fn response(self) -> Response {
+        match self {
+            Reply::Json(body) => json_response(body),
+            Reply::Chunks(chunks) => {
+                let len = chunks.iter().map(Bytes::len).sum();
+                json_response(axum::body::Body::new(ChunkedBody {
+                    chunks: chunks.into(),
+                    len,
+                }))
+            }
+            Reply::Gone => gone(),
+        }
+    }
+}
+
+/// A body sent as the pieces it is made of.
+struct ChunkedBody {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl http_body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.len = self.len.saturating_sub(chunk.len());
+        }
+        Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(u64::try_from(self.len).unwrap_or(u64::MAX))
+    }
+}
+
+/// The full key set document of the incremental sync, `{"version","epoch","keys"}`, the
+/// version being the feed's (in file mode, the file's own `version` is not it).
+async fn full_key_set(store: &Arc<dyn GatewayStore>) -> ApiResult<Reply> {
+    let s = store.clone();
+    let (version, set) = blocking(move || s.key_set_at()).await?;
+    let Some(keys) = set
+        .body
+        .get(set.keys_at.clone())
+        .map(|_| set.body.slice(set.keys_at.clone()))
+    else {
+        return Err(crate::store::StoreError::Unavailable(
+            "the key set's keys are not where they were found".into(),
+        )
+        .into());
+    };
+    let head = format!(
+        "{{\"version\":\"{version}\",\"epoch\":{},\"keys\":",
+        serde_json::Value::from(store.feed_epoch().as_str())
+    );
+    Ok(Reply::Chunks(vec![
+        head.into(),
+        keys,
+        Bytes::from_static(b"}\n"),
+    ]))
+}
+
+fn json_response(body: impl Into<axum::body::Body>) -> Response {
     (
         [
             (
@@ -160,7 +298,7 @@ fn json_response(body: bytes::Bytes) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -180,33 +318,61 @@ fn gone() -> Response {
 pub struct Memo {
     since: u64,
     announced: u64,
-    /// The body of a 200; `None`: 410.
-    body: Option<bytes::Bytes>,
+    reply: Reply,
+}
+
+/// What to answer `since` now; `None`: nothing new yet.
+async fn answer(store: &Arc<dyn GatewayStore>, feed: Feed, since: u64) -> ApiResult<Option<Reply>> {
+    let s = store.clone();
+    let epoch = store.feed_epoch();
+    Ok(match feed {
+        Feed::Changes => match blocking(move || s.changes_since(since)).await? {
+            Since::Current => None,
+            Since::Changed(version, hashes) => {
+                Some(Reply::Json(changes_bytes(version, epoch, &hashes)))
+            }
+            Since::Gone => Some(Reply::Gone),
+        },
+        Feed::KeySet => match blocking(move || s.key_set_since(since)).await? {
+            KeySetSince::Current => None,
+            KeySetSince::Delta {
+                version,
+                upsert,
+                delete,
+            } if upsert.len().saturating_add(delete.len()) <= MAX_DELTA_KEYS => Some(Reply::Json(
+                delta_bytes(version, epoch, since, &upsert, &delete),
+            )),
+            KeySetSince::Delta { .. } | KeySetSince::Gone => Some(full_key_set(store).await?),
+        },
+    })
 }
 
 /// What to answer a long-poll at `since` woken by `announced`; `None`: nothing new yet.
-async fn answer_woken(app: &App, since: u64, announced: u64) -> ApiResult<Option<Response>> {
-    let mut memo = app.feed_memo.lock().await;
+async fn answer_woken(
+    app: &App,
+    feed: Feed,
+    since: u64,
+    announced: u64,
+) -> ApiResult<Option<Response>> {
+    let mut memo = match feed {
+        Feed::Changes => app.feed_memo.lock().await,
+        Feed::KeySet => app.key_set_memo.lock().await,
+    };
     if let Some(m) = memo
         .as_ref()
         .filter(|m| m.since == since && m.announced == announced)
     {
-        return Ok(Some(m.body.clone().map_or_else(gone, json_response)));
+        return Ok(Some(m.reply.clone().response()));
     }
-    let store = app.gateway.clone();
-    let body = match blocking(move || store.changes_since(since)).await? {
-        Since::Current => return Ok(None),
-        Since::Changed(version, hashes) => {
-            Some(changes_bytes(version, app.gateway.feed_epoch(), &hashes))
-        }
-        Since::Gone => None,
+    let Some(reply) = answer(&app.gateway, feed, since).await? else {
+        return Ok(None);
     };
     *memo = Some(Memo {
         since,
         announced,
-        body: body.clone(),
+        reply: reply.clone(),
     });
-    Ok(Some(body.map_or_else(gone, json_response)))
+    Ok(Some(reply.response()))
 }
 
 fn not_modified() -> Response {
@@ -215,20 +381,6 @@ fn not_modified() -> Response {
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
     )
         .into_response()
-}
-
-/// What to answer `since` now; `None`: nothing new yet.
-async fn answer_now(
-    store: &Arc<dyn GatewayStore>,
-    epoch: &Epoch,
-    since: u64,
-) -> ApiResult<Option<Response>> {
-    let s = store.clone();
-    Ok(match blocking(move || s.changes_since(since)).await? {
-        Since::Current => None,
-        Since::Changed(version, hashes) => Some(changes_body(version, epoch, &hashes)),
-        Since::Gone => Some(gone()),
-    })
 }
 
 /// One held long-poll: counted while it lives.
@@ -273,15 +425,32 @@ async fn refresher(app: Arc<App>) {
 /// `GET /v1/changes?since=V&epoch=E&wait=S` (HEAD answers at once, never held).
 pub async fn changes(method: Method, uri: Uri, Gateway(app): Gateway) -> ApiResult<Response> {
     let query = parse_query(uri.query().unwrap_or("")).map_err(ApiError::bad)?;
+    long_poll(app, method, &query, Feed::Changes).await
+}
+
+/// The long-poll of `feed` (HEAD answers at once, never held): at once when `since` is
+/// behind (or missing, or of another epoch), else held up to `wait` seconds for a change,
+/// then 304. Held long-polls count against [`MAX_HELD`] together, whichever the feed.
+pub(crate) async fn long_poll(
+    app: Arc<App>,
+    method: Method,
+    query: &FeedQuery<'_>,
+    feed: Feed,
+) -> ApiResult<Response> {
     let store = app.gateway.clone();
     let epoch = store.feed_epoch().clone();
     let since = match (query.since, query.epoch) {
         (Some(since), Some(asked)) if asked == epoch.as_str() => since,
         // A first call, or one from another epoch: the current version, at once.
         _ => {
-            let s = store.clone();
-            let version = blocking(move || s.feed_version()).await?;
-            return Ok(changes_body(version, &epoch, &[]));
+            return Ok(match feed {
+                Feed::Changes => {
+                    let s = store.clone();
+                    let version = blocking(move || s.feed_version()).await?;
+                    json_response(changes_bytes(version, &epoch, &[]))
+                }
+                Feed::KeySet => full_key_set(&store).await?.response(),
+            });
         }
     };
     let holding = query.wait > 0 && method != Method::HEAD;
@@ -291,8 +460,8 @@ pub async fn changes(method: Method, uri: Uri, Gateway(app): Gateway) -> ApiResu
     // At the version last announced: nothing to ask the store (a change it has not
     // announced yet is announced to the long-poll, by a request or the refresher).
     if !(holding && since == announced) {
-        if let Some(response) = answer_now(&store, &epoch, since).await? {
-            return Ok(response);
+        if let Some(reply) = answer(&store, feed, since).await? {
+            return Ok(reply.response());
         }
     }
     if !holding {
@@ -329,7 +498,7 @@ pub async fn changes(method: Method, uri: Uri, Gateway(app): Gateway) -> ApiResu
             () = &mut stop => return Ok(not_modified()),
         }
         let announced = *versions.borrow_and_update();
-        if let Some(response) = answer_woken(&app, since, announced).await? {
+        if let Some(response) = answer_woken(&app, feed, since, announced).await? {
             return Ok(response);
         }
     }

@@ -15,7 +15,7 @@
 
 use crate::changes::{Log, MAX_LOG_HASHES};
 use crate::etag;
-use crate::store::{GatewayStore, KeySetBody, Since, StoreResult};
+use crate::store::{GatewayStore, KeySetBody, KeySetSince, Since, StoreResult};
 use keygate_core::record::{count_keys, KeyHash, KeySetDoc};
 use keygate_core::watch::Epoch;
 use serde::Deserialize;
@@ -61,9 +61,9 @@ struct Snapshot {
 }
 
 #[derive(Deserialize)]
-struct RawRecords<'a> {
+struct RawKeys<'a> {
     #[serde(borrow)]
-    keys: Vec<&'a RawValue>,
+    keys: &'a RawValue,
 }
 
 impl Snapshot {
@@ -88,10 +88,13 @@ impl Snapshot {
                 .collect::<Vec<_>>()
         })?;
         let text = std::str::from_utf8(&bytes).map_err(|e| at(&e))?;
-        let raw: RawRecords = serde_json::from_str(text).map_err(|e| at(&e))?;
+        let array: RawKeys = serde_json::from_str(text).map_err(|e| at(&e))?;
+        let raw: Vec<&RawValue> = serde_json::from_str(array.keys.get()).map_err(|e| at(&e))?;
         let start = text.as_ptr() as usize;
+        let keys_start = array.keys.get().as_ptr() as usize - start;
+        let keys_at = keys_start..keys_start + array.keys.get().len();
         let mut by_hash = HashMap::with_capacity(doc.keys.len());
-        for (record, raw) in doc.keys.iter().zip(raw.keys) {
+        for (record, raw) in doc.keys.iter().zip(raw) {
             let at = raw.get().as_ptr() as usize - start;
             by_hash.insert(record.hash, at..at + raw.get().len());
         }
@@ -101,6 +104,7 @@ impl Snapshot {
                 etag: etag::of(&bytes),
                 version: doc.version.unwrap_or_default(),
                 keys: by_hash.len(),
+                keys_at,
                 body: bytes.into(),
             }),
             by_hash,
@@ -317,6 +321,42 @@ impl GatewayStore for FileStore {
         Ok(lock(&self.state).log.since(since))
     }
 
+    fn key_set_at(&self) -> StoreResult<(u64, Arc<KeySetBody>)> {
+        self.snapshot();
+        // The version and the snapshot change together, under this lock.
+        let state = lock(&self.state);
+        Ok((state.log.version(), state.current.set.clone()))
+    }
+
+    fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince> {
+        self.snapshot();
+        let state = lock(&self.state);
+        Ok(match state.log.since(since) {
+            Since::Current => KeySetSince::Current,
+            Since::Gone => KeySetSince::Gone,
+            Since::Changed(version, hashes) => {
+                let current = &state.current;
+                let mut upsert = Vec::new();
+                let mut delete = Vec::new();
+                for hash in hashes {
+                    match current
+                        .by_hash
+                        .get(&hash)
+                        .filter(|range| range.end <= current.set.body.len())
+                    {
+                        Some(range) => upsert.push(current.set.body.slice(range.clone())),
+                        None => delete.push(hash),
+                    }
+                }
+                KeySetSince::Delta {
+                    version,
+                    upsert,
+                    delete,
+                }
+            }
+        })
+    }
+
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.feed.subscribe()
     }
@@ -380,6 +420,40 @@ mod tests {
         assert!(!versions.has_changed().unwrap());
         assert_eq!(store.changes_since(0).unwrap(), Since::Gone);
         assert_eq!(store.changes_since(3).unwrap(), Since::Gone);
+    }
+
+    #[test]
+    fn key_set_deltas_are_the_records_served_at_their_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        write(&path, &[("a", "alice"), ("b", "bob")]);
+        let store = FileStore::open(&path).unwrap();
+        let (version, set) = store.key_set_at().unwrap();
+        assert_eq!(version, 1);
+        assert!(set.body[set.keys_at.clone()].starts_with(b"[{"));
+        assert!(set.body[set.keys_at.clone()].ends_with(b"}]"));
+        assert_eq!(store.key_set_since(1).unwrap(), KeySetSince::Current);
+        write(&path, &[("b", "bobby"), ("c", "carol")]);
+        let h = KeyHash::of_key;
+        let KeySetSince::Delta {
+            version,
+            upsert,
+            delete,
+        } = store.key_set_since(1).unwrap()
+        else {
+            panic!("no delta");
+        };
+        assert_eq!(version, 2);
+        assert_eq!(delete, vec![h("a")]);
+        let mut expected = vec![
+            store.record(&h("b")).unwrap().unwrap(),
+            store.record(&h("c")).unwrap().unwrap(),
+        ];
+        let mut upsert = upsert;
+        upsert.sort();
+        expected.sort();
+        assert_eq!(upsert, expected);
+        assert_eq!(store.key_set_since(5).unwrap(), KeySetSince::Gone);
     }
 
     #[test]

@@ -135,11 +135,36 @@ impl<'a> GatewayRecord<'a> {
     }
 }
 
-/// The key set document (README "Configuration reference"), fields in order.
-#[derive(Serialize)]
-struct KeySetOut<'a> {
-    version: &'a str,
-    keys: Vec<GatewayRecord<'a>>,
+/// The key set document (README "Configuration reference"), `{"version","keys"}`, and
+/// where its `keys` array is in it.
+fn key_set_document(
+    version: &str,
+    keys: &[GatewayRecord<'_>],
+) -> serde_json::Result<(Vec<u8>, std::ops::Range<usize>)> {
+    let mut body = b"{\"version\":".to_vec();
+    serde_json::to_writer(&mut body, version)?;
+    body.extend_from_slice(b",\"keys\":");
+    let start = body.len();
+    serde_json::to_writer(&mut body, keys)?;
+    let keys_at = start..body.len();
+    body.push(b'}');
+    Ok((body, keys_at))
+}
+
+/// The record of `hash` as gateways get it, unless it is revoked or unknown.
+fn gateway_record(conn: &Connection, hash: &str) -> StoreResult<Option<bytes::Bytes>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE hash = ?1 AND status != 'revoked'"
+        ))
+        .and_then(|mut stmt| stmt.query_row([hash], key_row).optional())
+        .map_err(unavailable)?;
+    row.map(|(_, row)| {
+        serde_json::to_vec(&GatewayRecord::of(&row))
+            .map(Into::into)
+            .map_err(unavailable)
+    })
+    .transpose()
 }
 
 fn key_row(row: &Row<'_>) -> rusqlite::Result<(i64, KeyRow)> {
@@ -399,15 +424,13 @@ impl GatewayStore for SqliteStore {
                 .map(|r| r.map(|(_, row)| row))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
-            let doc = KeySetOut {
-                version: &version,
-                keys: rows.iter().map(GatewayRecord::of).collect(),
-            };
-            let body = serde_json::to_vec(&doc).map_err(unavailable)?;
+            let records: Vec<GatewayRecord<'_>> = rows.iter().map(GatewayRecord::of).collect();
+            let (body, keys_at) = key_set_document(&version, &records).map_err(unavailable)?;
             let set = Arc::new(KeySetBody {
                 etag: etag::of(&body),
                 version,
                 keys: rows.len(),
+                keys_at,
                 body: body.into(),
             });
             *lock(&self.cache) = Some(set.clone());
@@ -418,21 +441,7 @@ impl GatewayStore for SqliteStore {
     }
 
     fn record(&self, hash: &KeyHash) -> StoreResult<Option<bytes::Bytes>> {
-        let conn = lock(&self.reader);
-        let row = conn
-            .query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE hash = ?1 AND status != 'revoked'"),
-                [hash.to_hex()],
-                key_row,
-            )
-            .optional()
-            .map_err(unavailable)?;
-        row.map(|(_, row)| {
-            serde_json::to_vec(&GatewayRecord::of(&row))
-                .map(Into::into)
-                .map_err(unavailable)
-        })
-        .transpose()
+        gateway_record(&lock(&self.reader), &hash.to_hex())
     }
 
     fn ready(&self) -> StoreResult<()> {
@@ -468,36 +477,45 @@ impl GatewayStore for SqliteStore {
         let conn = lock(&self.reader);
         // One read transaction: the version, the log's start and its rows agree.
         conn.execute_batch("BEGIN").map_err(unavailable)?;
+        let result = Self::changes_in(&conn, since);
+        let _ = conn.execute_batch("COMMIT");
+        result
+    }
+
+    fn key_set_at(&self) -> StoreResult<(u64, Arc<KeySetBody>)> {
+        // The key set's version is the feed's (read with its rows).
+        let set = self.key_set()?;
+        let version = set
+            .version
+            .parse::<u64>()
+            .map_err(|e| unavailable(format!("meta.version: {e}")))?;
+        Ok((version, set))
+    }
+
+    fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince> {
+        let conn = lock(&self.reader);
+        // One read transaction: the records are those of the version the delta gives.
+        conn.execute_batch("BEGIN").map_err(unavailable)?;
         let result = (|| {
-            let version = Self::feed_version_of(&conn)?;
-            if since == version {
-                return Ok(Since::Current);
-            }
-            let from = match Self::get_meta(&conn, "changes_from")? {
-                Some(from) => from
-                    .parse::<u64>()
-                    .map_err(|e| unavailable(format!("meta.changes_from: {e}")))?,
-                None => version,
-            };
-            if since > version || since < from {
-                return Ok(Since::Gone);
-            }
-            let mut stmt = conn
-                .prepare_cached("SELECT DISTINCT hash FROM changes WHERE version > ?1")
-                .map_err(unavailable)?;
-            let hashes = stmt
-                .query_map([i64::try_from(since).unwrap_or(i64::MAX)], |r| {
-                    r.get::<_, String>(0)
-                })
-                .map_err(unavailable)?
-                .map(|hash| {
-                    let hash = hash.map_err(unavailable)?;
-                    KeyHash::parse_hex(&hash).map_err(|_| {
-                        unavailable(format!("bad hash in the changes table: {hash:?}"))
-                    })
-                })
-                .collect::<StoreResult<Vec<_>>>()?;
-            Ok(Since::Changed(version, hashes))
+            Ok(match Self::changes_in(&conn, since)? {
+                Since::Current => KeySetSince::Current,
+                Since::Gone => KeySetSince::Gone,
+                Since::Changed(version, hashes) => {
+                    let mut upsert = Vec::new();
+                    let mut delete = Vec::new();
+                    for hash in hashes {
+                        match gateway_record(&conn, &hash.to_hex())? {
+                            Some(record) => upsert.push(record),
+                            None => delete.push(hash),
+                        }
+                    }
+                    KeySetSince::Delta {
+                        version,
+                        upsert,
+                        delete,
+                    }
+                }
+            })
         })();
         let _ = conn.execute_batch("COMMIT");
         result
@@ -511,6 +529,40 @@ impl GatewayStore for SqliteStore {
         if let Ok(version) = self.feed_version() {
             self.announce(version);
         }
+    }
+}
+
+impl SqliteStore {
+    /// What changed since `since`, inside the caller's read transaction.
+    fn changes_in(conn: &Connection, since: u64) -> StoreResult<Since> {
+        let version = Self::feed_version_of(conn)?;
+        if since == version {
+            return Ok(Since::Current);
+        }
+        let from = match Self::get_meta(conn, "changes_from")? {
+            Some(from) => from
+                .parse::<u64>()
+                .map_err(|e| unavailable(format!("meta.changes_from: {e}")))?,
+            None => version,
+        };
+        if since > version || since < from {
+            return Ok(Since::Gone);
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT hash FROM changes WHERE version > ?1")
+            .map_err(unavailable)?;
+        let hashes = stmt
+            .query_map([i64::try_from(since).unwrap_or(i64::MAX)], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(unavailable)?
+            .map(|hash| {
+                let hash = hash.map_err(unavailable)?;
+                KeyHash::parse_hex(&hash)
+                    .map_err(|_| unavailable(format!("bad hash in the changes table: {hash:?}")))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Since::Changed(version, hashes))
     }
 }
 

@@ -357,3 +357,42 @@ mod scale {
         println!("lookup: {:?}", t.elapsed());
     }
 }
+
+#[test]
+fn key_set_deltas_are_the_records_of_the_version_they_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let (raw_a, a) = key("alice", 1);
+    let (raw_b, b) = key("bob", 2);
+    let a_id = s.create_key("cli:test", a).unwrap().id;
+    let b_id = s.create_key("cli:test", b).unwrap().id;
+    let (version, set) = s.key_set_at().unwrap();
+    assert_eq!(version, 2);
+    // The keys array is where the set says.
+    let keys: serde_json::Value = serde_json::from_slice(&set.body[set.keys_at.clone()]).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert_eq!(s.key_set_since(2).unwrap(), KeySetSince::Current);
+    s.revoke_key("cli:test", &a_id).unwrap();
+    let change = KeyChange {
+        label: Some(Some("renamed".into())),
+        ..KeyChange::default()
+    };
+    s.update_key("cli:test", &b_id, change).unwrap();
+    let (hash_a, hash_b) = (crate::secret::hash(&raw_a), crate::secret::hash(&raw_b));
+    let KeySetSince::Delta {
+        version,
+        upsert,
+        delete,
+    } = s.key_set_since(2).unwrap()
+    else {
+        panic!("no delta");
+    };
+    assert_eq!(version, 4);
+    assert_eq!(delete, vec![hash_a]);
+    assert_eq!(upsert, vec![s.record(&hash_b).unwrap().unwrap()]);
+    assert!(matches!(
+        s.key_set_since(3).unwrap(),
+        KeySetSince::Delta { version: 4, ref delete, .. } if delete.is_empty()
+    ));
+    assert_eq!(s.key_set_since(9).unwrap(), KeySetSince::Gone);
+}

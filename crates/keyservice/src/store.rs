@@ -246,6 +246,26 @@ pub struct KeySetBody {
     pub body: bytes::Bytes,
     pub etag: String,
     pub keys: usize,
+    /// Where the `keys` array (`[...]`) is in `body`: the full document of the
+    /// incremental sync is built around it without copying it.
+    pub keys_at: std::ops::Range<usize>,
+}
+
+/// What `/v1/keyset?since=V` (SPEC §11) gets from the store: read in one consistent view
+/// of the change log, the version and the records.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeySetSince {
+    /// Nothing newer than `since`.
+    Current,
+    /// The keys changed since: the records (as `/v1/keys/{hash}` answers) of those still
+    /// served, and the hashes of those not served any more, as of `version`.
+    Delta {
+        version: u64,
+        upsert: Vec<bytes::Bytes>,
+        delete: Vec<keygate_core::record::KeyHash>,
+    },
+    /// Older than the changes kept, or a version the store never had: a full document.
+    Gone,
 }
 
 /// What the change feed (README "Watching for changes") says about a `since`.
@@ -281,6 +301,10 @@ pub trait GatewayStore: Send + Sync {
     fn feed_version(&self) -> StoreResult<u64>;
     /// What changed since version `since` of this epoch.
     fn changes_since(&self, since: u64) -> StoreResult<Since>;
+    /// The key set with the feed's version it is at (read together).
+    fn key_set_at(&self) -> StoreResult<(u64, std::sync::Arc<KeySetBody>)>;
+    /// The delta from version `since` of this epoch to the current one.
+    fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince>;
     /// Sees the feed's version each time a change is made (or found by [`Self::refresh`]),
     /// once what it changed is being served.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

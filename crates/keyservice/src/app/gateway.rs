@@ -3,6 +3,7 @@
 use super::*;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::Method;
 
 /// The app, for a gateway endpoint's handler: as an extractor it refuses (403) a peer
 /// without a client certificate when the service asks for one (`--client-ca`), after the
@@ -30,7 +31,32 @@ fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
     Ok(())
 }
 
-pub(super) async fn keyset(headers: HeaderMap, Gateway(app): Gateway) -> ApiResult<Response> {
+/// `GET /v1/keyset`: the key set document with its ETag (`If-None-Match` → 304), as a
+/// plain server serves it; with `since`, `epoch` or `wait` in the query, the incremental
+/// sync (SPEC §11, changes.rs): a delta, a full document with its epoch, or 304 after
+/// the wait.
+pub(super) async fn keyset(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Gateway(app): Gateway,
+) -> ApiResult<Response> {
+    let query = uri.query().unwrap_or("");
+    if crate::changes::is_feed_query(query) {
+        let query = crate::changes::parse_query(query).map_err(ApiError::bad)?;
+        return crate::changes::long_poll(app, method, &query, crate::changes::Feed::KeySet).await;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, plain_keyset(headers, app)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the key set was not read in time",
+        )),
+    }
+}
+
+async fn plain_keyset(headers: HeaderMap, app: Arc<App>) -> ApiResult<Response> {
     let store = app.gateway.clone();
     let set = blocking(move || store.key_set()).await?;
     let tag = HeaderValue::from_str(&set.etag).map_err(|e| ApiError::bad(e.to_string()))?;

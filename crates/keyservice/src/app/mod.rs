@@ -83,6 +83,8 @@ pub struct App {
     pub(crate) stopping: watch::Sender<bool>,
     /// The answer shared by the long-polls one change woke.
     pub(crate) feed_memo: tokio::sync::Mutex<Option<crate::changes::Memo>>,
+    /// The same for the key set's incremental sync (`/v1/keyset?since=`).
+    pub(crate) key_set_memo: tokio::sync::Mutex<Option<crate::changes::Memo>>,
 }
 
 impl App {
@@ -102,6 +104,7 @@ impl App {
             refresher_started: AtomicBool::new(false),
             stopping: watch::channel(false).0,
             feed_memo: tokio::sync::Mutex::new(None),
+            key_set_memo: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -200,12 +203,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// A request (body included) is answered within this, or gets 408; long-polls of the
 /// change feed are bounded by their own wait instead.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(app: Arc<App>) -> Router {
-    let keyset = get(keyset).fallback(gateway_method_not_allowed);
     let mut router = Router::new()
-        .route("/v1/keyset", keyset)
         .route(
             "/v1/keys/{hash}",
             get(key_by_hash).fallback(gateway_method_not_allowed),
@@ -231,7 +232,12 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        // After the timeout layer: a long-poll may be held for up to 60 s.
+        // After the timeout layer: a long-poll may be held for up to 60 s (the key set
+        // without the query keeps the timeout: see `keyset`).
+        .route(
+            "/v1/keyset",
+            get(keyset).fallback(gateway_method_not_allowed),
+        )
         .route(
             "/v1/changes",
             get(crate::changes::changes).fallback(gateway_method_not_allowed),
