@@ -1,4 +1,4 @@
-//! `key_set` mode's incremental sync (README "`keygate serve`", SPEC §11): the answers of
+//! `key_set` mode's incremental sync (README "`keygate serve`"): the answers of
 //! `GET /v1/keyset?since=V&epoch=E&wait=S`, read as hostile input.
 //!
 //! - 304: nothing newer than `V` during the wait.

@@ -5,7 +5,7 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{get, keygate, new_key, replace, Served};
+use cli_support::{get, keygate, new_key, replace};
 use keygate_core::record::KeyHash;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,11 +16,7 @@ fn p(path: &Path) -> &str {
 
 #[test]
 fn the_feed_reports_what_each_reload_changed() {
-    let dir = cli_support::Scratch::new("serve-changes");
-    let keys = dir.join("keys.json");
-    let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
-    let bob = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
-    let server = Served::start(&keys);
+    let (_dir, keys, alice, bob, server) = cli_support::alice_and_bob_served("serve-changes");
     let addr = server.addr;
 
     // A first call: the current version, no hashes, at once.

@@ -1,4 +1,4 @@
-//! `keygate serve`'s key set incremental sync (SPEC §11, README "`keygate serve`"), run for
+//! `keygate serve`'s key set incremental sync (README "`keygate serve`"), run for
 //! real in both modes: `GET /v1/keyset?since=V&epoch=E&wait=S` answers a held long-poll
 //! with the delta a change made (through the admin API, or a rewrite of keys.json); 304
 //! after the wait; a full document with the epoch for a first call, another epoch or a
@@ -7,7 +7,7 @@
 
 use keygate_testkit::cli as cli_support;
 
-use cli_support::{get, http, keygate, new_key, replace, HttpResponse, Served};
+use cli_support::{get, http, keygate, replace, HttpResponse};
 use keygate_core::key_set_delta::{KeySetAnswer, KeySetDelta};
 use keygate_core::record::{KeyHash, KeySetDoc};
 use serde_json::{json, Value};
@@ -104,6 +104,39 @@ fn upserts_are_lookups(addr: std::net::SocketAddr, answer: &HttpResponse) {
     }
 }
 
+/// Holds a long-poll on `target`, makes `change` (acknowledged when it returns), and gives
+/// the answer the held poll got: a 200 within 500 ms of the change.
+fn answer_to(
+    addr: std::net::SocketAddr,
+    target: String,
+    change_name: &str,
+    change: impl FnOnce(),
+) -> HttpResponse {
+    let held = poll(addr, target);
+    change();
+    let changed = Instant::now();
+    let (answer, answered) = held.join().unwrap();
+    let delay = answered.saturating_duration_since(changed);
+    eprintln!("{change_name}: the key set long-poll answered {delay:?} after it");
+    assert!(delay < Duration::from_millis(500), "{delay:?}");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer
+}
+
+/// At the current version `since`, nothing new: 304 after the wait. At a version the
+/// server never had (`never`), the full document, equal to `now`.
+fn quiet_then_full(addr: std::net::SocketAddr, epoch: &str, since: u64, never: u64, now: &Set) {
+    let started = Instant::now();
+    let quiet = get(
+        addr,
+        &format!("/v1/keyset?since={since}&epoch={epoch}&wait=1"),
+    );
+    assert_eq!(quiet.status, 304);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let answer = get(addr, &format!("/v1/keyset?since={never}&epoch={epoch}"));
+    assert_eq!(&full(&answer).2, now);
+}
+
 fn plain_key_set_is_unchanged(addr: std::net::SocketAddr) -> HttpResponse {
     let plain = get(addr, "/v1/keyset");
     assert_eq!(plain.status, 200);
@@ -135,17 +168,13 @@ fn db_mode_answers_held_long_polls_with_deltas() {
     );
 
     // A revoke through the admin API: the held long-poll answers with a delete.
-    let held = poll(addr, format!("/v1/keyset?since=2&epoch={epoch}&wait=20"));
-    assert_eq!(
-        api.delete(&format!("/v1/admin/keys/{alice_id}")).status,
-        200
-    );
-    let acknowledged = Instant::now();
-    let (answer, answered) = held.join().unwrap();
-    let delay = answered.saturating_duration_since(acknowledged);
-    eprintln!("db mode: the key set long-poll answered {delay:?} after the revoke");
-    assert!(delay < Duration::from_millis(500), "{delay:?}");
-    assert_eq!(answer.status, 200, "{answer:?}");
+    let target = format!("/v1/keyset?since=2&epoch={epoch}&wait=20");
+    let answer = answer_to(addr, target, "db mode: the revoke", || {
+        assert_eq!(
+            api.delete(&format!("/v1/admin/keys/{alice_id}")).status,
+            200
+        );
+    });
     assert_eq!(
         answer.json(),
         json!({"version": "3", "epoch": epoch, "since": "2", "upsert": [], "delete": [h(&alice)]})
@@ -182,14 +211,7 @@ fn db_mode_answers_held_long_polls_with_deltas() {
     assert!(!now.contains_key(&h(&alice)) && now.contains_key(&h(&bob)));
 
     // Nothing new: 304 after the wait. A version it never had: the full document.
-    let started = Instant::now();
-    let quiet = get(addr, &format!("/v1/keyset?since=5&epoch={epoch}&wait=1"));
-    assert_eq!(quiet.status, 304);
-    assert!(started.elapsed() >= Duration::from_millis(900));
-    assert_eq!(
-        full(&get(addr, &format!("/v1/keyset?since=9&epoch={epoch}"))).2,
-        now
-    );
+    quiet_then_full(addr, &epoch, 5, 9, &now);
     assert_eq!(get(addr, "/v1/keyset?since=x").status, 400);
     plain_key_set_is_unchanged(addr);
 
@@ -216,11 +238,7 @@ fn the_incremental_sync_needs_the_client_certificate_too() {
 
 #[test]
 fn file_mode_answers_held_long_polls_with_the_delta_of_a_rewrite() {
-    let dir = cli_support::Scratch::new("keyset-delta-file");
-    let keys = dir.join("keys.json");
-    let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
-    let bob = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
-    let server = Served::start(&keys);
+    let (_dir, keys, alice, bob, server) = cli_support::alice_and_bob_served("keyset-delta-file");
     let addr = server.addr;
     let plain = plain_key_set_is_unchanged(addr);
     assert_eq!(
@@ -235,14 +253,10 @@ fn file_mode_answers_held_long_polls_with_the_delta_of_a_rewrite() {
     assert_eq!(at_1, set_of(&plain.json()["keys"]));
 
     // `keygate disable` rewrites the file: the held long-poll gets bob's new record.
-    let held = poll(addr, format!("/v1/keyset?since=1&epoch={epoch}&wait=20"));
-    keygate(&["disable", &bob.id, "--keys", p(&keys)]).ok();
-    let rewritten = Instant::now();
-    let (answer, answered) = held.join().unwrap();
-    let delay = answered.saturating_duration_since(rewritten);
-    eprintln!("file mode: the key set long-poll answered {delay:?} after the rewrite");
-    assert!(delay < Duration::from_millis(500), "{delay:?}");
-    assert_eq!(answer.status, 200, "{answer:?}");
+    let target = format!("/v1/keyset?since=1&epoch={epoch}&wait=20");
+    let answer = answer_to(addr, target, "file mode: the rewrite", || {
+        keygate(&["disable", &bob.id, "--keys", p(&keys)]).ok();
+    });
     assert_eq!(answer.json()["version"], "2");
     assert_eq!(answer.json()["since"], "1");
     assert_eq!(answer.json()["upsert"][0]["hash"], h(&bob.api_key).as_str());
@@ -278,14 +292,7 @@ fn file_mode_answers_held_long_polls_with_the_delta_of_a_rewrite() {
 
     // A rewrite that changes no record: no version, 304 after the wait.
     replace(&keys, &std::fs::read(&keys).unwrap());
-    let started = Instant::now();
-    let quiet = get(addr, &format!("/v1/keyset?since=3&epoch={epoch}&wait=1"));
-    assert_eq!(quiet.status, 304);
-    assert!(started.elapsed() >= Duration::from_millis(900));
-    assert_eq!(
-        full(&get(addr, &format!("/v1/keyset?since=7&epoch={epoch}"))).2,
-        now
-    );
+    quiet_then_full(addr, &epoch, 3, 7, &now);
     let plain = plain_key_set_is_unchanged(addr);
     assert_eq!(plain.body, std::fs::read(&keys).unwrap());
 }

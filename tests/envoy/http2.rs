@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::h2_upstream::{send_with_trailers, H2Upstream};
 use support::key_service::KeyService;
-use support::{eventually, hash_of, Envoy, EnvoyOptions, Upstream};
+use support::{hash_of, Envoy, EnvoyOptions, Upstream};
 
 const KEY: &str = "kg_http2_browse_key_0123456789";
 
@@ -43,14 +43,7 @@ fn a_query_key_in_a_path_that_is_not_utf8_stays_out_of_the_access_log() {
     ];
     let answer = h2client::send_raw(envoy.listener, &fields, b"");
     assert_eq!(answer.describe(), "400", "{answer:?}");
-    let mut logged = Vec::new();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            logged = std::fs::read(&log).unwrap_or_default();
-            !logged.is_empty()
-        }),
-        "Envoy logged nothing"
-    );
+    let logged = support::logged(&log);
     let text = String::from_utf8_lossy(&logged);
     assert!(
         !text.contains(KEY),

@@ -17,7 +17,7 @@
 //!   is asked once, the body is built once. A long-poll made at the version last
 //!   announced is held without asking the store.
 //!
-//! The key set's incremental sync (`GET /v1/keyset?since=V&epoch=E&wait=S`, SPEC §11) is
+//! The key set's incremental sync (`GET /v1/keyset?since=V&epoch=E&wait=S`, README "`keygate serve`") is
 //! the same long-poll ([`Feed::KeySet`]) over the same change log: a delta
 //! `{"version","epoch","since","upsert","delete"}` instead of the hashes, and a full
 //! document `{"version","epoch","keys"}` where the feed says 410 (or for a first call).

@@ -435,14 +435,7 @@ mod tests {
         assert_eq!(store.key_set_since(1).unwrap(), KeySetSince::Current);
         write(&path, &[("b", "bobby"), ("c", "carol")]);
         let h = KeyHash::of_key;
-        let KeySetSince::Delta {
-            version,
-            upsert,
-            delete,
-        } = store.key_set_since(1).unwrap()
-        else {
-            panic!("no delta");
-        };
+        let (version, upsert, delete) = store.key_set_since(1).unwrap().into_delta();
         assert_eq!(version, 2);
         assert_eq!(delete, vec![h("a")]);
         let mut expected = vec![

@@ -379,14 +379,7 @@ fn key_set_deltas_are_the_records_of_the_version_they_give() {
     };
     s.update_key("cli:test", &b_id, change).unwrap();
     let (hash_a, hash_b) = (crate::secret::hash(&raw_a), crate::secret::hash(&raw_b));
-    let KeySetSince::Delta {
-        version,
-        upsert,
-        delete,
-    } = s.key_set_since(2).unwrap()
-    else {
-        panic!("no delta");
-    };
+    let (version, upsert, delete) = s.key_set_since(2).unwrap().into_delta();
     assert_eq!(version, 4);
     assert_eq!(delete, vec![hash_a]);
     assert_eq!(upsert, vec![s.record(&hash_b).unwrap().unwrap()]);

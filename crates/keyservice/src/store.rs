@@ -251,7 +251,7 @@ pub struct KeySetBody {
     pub keys_at: std::ops::Range<usize>,
 }
 
-/// What `/v1/keyset?since=V` (SPEC §11) gets from the store: read in one consistent view
+/// What `/v1/keyset?since=V` (README "`keygate serve`") gets from the store: read in one consistent view
 /// of the change log, the version and the records.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeySetSince {
@@ -266,6 +266,21 @@ pub enum KeySetSince {
     },
     /// Older than the changes kept, or a version the store never had: a full document.
     Gone,
+}
+
+#[cfg(test)]
+impl KeySetSince {
+    /// The delta's version, upserts and deletes; a test fails on any other answer.
+    pub fn into_delta(self) -> (u64, Vec<bytes::Bytes>, Vec<keygate_core::record::KeyHash>) {
+        match self {
+            KeySetSince::Delta {
+                version,
+                upsert,
+                delete,
+            } => (version, upsert, delete),
+            other => panic!("no delta: {other:?}"),
+        }
+    }
 }
 
 /// What the change feed (README "Watching for changes") says about a `since`.

@@ -126,6 +126,16 @@ pub fn key_file(label: &str) -> (Scratch, PathBuf) {
     (dir, keys)
 }
 
+/// A scratch folder with a key file holding a key of alice's and one of bob's (7 days
+/// each), and `keygate serve` serving it.
+pub fn alice_and_bob_served(label: &str) -> (Scratch, PathBuf, Issued, Issued, crate::Served) {
+    let (dir, keys) = key_file(label);
+    let alice = new_key(&keys, &["--owner", "alice", "--expires-in", "7d"]);
+    let bob = new_key(&keys, &["--owner", "bob", "--expires-in", "7d"]);
+    let server = crate::Served::start(&keys);
+    (dir, keys, alice, bob, server)
+}
+
 /// `keygate new --keys FILE --owner OWNER --scopes SCOPES --expires-in EXPIRES_IN extra...`,
 /// which must succeed: the usual key of a test, holding `scopes` (comma-separated).
 pub fn new_scoped_key(

@@ -114,7 +114,12 @@ pub fn try_request(addr: SocketAddr, request: &Request) -> std::io::Result<Respo
     let mut buf = [0u8; 16 * 1024];
     let head = request.method == "HEAD";
     loop {
-        let n = stream.read(&mut buf)?;
+        // A signal delivered to the test process (a child exiting, say) interrupts a read;
+        // it is not the server's answer.
+        let n = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
         if n == 0 {
             break;
         }

@@ -76,3 +76,18 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The contents of `path` once it is not empty (Envoy writes its access log a little
+/// after the request ends); panics after 10 s of an empty or missing file.
+pub fn logged(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            bytes = std::fs::read(path).unwrap_or_default();
+            !bytes.is_empty()
+        }),
+        "nothing was written to {}",
+        path.display()
+    );
+    bytes
+}

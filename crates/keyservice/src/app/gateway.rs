@@ -33,7 +33,7 @@ fn gateway_allowed(app: &App, peer: Option<Extension<Peer>>) -> ApiResult<()> {
 
 /// `GET /v1/keyset`: the key set document with its ETag (`If-None-Match` → 304), as a
 /// plain server serves it; with `since`, `epoch` or `wait` in the query, the incremental
-/// sync (SPEC §11, changes.rs): a delta, a full document with its epoch, or 304 after
+/// sync (README "`keygate serve`", changes.rs): a delta, a full document with its epoch, or 304 after
 /// the wait.
 pub(super) async fn keyset(
     method: Method,
