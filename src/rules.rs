@@ -94,13 +94,12 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.path.matches(path)
-            && self
-                .methods
-                .as_ref()
-                // HTTP/2 lets a client send `get`; some frameworks treat it as `GET`.
-                .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    /// Whether the rule lists `method` (any method when it lists none).
+    fn lists(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            // HTTP/2 lets a client send `get`; some frameworks treat it as `GET`.
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
@@ -134,7 +133,10 @@ impl RuleSet {
 
     /// The first rule that matches a normalized path and a method.
     pub fn find(&self, method: &str, path: &str) -> Option<&Rule> {
-        self.rules.iter().find(|rule| rule.matches(method, path))
+        match self.route(method, path) {
+            Route::Rule(i) => self.rules.get(i),
+            Route::MethodNotListed | Route::Unmatched => None,
+        }
     }
 
     /// What is legal but surely not meant, for `keygate check` and the load-time log: a rule
@@ -150,14 +152,12 @@ impl RuleSet {
                 .filter(|(_, e)| e.path.covers(&rule.path))
                 .map(|(i, _)| i)
                 .collect();
+            // With no method given: whether the rule takes every method.
             let lists = |i: usize, method: Option<&str>| {
-                self.rules
-                    .get(i)
-                    .is_some_and(|e| match (&e.methods, method) {
-                        (None, _) => true,
-                        (Some(_), None) => false,
-                        (Some(ms), Some(m)) => ms.iter().any(|x| x.eq_ignore_ascii_case(m)),
-                    })
+                self.rules.get(i).is_some_and(|e| match method {
+                    None => e.methods.is_none(),
+                    Some(m) => e.lists(m),
+                })
             };
             let mut shadowing: Vec<usize> = Vec::new();
             let unreachable =
@@ -224,13 +224,16 @@ impl RuleSet {
     /// path but none lists its method, nothing (a rule's `methods` narrow its path, they do
     /// not hand the other methods to `unmatched`); or `unmatched`, for a path no rule covers.
     pub fn route(&self, method: &str, path: &str) -> Route {
-        if let Some(i) = self
-            .rules
-            .iter()
-            .position(|rule| rule.matches(method, path))
-        {
-            Route::Rule(i)
-        } else if self.rules.iter().any(|rule| rule.path.matches(path)) {
+        let mut covered = false;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.path.matches(path) {
+                if rule.lists(method) {
+                    return Route::Rule(i);
+                }
+                covered = true;
+            }
+        }
+        if covered {
             Route::MethodNotListed
         } else {
             Route::Unmatched
