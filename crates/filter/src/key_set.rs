@@ -133,14 +133,17 @@ impl KeySetState {
         let jitter = host::jitter(self.holder);
         let generation = host::random().unwrap_or(jitter);
         let cluster = &*self.fetch.endpoint.cluster;
-        match self.set.complete(
+        let fetched = self.set.complete(
             &mut SharedData,
             self.holder,
             now,
             jitter,
             generation,
             answer,
-        ) {
+        );
+        let serving = self.set.read_meta(&SharedData).serving();
+        self.active.set(serving);
+        match fetched {
             Fetched::Loaded { keys, version } => {
                 metrics.fetch_ok.add();
                 metrics.keys_loaded(keys);
@@ -160,7 +163,7 @@ impl KeySetState {
                 retry_in_ms,
             } => {
                 metrics.fetch_failed.add();
-                let kept = if self.set.read_meta(&SharedData).serving().is_some() {
+                let kept = if serving.is_some() {
                     "keeping the last good set"
                 } else {
                     "no key set loaded yet (protected routes answer 503)"
@@ -171,7 +174,6 @@ impl KeySetState {
                 );
             }
         }
-        self.active.set(self.set.read_meta(&SharedData).serving());
     }
 }
 
