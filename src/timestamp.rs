@@ -32,6 +32,16 @@ impl Timestamp {
     pub const fn unix_nanos(self) -> i128 {
         self.0
     }
+
+    /// Whole seconds since the Unix epoch (rounded down), as the key service stores times;
+    /// saturates far outside any real date.
+    pub fn unix_seconds(self) -> i64 {
+        i64::try_from(self.0.div_euclid(1_000_000_000)).unwrap_or(if self.0 < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {

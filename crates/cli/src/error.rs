@@ -28,12 +28,9 @@ impl Error {
         Error {
             lines: problems
                 .iter()
-                .map(|p| match p.path.as_str() {
-                    // Where a syntax error leaves no field to name, the message has the
-                    // line and column.
-                    "" => format!("{}: {}", path.display(), p.message),
-                    field => format!("{}: {field}: {}", path.display(), p.message),
-                })
+                // Where a syntax error leaves no field to name, the message has the line and
+                // column.
+                .map(|p| format!("{}: {p}", path.display()))
                 .collect(),
         }
     }

@@ -125,8 +125,8 @@ pub fn change(admin: &dyn Admin, change: Change, given: &str) -> Result<()> {
 
 /// `revoke --owner NAME`: "revoked 2 keys of alice".
 pub fn revoked_line(count: u64, owner: &str) -> String {
-    let keys = if count == 1 { "key" } else { "keys" };
-    format!("revoked {count} {keys} of {owner}")
+    let keys = keygate_core::record::count_keys(usize::try_from(count).unwrap_or(usize::MAX));
+    format!("revoked {keys} of {owner}")
 }
 
 pub fn revoke_owner(admin: &dyn Admin, owner: &str) -> Result<()> {

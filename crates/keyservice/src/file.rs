@@ -81,10 +81,7 @@ impl Snapshot {
         let doc = KeySetDoc::parse(&bytes).map_err(|problems| {
             problems
                 .iter()
-                .map(|p| match p.path.as_str() {
-                    "" => format!("{}: {}", path.display(), p.message),
-                    field => format!("{}: {field}: {}", path.display(), p.message),
-                })
+                .map(|p| format!("{}: {p}", path.display()))
                 .collect::<Vec<_>>()
         })?;
         let text = std::str::from_utf8(&bytes).map_err(|e| at(&e))?;

@@ -133,15 +133,10 @@ pub fn import(keys: &Path, db: &Path) -> Result<usize, Vec<String>> {
     let doc = KeySetDoc::parse(&bytes).map_err(|problems| {
         problems
             .iter()
-            .map(|p| match p.path.as_str() {
-                "" => at(p.message.clone()),
-                field => at(format!("{field}: {}", p.message)),
-            })
+            .map(|p| at(p.to_string()))
             .collect::<Vec<_>>()
     })?;
-    let seconds = |t: keygate_core::timestamp::Timestamp| {
-        i64::try_from(t.unix_nanos().div_euclid(1_000_000_000)).unwrap_or(i64::MAX)
-    };
+    let seconds = |t: keygate_core::timestamp::Timestamp| t.unix_seconds();
     let now = store::now();
     let mut records = Vec::with_capacity(doc.keys.len());
     let mut problems = Vec::new();
@@ -188,7 +183,6 @@ pub fn import(keys: &Path, db: &Path) -> Result<usize, Vec<String>> {
 /// revoked keys, no usage) to FILE, atomically (a temporary file, fsync, rename), so
 /// file mode or any static server can serve it. Answers how many keys.
 pub fn export(db: &Path, keys: &Path) -> Result<usize, String> {
-    use std::io::Write;
     use store::GatewayStore;
     if !db.is_file() {
         return Err(format!("{}: no such database", db.display()));
@@ -197,22 +191,7 @@ pub fn export(db: &Path, keys: &Path) -> Result<usize, String> {
     let set = store
         .key_set()
         .map_err(|e| format!("{}: {e}", db.display()))?;
-    let at = |e: std::io::Error| format!("{}: cannot write: {e}", keys.display());
-    let name = keys
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "keys.json".to_string());
-    let tmp = keys.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&set.body)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, keys)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(at(e));
-    }
+    atomic_file::write_atomically(keys, &[&set.body[..], b"\n"].concat())
+        .map_err(|e| format!("{}: cannot write: {e}", keys.display()))?;
     Ok(set.keys)
 }

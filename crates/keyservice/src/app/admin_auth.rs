@@ -43,22 +43,22 @@ async fn admin(
         .clone()
         .ok_or_else(|| ApiError::not_found("the admin API is served with --db only"))?;
     let ip = peer.map(|Extension(p)| p.addr.ip());
-    let (failures, wait_until) = match ip {
-        None => (None, None),
+    let wait_until = match ip {
+        None => None,
         Some(ip) => {
             let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             match map.get_mut(&ip) {
                 Some(f) if f.last.elapsed() > THROTTLE_FORGET => {
                     map.remove(&ip);
-                    (None, None)
+                    None
                 }
                 Some(f) => {
                     let slot = f.next_slot.max(now);
                     f.next_slot = slot + throttle_delay(f.count);
-                    (Some(f.count), Some(slot + throttle_delay(f.count)))
+                    Some(f.next_slot)
                 }
-                None => (None, None),
+                None => None,
             }
         }
     };
@@ -91,7 +91,8 @@ async fn admin(
             Ok((store, format!("admin:{id}")))
         }
         None => {
-            let mut n = failures.unwrap_or(0).saturating_add(1);
+            // This client's failures in a row, this one included (1 without an address).
+            let mut n = 1;
             if let Some(ip) = ip {
                 let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
                 if map.len() > 100_000 {

@@ -42,10 +42,7 @@ pub(super) async fn usage(
             .map(|e| Usage {
                 hash: e.hash.to_hex(),
                 count: e.count,
-                last_used_at: i64::try_from(
-                    e.last_used.min(now).unix_nanos().div_euclid(1_000_000_000),
-                )
-                .unwrap_or(i64::MAX),
+                last_used_at: e.last_used.min(now).unix_seconds(),
             })
             .collect();
         blocking(move || store.record_usage(&reports)).await?;
