@@ -16,7 +16,7 @@ export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
 .PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory bench-keyservice soak
 
-run: tools wasm cli
+run: tools wasm
 	cargo run --quiet -p keygate-tools --bin demo
 
 .PHONY: upstream
@@ -50,6 +50,11 @@ wasm:
 	cargo build --release -p keygate-filter --target wasm32-wasip1
 	@ls -l $(WASM) | awk '{print "keygate.wasm: " $$5 " bytes"}'
 
+# The release `keygate` and tools the benchmarks and the soak run (KEYGATE_RELEASE_BIN).
+.PHONY: release-tools
+release-tools:
+	cargo build --release -p keygate-cli -p keygate-tools
+
 # The `keygate` binary the tests run.
 cli:
 	cargo build --quiet -p keygate-cli
@@ -79,17 +84,15 @@ clean:
 # (benches/empty-filter), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
 # wrk on CPU 0. Prints the table recorded in BENCHMARKS.md and draws benches/cost-vs-keys.svg.
 # About 10 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').
-bench: tools wasm
+bench: tools wasm release-tools
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
-	cargo build --release -p keygate-cli -p keygate-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.
 # BENCH_MEMORY_ARGS passes options (e.g. a quick run: --keys 10000 --inline 1000 --workers 1).
-bench-memory: tools wasm
-	cargo build --release -p keygate-cli -p keygate-tools
+bench-memory: tools wasm release-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory $(BENCH_MEMORY_ARGS)
 
 # The key service (`keygate serve`) with 1,000,000 keys in SQLite (--db) and in a key file
@@ -98,8 +101,7 @@ bench-memory: tools wasm
 # /v1/keyset and the server's RSS; prints the table recorded in BENCHMARKS.md. About 3
 # minutes and 1 GB under /tmp (deleted); BENCH_KEYSERVICE_ARGS passes options (a quick
 # run: --keys 100000 --seconds 3 --admin-seconds 2).
-bench-keyservice:
-	cargo build --release -p keygate-cli -p keygate-tools
+bench-keyservice: release-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench-keyservice $(BENCH_KEYSERVICE_ARGS)
 
 # Mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, in each key
@@ -112,8 +114,7 @@ bench-keyservice:
 # options: --mode inline|key_set|lookup|all, --requests N (per mode), --connections 8,
 # --workers 1, --refresh-seconds 2, --cache-seconds 2, --revocations 4, --warmup N,
 # --max-seconds 1800 (e.g. SOAK_ARGS='--mode lookup --requests 200000 --workers 2').
-soak: tools wasm
-	cargo build --release -p keygate-cli -p keygate-tools
+soak: tools wasm release-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/soak $(SOAK_ARGS)
 
 # Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without

@@ -99,8 +99,16 @@ impl Upstream {
     }
 
     pub fn start_on(addr: &str) -> Upstream {
-        let server = tiny_http::Server::http(addr).unwrap();
-        let addr = server.server_addr().to_ip().unwrap();
+        Upstream::try_start_on(addr).unwrap()
+    }
+
+    /// As [`Upstream::start_on`], but an address that cannot be listened on is an error.
+    pub fn try_start_on(addr: &str) -> Result<Upstream, String> {
+        let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| format!("{addr} is not an IP address"))?;
         let recording = Recording::spawn(move |seen, stop| {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50)) else {
@@ -131,7 +139,7 @@ impl Upstream {
                 );
             }
         });
-        Upstream { addr, recording }
+        Ok(Upstream { addr, recording })
     }
 
     /// Everything received so far, oldest first, and forgets it.

@@ -23,11 +23,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = std::net::TcpListener::bind(addr) {
-        eprintln!("echo-upstream: cannot listen on {addr}: {error} (give another HOST:PORT)");
-        return ExitCode::FAILURE;
-    }
-    let upstream = Upstream::start_on(&addr.to_string());
+    let upstream = match Upstream::try_start_on(&addr.to_string()) {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            eprintln!("echo-upstream: cannot listen on {addr}: {error} (give another HOST:PORT)");
+            return ExitCode::FAILURE;
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

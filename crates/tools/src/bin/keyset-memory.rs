@@ -130,36 +130,6 @@ fn rules() -> Value {
 // ---------------------------------------------------------------------------------------
 // Envoy's memory
 
-/// The running Envoy: our child process whose command is `envoy` (`.venv/bin/envoy` is a
-/// Python script that execs the binary, so the pid is the one we spawned).
-fn envoy_pid() -> Option<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let mut fields = stat[close + 1..].split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if comm == "envoy" && ppid == Some(me) && state != "Z" {
-            found.push(pid);
-        }
-    }
-    (found.len() == 1).then(|| found[0])
-}
-
 #[derive(Clone, Copy, Default)]
 struct Mem {
     rss_kib: u64,
@@ -488,10 +458,7 @@ fn run(case: &Case, options: &Options) -> Row {
     };
     drop(doc);
     let ready_after = started.elapsed();
-    let Some(pid) = envoy_pid() else {
-        row.problem = Some("cannot find Envoy's pid".into());
-        return row;
-    };
+    let pid = envoy.pid();
     let before = stats(&envoy).unwrap_or_default();
     row.ready = mem(pid);
     eprintln!(
