@@ -4,16 +4,18 @@
 use crate::abi;
 use crate::headers::{self, HostEditor};
 use keygate_core::config::Config;
-use keygate_core::decision::{Denial, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use keygate_core::decision::{Denial, Verdict, UNAVAILABLE};
 use keygate_core::header_map;
 use keygate_core::key_set::SharedStore;
+use keygate_core::remote::Endpoint;
 use keygate_core::response;
 use keygate_core::stats::{self, Outcome};
 use keygate_core::timestamp::Timestamp;
 use log::{debug, error, warn};
+use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::cell::Cell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Proxy-wasm shared data: one map per Envoy process, shared by every worker's VM.
 pub struct SharedData;
@@ -213,10 +215,7 @@ pub fn carry_out(
             allowed.apply(config, &mut editor);
             if editor.failed {
                 warn!("keygate: Envoy refused a header edit; the request is refused");
-                let denial = Denial::Unavailable {
-                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
-                };
-                return deny(config, metrics, denial, None);
+                return deny(config, metrics, UNAVAILABLE, None);
             }
             metrics.count(outcome);
             if resume && abi::continue_request().is_err() {
@@ -262,6 +261,32 @@ pub fn respond(answer: &response::LocalResponse) {
         error!("keygate: Envoy refused the local answer (status {status}); the request is reset");
         let _ = abi::close_request();
     }
+}
+
+/// Calls the key service's cluster: `method path` with the endpoint's authority, then
+/// `headers`, answered within `timeout_ms`. The token, or what went wrong, naming what to
+/// check.
+pub fn call(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+) -> Result<u32, String> {
+    let mut all = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", &*endpoint.authority),
+    ];
+    all.extend_from_slice(headers);
+    let timeout = Duration::from_millis(timeout_ms);
+    hostcalls::dispatch_http_call(&endpoint.cluster, all, body, vec![], timeout).map_err(|status| {
+        format!(
+            "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
+            &*endpoint.cluster
+        )
+    })
 }
 
 /// What a call's response says in its headers (read as bytes: a value need not be text).

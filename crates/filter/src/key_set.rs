@@ -8,9 +8,7 @@ use keygate_core::key_set::{FetchAnswer, Fetched, Serving, SharedSet};
 use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
-use proxy_wasm::hostcalls;
 use std::cell::Cell;
-use std::time::Duration;
 
 /// One VM's view of the shared set.
 pub struct KeySetState {
@@ -77,27 +75,21 @@ impl KeySetState {
             return;
         };
         let endpoint = &self.fetch.endpoint;
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", &*self.fetch.path),
-            (":authority", &*endpoint.authority),
-            ("accept", "application/json"),
-        ];
+        let mut headers = vec![("accept", "application/json")];
         if let Some(etag) = etag.as_deref() {
             headers.push(("if-none-match", etag));
         }
-        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
-        match hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout) {
-            Ok(_) => self
-                .in_flight_until_ms
-                .set(now + u64::from(endpoint.timeout_ms) + 1000),
-            Err(status) => self.settle(
-                metrics,
-                FetchAnswer::Failed(format!(
-                    "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
-                    &*endpoint.cluster
-                )),
-            ),
+        let timeout_ms = u64::from(endpoint.timeout_ms);
+        match host::call(
+            endpoint,
+            "GET",
+            &self.fetch.path,
+            &headers,
+            None,
+            timeout_ms,
+        ) {
+            Ok(_) => self.in_flight_until_ms.set(now + timeout_ms + 1000),
+            Err(reason) => self.settle(metrics, FetchAnswer::Failed(reason)),
         }
     }
 

@@ -14,8 +14,6 @@ use keygate_core::remote::LookupConfig;
 use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
 use log::warn;
-use proxy_wasm::hostcalls;
-use std::time::Duration;
 
 /// The host as one callback sees it.
 pub struct Host<'a> {
@@ -36,21 +34,15 @@ impl LookupHost for Host<'_> {
 
     fn dispatch(&mut self, path: &str) -> Result<u32, String> {
         let endpoint = &self.lookup.endpoint;
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", &*endpoint.authority),
-            ("accept", "application/json"),
-        ];
-        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
         self.metrics.lookup_calls.add();
-        hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout).map_err(
-            |status| {
-                format!(
-                    "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
-                    &*endpoint.cluster
-                )
-            },
+        let accept = [("accept", "application/json")];
+        host::call(
+            endpoint,
+            "GET",
+            path,
+            &accept,
+            None,
+            u64::from(endpoint.timeout_ms),
         )
     }
 

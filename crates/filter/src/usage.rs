@@ -7,9 +7,7 @@ use crate::host::{self, Metrics};
 use keygate_core::record::KeyHash;
 use keygate_core::usage::{Recorded, ReportHost, Reporter, UsageConfig};
 use log::warn;
-use proxy_wasm::hostcalls;
 use std::cell::RefCell;
-use std::time::Duration;
 
 /// One VM's usage reporting.
 pub struct Usage {
@@ -25,20 +23,16 @@ struct Host<'a> {
 impl ReportHost for Host<'_> {
     fn dispatch(&mut self, body: &[u8]) -> Result<u32, String> {
         let endpoint = &self.config.endpoint;
-        let headers = vec![
-            (":method", "POST"),
-            (":path", &*self.config.path),
-            (":authority", &*endpoint.authority),
-            ("content-type", "application/json"),
-        ];
-        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
-        hostcalls::dispatch_http_call(&endpoint.cluster, headers, Some(body), vec![], timeout)
-            .map_err(|status| {
-                format!(
-                    "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
-                    &*endpoint.cluster
-                )
-            })
+        let json = [("content-type", "application/json")];
+        let timeout_ms = u64::from(endpoint.timeout_ms);
+        host::call(
+            endpoint,
+            "POST",
+            &self.config.path,
+            &json,
+            Some(body),
+            timeout_ms,
+        )
     }
 
     fn sent(&mut self) {

@@ -8,8 +8,6 @@ use keygate_core::lookup::Lookups;
 use keygate_core::remote::LookupConfig;
 use keygate_core::watch::{Outcome, Step, Watch, MAX_BODY_BYTES};
 use log::{debug, info, warn};
-use proxy_wasm::hostcalls;
-use std::time::Duration;
 
 /// What a watch works with.
 pub struct Feed<'a> {
@@ -32,20 +30,10 @@ impl Feed<'_> {
             return;
         };
         let endpoint = &self.lookup.endpoint;
-        let headers = vec![
-            (":method", "GET"),
-            (":path", call.path.as_str()),
-            (":authority", &*endpoint.authority),
-            ("accept", "application/json"),
-        ];
-        let timeout = Duration::from_millis(call.timeout_ms);
-        match hostcalls::dispatch_http_call(&endpoint.cluster, headers, None, vec![], timeout) {
+        let accept = [("accept", "application/json")];
+        match host::call(endpoint, "GET", &call.path, &accept, None, call.timeout_ms) {
             Ok(token) => watch.sent(token, &call, now),
-            Err(status) => {
-                let reason = format!(
-                    "cannot call cluster {:?} ({status:?}): is it defined in Envoy's config?",
-                    &*endpoint.cluster
-                );
+            Err(reason) => {
                 let step = watch.not_sent(reason, now, host::jitter(self.salt));
                 self.settle(watch, step, 0);
             }
