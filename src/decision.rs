@@ -193,15 +193,19 @@ pub fn decide<'c>(
                 check.finish(config, record, now)
             }
             // No set to read here: the shell looks the key up and calls `finish` itself.
-            KeySource::KeySet(_) | KeySource::Lookup(_) => {
-                check.unavailable(config, UNAVAILABLE_RETRY_SECONDS)
-            }
+            KeySource::KeySet(_) | KeySource::Lookup(_) => check.unavailable(config),
         },
     }
 }
 
 /// `Retry-After` when keygate cannot check a key, in seconds.
 pub const UNAVAILABLE_RETRY_SECONDS: u32 = 5;
+
+/// The 503 of a request keygate cannot decide safely (no key set, key service down, an
+/// edit Envoy refused), with its `Retry-After`.
+pub const UNAVAILABLE: Denial<'static> = Denial::Unavailable {
+    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
+};
 
 /// Everything a request can be decided on without its key's record.
 pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
@@ -294,13 +298,11 @@ impl KeyCheck {
 
     /// Decides when the key cannot be checked (no key set loaded yet, key service down):
     /// a protected route answers 503; a public route passes, without an identity.
-    pub fn unavailable(self, config: &Config, retry_after_seconds: u32) -> Verdict<'_> {
+    pub fn unavailable(self, config: &Config) -> Verdict<'_> {
         match need(config, self.route) {
             Need::Nothing => Verdict::Allow(self.allow(None)),
             Need::Closed(denial) => Verdict::Deny(denial),
-            Need::Key { .. } => Verdict::Deny(Denial::Unavailable {
-                retry_after_seconds,
-            }),
+            Need::Key { .. } => Verdict::Deny(UNAVAILABLE),
         }
     }
 

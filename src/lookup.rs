@@ -11,7 +11,7 @@
 //! called, so the host may call back in (a resumed request's body callback, say).
 
 use crate::config::Config;
-use crate::decision::{KeyCheck, Verdict, UNAVAILABLE_RETRY_SECONDS};
+use crate::decision::{KeyCheck, Verdict};
 use crate::lookup_cache::{self, Answer, LookupCache, Probe, DEFAULT_CAPACITY};
 use crate::record::KeyHash;
 use crate::remote::LookupConfig;
@@ -230,7 +230,7 @@ impl Lookups {
                 Some(answer) => waiting
                     .check
                     .finish(config, answer.record(), || host.request_time()),
-                None => waiting.check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
+                None => waiting.check.unavailable(config),
             };
             host.resume(context_id, &hash, verdict, waiting.redacted_path.as_deref());
         }

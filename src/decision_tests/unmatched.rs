@@ -190,7 +190,7 @@ fn a_method_not_listed_while_keys_are_unavailable_is_still_refused() {
     let h = with_bearer("POST", "/admin/users", ADMIN);
     match begin(&c, &h) {
         Step::Key(check) => assert_eq!(
-            check.unavailable(&c, 5),
+            check.unavailable(&c),
             Verdict::Deny(Denial::MethodNotListed)
         ),
         Step::Done(v) => panic!("expected a key check, got {v:?}"),

@@ -18,9 +18,7 @@ use headers::RequestHeaders;
 use host::{carry_out, Metrics};
 use key_set::{KeySetState, NotLoaded};
 use keygate_core::config::{Config, KeySource};
-use keygate_core::decision::{
-    begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE_RETRY_SECONDS,
-};
+use keygate_core::decision::{begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE};
 use keygate_core::lookup::{Lookups, Next};
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
@@ -294,13 +292,10 @@ impl HttpContext for Request {
         let Some(shared) = self.shared.clone() else {
             // Envoy does not create request contexts for a refused configuration; should
             // one appear anyway, nothing passes unchecked.
-            let denial = Denial::Unavailable {
-                retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
-            };
             host::respond(&response::render(
                 keygate_core::config::DEFAULT_REALM,
                 &[],
-                &denial,
+                &UNAVAILABLE,
             ));
             return Action::Pause;
         };
@@ -347,7 +342,7 @@ impl HttpContext for Request {
                     fetched = record;
                     check.finish(config, fetched.as_ref(), now)
                 }
-                Err(NotLoaded) => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
+                Err(NotLoaded) => check.unavailable(config),
             },
             (KeySource::Lookup(_), _, Some((lookups, mut host))) => {
                 let redacted = || redacted_target(config, &headers);
@@ -357,14 +352,12 @@ impl HttpContext for Request {
                         answer = found;
                         check.finish(config, answer.record(), now)
                     }
-                    Next::Unavailable(check) => {
-                        check.unavailable(config, UNAVAILABLE_RETRY_SECONDS)
-                    }
+                    Next::Unavailable(check) => check.unavailable(config),
                     Next::Paused => return Action::Pause,
                 }
             }
             // A mode without its state (not made in `on_configure`): fail closed.
-            _ => check.unavailable(config, UNAVAILABLE_RETRY_SECONDS),
+            _ => check.unavailable(config),
         };
         let redacted = denied_path(config, &verdict, &headers);
         let used = verdict.outcome() == Outcome::Allowed;
@@ -388,13 +381,10 @@ impl HttpContext for Request {
         if let Some(shared) = &self.shared {
             if !headers::strip_trailers(&shared.config) {
                 warn!("keygate: Envoy refused to remove a request trailer; the request is refused");
-                let denial = Denial::Unavailable {
-                    retry_after_seconds: UNAVAILABLE_RETRY_SECONDS,
-                };
                 host::respond(&response::render(
                     &shared.config.realm,
                     &shared.config.sources,
-                    &denial,
+                    &UNAVAILABLE,
                 ));
                 return Action::Pause;
             }
