@@ -27,7 +27,6 @@ use crate::store::{GatewayStore, KeySetSince, Since};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use keygate_core::key_set_delta::MAX_DELTA_KEYS;
 use keygate_core::record::KeyHash;
 use keygate_core::watch::Epoch;
 use std::collections::{HashSet, VecDeque};
@@ -339,10 +338,10 @@ async fn answer(store: &Arc<dyn GatewayStore>, feed: Feed, since: u64) -> ApiRes
                 version,
                 upsert,
                 delete,
-            } if upsert.len().saturating_add(delete.len()) <= MAX_DELTA_KEYS => Some(Reply::Json(
-                delta_bytes(version, epoch, since, &upsert, &delete),
-            )),
-            KeySetSince::Delta { .. } | KeySetSince::Gone => Some(full_key_set(store).await?),
+            } => Some(Reply::Json(delta_bytes(
+                version, epoch, since, &upsert, &delete,
+            ))),
+            KeySetSince::Gone => Some(full_key_set(store).await?),
         },
     })
 }

@@ -67,6 +67,14 @@ struct RawKeys<'a> {
 }
 
 impl Snapshot {
+    /// The record of `hash` as the file holds it.
+    fn record(&self, hash: &KeyHash) -> Option<bytes::Bytes> {
+        self.by_hash
+            .get(hash)
+            .filter(|range| range.end <= self.set.body.len())
+            .map(|range| self.set.body.slice(range.clone()))
+    }
+
     fn load(path: &Path) -> Result<Snapshot, Vec<String>> {
         let at = |e: &dyn std::fmt::Display| vec![format!("{}: {e}", path.display())];
         let mut file = File::open(path).map_err(|e| at(&format!("cannot read: {e}")))?;
@@ -287,12 +295,7 @@ impl GatewayStore for FileStore {
     }
 
     fn record(&self, hash: &KeyHash) -> StoreResult<Option<bytes::Bytes>> {
-        let snapshot = self.snapshot();
-        Ok(snapshot
-            .by_hash
-            .get(hash)
-            .filter(|range| range.end <= snapshot.set.body.len())
-            .map(|range| snapshot.set.body.slice(range.clone())))
+        Ok(self.snapshot().record(hash))
     }
 
     fn ready(&self) -> StoreResult<()> {
@@ -328,30 +331,8 @@ impl GatewayStore for FileStore {
     fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince> {
         self.snapshot();
         let state = lock(&self.state);
-        Ok(match state.log.since(since) {
-            Since::Current => KeySetSince::Current,
-            Since::Gone => KeySetSince::Gone,
-            Since::Changed(version, hashes) => {
-                let current = &state.current;
-                let mut upsert = Vec::new();
-                let mut delete = Vec::new();
-                for hash in hashes {
-                    match current
-                        .by_hash
-                        .get(&hash)
-                        .filter(|range| range.end <= current.set.body.len())
-                    {
-                        Some(range) => upsert.push(current.set.body.slice(range.clone())),
-                        None => delete.push(hash),
-                    }
-                }
-                KeySetSince::Delta {
-                    version,
-                    upsert,
-                    delete,
-                }
-            }
-        })
+        let current = &state.current;
+        KeySetSince::from_changes(state.log.since(since), |hash| Ok(current.record(hash)))
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -496,27 +496,9 @@ impl GatewayStore for SqliteStore {
         let conn = lock(&self.reader);
         // One read transaction: the records are those of the version the delta gives.
         conn.execute_batch("BEGIN").map_err(unavailable)?;
-        let result = (|| {
-            Ok(match Self::changes_in(&conn, since)? {
-                Since::Current => KeySetSince::Current,
-                Since::Gone => KeySetSince::Gone,
-                Since::Changed(version, hashes) => {
-                    let mut upsert = Vec::new();
-                    let mut delete = Vec::new();
-                    for hash in hashes {
-                        match gateway_record(&conn, &hash.to_hex())? {
-                            Some(record) => upsert.push(record),
-                            None => delete.push(hash),
-                        }
-                    }
-                    KeySetSince::Delta {
-                        version,
-                        upsert,
-                        delete,
-                    }
-                }
-            })
-        })();
+        let result = Self::changes_in(&conn, since).and_then(|changes| {
+            KeySetSince::from_changes(changes, |hash| gateway_record(&conn, &hash.to_hex()))
+        });
         let _ = conn.execute_batch("COMMIT");
         result
     }

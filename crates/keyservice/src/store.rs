@@ -283,6 +283,44 @@ impl KeySetSince {
     }
 }
 
+impl KeySetSince {
+    /// The key set's answer to what the change log says about `since`: each changed hash
+    /// still served is upserted with its record (`record`, as `/v1/keys/{hash}` answers it),
+    /// the others deleted. A change too large for one delta is answered as [`Gone`] (the
+    /// full document) before any record is read.
+    ///
+    /// [`Gone`]: KeySetSince::Gone
+    pub fn from_changes(
+        since: Since,
+        mut record: impl FnMut(&keygate_core::record::KeyHash) -> StoreResult<Option<bytes::Bytes>>,
+    ) -> StoreResult<KeySetSince> {
+        Ok(match since {
+            Since::Current => KeySetSince::Current,
+            Since::Gone => KeySetSince::Gone,
+            Since::Changed(_, hashes)
+                if hashes.len() > keygate_core::key_set_delta::MAX_DELTA_KEYS =>
+            {
+                KeySetSince::Gone
+            }
+            Since::Changed(version, hashes) => {
+                let mut upsert = Vec::new();
+                let mut delete = Vec::new();
+                for hash in hashes {
+                    match record(&hash)? {
+                        Some(record) => upsert.push(record),
+                        None => delete.push(hash),
+                    }
+                }
+                KeySetSince::Delta {
+                    version,
+                    upsert,
+                    delete,
+                }
+            }
+        })
+    }
+}
+
 /// What the change feed (README "Watching for changes") says about a `since`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Since {
@@ -364,4 +402,44 @@ pub trait AdminStore: GatewayStore {
     /// Adds existing records (`keygate import`), all or none: a key whose id or hash is
     /// already in the store is a conflict naming its position.
     fn import_keys(&self, actor: &str, keys: &[(NewKey, Status)]) -> StoreResult<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::key_set_delta::MAX_DELTA_KEYS;
+    use keygate_core::record::KeyHash;
+
+    #[test]
+    fn a_delta_splits_the_changed_hashes_into_upserts_and_deletes() {
+        let (kept, gone) = (KeyHash::of_key("kept"), KeyHash::of_key("gone"));
+        let answer = KeySetSince::from_changes(Since::Changed(7, vec![kept, gone]), |h| {
+            Ok((*h == kept).then(|| bytes::Bytes::from_static(b"{}")))
+        })
+        .unwrap();
+        assert_eq!(
+            answer.into_delta(),
+            (7, vec![bytes::Bytes::from_static(b"{}")], vec![gone])
+        );
+    }
+
+    #[test]
+    fn a_change_too_large_for_a_delta_is_the_full_document_without_reading_a_record() {
+        let hashes = (0..=MAX_DELTA_KEYS)
+            .map(|i| KeyHash::of_key(&i.to_string()))
+            .collect();
+        let answer = KeySetSince::from_changes(Since::Changed(9, hashes), |_| {
+            panic!("no record is read for a change that gets the full document")
+        });
+        assert_eq!(answer.unwrap(), KeySetSince::Gone);
+        for (since, expected) in [
+            (Since::Current, KeySetSince::Current),
+            (Since::Gone, KeySetSince::Gone),
+        ] {
+            assert_eq!(
+                KeySetSince::from_changes(since, |_| Ok(None)).unwrap(),
+                expected
+            );
+        }
+    }
 }
