@@ -122,6 +122,18 @@ pub struct FeedQuery<'a> {
 
 /// Whether a query asks for the incremental sync (names `since`, `epoch` or `wait`):
 /// without, `/v1/keyset` answers as a plain server does.
+/// Tells the long-polls held on `feed` that `version` is served; a version not newer than
+/// the one announced changes nothing.
+pub(crate) fn announce(feed: &tokio::sync::watch::Sender<u64>, version: u64) {
+    feed.send_if_modified(|announced| {
+        let newer = version > *announced;
+        if newer {
+            *announced = version;
+        }
+        newer
+    });
+}
+
 pub fn is_feed_query(query: &str) -> bool {
     query.split('&').any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(name, _)| name);

@@ -15,6 +15,7 @@
 
 use crate::changes::{Log, MAX_LOG_HASHES};
 use crate::etag;
+use crate::lock;
 use crate::store::{GatewayStore, KeySetBody, KeySetSince, Since, StoreResult};
 use keygate_core::record::{count_keys, KeyHash, KeySetDoc};
 use keygate_core::watch::Epoch;
@@ -25,7 +26,7 @@ use std::fs::{File, Metadata};
 use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// What identifies one version of the file on disk without reading it. `keygate` replaces
@@ -170,11 +171,6 @@ pub struct FileStore {
     feed: tokio::sync::watch::Sender<u64>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; if something did, the state is still whole.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl FileStore {
     /// Loads `path`; an invalid file is refused with one line per problem.
     pub fn open(path: &Path) -> Result<FileStore, Vec<String>> {
@@ -257,13 +253,7 @@ impl FileStore {
                         if let Some(version) = state.log.record(changed) {
                             let current = state.current.clone();
                             drop(state);
-                            self.feed.send_if_modified(|v| {
-                                let newer = version > *v;
-                                if newer {
-                                    *v = version;
-                                }
-                                newer
-                            });
+                            crate::changes::announce(&self.feed, version);
                             return current;
                         }
                     }

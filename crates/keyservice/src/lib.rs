@@ -4,6 +4,14 @@
 
 pub mod app;
 pub mod atomic_file;
+
+/// A mutex's guard. Nothing panics while holding the key service's locks; if something
+/// did, what they guard is still whole.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub mod changes;
 pub mod duration;
 pub mod etag;

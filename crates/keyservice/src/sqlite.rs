@@ -16,13 +16,14 @@
 use crate::changes::MAX_LOG_HASHES;
 use crate::duration::Lifetime;
 use crate::etag;
+use crate::lock;
 use crate::store::*;
 use keygate_core::record::{count_keys, KeyHash};
 use keygate_core::watch::Epoch;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -84,10 +85,6 @@ pub struct SqliteStore {
     feed: tokio::sync::watch::Sender<u64>,
     /// Rows the `changes` table keeps at most.
     log_bound: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -361,13 +358,7 @@ impl SqliteStore {
 
     /// Tells the long-polls about `version`, if newer than what they were told.
     fn announce(&self, version: u64) {
-        self.feed.send_if_modified(|announced| {
-            let newer = version > *announced;
-            if newer {
-                *announced = version;
-            }
-            newer
-        });
+        crate::changes::announce(&self.feed, version);
     }
 
     /// Runs `change` in one IMMEDIATE transaction and commits it (durably: WAL with

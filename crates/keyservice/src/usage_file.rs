@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// One key's usage, as kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl UsageFile {
     /// file. Blocks: run it off the async workers. Returns how many entries were kept.
     pub fn record(&self, report: &UsageReport, now: Timestamp) -> StoreResult<usize> {
         let known = self.keys.known_hashes();
-        let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut uses = crate::lock(&self.uses);
         let mut merged = uses.clone();
         let kept = merge(&mut merged, report, known, now);
         if merged == *uses {

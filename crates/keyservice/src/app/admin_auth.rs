@@ -46,7 +46,7 @@ async fn admin(
     let wait_until = match ip {
         None => None,
         Some(ip) => {
-            let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut map = crate::lock(&app.throttle);
             let now = Instant::now();
             match map.get_mut(&ip) {
                 Some(f) if f.last.elapsed() > THROTTLE_FORGET => {
@@ -85,7 +85,7 @@ async fn admin(
     match found {
         Some(id) => {
             if let Some(ip) = ip {
-                let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut map = crate::lock(&app.throttle);
                 map.remove(&ip);
             }
             Ok((store, format!("admin:{id}")))
@@ -94,7 +94,7 @@ async fn admin(
             // This client's failures in a row, this one included (1 without an address).
             let mut n = 1;
             if let Some(ip) = ip {
-                let mut map = app.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut map = crate::lock(&app.throttle);
                 if map.len() > 100_000 {
                     map.retain(|_, f| f.last.elapsed() <= THROTTLE_FORGET);
                     if map.len() > 100_000 {
