@@ -4,29 +4,31 @@
 //! Envoy runs one VM per worker. Fetching and holding the set per VM would multiply the
 //! calls to the key service and the memory by the worker count, so:
 //! - one VM at a time (a worker's, or the one on Envoy's main thread) holds a lease (a
-//!   compare-and-swap on a shared entry) and fetches; the holder keeps it while it lives,
-//!   so one VM, not all, pays for parsing;
-//! - each record is a shared entry of its own, keyed by hash, written once: a request
-//!   reads exactly one entry, and no VM holds a copy of the set;
-//! - entries live in two slots. A new set is written into the slot not in use, then one
-//!   write to the meta entry switches to it, so a request sees the old set or the new
-//!   one, never a mixture. Workers re-read which slot is active every tick, and a slot is
-//!   not rewritten until every worker has had time to move off it;
-//! - each publication has a random generation, written into its records and the meta
-//!   entry; a record of another generation reads as no record. What a publication cut
-//!   short (a VM torn down mid-way) or a concurrent one left behind in a slot is never
-//!   served, even once its key has left the set.
+//!   compare-and-swap on a shared entry) and fetches; the holder keeps it while it lives;
+//! - records live in buckets named by the leading bits of their hash
+//!   ([`crate::key_set_bucket`]): a request reads one bucket, no VM holds a copy of the
+//!   set, and Envoy's memory follows the set in force, not every hash ever published;
+//! - against a key service that speaks the incremental sync, the holder long-polls
+//!   `?since=V&epoch=E&wait=S` and applies each delta to the buckets it touches, so a
+//!   revocation is in force on every worker as soon as its bucket is written; against a
+//!   plain file server it polls every `refresh_seconds`;
+//! - a full document is read and written a slice at a time ([`Job`]), the shell calling
+//!   [`SharedSet::resume`] until it is done, so no worker is held up for long. Each key
+//!   moves to the new set as its bucket is written; a set grown or shrunk fourfold is
+//!   written under a new layout and switched to at once, the old layout cleared after
+//!   every worker has moved off it.
 //!
 //! All of it is written against [`SharedStore`], so the protocol is tested natively; the
 //! shell implements the store with proxy-wasm's shared-data calls.
 
-use crate::record::{KeyHash, KeyRecord, KeySetDoc};
+use crate::key_set_bucket::{self as bucket, bits_for, relayout};
+use crate::key_set_scan::{Scan, Scanned, Staged, Step};
+use crate::record::{KeyHash, KeyRecord};
 use crate::record_codec;
 use crate::remote::KeySetConfig;
 use crate::scope::ScopeIndex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 
 /// Proxy-wasm shared data: a map of byte values with a version (`cas`) per entry.
 pub trait SharedStore {
@@ -38,61 +40,52 @@ pub trait SharedStore {
 /// How long a fetcher's lease outlives the time it was due, before another worker may take
 /// over: covers a fetcher that is slow to tick.
 pub const LEASE_GRACE_MS: u64 = 5_000;
-/// After a switch of slots, how long the slot just left stays untouched: every worker
-/// re-reads the active slot every half second, so two ticks. No longer: the next fetch
-/// waits for it, and with `refresh_seconds: 1` a longer settling time (it was 3 s) put off
-/// the first refresh after each new set, and a revocation with it. A worker whose tick
-/// comes later still does not refuse a good key: a record it cannot find sends it to the
-/// set in force ([`SharedSet::lookup_current`]).
-pub const SLOT_SETTLE_MS: u64 = 1_000;
+/// After a switch of layout, how long the layout just left stays untouched: every worker
+/// re-reads the layout in force every half second, so two ticks.
+pub const SETTLE_MS: u64 = 1_000;
 /// The first retry after a failed fetch; doubled per failure up to the refresh interval.
 pub const FIRST_RETRY_MS: u64 = 1_000;
 
-/// What every worker reads each tick: which slot serves, and when to fetch next.
+/// What every worker reads each tick: the layout in force, and when to fetch next.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// The slot of the set in force; `None` until a first set has loaded.
-    pub active: Option<u8>,
+    /// The layout of the set in force (how many hash bits name a bucket); `None` until a
+    /// first set has loaded.
+    pub bits: Option<u8>,
     pub etag: Option<String>,
     pub version: Option<String>,
+    /// The key service's epoch: present once it has shown it speaks the incremental sync.
+    pub epoch: Option<String>,
     pub keys: usize,
     /// When the key service last answered with a good set (200 or 304).
     pub last_ok_ms: Option<u64>,
-    pub switched_ms: u64,
     pub next_due_ms: u64,
     /// Failures since the last good answer.
     pub failures: u32,
     pub last_error: Option<String>,
-    /// The publication the active slot's records belong to.
-    #[serde(default)]
-    pub generation: u64,
+    /// A layout left behind, to be cleared once every worker has moved off it.
+    pub retired: Option<Retired>,
 }
 
-/// The set requests read: its slot, and the publication that wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Serving {
-    pub slot: u8,
-    pub generation: u64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    pub bits: u8,
+    pub at_ms: u64,
 }
 
-impl Meta {
-    /// `None` until a first set has loaded.
-    pub fn serving(&self) -> Option<Serving> {
-        self.active.map(|slot| Serving {
-            slot,
-            generation: self.generation,
-        })
-    }
+/// One call to make to the key service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub path: String,
+    pub etag: Option<String>,
+    pub timeout_ms: u64,
 }
 
 /// A key service's answer to a fetch, as the shell received it.
 #[derive(Debug)]
-pub enum FetchAnswer<'a> {
+pub enum FetchAnswer {
     /// 200 with a body.
-    Set {
-        etag: Option<&'a str>,
-        body: &'a [u8],
-    },
+    Set { etag: Option<String>, body: Vec<u8> },
     /// 304: the set in force is current.
     NotModified,
     /// Anything else: an error status, a timeout, a reset.
@@ -102,9 +95,16 @@ pub enum FetchAnswer<'a> {
 /// What came of a fetch, for the stats and the log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched {
+    /// A full document written.
     Loaded {
         keys: usize,
         version: Option<String>,
+    },
+    /// A delta applied.
+    Updated {
+        changed: usize,
+        keys: usize,
+        version: String,
     },
     NotModified,
     Failed {
@@ -113,16 +113,72 @@ pub enum Fetched {
     },
 }
 
+/// Who acts, and when: the lease holder, the time, and a number that differs between
+/// calls (it spreads the next fetch).
+#[derive(Clone, Copy, Debug)]
+pub struct Turn {
+    pub holder: u64,
+    pub now_ms: u64,
+    pub jitter: u64,
+}
+
+/// A full document being read or written by the VM that fetched it.
+pub struct Job {
+    etag: Option<String>,
+    phase: Phase,
+}
+
+enum Phase {
+    Read(Scan),
+    Write(Writing),
+}
+
+struct Writing {
+    staged: Staged,
+    version: Option<String>,
+    epoch: Option<String>,
+    bits: u8,
+    /// The layout being left, when writing a new one.
+    leaving: Option<u8>,
+    /// The next bucket to write.
+    next: u32,
+}
+
+/// What [`SharedSet::complete`] and [`SharedSet::resume`] came to.
+pub enum Progress {
+    /// More to do: call [`SharedSet::resume`] again soon.
+    Working(Box<Job>),
+    /// The answer is dealt with; a layout left behind is to be cleared.
+    Done(Fetched, Option<Clearing>),
+}
+
+/// A layout left behind, being cleared a slice at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clearing {
+    retired: Retired,
+    next: u32,
+}
+
+impl Clearing {
+    pub fn of(retired: Retired) -> Clearing {
+        Clearing { retired, next: 0 }
+    }
+}
+
 /// The names of one key set's entries. Sets from different sources (cluster, authority,
 /// path) never share entries, and plugins fetching the same source share them.
 #[derive(Clone, Debug)]
 pub struct SharedSet {
     prefix: String,
+    path: String,
     refresh_ms: u64,
     timeout_ms: u64,
+    watch_seconds: u32,
 }
 
 const PREFIX_LEN: usize = "keygate/".len() + 16 + 1;
+/// `<prefix><bits: 2 digits>/<bucket: 5 hex digits>`.
+const BUCKET_NAME_LEN: usize = PREFIX_LEN + 2 + 1 + 5;
 
 impl SharedSet {
     pub fn new(fetch: &KeySetConfig) -> Self {
@@ -135,8 +191,10 @@ impl SharedSet {
         debug_assert_eq!(prefix.len(), PREFIX_LEN);
         SharedSet {
             prefix,
+            path: fetch.path.to_string(),
             refresh_ms: u64::from(fetch.refresh_seconds) * 1000,
             timeout_ms: u64::from(fetch.endpoint.timeout_ms),
+            watch_seconds: fetch.watch_seconds,
         }
     }
 
@@ -178,83 +236,333 @@ impl SharedSet {
         u64::MAX
     }
 
-    /// Called every tick: takes the lease and returns the ETag to send when this worker
+    /// Whether this key service is long-polled: it has shown it speaks the incremental
+    /// sync, and the configuration asks for it.
+    fn watching(&self, meta: &Meta) -> bool {
+        self.watch_seconds > 0 && meta.epoch.is_some() && meta.bits.is_some()
+    }
+
+    /// Called every tick: takes the lease and returns the call to make when this worker
     /// should fetch now; `None` otherwise.
-    pub fn claim(
+    pub fn claim(&self, store: &mut impl SharedStore, holder: u64, now_ms: u64) -> Option<Fetch> {
+        let meta = self.read_meta(store);
+        if now_ms < meta.next_due_ms {
+            return None;
+        }
+        let fetch = self.fetch_for(&meta);
+        self.take_lease(store, holder, now_ms, fetch.timeout_ms)
+            .then_some(fetch)
+    }
+
+    fn fetch_for(&self, meta: &Meta) -> Fetch {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        match (&meta.version, &meta.epoch) {
+            (Some(version), Some(epoch)) if self.watching(meta) => Fetch {
+                path: format!(
+                    "{}{sep}since={version}&epoch={epoch}&wait={}",
+                    self.path, self.watch_seconds
+                ),
+                etag: None,
+                timeout_ms: u64::from(self.watch_seconds) * 1000 + self.timeout_ms,
+            },
+            // Asking for the sync shows the service we speak it; a plain server ignores
+            // the query, and its answer (no epoch) says to poll it.
+            _ if self.watch_seconds > 0 => Fetch {
+                path: format!("{}{sep}wait={}", self.path, self.watch_seconds),
+                etag: meta.etag.clone(),
+                timeout_ms: self.timeout_ms,
+            },
+            _ => Fetch {
+                path: self.path.clone(),
+                etag: meta.etag.clone(),
+                timeout_ms: self.timeout_ms,
+            },
+        }
+    }
+
+    /// Takes or renews the lease for `busy_ms` and a grace period after.
+    fn take_lease(
         &self,
         store: &mut impl SharedStore,
         holder: u64,
         now_ms: u64,
-    ) -> Option<Option<String>> {
-        let meta = self.read_meta(store);
-        let settling =
-            meta.active.is_some() && now_ms < meta.switched_ms.saturating_add(SLOT_SETTLE_MS);
-        if now_ms < meta.next_due_ms || settling {
-            return None;
-        }
+        busy_ms: u64,
+    ) -> bool {
         let key = self.name("lease");
         let (value, cas) = store.get(&key);
         if let Some((owner, until)) = value.as_deref().and_then(parse_lease) {
             if owner != holder && now_ms < until {
-                return None;
+                return false;
             }
         }
         let until = now_ms
-            .saturating_add(self.timeout_ms)
+            .saturating_add(busy_ms)
             .saturating_add(LEASE_GRACE_MS);
-        let claimed = store.set(
+        store.set(
             &key,
             format!("{holder}:{until}").as_bytes(),
             cas.or(Some(0)),
-        );
-        claimed.then_some(meta.etag)
+        )
     }
 
-    /// Records the answer to this holder's fetch: a good set is written to the spare slot
-    /// and switched to; anything else keeps the set in force and schedules a retry.
-    /// `jitter` is any number that differs between calls (it spreads the next fetch);
-    /// `generation` a random number naming this publication.
+    /// Whether `holder` holds the lease now.
+    pub fn holds_lease(&self, store: &impl SharedStore, holder: u64, now_ms: u64) -> bool {
+        let (value, _) = store.get(&self.name("lease"));
+        value
+            .as_deref()
+            .and_then(parse_lease)
+            .is_some_and(|(owner, until)| owner == holder && now_ms < until)
+    }
+
+    /// Deals with the answer to this holder's fetch, made at `asked_ms`: a delta is
+    /// applied at once (its size bounds the work); a full document becomes a [`Job`];
+    /// anything else keeps the set in force and schedules the next fetch.
     pub fn complete(
         &self,
         store: &mut impl SharedStore,
-        holder: u64,
-        now_ms: u64,
-        jitter: u64,
-        generation: u64,
-        answer: FetchAnswer<'_>,
-    ) -> Fetched {
-        let mut meta = self.read_meta(store);
-        let outcome = match answer {
-            FetchAnswer::Set { etag, body } => match KeySetDoc::parse(body) {
-                Ok(doc) => {
-                    let version = doc.version.clone();
-                    let keys = self.publish(store, &mut meta, doc, now_ms, generation);
-                    meta.etag = etag.map(str::to_string);
-                    meta.version = version.clone();
-                    Fetched::Loaded { keys, version }
-                }
-                Err(problems) => {
-                    let first = problems
-                        .first()
-                        .map(ToString::to_string)
-                        .unwrap_or_default();
-                    self.failed(
-                        &meta,
-                        format!("invalid key set ({} problem(s)): {first}", problems.len()),
-                        jitter,
-                    )
-                }
-            },
-            FetchAnswer::NotModified => Fetched::NotModified,
-            FetchAnswer::Failed(reason) => self.failed(&meta, reason, jitter),
-        };
-        match &outcome {
-            Fetched::Loaded { .. } | Fetched::NotModified => {
-                meta.last_ok_ms = Some(now_ms);
-                meta.failures = 0;
-                meta.last_error = None;
-                meta.next_due_ms = now_ms + spread(self.refresh_ms, jitter, 10);
+        turn: Turn,
+        asked_ms: u64,
+        answer: FetchAnswer,
+        budget: usize,
+    ) -> Progress {
+        let Turn { now_ms, jitter, .. } = turn;
+        match answer {
+            FetchAnswer::Set { etag, body } => {
+                let job = Box::new(Job {
+                    etag,
+                    phase: Phase::Read(Scan::new(body)),
+                });
+                self.resume(store, turn, job, budget)
             }
+            FetchAnswer::NotModified => {
+                let mut meta = self.read_meta(store);
+                // A long-poll that times out answers 304 after its wait; one that answers
+                // 304 at once is a plain server's: poll it, do not loop on it.
+                let held =
+                    now_ms.saturating_sub(asked_ms) >= u64::from(self.watch_seconds) * 1000 / 2;
+                let again_now = self.watching(&meta) && held;
+                self.settle(store, turn, &mut meta, Fetched::NotModified, again_now)
+            }
+            FetchAnswer::Failed(reason) => {
+                let mut meta = self.read_meta(store);
+                let failed = self.failed(&meta, reason, jitter);
+                self.settle(store, turn, &mut meta, failed, false)
+            }
+        }
+    }
+
+    /// Works on `job` for about `budget` records or buckets.
+    pub fn resume(
+        &self,
+        store: &mut impl SharedStore,
+        turn: Turn,
+        mut job: Box<Job>,
+        budget: usize,
+    ) -> Progress {
+        let Turn {
+            holder,
+            now_ms,
+            jitter,
+        } = turn;
+        let mut budget = budget.max(1);
+        self.take_lease(store, holder, now_ms, self.timeout_ms);
+        loop {
+            match job.phase {
+                Phase::Read(mut scan) => match scan.step(&mut budget) {
+                    Ok(Step::More) => {
+                        job.phase = Phase::Read(scan);
+                        return Progress::Working(job);
+                    }
+                    Ok(Step::Done(scanned)) => {
+                        let mut meta = self.read_meta(store);
+                        match scanned {
+                            Scanned::Delta {
+                                version,
+                                epoch,
+                                since,
+                            } => {
+                                let outcome = self.apply_delta(
+                                    store,
+                                    &mut meta,
+                                    scan.staged(),
+                                    since,
+                                    version,
+                                    epoch.as_str(),
+                                );
+                                let fetched = outcome
+                                    .unwrap_or_else(|reason| self.failed(&meta, reason, jitter));
+                                let watching = self.watching(&meta);
+                                return self.settle(store, turn, &mut meta, fetched, watching);
+                            }
+                            Scanned::Full { version, epoch } => {
+                                let staged = scan.into_staged();
+                                let (bits, leaving) = match (meta.bits, meta.retired) {
+                                    // A layout is still being cleared: write in place.
+                                    (Some(bits), Some(_)) => (bits, None),
+                                    (Some(bits), None) => match relayout(bits, staged.len()) {
+                                        Some(new) => (new, Some(bits)),
+                                        None => (bits, None),
+                                    },
+                                    (None, _) => (bits_for(staged.len()), None),
+                                };
+                                job.phase = Phase::Write(Writing {
+                                    staged,
+                                    version,
+                                    epoch: epoch.map(|e| e.as_str().to_string()),
+                                    bits,
+                                    leaving,
+                                    next: 0,
+                                });
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        let mut meta = self.read_meta(store);
+                        let failed = self.failed(&meta, reason, jitter);
+                        return self.settle(store, turn, &mut meta, failed, false);
+                    }
+                },
+                Phase::Write(mut writing) => {
+                    if !self.write_buckets(store, &mut writing, &mut budget) {
+                        job.phase = Phase::Write(writing);
+                        return Progress::Working(job);
+                    }
+                    let mut meta = self.read_meta(store);
+                    let keys = writing.staged.len();
+                    meta.bits = Some(writing.bits);
+                    meta.keys = keys;
+                    meta.version = writing.version.clone();
+                    meta.epoch = writing.epoch;
+                    meta.etag = job.etag.take();
+                    let clearing = writing.leaving.map(|bits| {
+                        let retired = Retired {
+                            bits,
+                            at_ms: now_ms,
+                        };
+                        meta.retired = Some(retired);
+                        Clearing::of(retired)
+                    });
+                    let watching = self.watching(&meta);
+                    let fetched = Fetched::Loaded {
+                        keys,
+                        version: writing.version,
+                    };
+                    return match self.settle(store, turn, &mut meta, fetched, watching) {
+                        Progress::Done(fetched, _) => Progress::Done(fetched, clearing),
+                        working => working,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Writes buckets from `writing.next` on within the budget; true once all are written.
+    fn write_buckets(
+        &self,
+        store: &mut impl SharedStore,
+        writing: &mut Writing,
+        budget: &mut usize,
+    ) -> bool {
+        let buckets = 1u32 << writing.bits;
+        let mut name = [0u8; BUCKET_NAME_LEN];
+        while writing.next < buckets {
+            if *budget == 0 {
+                return false;
+            }
+            let (items, cost) = writing.staged.bucket(writing.bits, writing.next);
+            *budget = budget.saturating_sub(cost);
+            let mut value = Vec::with_capacity(items.len() * 96);
+            for item in &items {
+                if let Some(record) = writing.staged.record(item) {
+                    bucket::push(&mut value, &item.hash, record);
+                }
+            }
+            let key = self.bucket_name(&mut name, writing.bits, writing.next);
+            // An empty bucket is written only over one that held keys: names never used
+            // stay unused.
+            if !value.is_empty() || store.get(key).0.is_some_and(|v| !v.is_empty()) {
+                store.set(key, &value, None);
+            }
+            writing.next += 1;
+        }
+        true
+    }
+
+    fn apply_delta(
+        &self,
+        store: &mut impl SharedStore,
+        meta: &mut Meta,
+        staged: &Staged,
+        since: u64,
+        version: u64,
+        epoch: &str,
+    ) -> Result<Fetched, String> {
+        let in_force = (meta.version.as_deref(), meta.epoch.as_deref());
+        let Some(bits) = meta
+            .bits
+            .filter(|_| in_force == (Some(&since.to_string()), Some(epoch)))
+        else {
+            let found = format!(
+                "a delta from version {since} of epoch {epoch}, but the set in force is \
+                 version {} of epoch {}: starting over with a full document",
+                in_force.0.unwrap_or("-"),
+                in_force.1.unwrap_or("-")
+            );
+            meta.epoch = None;
+            return Err(found);
+        };
+        let items = staged.sorted();
+        let mut name = [0u8; BUCKET_NAME_LEN];
+        let mut keys = i64::try_from(meta.keys).unwrap_or(i64::MAX);
+        for group in items
+            .chunk_by(|a, b| bucket::bucket_of(&a.hash, bits) == bucket::bucket_of(&b.hash, bits))
+        {
+            let Some(first) = group.first() else {
+                continue;
+            };
+            let upsert: Vec<(&[u8; 32], &[u8])> = group
+                .iter()
+                .filter_map(|item| Some((&item.hash, staged.record(item)?)))
+                .collect();
+            let delete: Vec<[u8; 32]> = group
+                .iter()
+                .filter(|item| item.is_delete())
+                .map(|item| item.hash)
+                .collect();
+            let key = self.bucket_name(&mut name, bits, bucket::bucket_of(&first.hash, bits));
+            let old = store.get(key).0.unwrap_or_default();
+            let (new, added) = bucket::apply(&old, &upsert, &delete);
+            if new != old {
+                store.set(key, &new, None);
+            }
+            keys += added;
+        }
+        meta.keys = usize::try_from(keys.max(0)).unwrap_or(0);
+        meta.version = Some(version.to_string());
+        Ok(Fetched::Updated {
+            changed: items.len(),
+            keys: meta.keys,
+            version: version.to_string(),
+        })
+    }
+
+    /// Records the outcome in the meta entry and the lease, and schedules the next fetch:
+    /// at once (`again_now`, a long-poll to renew), after the refresh interval, or after a
+    /// backoff.
+    fn settle(
+        &self,
+        store: &mut impl SharedStore,
+        turn: Turn,
+        meta: &mut Meta,
+        fetched: Fetched,
+        again_now: bool,
+    ) -> Progress {
+        let Turn {
+            holder,
+            now_ms,
+            jitter,
+        } = turn;
+        match &fetched {
             Fetched::Failed {
                 reason,
                 retry_in_ms,
@@ -263,8 +571,18 @@ impl SharedSet {
                 meta.last_error = Some(reason.clone());
                 meta.next_due_ms = now_ms + retry_in_ms;
             }
+            _ => {
+                meta.last_ok_ms = Some(now_ms);
+                meta.failures = 0;
+                meta.last_error = None;
+                meta.next_due_ms = if again_now {
+                    now_ms
+                } else {
+                    now_ms + spread(self.refresh_ms, jitter, 10)
+                };
+            }
         }
-        self.write_meta(store, &meta);
+        self.write_meta(store, meta);
         // The holder keeps the lease until shortly after its next fetch is due.
         let until = meta
             .next_due_ms
@@ -275,7 +593,7 @@ impl SharedSet {
             format!("{holder}:{until}").as_bytes(),
             None,
         );
-        outcome
+        Progress::Done(fetched, None)
     }
 
     fn failed(&self, meta: &Meta, reason: String, jitter: u64) -> Fetched {
@@ -289,108 +607,78 @@ impl SharedSet {
         }
     }
 
-    /// Writes the set into the slot not in force, clears what that slot held that the new
-    /// set lacks, and switches to it.
-    fn publish(
+    /// Clears the buckets of a retired layout, once every worker has had time to move off
+    /// it, for about `budget` buckets; true once done (the meta entry then forgets it).
+    pub fn clear(
         &self,
         store: &mut impl SharedStore,
-        meta: &mut Meta,
-        doc: KeySetDoc,
         now_ms: u64,
-        generation: u64,
-    ) -> usize {
-        let slot = match meta.active {
-            Some(0) => 1,
-            _ => 0,
-        };
-        let index_key = self.name(&format!("index/{slot}"));
-        let old = store.get(&index_key).0.unwrap_or_default();
-        let mut index = Vec::with_capacity(doc.keys.len() * 32);
-        let mut fresh: HashSet<[u8; 32]> = HashSet::with_capacity(doc.keys.len());
-        let mut name = [0u8; RECORD_NAME_LEN];
-        for record in &doc.keys {
-            let bytes = record.hash.bytes();
-            index.extend_from_slice(bytes);
-            fresh.insert(*bytes);
-            store.set(
-                self.record_name(&mut name, slot, &record.hash),
-                &record_codec::encode(record, generation),
-                None,
-            );
+        clearing: &mut Clearing,
+        budget: usize,
+    ) -> bool {
+        let mut meta = self.read_meta(store);
+        if meta.retired != Some(clearing.retired) {
+            // Another holder took over, or the layout came back into force.
+            return true;
         }
-        for old_hash in old.chunks_exact(32) {
-            let Ok(raw) = <[u8; 32]>::try_from(old_hash) else {
-                continue;
-            };
-            if !fresh.contains(&raw) {
-                let gone = KeyHash::from_bytes(raw);
-                store.set(self.record_name(&mut name, slot, &gone), b"", None);
+        if now_ms < clearing.retired.at_ms.saturating_add(SETTLE_MS) {
+            return false;
+        }
+        let bits = clearing.retired.bits;
+        let mut name = [0u8; BUCKET_NAME_LEN];
+        let end = (clearing
+            .next
+            .saturating_add(u32::try_from(budget).unwrap_or(u32::MAX)))
+        .min(1u32 << bits);
+        while clearing.next < end {
+            let key = self.bucket_name(&mut name, bits, clearing.next);
+            if store.get(key).0.is_some_and(|v| !v.is_empty()) {
+                store.set(key, b"", None);
             }
+            clearing.next += 1;
         }
-        store.set(&index_key, &index, None);
-        meta.active = Some(slot);
-        meta.generation = generation;
-        meta.keys = doc.keys.len();
-        meta.switched_ms = now_ms;
-        doc.keys.len()
+        if clearing.next < 1u32 << bits {
+            return false;
+        }
+        meta.retired = None;
+        self.write_meta(store, &meta);
+        true
     }
 
-    /// The record of `hash` in the set in force ([`Meta::serving`]).
+    /// The record of `hash` in the set in force under layout `bits` ([`Meta::bits`]).
     pub fn lookup(
         &self,
         store: &impl SharedStore,
-        serving: Serving,
+        bits: u8,
         hash: &KeyHash,
         index: &ScopeIndex,
     ) -> Option<KeyRecord> {
-        let mut name = [0u8; RECORD_NAME_LEN];
-        let bytes = store
-            .get(self.record_name(&mut name, serving.slot, hash))
-            .0?;
-        record_codec::decode(&bytes, serving.generation, index)
+        let mut name = [0u8; BUCKET_NAME_LEN];
+        let key = self.bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits));
+        let bytes = store.get(key).0?;
+        record_codec::decode(bucket::find(&bytes, hash)?, index)
     }
 
-    /// [`SharedSet::lookup`] in the set `serving` a worker last read; should it hold no
-    /// record for `hash`, and the set in force have moved on since (a late tick: the slot
-    /// may be being rewritten), the record in the set now in force. Also returns the set
-    /// the answer comes from, for the worker to read next. Costs a read of the meta entry
-    /// for a key the set does not hold.
-    pub fn lookup_current(
+    /// `keygate/<source>/<bits>/<bucket>`, written into `buf`: the request path builds it
+    /// without allocating.
+    fn bucket_name<'b>(
         &self,
-        store: &impl SharedStore,
-        serving: Serving,
-        hash: &KeyHash,
-        index: &ScopeIndex,
-    ) -> (Option<KeyRecord>, Serving) {
-        if let Some(record) = self.lookup(store, serving, hash, index) {
-            return (Some(record), serving);
-        }
-        match self.read_meta(store).serving() {
-            Some(current) if current != serving => {
-                (self.lookup(store, current, hash, index), current)
-            }
-            _ => (None, serving),
-        }
-    }
-
-    /// `keygate/<source>/<slot>/<hash hex>`, written into `buf`: the request path builds
-    /// it without allocating.
-    fn record_name<'b>(
-        &self,
-        buf: &'b mut [u8; RECORD_NAME_LEN],
-        slot: u8,
-        hash: &KeyHash,
+        buf: &'b mut [u8; BUCKET_NAME_LEN],
+        bits: u8,
+        bucket: u32,
     ) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         buf[..PREFIX_LEN].copy_from_slice(self.prefix.as_bytes());
-        buf[PREFIX_LEN] = b'0' + (slot & 1);
-        buf[PREFIX_LEN + 1] = b'/';
-        let _ = hex::encode_to_slice(hash.bytes(), &mut buf[PREFIX_LEN + 2..]);
+        buf[PREFIX_LEN] = b'0' + (bits / 10) % 10;
+        buf[PREFIX_LEN + 1] = b'0' + bits % 10;
+        buf[PREFIX_LEN + 2] = b'/';
+        for (i, byte) in buf[PREFIX_LEN + 3..].iter_mut().enumerate() {
+            *byte = HEX[((bucket >> (4 * (4 - i))) & 0xf) as usize];
+        }
         // Every byte written above is ASCII.
         std::str::from_utf8(&buf[..]).unwrap_or_default()
     }
 }
-
-const RECORD_NAME_LEN: usize = PREFIX_LEN + 2 + 64;
 
 fn parse_lease(value: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(value).ok()?;

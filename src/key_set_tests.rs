@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 /// Envoy's shared data: every write gives the entry a new version; a write with a
 /// version fails if the entry has moved on; a write to an absent entry always succeeds.
+/// Like Envoy, it never forgets a name.
 #[derive(Default)]
 struct Store {
     entries: HashMap<String, (Vec<u8>, u32)>,
@@ -35,8 +36,26 @@ impl SharedStore for Store {
     }
 }
 
-fn shared(refresh_seconds: u32) -> SharedSet {
-    SharedSet::new(&KeySetConfig {
+impl Store {
+    /// Bytes held in values, and names, as Envoy would hold them.
+    fn held(&self) -> (usize, usize) {
+        (
+            self.entries.values().map(|(v, _)| v.len()).sum(),
+            self.entries.len(),
+        )
+    }
+}
+
+fn turn(holder: u64, now_ms: u64, jitter: u64) -> Turn {
+    Turn {
+        holder,
+        now_ms,
+        jitter,
+    }
+}
+
+fn config(refresh_seconds: u32, watch_seconds: u32) -> KeySetConfig {
+    KeySetConfig {
         endpoint: Endpoint {
             cluster: "keyservice".into(),
             authority: "keyservice".into(),
@@ -44,7 +63,12 @@ fn shared(refresh_seconds: u32) -> SharedSet {
         },
         path: "/v1/keyset".into(),
         refresh_seconds,
-    })
+        watch_seconds,
+    }
+}
+
+fn shared(refresh_seconds: u32) -> SharedSet {
+    SharedSet::new(&config(refresh_seconds, 25))
 }
 
 fn index() -> ScopeIndex {
@@ -53,37 +77,106 @@ fn index() -> ScopeIndex {
     index
 }
 
+fn record(id: &str, key: &str) -> serde_json::Value {
+    json!({"id": id, "hash": KeyHash::of_key(key).to_hex(), "owner": "o", "scopes": ["browse"]})
+}
+
+fn records(keys: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    keys.iter().map(|(id, key)| record(id, key)).collect()
+}
+
+/// A plain key-set document, as a file server has it.
 fn doc(version: &str, keys: &[(&str, &str)]) -> Vec<u8> {
-    let keys: Vec<_> = keys
-        .iter()
-        .map(|(id, key)| {
-            json!({"id": id, "hash": KeyHash::of_key(key).to_hex(), "owner": "o",
-                   "scopes": ["browse"]})
-        })
-        .collect();
-    json!({"version": version, "keys": keys})
+    json!({"version": version, "keys": records(keys)})
         .to_string()
         .into_bytes()
 }
 
+/// The incremental sync's full document.
+fn full(version: u64, epoch: &str, keys: &[(&str, &str)]) -> Vec<u8> {
+    json!({"version": version.to_string(), "epoch": epoch, "keys": records(keys)})
+        .to_string()
+        .into_bytes()
+}
+
+fn delta(
+    since: u64,
+    version: u64,
+    epoch: &str,
+    upsert: &[(&str, &str)],
+    delete: &[&str],
+) -> Vec<u8> {
+    let delete: Vec<String> = delete.iter().map(|k| KeyHash::of_key(k).to_hex()).collect();
+    json!({"version": version.to_string(), "epoch": epoch, "since": since.to_string(),
+           "upsert": records(upsert), "delete": delete})
+    .to_string()
+    .into_bytes()
+}
+
+fn many(n: usize, tag: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{tag}id{i}"), format!("{tag}k{i}")))
+        .collect()
+}
+
+fn pairs(keys: &[(String, String)]) -> Vec<(&str, &str)> {
+    keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
 fn id_of(set: &SharedSet, store: &Store, key: &str) -> Option<String> {
-    let serving = set.read_meta(store).serving()?;
-    set.lookup(store, serving, &KeyHash::of_key(key), &index())
+    let bits = set.read_meta(store).bits?;
+    set.lookup(store, bits, &KeyHash::of_key(key), &index())
         .map(|r| r.id.as_str().to_string())
 }
 
-fn load(set: &SharedSet, store: &mut Store, holder: u64, now: u64, body: &[u8]) -> Fetched {
-    set.complete(
+/// Hands `body` to the holder as the answer to a fetch made 100 ms earlier, and works on
+/// it to the end, `budget` at a time; returns the outcome and the number of slices.
+fn answer_in_slices(
+    set: &SharedSet,
+    store: &mut Store,
+    holder: u64,
+    now: u64,
+    answer: FetchAnswer,
+    budget: usize,
+) -> (Fetched, usize, Option<Clearing>) {
+    let mut progress = set.complete(
         store,
-        holder,
-        now,
-        7,
-        now + 100,
-        FetchAnswer::Set {
-            etag: Some("\"e\""),
-            body,
-        },
-    )
+        turn(holder, now, 7),
+        now.saturating_sub(100),
+        answer,
+        budget,
+    );
+    let mut slices = 1;
+    loop {
+        match progress {
+            Progress::Done(fetched, clearing) => return (fetched, slices, clearing),
+            Progress::Working(job) => {
+                slices += 1;
+                progress = set.resume(store, turn(holder, now, 7), job, budget);
+            }
+        }
+    }
+}
+
+fn answer(set: &SharedSet, store: &mut Store, holder: u64, now: u64, body: &[u8]) -> Fetched {
+    let set_answer = FetchAnswer::Set {
+        etag: Some("\"e\"".into()),
+        body: body.to_vec(),
+    };
+    answer_in_slices(set, store, holder, now, set_answer, usize::MAX).0
+}
+
+fn not_modified(set: &SharedSet, store: &mut Store, holder: u64, now: u64, asked: u64) -> Fetched {
+    match set.complete(
+        store,
+        turn(holder, now, 7),
+        asked,
+        FetchAnswer::NotModified,
+        100,
+    ) {
+        Progress::Done(fetched, _) => fetched,
+        Progress::Working(_) => panic!("a 304 is no work"),
+    }
 }
 
 #[test]
@@ -96,15 +189,16 @@ fn nothing_is_loaded_until_a_first_set() {
 
 #[test]
 fn one_worker_fetches_at_a_time_and_keeps_the_lease() {
-    let set = shared(30);
+    let set = SharedSet::new(&config(30, 0));
     let mut store = Store::default();
     let (a, b) = (set.new_holder(&mut store), set.new_holder(&mut store));
     assert_ne!(a, b);
-    assert_eq!(set.claim(&mut store, a, 10_000), Some(None));
+    let first = set.claim(&mut store, a, 10_000).unwrap();
+    assert_eq!(first.path, "/v1/keyset");
+    assert_eq!(first.etag, None);
     assert_eq!(set.claim(&mut store, b, 10_000), None, "a holds the lease");
-    let loaded = load(&set, &mut store, a, 10_100, &doc("1", &[("a", "ka")]));
     assert_eq!(
-        loaded,
+        answer(&set, &mut store, a, 10_100, &doc("1", &[("a", "ka")])),
         Fetched::Loaded {
             keys: 1,
             version: Some("1".into())
@@ -112,12 +206,11 @@ fn one_worker_fetches_at_a_time_and_keeps_the_lease() {
     );
     let meta = set.read_meta(&store);
     assert!((37_100..=40_100).contains(&meta.next_due_ms), "{meta:?}");
-    // Not due yet, for anyone.
-    assert_eq!(set.claim(&mut store, a, 20_000), None);
-    // Due: the holder fetches again, with the ETag; the other worker waits its turn.
+    assert_eq!(set.claim(&mut store, a, 20_000), None, "not due yet");
     let due = meta.next_due_ms;
     assert_eq!(set.claim(&mut store, b, due), None);
-    assert_eq!(set.claim(&mut store, a, due), Some(Some("\"e\"".into())));
+    let again = set.claim(&mut store, a, due).unwrap();
+    assert_eq!(again.etag.as_deref(), Some("\"e\""));
 }
 
 #[test]
@@ -126,6 +219,7 @@ fn another_worker_takes_over_when_the_holder_is_gone() {
     let mut store = Store::default();
     let (a, b) = (set.new_holder(&mut store), set.new_holder(&mut store));
     assert!(set.claim(&mut store, a, 10_000).is_some());
+    assert!(set.holds_lease(&store, a, 10_001));
     // a never answers: its lease runs out after the timeout and the grace.
     assert_eq!(
         set.claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS - 1),
@@ -134,6 +228,7 @@ fn another_worker_takes_over_when_the_holder_is_gone() {
     assert!(set
         .claim(&mut store, b, 10_000 + 2_000 + LEASE_GRACE_MS)
         .is_some());
+    assert!(!set.holds_lease(&store, a, 10_000 + 2_000 + LEASE_GRACE_MS));
 }
 
 #[test]
@@ -141,7 +236,6 @@ fn a_lost_race_for_the_lease_is_not_a_claim() {
     let set = shared(30);
     let mut store = Store::default();
     let a = set.new_holder(&mut store);
-    // Someone else writes the lease between our read and our write.
     let lease = set.name("lease");
     store.set(&lease, b"99:0", None);
     let (_, cas) = store.get(&lease);
@@ -152,155 +246,228 @@ fn a_lost_race_for_the_lease_is_not_a_claim() {
 }
 
 #[test]
-fn a_new_set_replaces_the_old_one_whole() {
+fn a_new_full_document_replaces_the_set_whole() {
     let set = shared(30);
     let mut store = Store::default();
-    let a = set.new_holder(&mut store);
-    load(
+    answer(
         &set,
         &mut store,
-        a,
+        1,
         0,
         &doc("1", &[("a", "ka"), ("b", "kb")]),
     );
-    assert_eq!(set.read_meta(&store).active, Some(0));
     assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
-    let first = set.read_meta(&store).serving().unwrap();
-
-    load(
+    answer(
         &set,
         &mut store,
-        a,
+        1,
         40_000,
-        &doc("2", &[("b", "kb"), ("c", "kc")]),
+        &doc("2", &[("b2", "kb"), ("c", "kc")]),
+    );
+    assert_eq!(id_of(&set, &store, "ka"), None, "removed");
+    assert_eq!(id_of(&set, &store, "kb").as_deref(), Some("b2"), "replaced");
+    assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"), "added");
+    assert_eq!(set.read_meta(&store).keys, 2);
+}
+
+#[test]
+fn a_large_document_is_read_and_written_in_slices() {
+    let set = shared(30);
+    let mut store = Store::default();
+    let keys = many(5_000, "");
+    let body = doc("1", &pairs(&keys));
+    let set_answer = FetchAnswer::Set {
+        etag: None,
+        body: body.clone(),
+    };
+    let mut progress = set.complete(&mut store, turn(1, 0, 7), 0, set_answer, 500);
+    let mut slices = 1;
+    while let Progress::Working(job) = progress {
+        // Until the last slice, the first load is not in force: requests answer 503.
+        assert_eq!(set.read_meta(&store).bits, None);
+        slices += 1;
+        progress = set.resume(&mut store, turn(1, slices, 7), job, 500);
+    }
+    assert!(slices > 20, "{slices} slices");
+    assert_eq!(id_of(&set, &store, "k4999").as_deref(), Some("id4999"));
+    // The same document in one go and in slices writes the same entries.
+    let mut whole = Store::default();
+    answer(&set, &mut whole, 1, 0, &body);
+    let buckets = |s: &Store| {
+        let mut e: Vec<_> = s
+            .entries
+            .iter()
+            .filter(|(k, _)| !k.ends_with("meta") && !k.ends_with("lease"))
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        e.sort();
+        e
+    };
+    assert_eq!(buckets(&store), buckets(&whole));
+}
+
+#[test]
+fn a_watched_service_is_long_polled_and_its_deltas_applied() {
+    let set = shared(30);
+    let mut store = Store::default();
+    let first = set.claim(&mut store, 1, 0).unwrap();
+    assert_eq!(first.path, "/v1/keyset?wait=25");
+    answer(
+        &set,
+        &mut store,
+        1,
+        100,
+        &full(7, "e1", &[("a", "ka"), ("b", "kb")]),
     );
     let meta = set.read_meta(&store);
-    assert_eq!((meta.active, meta.keys), (Some(1), 2));
-    assert_eq!(id_of(&set, &store, "ka"), None, "a revoked");
-    assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"));
-    // The slot just left still holds the old set whole, for workers that have not
-    // switched yet.
-    assert!(set
-        .lookup(&store, first, &KeyHash::of_key("ka"), &index())
-        .is_some());
+    assert_eq!(meta.next_due_ms, 100, "the long-poll follows at once");
+    let poll = set.claim(&mut store, 1, 100).unwrap();
+    assert_eq!(poll.path, "/v1/keyset?since=7&epoch=e1&wait=25");
+    assert_eq!(poll.timeout_ms, 25_000 + 2_000);
 
-    // The third set goes back to slot 0, and clears what slot 0 held that it lacks.
-    load(&set, &mut store, a, 80_000, &doc("3", &[("c", "kc")]));
-    assert_eq!(set.read_meta(&store).active, Some(0));
-    for gone in ["ka", "kb"] {
-        assert_eq!(id_of(&set, &store, gone), None, "{gone}");
-        // Cleared, not only outdated: not even the first set's generation finds it.
-        assert!(set
-            .lookup(&store, first, &KeyHash::of_key(gone), &index())
-            .is_none());
-    }
+    let writes = store.writes;
+    let updated = answer(
+        &set,
+        &mut store,
+        1,
+        200,
+        &delta(7, 9, "e1", &[("c", "kc")], &["ka"]),
+    );
+    assert_eq!(
+        updated,
+        Fetched::Updated {
+            changed: 2,
+            keys: 2,
+            version: "9".into()
+        }
+    );
+    // Two buckets at most, the meta and the lease: the work follows the delta.
+    assert!(
+        store.writes - writes <= 5,
+        "{} writes",
+        store.writes - writes
+    );
+    assert_eq!(id_of(&set, &store, "ka"), None);
+    assert_eq!(id_of(&set, &store, "kb").as_deref(), Some("b"));
     assert_eq!(id_of(&set, &store, "kc").as_deref(), Some("c"));
+    let poll = set.claim(&mut store, 1, 200).unwrap();
+    assert_eq!(poll.path, "/v1/keyset?since=9&epoch=e1&wait=25");
+
+    // A long-poll that ran out answers 304 after its wait: poll again at once.
+    assert_eq!(
+        not_modified(&set, &mut store, 1, 25_300, 200),
+        Fetched::NotModified
+    );
+    assert_eq!(set.read_meta(&store).next_due_ms, 25_300);
 }
 
 #[test]
-fn a_slot_is_not_rewritten_before_every_worker_has_left_it() {
-    let set = shared(1);
+fn a_delta_that_does_not_follow_the_set_in_force_starts_over() {
+    let set = shared(30);
     let mut store = Store::default();
-    let a = set.new_holder(&mut store);
-    load(&set, &mut store, a, 0, &doc("1", &[("a", "ka")]));
-    load(&set, &mut store, a, 1_000, &doc("2", &[("a", "ka")]));
-    // Due after one second (less up to 10 %), but the switch at 1 000 must settle first.
-    assert_eq!(set.claim(&mut store, a, 1_000 + SLOT_SETTLE_MS - 1), None);
-    assert!(set.claim(&mut store, a, 1_000 + SLOT_SETTLE_MS).is_some());
-}
-
-/// With `refresh_seconds: 1`, the fetch after a new set comes at the refresh interval, at
-/// the holder's first tick (every 500 ms) once it is due: not held back by the slot just
-/// left (it once waited 3 s, and a revocation with it).
-#[test]
-fn the_first_refresh_after_a_new_set_is_not_late() {
-    let set = shared(1);
-    for jitter in [0, 7, 50, 100, 12_345] {
-        let mut store = Store::default();
-        let a = set.new_holder(&mut store);
-        // Fetched at a tick (10 000), answered 20 ms later.
-        set.complete(
+    answer(&set, &mut store, 1, 0, &full(7, "e1", &[("a", "ka")]));
+    for body in [
+        delta(6, 9, "e1", &[("c", "kc")], &[]),
+        delta(7, 9, "e2", &[("c", "kc")], &[]),
+    ] {
+        let Fetched::Failed { reason, .. } = answer(&set, &mut store, 1, 100, &body) else {
+            panic!("applied a delta that does not follow")
+        };
+        assert!(reason.contains("starting over"), "{reason}");
+        assert_eq!(id_of(&set, &store, "kc"), None);
+        assert_eq!(
+            id_of(&set, &store, "ka").as_deref(),
+            Some("a"),
+            "last good set kept"
+        );
+        // The next fetch asks for a full document.
+        let meta = set.read_meta(&store);
+        let next = set.claim(&mut store, 1, meta.next_due_ms).unwrap();
+        assert_eq!(next.path, "/v1/keyset?wait=25");
+        answer(
+            &set,
             &mut store,
-            a,
-            10_020,
-            jitter,
             1,
-            FetchAnswer::Set {
-                etag: None,
-                body: &doc("1", &[("a", "ka")]),
-            },
-        );
-        let first = (1..10)
-            .map(|n| 10_000 + n * 500)
-            .find(|&tick| set.claim(&mut store, a, tick).is_some());
-        assert!(
-            first.is_some_and(|tick| tick <= 10_020 + 1_000 + 500),
-            "jitter {jitter}: first refresh at {first:?}"
+            meta.next_due_ms,
+            &full(7, "e1", &[("a", "ka")]),
         );
     }
+    // A restarted service (a new epoch) answers the full document: the set is resynced.
+    answer(&set, &mut store, 1, 5_000, &full(1, "e3", &[("z", "kz")]));
+    assert_eq!(id_of(&set, &store, "ka"), None);
+    assert_eq!(id_of(&set, &store, "kz").as_deref(), Some("z"));
+    let next = set.claim(&mut store, 1, 5_000).unwrap();
+    assert_eq!(next.path, "/v1/keyset?since=1&epoch=e3&wait=25");
 }
 
-/// A worker whose tick is late still reads a slot the holder has since rewritten: a key
-/// it cannot find there is looked up in the set in force, not refused.
 #[test]
-fn a_worker_behind_on_the_slot_finds_keys_in_the_set_in_force() {
-    let set = shared(1);
+fn a_plain_file_server_is_polled_with_its_etag() {
+    let set = shared(30);
     let mut store = Store::default();
-    let a = set.new_holder(&mut store);
-    load(&set, &mut store, a, 0, &doc("1", &[("a", "ka")]));
-    let stale = set.read_meta(&store).serving().unwrap();
-    load(
-        &set,
-        &mut store,
-        a,
-        1_000,
-        &doc("2", &[("a", "ka"), ("b", "kb")]),
-    );
-    // Slot 0 is written again, with a new generation: the stale worker's view is gone.
-    load(
-        &set,
-        &mut store,
-        a,
-        2_000,
-        &doc("3", &[("b", "kb"), ("c", "kc")]),
-    );
-    let current = set.read_meta(&store).serving().unwrap();
-    assert_eq!(current.slot, stale.slot);
-    let hash = |k| KeyHash::of_key(k);
-    assert!(set.lookup(&store, stale, &hash("kc"), &index()).is_none());
-    let (record, now) = set.lookup_current(&store, stale, &hash("kc"), &index());
+    set.claim(&mut store, 1, 0).unwrap();
+    // It ignores the query and answers its file: no epoch.
+    answer(&set, &mut store, 1, 100, &doc("v1", &[("a", "ka")]));
+    let meta = set.read_meta(&store);
+    assert!((27_100..=30_100).contains(&meta.next_due_ms), "{meta:?}");
+    let next = set.claim(&mut store, 1, meta.next_due_ms).unwrap();
+    assert_eq!(next.path, "/v1/keyset?wait=25");
+    assert_eq!(next.etag.as_deref(), Some("\"e\""));
+    assert_eq!(next.timeout_ms, 2_000);
+    // A 304 at once is a plain server's: no loop.
+    let now = meta.next_due_ms + 5;
     assert_eq!(
-        record.map(|r| r.id.as_str().to_string()).as_deref(),
-        Some("c")
+        not_modified(&set, &mut store, 1, now, now - 5),
+        Fetched::NotModified
     );
-    assert_eq!(now, current);
-    // A key the set in force lacks stays refused; a found key keeps the worker's view.
+    assert!(set.read_meta(&store).next_due_ms >= now + 27_000);
+}
+
+#[test]
+fn a_service_answering_304_at_once_is_not_looped_on() {
+    let set = shared(30);
+    let mut store = Store::default();
+    answer(&set, &mut store, 1, 0, &full(7, "e1", &[("a", "ka")]));
     assert_eq!(
-        set.lookup_current(&store, stale, &hash("ka"), &index()).0,
-        None
+        not_modified(&set, &mut store, 1, 50, 0),
+        Fetched::NotModified
     );
-    let (record, kept) = set.lookup_current(&store, current, &hash("kb"), &index());
-    assert!(record.is_some());
-    assert_eq!(kept, current);
+    assert!(set.read_meta(&store).next_due_ms >= 27_000);
+}
+
+#[test]
+fn watch_seconds_0_polls_without_the_query() {
+    let set = SharedSet::new(&config(5, 0));
+    let mut store = Store::default();
+    answer(&set, &mut store, 1, 0, &full(7, "e1", &[("a", "ka")]));
+    let meta = set.read_meta(&store);
+    assert!(meta.next_due_ms >= 4_500);
+    assert_eq!(
+        set.claim(&mut store, 1, meta.next_due_ms).unwrap().path,
+        "/v1/keyset"
+    );
 }
 
 #[test]
 fn failures_keep_the_last_good_set_and_back_off() {
     let set = shared(30);
     let mut store = Store::default();
-    let a = set.new_holder(&mut store);
-    load(&set, &mut store, a, 0, &doc("1", &[("a", "ka")]));
+    answer(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
     let mut now = 100_000;
     let mut retries = Vec::new();
-    for body in [&b"not json"[..], br#"{"keys": [{"id": "x"}]}"#, b"{}"] {
-        match load(&set, &mut store, a, now, body) {
+    for body in [
+        &b"not json"[..],
+        br#"{"keys": [{"id": "x"}]}"#,
+        b"{}",
+        br#"{"keys": []} trailing"#,
+    ] {
+        match answer(&set, &mut store, 1, now, body) {
             Fetched::Failed {
                 reason,
                 retry_in_ms,
             } => {
-                assert!(reason.starts_with("invalid key set"), "{reason}");
                 retries.push(retry_in_ms);
                 now += retry_in_ms;
+                assert!(!reason.is_empty());
             }
             other => panic!("{other:?}"),
         }
@@ -308,15 +475,17 @@ fn failures_keep_the_last_good_set_and_back_off() {
     }
     let failed = set.complete(
         &mut store,
-        a,
+        turn(1, now, 3),
         now,
-        3,
-        99,
         FetchAnswer::Failed("status 500".into()),
+        10,
     );
-    assert!(matches!(failed, Fetched::Failed { .. }));
+    assert!(matches!(
+        failed,
+        Progress::Done(Fetched::Failed { .. }, None)
+    ));
     let meta = set.read_meta(&store);
-    assert_eq!(meta.failures, 4);
+    assert_eq!(meta.failures, 5);
     assert_eq!(meta.last_error.as_deref(), Some("status 500"));
     assert_eq!(meta.last_ok_ms, Some(0));
     assert_eq!(meta.version.as_deref(), Some("1"));
@@ -325,9 +494,8 @@ fn failures_keep_the_last_good_set_and_back_off() {
     assert!((1_000..=2_000).contains(&retries[1]), "{retries:?}");
     assert!((2_000..=4_000).contains(&retries[2]), "{retries:?}");
 
-    // A 304 is a good answer: failures reset, the set stays.
     assert_eq!(
-        set.complete(&mut store, a, now + 10_000, 3, 99, FetchAnswer::NotModified),
+        not_modified(&set, &mut store, 1, now + 10_000, now),
         Fetched::NotModified
     );
     let meta = set.read_meta(&store);
@@ -336,19 +504,41 @@ fn failures_keep_the_last_good_set_and_back_off() {
 }
 
 #[test]
+fn a_document_with_a_repeated_key_or_id_is_refused_whole() {
+    let set = shared(30);
+    let mut store = Store::default();
+    answer(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
+    for (body, says) in [
+        (
+            doc("2", &[("b", "kb"), ("c", "kb")]),
+            "keys[1].hash: duplicate hash (also keys[0])",
+        ),
+        (
+            doc("2", &[("b", "kb"), ("b", "kc")]),
+            "keys[1].id: duplicate id (also keys[0])",
+        ),
+    ] {
+        let Fetched::Failed { reason, .. } = answer(&set, &mut store, 1, 100, &body) else {
+            panic!("accepted")
+        };
+        assert!(reason.contains(says), "{reason}");
+        assert_eq!(id_of(&set, &store, "kb"), None, "nothing of it written");
+        assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
+    }
+}
+
+#[test]
 fn backoff_never_exceeds_the_refresh_interval() {
     let set = shared(5);
     let mut store = Store::default();
-    let a = set.new_holder(&mut store);
     let mut last = 0;
     for i in 0..40 {
-        if let Fetched::Failed { retry_in_ms, .. } = set.complete(
+        if let Progress::Done(Fetched::Failed { retry_in_ms, .. }, _) = set.complete(
             &mut store,
-            a,
+            turn(1, i * 10_000, i),
             i * 10_000,
-            i,
-            i,
             FetchAnswer::Failed("down".into()),
+            1,
         ) {
             last = retry_in_ms;
             assert!(retry_in_ms <= 5_000, "{retry_in_ms}");
@@ -360,21 +550,14 @@ fn backoff_never_exceeds_the_refresh_interval() {
 #[test]
 fn sets_from_different_sources_do_not_share_entries() {
     let one = shared(30);
-    let mut other_config = KeySetConfig {
-        endpoint: Endpoint {
-            cluster: "keyservice".into(),
-            authority: "keyservice".into(),
-            timeout_ms: 2000,
-        },
-        path: "/v2/keyset".into(),
-        refresh_seconds: 30,
-    };
+    let mut other_config = config(30, 25);
+    other_config.path = "/v2/keyset".into();
     let other = SharedSet::new(&other_config);
     assert_ne!(one.prefix, other.prefix);
     other_config.path = "/v1/keyset".into();
     assert_eq!(SharedSet::new(&other_config).prefix, one.prefix);
     let mut store = Store::default();
-    load(&one, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
+    answer(&one, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
     assert_eq!(id_of(&other, &store, "ka"), None);
 }
 
@@ -382,60 +565,110 @@ fn sets_from_different_sources_do_not_share_entries() {
 fn a_garbled_entry_is_an_unknown_key() {
     let set = shared(30);
     let mut store = Store::default();
-    load(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
-    let mut name = [0u8; RECORD_NAME_LEN];
+    answer(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
+    let bits = set.read_meta(&store).bits.unwrap();
+    let mut name = [0u8; BUCKET_NAME_LEN];
+    let hash = KeyHash::of_key("ka");
     let key = set
-        .record_name(&mut name, 0, &KeyHash::of_key("ka"))
+        .bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits))
         .to_string();
+    let mut garbled = store.get(&key).0.unwrap();
+    let last = garbled.len() - 1;
+    garbled[last] ^= 0xff;
+    store.set(&key, &garbled, None);
+    assert_eq!(id_of(&set, &store, "ka"), None);
     store.set(&key, b"\x01garbage", None);
     assert_eq!(id_of(&set, &store, "ka"), None);
     store.set(&set.name("meta"), b"not json", None);
     assert_eq!(set.read_meta(&store), Meta::default());
 }
 
-/// What a publication cut short, or a concurrent one into the same slot, leaves behind:
-/// a record of another generation, under a key the set in force does not hold.
 #[test]
-fn a_record_left_by_another_publication_is_never_served() {
+fn a_grown_set_moves_to_a_new_layout_and_the_old_one_is_cleared() {
     let set = shared(30);
     let mut store = Store::default();
-    load(&set, &mut store, 1, 0, &doc("1", &[("a", "ka")]));
-    let serving = set.read_meta(&store).serving().unwrap();
-    let revoked: crate::record::KeyRecordDoc = serde_json::from_value(json!({
-        "id": "revoked", "hash": KeyHash::of_key("kr").to_hex(), "owner": "o",
-        "scopes": ["browse"]}))
-    .unwrap();
-    let mut name = [0u8; RECORD_NAME_LEN];
-    let stray = set
-        .record_name(&mut name, serving.slot, &KeyHash::of_key("kr"))
-        .to_string();
-    store.set(
-        &stray,
-        &record_codec::encode(&revoked, serving.generation ^ 1),
-        None,
+    answer(&set, &mut store, 1, 0, &full(1, "e1", &[("a", "ka")]));
+    let small = set.read_meta(&store).bits.unwrap();
+    let keys = many(10_000, "");
+    let (fetched, _, clearing) = answer_in_slices(
+        &set,
+        &mut store,
+        1,
+        1_000,
+        FetchAnswer::Set {
+            etag: None,
+            body: full(2, "e1", &pairs(&keys)),
+        },
+        usize::MAX,
     );
-    assert_eq!(id_of(&set, &store, "kr"), None);
-    assert_eq!(id_of(&set, &store, "ka").as_deref(), Some("a"));
-    // The same record under the serving generation is found: the check is the generation.
-    store.set(
-        &stray,
-        &record_codec::encode(&revoked, serving.generation),
-        None,
+    assert!(matches!(fetched, Fetched::Loaded { keys: 10_000, .. }));
+    let meta = set.read_meta(&store);
+    assert_eq!(meta.bits, Some(bucket::bits_for(10_000)));
+    assert_eq!(meta.retired.map(|r| r.bits), Some(small));
+    let mut clearing = clearing.expect("the old layout is to be cleared");
+    // Not before every worker has moved off it.
+    assert!(!set.clear(&mut store, 1_000 + SETTLE_MS - 1, &mut clearing, usize::MAX));
+    let mut slices = 0;
+    while !set.clear(&mut store, 1_000 + SETTLE_MS, &mut clearing, 10) {
+        slices += 1;
+    }
+    assert!(slices >= 6, "{slices}");
+    assert_eq!(set.read_meta(&store).retired, None);
+    let old_prefix = format!("{}{small:02}/", set.prefix);
+    assert!(store
+        .entries
+        .iter()
+        .filter(|(k, _)| k.starts_with(&old_prefix))
+        .all(|(_, (v, _))| v.is_empty()));
+    assert_eq!(id_of(&set, &store, "k9999").as_deref(), Some("id9999"));
+    assert_eq!(id_of(&set, &store, "ka"), None);
+}
+
+/// Envoy never frees a name: what a churning set costs must follow the set in force.
+#[test]
+fn churn_is_bounded_by_the_set_in_force() {
+    let set = shared(30);
+    let mut store = Store::default();
+    let mut after_first = (0, 0);
+    for round in 0..10 {
+        let keys = many(2_000, &format!("r{round}"));
+        answer(
+            &set,
+            &mut store,
+            1,
+            round * 1_000,
+            &doc(&round.to_string(), &pairs(&keys)),
+        );
+        if round == 0 {
+            after_first = store.held();
+        }
+        assert_eq!(
+            id_of(&set, &store, &format!("r{round}k1999")).as_deref(),
+            Some(&*format!("r{round}id1999"))
+        );
+    }
+    let (bytes, names) = store.held();
+    assert!(
+        names <= after_first.1 + 16,
+        "{names} names after churn, {} after one set",
+        after_first.1
     );
-    assert_eq!(id_of(&set, &store, "kr").as_deref(), Some("revoked"));
+    assert!(
+        bytes <= after_first.0 * 11 / 10,
+        "{bytes} bytes after churn, {} after one set",
+        after_first.0
+    );
+    assert_eq!(id_of(&set, &store, "r0k1"), None);
 }
 
 #[test]
-fn writes_grow_with_the_set_not_with_workers() {
+fn a_key_costs_few_bytes_of_shared_data() {
     let set = shared(30);
     let mut store = Store::default();
-    let keys: Vec<(String, String)> = (0..1000)
-        .map(|i| (format!("id{i}"), format!("k{i}")))
-        .collect();
-    let pairs: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let before = store.writes;
-    load(&set, &mut store, 1, 0, &doc("1", &pairs));
-    // One entry per record, the index, the meta and the lease.
-    assert_eq!(store.writes - before, 1000 + 3);
-    assert_eq!(id_of(&set, &store, "k999").as_deref(), Some("id999"));
+    let keys = many(20_000, "");
+    answer(&set, &mut store, 1, 0, &doc("1", &pairs(&keys)));
+    let (bytes, names) = store.held();
+    // The record (about 60 bytes for these) and its hash; one name per 4-8 keys.
+    assert!(bytes / 20_000 < 110, "{} bytes a key", bytes / 20_000);
+    assert!(names <= 20_000 / 4, "{names} names");
 }

@@ -7,18 +7,17 @@ use crate::record::{KeyRecord, KeyRecordDoc, KeyStatus};
 use crate::scope::{Scope, ScopeIndex};
 use crate::timestamp::Timestamp;
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 const DISABLED: u8 = 1;
 const READ_ONLY: u8 = 2;
 const EXPIRES: u8 = 4;
 
-/// `[format][flags][generation: u64 LE][expires_at: i128 LE, if EXPIRES][id][owner][scopes]`,
-/// each text as a u32 LE length and its bytes; scopes space-separated. `generation` names
-/// the publication the record belongs to (see [`decode`]).
-pub fn encode(doc: &KeyRecordDoc, generation: u64) -> Vec<u8> {
+/// `[format][flags][expires_at: i128 LE, if EXPIRES][id][owner][scopes]`, each text as a
+/// u32 LE length and its bytes; scopes space-separated.
+pub fn encode(doc: &KeyRecordDoc) -> Vec<u8> {
     let scopes_len: usize = doc.scopes.iter().map(|s| s.as_str().len() + 1).sum();
     let mut out = Vec::with_capacity(
-        2 + 8 + 16 + 12 + doc.id.as_str().len() + doc.owner.as_str().len() + scopes_len,
+        2 + 16 + 12 + doc.id.as_str().len() + doc.owner.as_str().len() + scopes_len,
     );
     let mut flags = 0;
     if doc.status == KeyStatus::Disabled {
@@ -32,7 +31,6 @@ pub fn encode(doc: &KeyRecordDoc, generation: u64) -> Vec<u8> {
     }
     out.push(FORMAT);
     out.push(flags);
-    out.extend_from_slice(&generation.to_le_bytes());
     if let Some(at) = doc.expires_at {
         out.extend_from_slice(&at.unix_nanos().to_le_bytes());
     }
@@ -48,19 +46,14 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Reads a record back, scopes numbered by this configuration's index. Anything that is
-/// not a well-formed record of publication `generation` (another format, another
-/// publication's leftover, truncated, text that fails the checks made at load) is `None`:
-/// the key is then unknown, never half-trusted.
-pub fn decode(bytes: &[u8], generation: u64, index: &ScopeIndex) -> Option<KeyRecord> {
+/// not a well-formed record (another format, truncated, text that fails the checks made
+/// at load) is `None`: the key is then unknown, never half-trusted.
+pub fn decode(bytes: &[u8], index: &ScopeIndex) -> Option<KeyRecord> {
     let mut reader = Reader(bytes);
     if reader.take(1)? != [FORMAT] {
         return None;
     }
     let flags = reader.take(1)?[0];
-    let written_in: [u8; 8] = reader.take(8)?.try_into().ok()?;
-    if u64::from_le_bytes(written_in) != generation {
-        return None;
-    }
     let expires_at = if flags & EXPIRES != 0 {
         let raw: [u8; 16] = reader.take(16)?.try_into().ok()?;
         Some(Timestamp::from_unix_nanos(i128::from_le_bytes(raw)))
@@ -143,7 +136,7 @@ mod tests {
             "expires_at": "2027-05-21T20:55:24.654328038Z", "status": "disabled", "read_only": true
         }));
         let (_, want) = KeyRecord::from_doc(d.clone(), &index);
-        let got = decode(&encode(&d, 9), 9, &index).unwrap();
+        let got = decode(&encode(&d), &index).unwrap();
         // Everything but the label and creation time, which no decision reads.
         let want = KeyRecord {
             label: None,
@@ -155,7 +148,7 @@ mod tests {
         assert!(got.read_only);
 
         let plain = doc(json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o"}));
-        let got = decode(&encode(&plain, 0), 0, &index).unwrap();
+        let got = decode(&encode(&plain), &index).unwrap();
         assert_eq!(
             (got.expires_at, got.status, got.read_only),
             (None, KeyStatus::Enabled, false)
@@ -170,32 +163,23 @@ mod tests {
             json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o",
             "scopes": ["x"], "expires_at": "2027-01-01T00:00:00Z"}),
         );
-        let good = encode(&d, 5);
-        assert!(decode(&good, 5, &index).is_some());
+        let good = encode(&d);
+        assert!(decode(&good, &index).is_some());
         for cut in 0..good.len() {
-            assert!(decode(&good[..cut], 5, &index).is_none(), "cut at {cut}");
+            assert!(decode(&good[..cut], &index).is_none(), "cut at {cut}");
         }
         let mut longer = good.clone();
         longer.push(0);
-        assert!(decode(&longer, 5, &index).is_none());
+        assert!(decode(&longer, &index).is_none());
         let mut other_format = good.clone();
         other_format[0] = 1;
-        assert!(decode(&other_format, 5, &index).is_none());
+        assert!(decode(&other_format, &index).is_none());
         // An id with a newline would inject a header upstream.
         let mut injected = vec![FORMAT, 0];
-        injected.extend(5u64.to_le_bytes());
         put_text(&mut injected, "a\nx-admin: 1");
         put_text(&mut injected, "o");
         put_text(&mut injected, "");
-        assert!(decode(&injected, 5, &index).is_none());
-        assert!(decode(&[], 5, &index).is_none());
-    }
-
-    #[test]
-    fn a_record_of_another_publication_is_no_record() {
-        let d = doc(json!({"id": "a", "hash": KeyHash::of_key("k").to_hex(), "owner": "o"}));
-        let index = index(&[]);
-        assert!(decode(&encode(&d, 1), 2, &index).is_none());
-        assert!(decode(&encode(&d, u64::MAX), 0, &index).is_none());
+        assert!(decode(&injected, &index).is_none());
+        assert!(decode(&[], &index).is_none());
     }
 }

@@ -19,7 +19,11 @@ pub struct Endpoint {
 pub struct KeySetConfig {
     pub endpoint: Endpoint,
     pub path: Box<str>,
+    /// How often a plain file server is polled (and a watched one, should the watch fail).
     pub refresh_seconds: u32,
+    /// How long each long-poll of the incremental sync waits for a change; 0: poll
+    /// every `refresh_seconds` (README "Key sets over HTTP").
+    pub watch_seconds: u32,
 }
 
 /// `"lookup"`: one record per key, by hash, cached for `cache_seconds` (found) or
@@ -78,6 +82,8 @@ pub(crate) struct FetchDoc {
     refresh_seconds: Option<u32>,
     #[serde(default)]
     timeout_ms: Option<u32>,
+    #[serde(default)]
+    watch_seconds: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -118,10 +124,19 @@ impl FetchDoc {
             86_400,
             errors,
         );
+        let watch_seconds = self.watch_seconds.unwrap_or(DEFAULT_WATCH_SECONDS);
+        check_range(
+            "key_set.watch_seconds",
+            watch_seconds,
+            0,
+            MAX_WATCH_SECONDS,
+            errors,
+        );
         (errors.len() == before).then(|| KeySetConfig {
             endpoint,
             path: self.path.into(),
             refresh_seconds,
+            watch_seconds,
         })
     }
 }

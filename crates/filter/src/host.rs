@@ -79,12 +79,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A random number from the host (WASI `random_get`), to name a publication of the
-/// shared set: two VMs publishing at once must not pick the same.
-pub fn random() -> Option<u64> {
-    getrandom::u64().ok()
-}
-
 /// A number that differs from call to call and from worker to worker, to spread retries.
 pub fn jitter(salt: u64) -> u64 {
     let nanos = now()

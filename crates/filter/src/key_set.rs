@@ -1,24 +1,39 @@
-//! `key_set` mode in the shell: every worker's root context ticks every 500 ms (`TICK` in lib.rs), reads
-//! which slot of the shared set is in force, and fetches when the lease says it is its
-//! turn. Requests read their key's entry from shared data.
+//! `key_set` mode in the shell (README "Key sets over HTTP"): every worker's root context
+//! ticks every 500 ms (`TICK` in lib.rs) and reads the layout in force; the worker holding
+//! the lease long-polls the key service (or polls a plain server) and writes what it
+//! answers into shared data, a slice at a time on a fast tick (`BUSY_TICK`) while a full
+//! document is being loaded. Requests read their key's bucket from shared data.
 
 use crate::host::{self, Metrics, SharedData};
 use keygate_core::config::Config;
-use keygate_core::key_set::{FetchAnswer, Fetched, Serving, SharedSet};
+use keygate_core::key_set::{Clearing, FetchAnswer, Fetched, Job, Progress, SharedSet, Turn};
 use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+
+/// A slice of work aims at this long, so that requests on the same worker wait at most
+/// about that long behind it.
+const SLICE_MS: u64 = 10;
+/// Records (or buckets) per slice to start with; adjusted to [`SLICE_MS`] as it goes.
+const FIRST_BUDGET: usize = 4_000;
 
 /// One VM's view of the shared set.
 pub struct KeySetState {
     set: SharedSet,
     fetch: KeySetConfig,
     holder: u64,
-    /// The set in force, as last read; `None` until a first set has loaded.
-    active: Cell<Option<Serving>>,
-    /// While this worker's own fetch is on its way: until when.
-    in_flight_until_ms: Cell<u64>,
+    /// The layout in force, as last read; `None` until a first set has loaded.
+    bits: Cell<Option<u8>>,
+    /// While this worker's own fetch is on its way: when it was asked, and until when to
+    /// wait for it.
+    in_flight: Cell<Option<(u64, u64)>>,
+    /// A full document being loaded by this worker.
+    job: RefCell<Option<Box<Job>>>,
+    /// A retired layout being cleared by this worker.
+    clearing: Cell<Option<Clearing>>,
+    /// Records or buckets per slice.
+    budget: Cell<usize>,
 }
 
 impl KeySetState {
@@ -29,10 +44,13 @@ impl KeySetState {
             set,
             fetch: fetch.clone(),
             holder,
-            active: Cell::new(None),
-            in_flight_until_ms: Cell::new(0),
+            bits: Cell::new(None),
+            in_flight: Cell::new(None),
+            job: RefCell::new(None),
+            clearing: Cell::new(None),
+            budget: Cell::new(FIRST_BUDGET),
         };
-        state.active.set(state.set.read_meta(&SharedData).serving());
+        state.bits.set(state.set.read_meta(&SharedData).bits);
         state
     }
 
@@ -41,71 +59,100 @@ impl KeySetState {
     pub fn record(&self, config: &Config, hash: &KeyHash) -> Result<Option<KeyRecord>, NotLoaded> {
         // Before a first load, look again on every request, so the first set serves at
         // once rather than at the next tick.
-        let serving = self.active.get().or_else(|| {
-            let active = self.set.read_meta(&SharedData).serving();
-            self.active.set(active);
-            active
+        let bits = self.bits.get().or_else(|| {
+            let bits = self.set.read_meta(&SharedData).bits;
+            self.bits.set(bits);
+            bits
         });
-        let serving = serving.ok_or(NotLoaded)?;
-        let (record, current) = self
-            .set
-            .lookup_current(&SharedData, serving, hash, &config.scopes);
-        self.active.set(Some(current));
-        Ok(record)
+        let bits = bits.ok_or(NotLoaded)?;
+        Ok(self.set.lookup(&SharedData, bits, hash, &config.scopes))
     }
 
-    /// Every tick (500 ms), on every worker.
+    /// Whether this worker has work to do in slices: the shell then ticks fast.
+    pub fn busy(&self) -> bool {
+        self.job.borrow().is_some() || self.clearing.get().is_some()
+    }
+
+    /// Every tick, on every worker: 500 ms, or `BUSY_TICK` while [`KeySetState::busy`].
     pub fn tick(&self, metrics: &Metrics) {
         let now = host::now_ms();
         let meta = self.set.read_meta(&SharedData);
-        log::debug!(
-            "keygate: tick holder {} active {:?}",
-            self.holder,
-            meta.active
-        );
-        self.active.set(meta.serving());
+        self.bits.set(meta.bits);
         metrics.keys_loaded(meta.keys);
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(now.saturating_sub(ok) / 1000);
         }
-        if now < self.in_flight_until_ms.get() {
+        if let Some(job) = self.job.borrow_mut().take() {
+            let started = host::now_ms();
+            let progress =
+                self.set
+                    .resume(&mut SharedData, self.turn(started), job, self.budget.get());
+            self.timed(started);
+            self.progressed(metrics, progress);
             return;
         }
-        let Some(etag) = self.set.claim(&mut SharedData, self.holder, now) else {
+        if let Some(mut clearing) = self.clearing.get() {
+            let done = self
+                .set
+                .clear(&mut SharedData, now, &mut clearing, self.budget.get());
+            self.clearing.set((!done).then_some(clearing));
+        } else if let Some(retired) = meta.retired {
+            // A holder that left a layout uncleared (torn down) left it to the next.
+            if self.set.holds_lease(&SharedData, self.holder, now) {
+                self.clearing.set(Some(Clearing::of(retired)));
+            }
+        }
+        self.poll(metrics);
+    }
+
+    /// Fetches now if it is this worker's turn.
+    fn poll(&self, metrics: &Metrics) {
+        let now = host::now_ms();
+        if self.in_flight.get().is_some_and(|(_, until)| now < until) || self.job.borrow().is_some()
+        {
+            return;
+        }
+        self.in_flight.set(None);
+        let Some(fetch) = self.set.claim(&mut SharedData, self.holder, now) else {
             return;
         };
-        let endpoint = &self.fetch.endpoint;
         let mut headers = vec![("accept", "application/json")];
-        if let Some(etag) = etag.as_deref() {
+        if let Some(etag) = fetch.etag.as_deref() {
             headers.push(("if-none-match", etag));
         }
-        let timeout_ms = u64::from(endpoint.timeout_ms);
         match host::call(
-            endpoint,
+            &self.fetch.endpoint,
             "GET",
-            &self.fetch.path,
+            &fetch.path,
             &headers,
             None,
-            timeout_ms,
+            fetch.timeout_ms,
         ) {
-            Ok(_) => self.in_flight_until_ms.set(now + timeout_ms + 1000),
-            Err(reason) => self.settle(metrics, FetchAnswer::Failed(reason)),
+            Ok(_) => self
+                .in_flight
+                .set(Some((now, now + fetch.timeout_ms + 1000))),
+            Err(reason) => {
+                let progress = self.set.complete(
+                    &mut SharedData,
+                    self.turn(now),
+                    now,
+                    FetchAnswer::Failed(reason),
+                    1,
+                );
+                self.progressed(metrics, progress);
+            }
         }
     }
 
     /// The answer to this worker's fetch.
     pub fn answered(&self, metrics: &Metrics, body_size: usize) {
-        self.in_flight_until_ms.set(0);
+        let asked = self.in_flight.take().map_or(0, |(asked, _)| asked);
         let host::CallResponse { status, etag } = host::call_response();
-        let body;
         let answer = match status.as_deref() {
-            Some("200") => {
-                body = host::call_body(body_size);
-                FetchAnswer::Set {
-                    etag: etag.as_deref(),
-                    body: &body,
-                }
-            }
+            Some("200") => FetchAnswer::Set {
+                etag,
+                body: host::call_body(body_size),
+            },
             Some("304") => FetchAnswer::NotModified,
             Some(other) => FetchAnswer::Failed(format!("key service answered {other}")),
             // Envoy resets a call whose answer outgrows its buffer limit, and says so only in
@@ -117,24 +164,59 @@ impl KeySetState {
                     .into(),
             ),
         };
-        self.settle(metrics, answer);
+        let started = host::now_ms();
+        let progress = self.set.complete(
+            &mut SharedData,
+            self.turn(started),
+            asked,
+            answer,
+            self.budget.get(),
+        );
+        self.timed(started);
+        let done = matches!(progress, Progress::Done(..));
+        self.progressed(metrics, progress);
+        if done {
+            // The next long-poll goes out now, not at the next tick.
+            self.poll(metrics);
+        }
     }
 
-    fn settle(&self, metrics: &Metrics, answer: FetchAnswer<'_>) {
-        let now = host::now_ms();
-        let jitter = host::jitter(self.holder);
-        let generation = host::random().unwrap_or(jitter);
+    fn turn(&self, now_ms: u64) -> Turn {
+        Turn {
+            holder: self.holder,
+            now_ms,
+            jitter: host::jitter(self.holder),
+        }
+    }
+
+    /// Adjusts the slice budget to what the last slice took.
+    fn timed(&self, started_ms: u64) {
+        let took = host::now_ms().saturating_sub(started_ms);
+        let budget = self.budget.get();
+        let next = if took > SLICE_MS * 3 / 2 {
+            budget * 2 / 3
+        } else if took < SLICE_MS / 2 {
+            budget.saturating_mul(3) / 2
+        } else {
+            budget
+        };
+        self.budget.set(next.clamp(500, 1_000_000));
+    }
+
+    fn progressed(&self, metrics: &Metrics, progress: Progress) {
+        let (fetched, clearing) = match progress {
+            Progress::Working(job) => {
+                *self.job.borrow_mut() = Some(job);
+                return;
+            }
+            Progress::Done(fetched, clearing) => (fetched, clearing),
+        };
+        if clearing.is_some() {
+            self.clearing.set(clearing);
+        }
+        let meta = self.set.read_meta(&SharedData);
+        self.bits.set(meta.bits);
         let cluster = &*self.fetch.endpoint.cluster;
-        let fetched = self.set.complete(
-            &mut SharedData,
-            self.holder,
-            now,
-            jitter,
-            generation,
-            answer,
-        );
-        let serving = self.set.read_meta(&SharedData).serving();
-        self.active.set(serving);
         match fetched {
             Fetched::Loaded { keys, version } => {
                 metrics.fetch_ok.add();
@@ -146,6 +228,21 @@ impl KeySetState {
                     version.as_deref().unwrap_or("-")
                 );
             }
+            Fetched::Updated {
+                changed,
+                keys,
+                version,
+            } => {
+                metrics.fetch_ok.add();
+                metrics.keys_loaded(keys);
+                metrics.fetch_age(0);
+                info!(
+                    "keygate: key set updated from cluster {cluster}: {} changed, {} in \
+                     force, version {version}",
+                    count_keys(changed),
+                    count_keys(keys)
+                );
+            }
             Fetched::NotModified => {
                 metrics.fetch_not_modified.add();
                 metrics.fetch_age(0);
@@ -155,7 +252,7 @@ impl KeySetState {
                 retry_in_ms,
             } => {
                 metrics.fetch_failed.add();
-                let kept = if serving.is_some() {
+                let kept = if meta.bits.is_some() {
                     "keeping the last good set"
                 } else {
                     "no key set loaded yet (protected routes answer 503)"

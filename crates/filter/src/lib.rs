@@ -114,11 +114,17 @@ struct Root {
     metrics: Option<Rc<Metrics>>,
     /// `lookup` mode's change feed, when `watch_seconds` > 0 (README "Watching for changes").
     watch: Option<Watch>,
+    /// The tick period set, and when the last 500 ms tick's work ran.
+    period: Duration,
+    last_tick_ms: u64,
 }
 
 // Often enough that a switched set reaches every worker well within a second, and that
 // Envoy's stats (and the lookup cache's clock) trail by at most half a second.
 const TICK: Duration = Duration::from_millis(500);
+// While a key set loads a slice at a time: slices of about 10 ms, a few ms apart, leave
+// the worker free for its requests in between.
+const BUSY_TICK: Duration = Duration::from_millis(5);
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
@@ -173,6 +179,7 @@ impl RootContext for Root {
             .clone();
         host::refresh_clock();
         let _ = hostcalls::set_tick_period(TICK);
+        self.period = TICK;
         let (mut key_set, mut lookups) = (None, None);
         self.watch = None;
         match &config.keys {
@@ -235,15 +242,31 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         host::refresh_clock();
-        if let Some(metrics) = &self.metrics {
-            metrics.flush();
-        }
         let Some(shared) = &self.shared else {
+            if let Some(metrics) = &self.metrics {
+                metrics.flush();
+            }
             return;
         };
         if let Some(state) = &shared.key_set {
             state.tick(&shared.metrics);
+            // While a key set loads in slices, tick fast; the rest keeps its pace.
+            let period = if state.busy() { BUSY_TICK } else { TICK };
+            if period != self.period {
+                let _ = hostcalls::set_tick_period(period);
+                self.period = period;
+            }
+            let now = host::clock_ms();
+            if now
+                < self
+                    .last_tick_ms
+                    .saturating_add(TICK.as_millis() as u64 - 50)
+            {
+                return;
+            }
+            self.last_tick_ms = now;
         }
+        shared.metrics.flush();
         if let Some((lookups, mut host)) = shared.lookups() {
             lookups.sweep(&mut host, &shared.config, self.context_id);
         }

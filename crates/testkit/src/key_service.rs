@@ -152,7 +152,8 @@ fn answer(request: tiny_http::Request, state: &Mutex<State>, stop: &AtomicBool) 
         };
         return;
     }
-    if url != "/v1/keyset" {
+    // As a file server does, it ignores the query (the incremental sync's `?wait=`).
+    if url.split('?').next() != Some("/v1/keyset") {
         let _ = request.respond(tiny_http::Response::empty(404));
         return;
     }

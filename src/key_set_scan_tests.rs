@@ -1,0 +1,180 @@
+use super::*;
+use serde_json::json;
+
+fn h(key: &str) -> String {
+    KeyHash::of_key(key).to_hex()
+}
+
+fn scan_with(body: &[u8], budget: usize) -> Result<(Scanned, Staged), String> {
+    let mut scan = Scan::new(body.to_vec());
+    loop {
+        let mut left = budget;
+        if let Step::Done(scanned) = scan.step(&mut left)? {
+            return Ok((scanned, scan.into_staged()));
+        }
+    }
+}
+
+fn scan(value: serde_json::Value) -> Result<(Scanned, Staged), String> {
+    scan_with(value.to_string().as_bytes(), usize::MAX)
+}
+
+fn rec(id: &str, key: &str) -> serde_json::Value {
+    json!({"id": id, "hash": h(key), "owner": "o", "scopes": ["browse"]})
+}
+
+#[test]
+fn reads_the_three_shapes() {
+    let (plain, staged) = scan(json!({"keys": [rec("a", "ka")]})).unwrap();
+    assert_eq!(
+        plain,
+        Scanned::Full {
+            version: None,
+            epoch: None
+        }
+    );
+    assert_eq!(staged.len(), 1);
+
+    let (full, _) = scan(json!({"version": "3", "epoch": "e1", "keys": []})).unwrap();
+    assert_eq!(
+        full,
+        Scanned::Full {
+            version: Some("3".into()),
+            epoch: Some(Epoch::parse("e1").unwrap())
+        }
+    );
+
+    let (delta, staged) = scan(json!({"version": "9", "epoch": "e1", "since": "7",
+        "upsert": [rec("a", "ka")], "delete": [h("kb")]}))
+    .unwrap();
+    assert_eq!(
+        delta,
+        Scanned::Delta {
+            version: 9,
+            epoch: Epoch::parse("e1").unwrap(),
+            since: 7
+        }
+    );
+    let items = staged.sorted();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items.iter().filter(|i| i.is_delete()).count(), 1);
+}
+
+#[test]
+fn any_budget_reads_the_same() {
+    let keys: Vec<_> = (0..300)
+        .map(|i| rec(&format!("id{i}"), &format!("k{i}")))
+        .collect();
+    let body = json!({"version": "v", "keys": keys}).to_string();
+    let (whole, staged) = scan_with(body.as_bytes(), usize::MAX).unwrap();
+    for budget in [1, 2, 7, 100] {
+        let (sliced, again) = scan_with(body.as_bytes(), budget).unwrap();
+        assert_eq!(sliced, whole);
+        let a: Vec<_> = staged
+            .sorted()
+            .iter()
+            .map(|i| (i.hash, staged.record(i).map(<[u8]>::to_vec)))
+            .collect();
+        let b: Vec<_> = again
+            .sorted()
+            .iter()
+            .map(|i| (i.hash, again.record(i).map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(a, b, "budget {budget}");
+    }
+}
+
+#[test]
+fn white_space_and_escapes_are_json_s() {
+    let body = format!(
+        " {{ \"ver\\u0073ion\" : \"1\" ,\n\t\"keys\" : [ {} , {} ] }} \n",
+        json!({"id": "a\"b", "hash": h("ka"), "owner": "o]}", "label": "x\\"}),
+        json!({"id": "c", "hash": h("kc"), "owner": "o"})
+    );
+    let (scanned, staged) = scan_with(body.as_bytes(), 3).unwrap();
+    assert_eq!(
+        scanned,
+        Scanned::Full {
+            version: Some("1".into()),
+            epoch: None
+        }
+    );
+    assert_eq!(staged.len(), 2);
+}
+
+#[test]
+fn refuses_what_is_not_one_of_the_shapes() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"".to_vec(), "JSON object"),
+        (b"[]".to_vec(), "JSON object"),
+        (b"{".to_vec(), "ends inside"),
+        (b"{}".to_vec(), "not a mix"),
+        (br#"{"keys": [], }"#.to_vec(), "expected a field after"),
+        (br#"{"keys": [1,]}"#.to_vec(), "keys[0]"),
+        (br#"{"keys": [] "version": "1"}"#.to_vec(), "expected ',' or '}'"),
+        (br#"{"keys": []}x"#.to_vec(), "trailing"),
+        (br#"{"keys": [], "keys": []}"#.to_vec(), "duplicate field"),
+        (br#"{"keys": [], "extra": 1}"#.to_vec(), "unknown field"),
+        (br#"{"keys": [{"id": "a"]}"#.to_vec(), "unexpected"),
+        (br#"{"keys": ["#.to_vec(), "ends inside"),
+        (br#"{"version": 1, "keys": []}"#.to_vec(), "version: expected a string"),
+        (br#"{"version": "01", "epoch": "e", "keys": []}"#.to_vec(), "decimal"),
+        (br#"{"epoch": "e", "keys": []}"#.to_vec(), "has a version"),
+        (br#"{"version": "1", "epoch": "bad epoch", "keys": []}"#.to_vec(), "epoch"),
+        (br#"{"version": "2", "epoch": "e", "since": "1", "upsert": [], "delete": [], "keys": []}"#.to_vec(), "not a mix"),
+        (br#"{"version": "2", "epoch": "e", "since": "2", "upsert": [], "delete": []}"#.to_vec(), "after its since"),
+        (br#"{"version": "2", "epoch": "e", "since": "1", "upsert": [], "delete": ["x"]}"#.to_vec(), "delete[0]"),
+    ];
+    for (body, says) in cases {
+        let error = scan_with(&body, 2)
+            .err()
+            .unwrap_or_else(|| panic!("accepted {:?}", String::from_utf8_lossy(&body)));
+        assert!(
+            error.contains(says),
+            "{:?}: {error}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+#[test]
+fn a_key_upserted_and_deleted_in_one_delta_is_refused() {
+    let error = scan(json!({"version": "9", "epoch": "e1", "since": "7",
+        "upsert": [rec("a", "ka")], "delete": [h("ka")]}))
+    .err()
+    .unwrap();
+    assert!(
+        error.contains("delete[0]: this hash is also in upsert[0]"),
+        "{error}"
+    );
+}
+
+#[test]
+fn nesting_is_bounded_by_serde_not_by_the_stack() {
+    let deep = format!(
+        "{{\"keys\": [{}{}]}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(scan_with(deep.as_bytes(), 10).is_err());
+}
+
+#[test]
+fn repeats_are_found_in_a_large_answer_too() {
+    let mut keys: Vec<_> = (0..5_000)
+        .map(|i| rec(&format!("id{i}"), &format!("k{i}")))
+        .collect();
+    keys[4_999] = rec("id-last", "k10");
+    let error = scan_with(json!({"keys": keys.clone()}).to_string().as_bytes(), 100)
+        .err()
+        .unwrap();
+    assert_eq!(
+        error,
+        "keys[4999].hash: duplicate hash (also keys[10]): two records for one key"
+    );
+    keys[4_999] = rec("id10", "k-last");
+    let error = scan_with(json!({"keys": keys}).to_string().as_bytes(), 100)
+        .err()
+        .unwrap();
+    assert_eq!(error, "keys[4999].id: duplicate id (also keys[10])");
+}
