@@ -42,7 +42,7 @@ fn start_envoy(upstream: &Upstream, key_service: SocketAddr, config: &Value) -> 
 }
 
 /// How many of the key service's answers were 304 (Envoy counts them per cluster).
-fn not_modified(envoy: &Envoy) -> u64 {
+pub(crate) fn not_modified(envoy: &Envoy) -> u64 {
     envoy
         .stats("cluster.keyservice.upstream_rq_304")
         .get("cluster.keyservice.upstream_rq_304")
@@ -50,18 +50,18 @@ fn not_modified(envoy: &Envoy) -> u64 {
         .unwrap_or(0)
 }
 
-fn status(envoy: &Envoy, key: &str) -> u16 {
+pub(crate) fn status(envoy: &Envoy, key: &str) -> u16 {
     envoy.send(&Request::get("/data").bearer(key)).status
 }
 
 /// `keygate serve` on a given port, so that it can be restarted on the same one.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Serve {
-    fn start(keys: &Path, port: u16, log: &Path) -> Serve {
+    pub(crate) fn start(keys: &Path, port: u16, log: &Path) -> Serve {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(support::keygate_binary())
             .args(["serve", "--keys", keys.to_str().unwrap(), "--listen"])
@@ -128,7 +128,12 @@ fn cache_on_every_worker(envoy: &Envoy, keys: &[&str], expected: u16, calls: u64
 /// From now, how long until `key` is refused by every worker: 20 refusals in a row (each
 /// request is a new connection, which either worker may take). The time of the first of
 /// them.
-fn time_until_refused(envoy: &Envoy, key: &str, since: Instant, within: Duration) -> Duration {
+pub(crate) fn time_until_refused(
+    envoy: &Envoy,
+    key: &str,
+    since: Instant,
+    within: Duration,
+) -> Duration {
     let mut streak: Option<Duration> = None;
     let mut in_a_row = 0;
     while in_a_row < 20 {
@@ -150,7 +155,7 @@ fn time_until_refused(envoy: &Envoy, key: &str, since: Instant, within: Duration
 }
 
 /// A scratch directory whose keys.json holds alice's and bob's keys (from `issue`).
-fn alice_and_bob(
+pub(crate) fn alice_and_bob(
     name: &str,
 ) -> (
     Scratch,
@@ -165,7 +170,7 @@ fn alice_and_bob(
     (dir, keys, alice, bob)
 }
 
-fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
+pub(crate) fn issue(keys: &Path, owner: &str) -> cli_support::Issued {
     new_key(
         keys,
         &[

@@ -11,6 +11,7 @@ mod http2;
 mod key_service;
 mod key_service_mtls;
 mod key_set;
+mod key_set_watch;
 mod lookup;
 mod lookup_watch;
 mod operations;
