@@ -5,6 +5,7 @@
 use crate::credential::{Scheme, Source};
 use crate::error::{parse_json, ConfigError};
 use crate::header::HeaderName;
+use crate::key_format::{KeyFormat, Prefix};
 use crate::record::{InlineKeys, KeyRecordDoc};
 use crate::remote::{FetchDoc, KeySetConfig, LookupConfig, LookupDoc};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
@@ -52,6 +53,8 @@ pub struct Config {
     pub scopes: ScopeIndex,
     /// `"usage"`: report uses per key to a key service (any key source).
     pub usage: Option<UsageConfig>,
+    /// `"key_format"`: keys with these prefixes must have the issued shape and checksum.
+    pub key_format: Option<KeyFormat>,
 }
 
 /// The most sources a configuration may list (they are tracked as bits of a `u32`).
@@ -82,6 +85,20 @@ struct ConfigDoc {
     hide_credentials: Option<bool>,
     #[serde(default)]
     usage: Option<UsageDoc>,
+    #[serde(default)]
+    key_format: Option<KeyFormatDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFormatDoc {
+    prefixes: Vec<Prefix>,
+    #[serde(default = "yes")]
+    checksum: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -185,6 +202,19 @@ impl Config {
         };
 
         let usage = doc.usage.and_then(|usage| usage.check(&mut errors));
+        let key_format = doc.key_format.and_then(|f| {
+            if f.prefixes.is_empty() {
+                errors.push(ConfigError::new(
+                    "key_format.prefixes",
+                    "list at least one prefix (as \"kg\"), or leave key_format out",
+                ));
+                return None;
+            }
+            Some(KeyFormat {
+                prefixes: f.prefixes,
+                checksum: f.checksum,
+            })
+        });
 
         match (keys, rules) {
             (Some(keys), Some(rules)) if errors.is_empty() => Ok(Config {
@@ -197,6 +227,7 @@ impl Config {
                 hide_credentials: doc.hide_credentials.unwrap_or(true),
                 scopes,
                 usage,
+                key_format,
             }),
             _ => Err(errors),
         }
@@ -212,7 +243,7 @@ impl Config {
 }
 
 /// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "realm",
     "sources",
     "strip_prefixes",
@@ -224,6 +255,7 @@ const FIELDS: [&str; 11] = [
     "forward",
     "hide_credentials",
     "usage",
+    "key_format",
 ];
 
 /// Every structural problem of a configuration that is a JSON object: each field, and each
@@ -249,6 +281,7 @@ fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
             "forward" => read::<ForwardDoc>(at, value, &mut errors),
             "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
             "usage" => read::<Option<UsageDoc>>(at, value, &mut errors),
+            "key_format" => read::<Option<KeyFormatDoc>>(at, value, &mut errors),
             _ => errors.push(ConfigError::new(
                 at,
                 format!(

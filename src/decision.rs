@@ -4,6 +4,7 @@
 use crate::config::{Config, KeySource};
 use crate::credential::{self, Presented, Source};
 use crate::header_map::Header;
+use crate::key_format::Shape;
 use crate::path::{self, PathError};
 use crate::query;
 use crate::record::{KeyHash, KeyRecord, KeyState};
@@ -22,6 +23,9 @@ pub enum Denial<'c> {
     Missing,
     /// 401: a key the key set does not hold.
     UnknownKey,
+    /// 401: a key with a prefix of `key_format` and not its shape or checksum: refused
+    /// before it is hashed or looked up.
+    MalformedKey,
     Expired(&'c KeyRecord),
     Disabled(&'c KeyRecord),
     /// 403: the rule needs scopes the key lacks.
@@ -50,6 +54,7 @@ impl Denial<'_> {
             Denial::BadRequest(_) => Outcome::Malformed,
             Denial::Missing => Outcome::Missing,
             Denial::UnknownKey => Outcome::Invalid,
+            Denial::MalformedKey => Outcome::MalformedKey,
             Denial::Expired(_) => Outcome::Expired,
             Denial::Disabled(_) => Outcome::Disabled,
             Denial::MissingScope { .. }
@@ -265,6 +270,11 @@ pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
             Need::Closed(denial) => deny(denial),
         },
         Presented::Key { key, sources } => {
+            if let Some(format) = &config.key_format {
+                if let Shape::Malformed(..) = format.shape(key.expose()) {
+                    return deny(Denial::MalformedKey);
+                }
+            }
             let hide_sources = if config.hide_credentials { sources } else { 0 };
             Step::Key(KeyCheck {
                 hash: KeyHash::of_key(key.expose()),

@@ -38,6 +38,13 @@ pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResp
             Some("invalid_token"),
             None,
         ),
+        Denial::MalformedKey => (
+            401,
+            "invalid_token",
+            "malformed API key",
+            Some("invalid_token"),
+            None,
+        ),
         Denial::Expired(_) => (
             401,
             "invalid_token",

@@ -136,6 +136,7 @@ fn invalid_keys_are_401_invalid_token_with_the_reason() {
     let k = record();
     for (denial, description) in [
         (Denial::UnknownKey, "unknown API key"),
+        (Denial::MalformedKey, "malformed API key"),
         (Denial::Expired(&k), "API key expired"),
         (Denial::Disabled(&k), "API key disabled"),
     ] {
@@ -239,6 +240,7 @@ fn all_denials(k: &KeyRecord) -> Vec<Denial<'_>> {
         Denial::BadRequest("empty API key"),
         Denial::Missing,
         Denial::UnknownKey,
+        Denial::MalformedKey,
         Denial::Expired(k),
         Denial::Disabled(k),
         missing_scope(k, "upload"),
@@ -258,6 +260,7 @@ fn status_and_error_for_every_denial_follow_the_spec_table() {
     let want = [
         (400, "invalid_request", Some("invalid_request")),
         (401, "unauthorized", None),
+        (401, "invalid_token", Some("invalid_token")),
         (401, "invalid_token", Some("invalid_token")),
         (401, "invalid_token", Some("invalid_token")),
         (401, "invalid_token", Some("invalid_token")),
@@ -321,6 +324,7 @@ fn custom_realm_appears_in_every_challenge() {
     let want = [
         r#"Bearer realm="immport", error="invalid_request""#,
         r#"Bearer realm="immport""#,
+        r#"Bearer realm="immport", error="invalid_token""#,
         r#"Bearer realm="immport", error="invalid_token""#,
         r#"Bearer realm="immport", error="invalid_token""#,
         r#"Bearer realm="immport", error="invalid_token""#,

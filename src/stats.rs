@@ -11,6 +11,8 @@ pub enum Outcome {
     Malformed,
     /// A key that is not in the key set.
     Invalid,
+    /// A key with a `key_format` prefix, not of the format: refused before any lookup.
+    MalformedKey,
     Expired,
     Disabled,
     /// A valid key without the scope, a read-only key writing, or a route no rule allows.
@@ -19,12 +21,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::Missing,
         Outcome::Malformed,
         Outcome::Invalid,
+        Outcome::MalformedKey,
         Outcome::Expired,
         Outcome::Disabled,
         Outcome::Forbidden,
@@ -39,6 +42,7 @@ impl Outcome {
             Outcome::Missing => "keygate.denied.missing",
             Outcome::Malformed => "keygate.denied.malformed",
             Outcome::Invalid => "keygate.denied.invalid",
+            Outcome::MalformedKey => "keygate.denied.malformed_key",
             Outcome::Expired => "keygate.denied.expired",
             Outcome::Disabled => "keygate.denied.disabled",
             Outcome::Forbidden => "keygate.denied.forbidden",

@@ -2,6 +2,7 @@
 //! requests, and a model of the upstream) are here.
 
 mod credentials;
+mod key_format;
 mod key_states;
 mod outcomes;
 mod paths;

@@ -35,6 +35,7 @@ fn denial_outcome_for_every_variant() {
         (Denial::BadRequest("x"), Outcome::Malformed, false),
         (Denial::Missing, Outcome::Missing, false),
         (Denial::UnknownKey, Outcome::Invalid, false),
+        (Denial::MalformedKey, Outcome::MalformedKey, false),
         (Denial::Expired(k), Outcome::Expired, true),
         (Denial::Disabled(k), Outcome::Disabled, true),
         (

@@ -313,3 +313,56 @@ fn a_query_key_is_gone_from_the_logged_path_while_the_request_waits() {
     assert!(logged.starts_with("/data?x=1 "), "{logged}");
     assert!(upstream.take().is_empty());
 }
+
+/// `key_format`: made-up keys with the configured prefix are refused (401, malformed)
+/// without a call to the key service; issued keys and legacy keys are looked up as before.
+#[test]
+fn made_up_keys_of_the_key_format_make_no_call() {
+    use keygate_core::key_format::{issue, Prefix};
+    let kg = Prefix::parse("kg").unwrap();
+    let issued = issue(&kg, [9u8; 32]);
+    let upstream = Upstream::start();
+    let service = KeyService::start_on(
+        "127.0.0.1:0",
+        doc(vec![
+            record("alice", ALICE, &["browse"]),
+            record("nina", &issued, &["browse"]),
+        ]),
+    );
+    let mut config = plugin_config(60);
+    config["key_format"] = json!({"prefixes": ["kg"]});
+    let envoy = Envoy::start_bootstrap(
+        &bootstrap_with_key_service(&config, upstream.addr, service.addr),
+        EnvoyOptions::default(),
+    );
+    assert_eq!(status(&envoy, &issued), 200);
+    assert_eq!(service.calls().lookups.len(), 1);
+    for i in 0..200u32 {
+        // A made-up key of the right shape: only its checksum gives it away.
+        let mut random = [0u8; 32];
+        random[..4].copy_from_slice(&i.to_be_bytes());
+        let made_up = issue(&kg, random);
+        let made_up = format!(
+            "{}{}",
+            &made_up[..made_up.len() - 1],
+            if made_up.ends_with('A') { 'B' } else { 'A' }
+        );
+        let refused = envoy.send(&Request::get("/data").bearer(&made_up));
+        assert_eq!(refused.status, 401, "{}", refused.text());
+        assert_eq!(
+            refused.json(),
+            json!({"error": "invalid_token", "error_description": "malformed API key"})
+        );
+    }
+    // A cut key too.
+    assert_eq!(status(&envoy, &issued[..20]), 401);
+    assert_eq!(
+        service.calls().lookups.len(),
+        1,
+        "a made-up key made a call"
+    );
+    envoy.await_stats_flush();
+    assert_eq!(envoy.keygate_stat("denied.malformed_key"), 201);
+    assert_eq!(envoy.keygate_stat("lookup.calls"), 1);
+    assert_eq!(upstream.take().len(), 1);
+}

@@ -1,26 +1,14 @@
 //! New keys and ids, from the OS CSPRNG.
 
 use crate::error::{Error, Result};
-use base64::Engine;
 
-/// 256 bits: a key is as strong as the hash that stores it, and no stronger is useful.
-const KEY_BYTES: usize = 32;
-
-/// The prefix a key may start with: short and URL-safe, so a key stays one token in a
-/// header, a query string or a `.netrc`, and it cannot be mistaken for a legacy
-/// `apikey|` key (which the filter would strip).
+/// The prefix a key starts with (README "Key format"): `kg` or `kg_`, 1 to 16 lowercase
+/// letters or digits, so a key stays one token in a header, a query string or a `.netrc`,
+/// and a secret scanner or the filter's `key_format` can recognize it.
 pub fn check_prefix(prefix: &str) -> Result<()> {
-    let ok = prefix.len() <= 32
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(format!(
-            "--prefix {prefix:?}: use at most 32 letters, digits, '_', '-' or '.'"
-        )))
-    }
+    keygate_keyservice::secret::prefix(prefix)
+        .map(|_| ())
+        .map_err(|e| Error::new(format!("--prefix: {e}")))
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -30,13 +18,9 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(bytes)
 }
 
-/// `prefix` + 256 random bits as unpadded base64url (43 characters).
+/// A new key of the key format, with `prefix`.
 pub fn api_key(prefix: &str) -> Result<String> {
-    let bytes: [u8; KEY_BYTES] = random()?;
-    Ok(format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    keygate_keyservice::secret::new_key(prefix).map_err(Error::new)
 }
 
 /// A random (version 4) UUID, like ImmPort's and VSPC's key ids.
@@ -53,16 +37,14 @@ mod tests {
 
     #[test]
     fn keys_are_prefixed_long_and_different() {
-        let a = api_key("kg_").unwrap();
+        let a = api_key("kg").unwrap();
         let b = api_key("kg_").unwrap();
         assert_ne!(a, b);
-        assert!(a.starts_with("kg_"));
-        assert_eq!(a.len(), 3 + 43);
-        let body = &a[3..];
-        assert!(body
+        assert!(a.starts_with("kg_") && b.starts_with("kg_"));
+        assert_eq!(a.len(), 3 + 43 + 1 + 6);
+        assert!(a[3..]
             .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-        assert_eq!(api_key("").unwrap().len(), 43);
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_'));
     }
 
     #[test]
@@ -76,10 +58,19 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        for good in ["", "kg_", "acme-prod.", "K9"] {
+        for good in ["kg", "kg_", "acme", "k9"] {
             assert!(check_prefix(good).is_ok(), "{good}");
         }
-        for bad in ["apikey|", "a b", "x/", "é", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "apikey|",
+            "a b",
+            "x/",
+            "é",
+            "K9",
+            "acme-prod.",
+            &"a".repeat(17),
+        ] {
             assert!(check_prefix(bad).is_err(), "{bad}");
         }
     }

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use keygate_core::config::DEFAULT_STRIP_PREFIX;
+use keygate_core::key_format::{self, Prefix, Shape};
 use keygate_core::record::KeyHash;
 use std::io::Read;
 
@@ -58,6 +59,12 @@ pub fn run(strip_prefixes: Vec<String>, no_strip: bool) -> Result<()> {
             "--strip-prefix: must not be empty (use --no-strip)",
         ));
     }
+    let input = read_stdin()?;
+    println!("{}", hash_key(key_from_input(&input)?, &prefixes)?);
+    Ok(())
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
     let mut input = Vec::new();
     std::io::stdin()
         .take(MAX_INPUT + 1)
@@ -69,8 +76,44 @@ pub fn run(strip_prefixes: Vec<String>, no_strip: bool) -> Result<()> {
             "more than {MAX_INPUT} bytes on stdin: give one key"
         )));
     }
-    println!("{}", hash_key(key_from_input(&input)?, &prefixes)?);
-    Ok(())
+    Ok(input)
+}
+
+/// `keygate check-key`: the key's shape under the key format (README "Key format").
+pub fn check_key(prefixes: Vec<String>) -> Result<()> {
+    let texts = if prefixes.is_empty() {
+        vec![keygate_keyservice::secret::KEY_PREFIX.to_string()]
+    } else {
+        prefixes
+    };
+    let prefixes = texts
+        .iter()
+        .map(|p| {
+            keygate_keyservice::secret::prefix(p).map_err(|e| Error::new(format!("--prefix: {e}")))
+        })
+        .collect::<Result<Vec<Prefix>>>()?;
+    let input = read_stdin()?;
+    let key = key_from_input(&input)?;
+    match key_format::shape(key, &prefixes, true) {
+        Shape::WellFormed(prefix) => {
+            println!("well formed: prefix {}, checksum valid", prefix.as_str());
+            Ok(())
+        }
+        Shape::Malformed(prefix, why) => Err(Error::new(format!(
+            "malformed: prefix {}, but {why}: a mistyped, cut or made-up key, which a filter \
+             with key_format refuses (401) without looking it up",
+            prefix.as_str()
+        ))),
+        Shape::Unprefixed => Err(Error::new(format!(
+            "not of the key format: it does not start with {}; a legacy key is still \
+             decided by its hash",
+            prefixes
+                .iter()
+                .map(|p| format!("{}_", p.as_str()))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ))),
+    }
 }
 
 #[cfg(test)]

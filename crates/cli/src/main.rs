@@ -122,6 +122,17 @@ enum Command {
         #[arg(long)]
         no_strip: bool,
     },
+    /// Say whether a key read on stdin is of keygate's key format (prefix, 256 random bits,
+    /// checksum), as the filter's key_format decides; never prints the key. Exits 1 when
+    /// it is not
+    CheckKey {
+        /// Not an option: a key given here is refused with a pointer to stdin
+        #[arg(hide = true, value_name = "KEY", allow_hyphen_values = true)]
+        key: Vec<String>,
+        /// A prefix of the key format (repeatable; default kg)
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Vec<String>,
+    },
     /// Check a plugin configuration with the filter's own parser: a JSON file, - for
     /// stdin, or an Envoy / Kubernetes YAML holding keygate's configuration
     Check {
@@ -314,6 +325,7 @@ fn run(command: Command, keys_cli: bool) -> error::Result<()> {
             strip_prefix,
             no_strip,
         } => hash::run(strip_prefix, no_strip),
+        Command::CheckKey { key: _, prefix } => hash::check_key(prefix),
         Command::Check { config, emit_envoy } => check::run(&config, emit_envoy),
         Command::Serve {
             keys,
@@ -403,7 +415,7 @@ fn main() -> ExitCode {
         Err(error) => return parse_failed(error),
     };
     let keys_cli = keys_on_command_line(&matches);
-    if let Command::Hash { key, .. } = &cli.command {
+    if let Command::Hash { key, .. } | Command::CheckKey { key, .. } = &cli.command {
         if !key.is_empty() {
             return usage_error(&usage::hash_arguments(key));
         }

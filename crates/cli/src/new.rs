@@ -31,8 +31,8 @@ pub struct NewKey {
     /// The key may only use GET, HEAD and OPTIONS
     #[arg(long)]
     pub read_only: bool,
-    /// Text the key starts with, to recognize it (letters, digits, '_', '-', '.')
-    #[arg(long, default_value = "kg_")]
+    /// The key's prefix, to recognize it: 1 to 16 lowercase letters or digits
+    #[arg(long, default_value = "kg")]
     pub prefix: String,
     #[command(flatten)]
     pub target: TargetArgs,

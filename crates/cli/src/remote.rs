@@ -4,6 +4,7 @@
 
 use crate::admin::{Admin, Audit, Create, Issued, Key};
 use crate::error::{Error, Result};
+use keygate_keyservice::secret;
 use keygate_keyservice::store::{self, Status};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -252,7 +253,12 @@ impl Admin for Remote {
     }
 
     fn create(&self, new: &Create) -> Result<Issued> {
-        if new.prefix != keygate_keyservice::secret::KEY_PREFIX {
+        if secret::prefix(new.prefix)
+            .map(|p| p.as_str().to_string())
+            .ok()
+            .as_deref()
+            != Some(secret::KEY_PREFIX)
+        {
             return Err(Error::new(format!(
                 "--prefix: the key service makes its keys with {:?}: leave --prefix out with \
                  --server",

@@ -1,12 +1,12 @@
 //! New keys and ids from the OS CSPRNG, and the one way a key is kept: its SHA-256.
 
-use base64::Engine;
+use keygate_core::key_format::{self, Prefix};
 use keygate_core::record::KeyHash;
 
 /// The prefix of API keys made by the service (as `keygate new`'s default).
-pub const KEY_PREFIX: &str = "kg_";
+pub const KEY_PREFIX: &str = "kg";
 /// The prefix of admin keys: recognisable, and never confused with a gateway key.
-pub const ADMIN_PREFIX: &str = "kga_";
+pub const ADMIN_PREFIX: &str = "kga";
 
 fn random<const N: usize>() -> Result<[u8; N], String> {
     let mut bytes = [0u8; N];
@@ -15,13 +15,16 @@ fn random<const N: usize>() -> Result<[u8; N], String> {
     Ok(bytes)
 }
 
-/// `prefix` + 256 random bits as unpadded base64url.
-pub fn new_key(prefix: &str) -> Result<String, String> {
-    let bytes: [u8; 32] = random()?;
-    Ok(format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+/// A key prefix as an operator writes it: `kg`, or `kg_` with the separator the key format
+/// adds anyway (README "Key format").
+pub fn prefix(text: &str) -> Result<Prefix, String> {
+    Prefix::parse(text.strip_suffix('_').unwrap_or(text))
+}
+
+/// A new key: `<prefix>_<256 random bits in base62>_<checksum>` (README "Key format").
+pub fn new_key(prefix_text: &str) -> Result<String, String> {
+    let prefix = prefix(prefix_text)?;
+    Ok(key_format::issue(&prefix, random()?))
 }
 
 /// A change feed's epoch: 128 random bits, lowercase hex.
@@ -75,7 +78,14 @@ mod tests {
     #[test]
     fn keys_and_ids() {
         let a = new_key(KEY_PREFIX).unwrap();
-        assert!(a.starts_with("kg_") && a.len() == 46);
+        assert!(a.starts_with("kg_") && a.len() == 53, "{a}");
+        let prefixes = [prefix("kg").unwrap()];
+        assert!(matches!(
+            key_format::shape(&a, &prefixes, true),
+            key_format::Shape::WellFormed(_)
+        ));
+        assert_eq!(prefix("kg_"), prefix("kg"));
+        assert!(prefix("apikey|").is_err());
         assert_ne!(a, new_key(KEY_PREFIX).unwrap());
         let id = new_id().unwrap();
         assert!(is_id(&id), "{id}");
