@@ -2,7 +2,6 @@
 
 use keygate_testkit::cli as cli_support;
 
-use base64::Engine;
 use cli_support::{
     check_fails, check_ok, key_file, keygate, keygate_on, keygate_with_stdin, new_key,
     new_scoped_key, read_json, record, records, Issued, Scratch,
@@ -58,12 +57,14 @@ fn new_prints_the_key_once_and_stores_only_its_hash() {
     let after = now();
 
     assert!(is_uuid_v4(&issued.id), "{issued:?}");
-    let body = issued.api_key.strip_prefix("kg_").unwrap();
-    assert_eq!(body.len(), 43, "256 bits as unpadded base64url");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(body)
-        .unwrap();
+    let bytes = random_part(&issued.api_key);
     assert_eq!(bytes.len(), 32);
+    let body = &issued.api_key[3..];
+    let prefixes = [keygate_core::key_format::Prefix::parse("kg").unwrap()];
+    assert!(matches!(
+        keygate_core::key_format::shape(&issued.api_key, &prefixes, true),
+        keygate_core::key_format::Shape::WellFormed(_)
+    ));
 
     let doc = read_json(&keys);
     assert_eq!(doc["version"], "1");
@@ -131,7 +132,7 @@ fn new_expiry_flags_prefix_and_permissions() {
     let r = record(&keys, &never.id).unwrap();
     assert_eq!(r["expires_at"], Value::Null);
     assert_eq!(r["read_only"], true);
-    assert!(never.api_key.starts_with("acme_") && never.api_key.len() == 5 + 43);
+    assert!(never.api_key.starts_with("acme_") && never.api_key.len() == 5 + 43 + 1 + 6);
 
     let r = record(&keys, &hours.id).unwrap();
     let created = at(r["created_at"].as_str().unwrap()).unix_nanos();
@@ -164,16 +165,15 @@ fn new_keys_look_random() {
     assert_eq!(distinct.len(), issued.len());
     let ids: HashSet<&str> = issued.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids.len(), issued.len());
-    // 12 × 256 bits: about half the bits set, and most base64url characters seen.
+    // 12 × 256 bits: about half the bits set, and most base62 characters seen.
     let mut ones = 0;
     let mut chars = HashSet::new();
     for i in &issued {
-        let body = &i.api_key[3..];
-        chars.extend(body.chars());
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .unwrap();
-        ones += bytes.iter().map(|b| b.count_ones()).sum::<u32>();
+        chars.extend(i.api_key[3..46].chars());
+        ones += random_part(&i.api_key)
+            .iter()
+            .map(|b| b.count_ones())
+            .sum::<u32>();
     }
     let bits = 12 * 256;
     assert!(
@@ -181,6 +181,25 @@ fn new_keys_look_random() {
         "{ones} of {bits}"
     );
     assert!(chars.len() > 45, "{} distinct characters", chars.len());
+}
+
+/// The 256 random bits of a key `kg_<43 base62>_<checksum>` (README "Key format").
+fn random_part(key: &str) -> Vec<u8> {
+    let body = key.strip_prefix("kg_").unwrap();
+    let (random, checksum) = body.split_once('_').unwrap();
+    assert_eq!((random.len(), checksum.len()), (43, 6), "{key}");
+    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut number = [0u8; 33];
+    for c in random.bytes() {
+        let mut carry = digits.iter().position(|d| *d == c).unwrap() as u32;
+        for byte in number.iter_mut().rev() {
+            let v = u32::from(*byte) * 62 + carry;
+            *byte = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+    }
+    assert_eq!(number[0], 0, "more than 256 bits");
+    number[1..].to_vec()
 }
 
 #[test]
