@@ -89,6 +89,10 @@ impl KeySetState {
                     .resume(&mut SharedData, self.turn(started), job, self.budget.get());
             self.timed(started);
             self.progressed(metrics, progress);
+            if self.job.borrow().is_none() {
+                // Loaded: the next long-poll goes out now, not at the next tick.
+                self.poll(metrics);
+            }
             return;
         }
         if let Some(mut clearing) = self.clearing.get() {

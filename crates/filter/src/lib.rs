@@ -192,8 +192,12 @@ impl RootContext for Root {
                 );
             }
             KeySource::KeySet(fetch) => {
+                let watch = match fetch.watch_seconds {
+                    0 => String::new(),
+                    s => format!("watched in {s} s long-polls where the service syncs, else "),
+                };
                 info!(
-                    "keygate: configuration accepted: key set from cluster {} path {} every {} s, {} rules",
+                    "keygate: configuration accepted: key set from cluster {} path {} ({watch}polled every {} s), {} rules",
                     fetch.endpoint.cluster,
                     fetch.path,
                     fetch.refresh_seconds,
