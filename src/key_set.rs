@@ -557,11 +557,6 @@ impl SharedSet {
         fetched: Fetched,
         again_now: bool,
     ) -> Progress {
-        let Turn {
-            holder,
-            now_ms,
-            jitter,
-        } = turn;
         match &fetched {
             Fetched::Failed {
                 reason,
@@ -569,28 +564,28 @@ impl SharedSet {
             } => {
                 meta.failures = meta.failures.saturating_add(1);
                 meta.last_error = Some(reason.clone());
-                meta.next_due_ms = now_ms + retry_in_ms;
+                meta.next_due_ms = turn.now_ms + retry_in_ms;
             }
             _ => {
-                meta.last_ok_ms = Some(now_ms);
+                meta.last_ok_ms = Some(turn.now_ms);
                 meta.failures = 0;
                 meta.last_error = None;
                 meta.next_due_ms = if again_now {
-                    now_ms
+                    turn.now_ms
                 } else {
-                    now_ms + spread(self.refresh_ms, jitter, 10)
+                    turn.now_ms + spread(self.refresh_ms, turn.jitter, 10)
                 };
             }
         }
         self.write_meta(store, meta);
-        // The holder keeps the lease until shortly after its next fetch is due.
+        // The turn.holder keeps the lease until shortly after its next fetch is due.
         let until = meta
             .next_due_ms
             .saturating_add(self.timeout_ms)
             .saturating_add(LEASE_GRACE_MS);
         store.set(
             &self.name("lease"),
-            format!("{holder}:{until}").as_bytes(),
+            format!("{}:{until}", turn.holder).as_bytes(),
             None,
         );
         Progress::Done(fetched, None)

@@ -420,55 +420,26 @@ impl Scan {
                     self.state = State::Field { first: true };
                 }
                 State::Field { first } => {
-                    self.skip_ws();
-                    if self.peek() == Some(b'}') {
-                        if !first {
-                            return Err(self.error("expected a field after ','"));
-                        }
-                        self.pos += 1;
-                        self.state = State::End;
-                        continue;
+                    if !self.closed((b'}', State::End), first, "expected a field after ','")? {
+                        self.field()?;
                     }
-                    self.field()?;
                 }
                 State::Array { list, first } => {
-                    self.skip_ws();
-                    if self.peek() == Some(b']') {
-                        if !first {
-                            return Err(self.error("expected a value after ','"));
-                        }
-                        self.pos += 1;
-                        self.state = State::Next;
+                    if self.closed((b']', State::Next), first, "expected a value after ','")? {
                         continue;
                     }
                     self.element(list)?;
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            self.state = State::Array { list, first: false };
-                        }
-                        Some(b']') => {
-                            self.pos += 1;
-                            self.state = State::Next;
-                        }
-                        _ => return Err(self.error("expected ',' or ']' after a record")),
-                    }
+                    self.after_value(
+                        (b']', State::Next),
+                        State::Array { list, first: false },
+                        "expected ',' or ']' after a record",
+                    )?;
                 }
-                State::Next => {
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            self.state = State::Field { first: false };
-                        }
-                        Some(b'}') => {
-                            self.pos += 1;
-                            self.state = State::End;
-                        }
-                        _ => return Err(self.error("expected ',' or '}' after a field")),
-                    }
-                }
+                State::Next => self.after_value(
+                    (b'}', State::End),
+                    State::Field { first: false },
+                    "expected ',' or '}' after a field",
+                )?,
                 State::End => {
                     self.skip_ws();
                     if self.pos != self.body.len() {
@@ -636,6 +607,44 @@ impl Scan {
             }
         };
         Ok(scanned)
+    }
+
+    /// At the start of an object's field or a list's element: the closer ends it (going on
+    /// to `done`), unless a `,` came before (`first` false).
+    fn closed(
+        &mut self,
+        (closer, done): (u8, State),
+        first: bool,
+        what: &str,
+    ) -> Result<bool, String> {
+        self.skip_ws();
+        if self.peek() != Some(closer) {
+            return Ok(false);
+        }
+        if !first {
+            return Err(self.error(what));
+        }
+        self.pos += 1;
+        self.state = done;
+        Ok(true)
+    }
+
+    /// After a value in a list or object: `,` goes on to `more`; the closer to `done`.
+    fn after_value(
+        &mut self,
+        (closer, done): (u8, State),
+        more: State,
+        what: &str,
+    ) -> Result<(), String> {
+        self.skip_ws();
+        let next = match self.peek() {
+            Some(b',') => more,
+            Some(b) if b == closer => done,
+            _ => return Err(self.error(what)),
+        };
+        self.pos += 1;
+        self.state = next;
+        Ok(())
     }
 
     fn skip_ws(&mut self) {

@@ -7,7 +7,10 @@
 //! epoch is resynced from its full document. A plain file server (which ignores the query)
 //! is covered by every test of `key_set.rs`, whose test service is one.
 
-use crate::lookup_watch::{alice_and_bob, issue, not_modified, status, time_until_refused, Serve};
+use crate::lookup_watch::{
+    alice_and_bob, issue, long_polls_loop_then_revoke, status, time_until_refused,
+    DbWithAliceAndBob, Serve,
+};
 use keygate_testkit as support;
 use keygate_testkit::cli as cli_support;
 
@@ -81,27 +84,15 @@ fn a_revoked_key_is_refused_by_every_worker_well_within_the_poll_interval() {
 /// acknowledgement as the start.
 #[test]
 fn a_key_revoked_through_the_admin_api_is_refused_within_a_second() {
-    use support::keysvc::{scratch_db, Server};
-    let (_dir, db, admin) = scratch_db("key-set-watch-db");
-    let (served, api) = Server::start_db(&db, &admin);
-    let issue = |owner: &str| {
-        let created = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"]}),
-        );
-        assert_eq!(created.status, 201, "{created:?}");
-        created.json()
-    };
-    let (alice, bob) = (issue("alice"), issue("bob"));
-    let alice_key = alice["api_key"].as_str().unwrap();
-    let bob_key = bob["api_key"].as_str().unwrap();
+    let db = DbWithAliceAndBob::start("key-set-watch-db");
+    let (served, api, alice_id) = (&db.served, &db.api, &db.alice_id);
+    let (alice_key, bob_key) = (db.alice_key.as_str(), db.bob_key.as_str());
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, 25);
     answers(&envoy, alice_key, 200);
     std::thread::sleep(Duration::from_millis(500));
 
-    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
+    let revoke = api.delete(&format!("/v1/admin/keys/{alice_id}"));
     let revoked = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let delay = time_until_refused(&envoy, alice_key, revoked, Duration::from_secs(5));
@@ -109,9 +100,9 @@ fn a_key_revoked_through_the_admin_api_is_refused_within_a_second() {
     assert!(delay <= Duration::from_secs(2), "{delay:?}");
     assert_eq!(status(&envoy, bob_key), 200);
     // A key issued now serves as soon as the store has it.
-    let carol = issue("carol");
+    let (_, carol_key) = api.create_browse_key("carol");
     let issued = Instant::now();
-    answers(&envoy, carol["api_key"].as_str().unwrap(), 200);
+    answers(&envoy, &carol_key, 200);
     println!(
         "key_set watch, db mode: a new key served after {:?}",
         issued.elapsed()
@@ -131,21 +122,7 @@ fn a_long_poll_that_times_out_is_made_again_without_a_gap() {
 
     // Long-polls of 1 s over 4 s, by the one worker holding the lease: each answered 304
     // and made again at once.
-    let before = not_modified(&envoy);
-    std::thread::sleep(Duration::from_secs(4));
-    let timed_out = not_modified(&envoy) - before;
-    assert!(
-        (3..=5).contains(&timed_out),
-        "{timed_out} long-polls in 4 s"
-    );
-
-    keygate(&["revoke", &alice.id, "--keys", keys.to_str().unwrap()]).ok();
-    let delay = time_until_refused(
-        &envoy,
-        &alice.api_key,
-        Instant::now(),
-        Duration::from_secs(3),
-    );
+    let delay = long_polls_loop_then_revoke(&envoy, 1, &keys, &alice);
     println!("key_set watch: after 304 loops, refused by every worker after {delay:?}");
     envoy.await_stats_flush();
     assert_eq!(envoy.keygate_stat("fetch.failed"), 0);

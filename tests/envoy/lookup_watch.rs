@@ -154,6 +154,53 @@ pub(crate) fn time_until_refused(
     streak.unwrap()
 }
 
+/// Over 4 s of 1 s long-polls, by `pollers` VMs, each answered 304 and made again at
+/// once; then `key` is revoked in `keys`: how long until every worker refuses it.
+pub(crate) fn long_polls_loop_then_revoke(
+    envoy: &Envoy,
+    pollers: u64,
+    keys: &Path,
+    key: &cli_support::Issued,
+) -> Duration {
+    let before = not_modified(envoy);
+    std::thread::sleep(Duration::from_secs(4));
+    let timed_out = not_modified(envoy) - before;
+    assert!(
+        (3 * pollers..=5 * pollers).contains(&timed_out),
+        "{timed_out} long-polls in 4 s by {pollers} pollers"
+    );
+    keygate(&["revoke", &key.id, "--keys", keys.to_str().unwrap()]).ok();
+    time_until_refused(envoy, &key.api_key, Instant::now(), Duration::from_secs(3))
+}
+
+/// `keygate serve --db` holding alice's and bob's keys (scope browse), made through its
+/// admin API.
+pub(crate) struct DbWithAliceAndBob {
+    _dir: Scratch,
+    pub served: support::keysvc::Server,
+    pub api: support::keysvc::Client,
+    pub alice_id: String,
+    pub alice_key: String,
+    pub bob_key: String,
+}
+
+impl DbWithAliceAndBob {
+    pub(crate) fn start(name: &str) -> DbWithAliceAndBob {
+        let (dir, db, admin) = support::keysvc::scratch_db(name);
+        let (served, api) = support::keysvc::Server::start_db(&db, &admin);
+        let (alice_id, alice_key) = api.create_browse_key("alice");
+        let (_, bob_key) = api.create_browse_key("bob");
+        DbWithAliceAndBob {
+            _dir: dir,
+            served,
+            api,
+            alice_id,
+            alice_key,
+            bob_key,
+        }
+    }
+}
+
 /// A scratch directory whose keys.json holds alice's and bob's keys (from `issue`).
 pub(crate) fn alice_and_bob(
     name: &str,
@@ -259,21 +306,7 @@ fn a_long_poll_that_times_out_is_made_again_without_a_gap() {
     cache_on_every_worker(&envoy, &[&alice.api_key], 200, 2);
 
     // Long-polls of 1 s, over 4 s: each VM's are answered 304 and made again.
-    let before = not_modified(&envoy);
-    std::thread::sleep(Duration::from_secs(4));
-    let timed_out = not_modified(&envoy) - before;
-    assert!(
-        (3 * VMS..=5 * VMS).contains(&timed_out),
-        "{timed_out} long-polls in 4 s"
-    );
-
-    keygate(&["revoke", &alice.id, "--keys", keys.to_str().unwrap()]).ok();
-    let delay = time_until_refused(
-        &envoy,
-        &alice.api_key,
-        Instant::now(),
-        Duration::from_secs(3),
-    );
+    let delay = long_polls_loop_then_revoke(&envoy, VMS, &keys, &alice);
     println!("after 304 loops, refused by every worker after {delay:?}");
     envoy.await_stats_flush();
     assert_eq!(envoy.keygate_stat("lookup.watch_failed"), 0);
@@ -319,31 +352,16 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
 /// (401) by every worker within about a second, its answer cached for 60 s.
 #[test]
 fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_second() {
-    use support::keysvc::{scratch_db, Server};
-    let (_dir, db, admin) = scratch_db("lookup-watch-db");
-    let (served, api) = Server::start_db(&db, &admin);
-    let issue = |owner: &str| {
-        let created = api.json(
-            "POST",
-            "/v1/admin/keys",
-            &json!({"owner": owner, "scopes": ["browse"]}),
-        );
-        assert_eq!(created.status, 201, "{created:?}");
-        created.json()
-    };
-    let alice = issue("alice");
-    let bob = issue("bob");
-    let (alice_key, bob_key) = (
-        alice["api_key"].as_str().unwrap(),
-        bob["api_key"].as_str().unwrap(),
-    );
+    let db = DbWithAliceAndBob::start("lookup-watch-db");
+    let (served, api, alice_id) = (&db.served, &db.api, &db.alice_id);
+    let (alice_key, bob_key) = (db.alice_key.as_str(), db.bob_key.as_str());
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
     await_watching(&envoy, VMS);
 
     cache_on_every_worker(&envoy, &[alice_key, bob_key], 200, 4);
     let calls = envoy.keygate_stat("lookup.calls");
-    let revoke = api.delete(&format!("/v1/admin/keys/{}", alice["id"].as_str().unwrap()));
+    let revoke = api.delete(&format!("/v1/admin/keys/{alice_id}"));
     let revoked = Instant::now();
     assert_eq!(revoke.status, 200, "{revoke:?}");
     let delay = time_until_refused(&envoy, alice_key, revoked, Duration::from_secs(3));
