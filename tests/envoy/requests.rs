@@ -620,19 +620,28 @@ fn access_log_never_records_a_query_key() {
 #[test]
 fn a_key_is_refused_from_its_expires_at_on_to_the_millisecond() {
     use std::time::{Duration, SystemTime};
-    // Long enough for Envoy to start on a loaded machine and answer once before it.
-    let lifetime = Duration::from_secs(4);
-    let expires = SystemTime::now() + lifetime;
-    let expires_at = time::OffsetDateTime::from(expires)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let mut config = immport_config();
-    config["keys"].as_array_mut().unwrap().push(
-        json!({"id": "k-soon", "hash": hash_of(EXPIRED_SOON), "owner": "gina",
-                     "scopes": ["browse"], "expires_at": expires_at}),
-    );
+    // Long enough for Envoy to start and answer once before it; on a machine so loaded
+    // that Envoy started too late for that, again with a longer lifetime.
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&config, &upstream);
+    let (envoy, expires, expires_at) = [4, 15, 45]
+        .into_iter()
+        .find_map(|seconds| {
+            let expires = SystemTime::now() + Duration::from_secs(seconds);
+            let expires_at = time::OffsetDateTime::from(expires)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            let mut config = immport_config();
+            config["keys"].as_array_mut().unwrap().push(
+                json!({"id": "k-soon", "hash": hash_of(EXPIRED_SOON), "owner": "gina",
+                       "scopes": ["browse"], "expires_at": expires_at}),
+            );
+            let envoy = Envoy::start(&config, &upstream);
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            (left > Duration::from_secs(1)).then_some((envoy, expires, expires_at))
+        })
+        .expect("Envoy never started within 44 s");
     let status = || {
         envoy
             .send(&Request::get("/data/query").bearer(EXPIRED_SOON))
