@@ -780,3 +780,44 @@ fn usage_errors_exit_2() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+#[test]
+fn check_key_tells_the_key_format_without_showing_the_key() {
+    let (_dir, keys) = key_file("check-key");
+    let issued = new_key(&keys, &["--owner", "o", "--expires-in", "7d"]);
+    let line = |key: &str| format!("{key}\n").into_bytes();
+    let good = keygate_with_stdin(&["check-key"], &line(&issued.api_key)).ok();
+    assert_eq!(good.stdout, "well formed: prefix kg, checksum valid\n");
+
+    let mut typo = issued.api_key.clone().into_bytes();
+    typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    let bad = keygate_with_stdin(&["check-key"], &line(&typo)).failed();
+    assert!(
+        bad.stderr
+            .contains("malformed: prefix kg, but the checksum does not match"),
+        "{bad:?}"
+    );
+    let cut = keygate_with_stdin(&["check-key"], &line(&issued.api_key[..30])).failed();
+    assert!(cut.stderr.contains("malformed: prefix kg"), "{cut:?}");
+    let legacy = keygate_with_stdin(&["check-key"], b"apikey|0123456789abcdef\n").failed();
+    assert!(
+        legacy.stderr.contains("not of the key format"),
+        "{legacy:?}"
+    );
+    // Other prefixes on demand; an issued key of another prefix is well formed under it.
+    let acme = new_key(
+        &keys,
+        &["--owner", "o", "--expires-in", "7d", "--prefix", "acme"],
+    );
+    keygate_with_stdin(&["check-key", "--prefix", "acme"], &line(&acme.api_key)).ok();
+    keygate_with_stdin(&["check-key"], &line(&acme.api_key)).failed();
+
+    for run in [&bad, &cut, &legacy] {
+        assert!(!run.stderr.contains(&typo) && !run.stdout.contains(&typo));
+    }
+    // A key given as an argument is refused, and not echoed.
+    let run = keygate(&["check-key", &issued.api_key]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(!run.stderr.contains(&issued.api_key), "{run:?}");
+}
