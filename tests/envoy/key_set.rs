@@ -318,3 +318,40 @@ fn a_set_larger_than_envoys_buffer_limit_is_named_as_the_cause() {
         envoy.log()
     );
 }
+
+/// A set far larger than one slice of work (a few thousand records) is read and written
+/// over many ticks; every key of it serves once it is in force, and a smaller set after it
+/// (written under a new bucket layout) replaces it whole.
+#[test]
+fn a_set_loaded_over_many_slices_serves_every_key_and_is_replaced_whole() {
+    const KEYS: usize = 40_000;
+    let records: Vec<Value> = (0..KEYS)
+        .map(|i| record(&format!("bench-{i}"), &support::bench_key(i)))
+        .collect();
+    let upstream = Upstream::start();
+    let service = KeyService::start_on("127.0.0.1:0", doc("1", records));
+    let envoy = start(service.addr, &upstream);
+    let last = support::bench_key(KEYS - 1);
+    assert!(
+        eventually(Duration::from_secs(30), || status(&envoy, &last) == 200),
+        "the set never loaded:\n{}",
+        envoy.log()
+    );
+    for i in (0..KEYS).step_by(997) {
+        assert_eq!(status(&envoy, &support::bench_key(i)), 200, "key {i}");
+    }
+    assert_eq!(status(&envoy, ALICE), 401);
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+
+    service.set_doc(doc("2", vec![record("alice", ALICE)]));
+    assert!(
+        eventually(Duration::from_secs(15), || status(&envoy, ALICE) == 200),
+        "the small set never replaced the large one:\n{}",
+        envoy.log()
+    );
+    assert!(all_answer(&envoy, &last, 401, 10));
+    assert!(all_answer(&envoy, &support::bench_key(0), 401, 10));
+    envoy.await_stats_flush();
+    assert_eq!(envoy.keygate_stat("keys_loaded"), 1);
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}

@@ -10,7 +10,7 @@ use keygate_core::key_set::{Clearing, FetchAnswer, Fetched, Job, Progress, Share
 use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 /// A slice of work aims at this long, so that requests on the same worker wait at most
 /// about that long behind it.
@@ -29,7 +29,8 @@ pub struct KeySetState {
     /// wait for it.
     in_flight: Cell<Option<(u64, u64)>>,
     /// A full document being loaded by this worker.
-    job: RefCell<Option<Box<Job>>>,
+    /// A `Cell`, not a `RefCell`: taken out and put back whole, so no borrow can panic.
+    job: Cell<Option<Box<Job>>>,
     /// A retired layout being cleared by this worker.
     clearing: Cell<Option<Clearing>>,
     /// Records or buckets per slice.
@@ -46,7 +47,7 @@ impl KeySetState {
             holder,
             bits: Cell::new(None),
             in_flight: Cell::new(None),
-            job: RefCell::new(None),
+            job: Cell::new(None),
             clearing: Cell::new(None),
             budget: Cell::new(FIRST_BUDGET),
         };
@@ -68,9 +69,16 @@ impl KeySetState {
         Ok(self.set.lookup(&SharedData, bits, hash, &config.scopes))
     }
 
+    fn has_job(&self) -> bool {
+        let job = self.job.take();
+        let has = job.is_some();
+        self.job.set(job);
+        has
+    }
+
     /// Whether this worker has work to do in slices: the shell then ticks fast.
     pub fn busy(&self) -> bool {
-        self.job.borrow().is_some() || self.clearing.get().is_some()
+        self.has_job() || self.clearing.get().is_some()
     }
 
     /// Every tick, on every worker: 500 ms, or `BUSY_TICK` while [`KeySetState::busy`].
@@ -82,14 +90,14 @@ impl KeySetState {
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(now.saturating_sub(ok) / 1000);
         }
-        if let Some(job) = self.job.borrow_mut().take() {
+        if let Some(job) = self.job.take() {
             let started = host::now_ms();
             let progress =
                 self.set
                     .resume(&mut SharedData, self.turn(started), job, self.budget.get());
             self.timed(started);
             self.progressed(metrics, progress);
-            if self.job.borrow().is_none() {
+            if !self.has_job() {
                 // Loaded: the next long-poll goes out now, not at the next tick.
                 self.poll(metrics);
             }
@@ -112,8 +120,7 @@ impl KeySetState {
     /// Fetches now if it is this worker's turn.
     fn poll(&self, metrics: &Metrics) {
         let now = host::now_ms();
-        if self.in_flight.get().is_some_and(|(_, until)| now < until) || self.job.borrow().is_some()
-        {
+        if self.in_flight.get().is_some_and(|(_, until)| now < until) || self.has_job() {
             return;
         }
         self.in_flight.set(None);
@@ -210,7 +217,7 @@ impl KeySetState {
     fn progressed(&self, metrics: &Metrics, progress: Progress) {
         let (fetched, clearing) = match progress {
             Progress::Working(job) => {
-                *self.job.borrow_mut() = Some(job);
+                self.job.set(Some(job));
                 return;
             }
             Progress::Done(fetched, clearing) => (fetched, clearing),
