@@ -576,14 +576,12 @@ struct Change {
     main_ms: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn one_change(
     side: &Side,
     keys: usize,
     picks: &mut Picks,
     steady_key: usize,
     admin: &str,
-    full_bytes: usize,
     polling: bool,
     limit: Duration,
 ) -> Change {
@@ -662,7 +660,7 @@ fn one_change(
             .collect(),
     );
     let body_bytes = if polling {
-        full_bytes
+        keyset_bytes(side.service.addr, "")
     } else {
         keyset_bytes(
             side.service.addr,
@@ -1066,10 +1064,10 @@ fn main() {
                 }
                 if !o.skip.contains("change") {
                     changes.push(one_change(
-                        &w, n, &mut picks, steady_key, &admin, full_bytes, false, limit,
+                        &w, n, &mut picks, steady_key, &admin, false, limit,
                     ));
                     changes.push(one_change(
-                        &p, n, &mut picks, steady_key, &admin, full_bytes, true, limit,
+                        &p, n, &mut picks, steady_key, &admin, true, limit,
                     ));
                 }
                 for (side, envoy) in [(watch_mode, &watch), (poll_mode, &poll)] {
