@@ -59,6 +59,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, status_kib, ticks_per_second};
 use support::{
@@ -154,6 +155,77 @@ fn options() -> Options {
 }
 
 // ---------------------------------------------------------------------------------------
+// The processes this tool starts
+
+/// The pids of the Envoys and `keygate serve`s running, for the panic hook and Ctrl-C: the
+/// release profile aborts on panic, so their `Drop` would not run.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn children() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An Envoy or a `keygate serve`, its pid known to the panic hook while it lives.
+struct Tracked<T> {
+    inner: T,
+    pid: u32,
+}
+
+impl<T> Tracked<T> {
+    fn new(inner: T, pid: u32) -> Tracked<T> {
+        children().push(pid);
+        Tracked { inner, pid }
+    }
+}
+
+impl<T> std::ops::Deref for Tracked<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> Drop for Tracked<T> {
+    fn drop(&mut self) {
+        // `inner` is dropped (and the process killed) right after.
+        children().retain(|&pid| pid != self.pid);
+    }
+}
+
+/// Kills the processes still running and removes this run's temp dirs (support::TempDir
+/// names them keygate-LABEL-PID-N).
+fn kill_children_and_clean_up() {
+    for pid in std::mem::take(&mut *children()) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let ours = format!("-{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("keygate-") && name.contains(&ours) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn install_cleanup() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        kill_children_and_clean_up();
+    }));
+    ctrlc::set_handler(|| {
+        eprintln!("\nbench-revocation: interrupted; stopping Envoy and keygate serve");
+        kill_children_and_clean_up();
+        std::process::exit(130);
+    })
+    .expect("cannot catch Ctrl-C");
+}
+
+// ---------------------------------------------------------------------------------------
 // Keys and the key service
 
 /// Record `i`'s id: a lowercase UUID (v4-shaped), as `keygate import` wants.
@@ -210,10 +282,12 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
-fn serve(args: &[&str]) -> Served {
-    Serve::new(args)
+fn serve(args: &[&str]) -> Tracked<Served> {
+    let served = Serve::new(args)
         .start_timeout(Duration::from_secs(300))
-        .start()
+        .start();
+    let pid = served.pid();
+    Tracked::new(served, pid)
 }
 
 /// The change feed's version and epoch, from `GET /v1/changes` (a baseline, at once).
@@ -268,7 +342,7 @@ fn start_envoy(
     workers: u32,
     keys: usize,
     limit: Duration,
-) -> (Envoy, Duration) {
+) -> (Tracked<Envoy>, Duration) {
     let mut doc = bootstrap_with_key_service(plugin, upstream.addr, service);
     if document_bytes > ENVOY_ASYNC_RESPONSE_LIMIT / 2 {
         doc["layered_runtime"] = json!({"layers": [{"name": "bench", "static_layer": {
@@ -285,6 +359,8 @@ fn start_envoy(
             ..EnvoyOptions::default()
         },
     );
+    let pid = envoy.pid();
+    let envoy = Tracked::new(envoy, pid);
     await_keys(&envoy, keys, 0, limit);
     (envoy, started.elapsed())
 }
@@ -932,6 +1008,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 fn main() {
     let o = options();
+    install_cleanup();
     let total = Instant::now();
     let open_files = raise_open_files();
     eprintln!(
