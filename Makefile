@@ -109,7 +109,7 @@ bench-keyservice: release-tools
 # `keygate serve --db` with 10,000 and 1,000,000 keys: p50/p99/max from the admin API's
 # revoke to 401s on fresh connections, one changed key's bytes and stall, Envoy's RSS at 1
 # and 4 workers and under churn, and the key service's RSS/CPU holding 1,000 and 10,000
-# long-polls. Prints the tables recorded in BENCHMARKS.md. About 15 minutes at 1M keys;
+# long-polls. Prints the tables recorded in BENCHMARKS.md. About 12 minutes, ~2 GB under /tmp;
 # BENCH_REVOCATION_ARGS passes options (a quick run: --keys 10000 --revocations 10
 # --poll-revocations 3 --churn-keys 10000 --long-polls 1000 --long-poll-seconds 5).
 bench-revocation: tools wasm release-tools
