@@ -22,14 +22,15 @@
 //!    that run of 401s. A 200 after 8 or more 401s in a row is counted (a worker serving
 //!    the old set after another served the new one) and the run starts again.
 //! 2. **One changed key.** On each Envoy once more: a steady loop of requests with another
-//!    valid key (new connection each, 1 ms apart) runs while one key is revoked and the
-//!    change is applied (until `keygate.fetch.ok` grows, then 0.5 s). Reported: the bytes
-//!    the key service answers for the change (the delta `?since=V&epoch=E`, or the full
-//!    document), what Envoy received from the `keyservice` cluster meanwhile
-//!    (`cluster.keyservice.upstream_cx_rx_bytes_total`), the slowest steady request, and
-//!    the CPU time of each Envoy thread over the window (`/proc/PID/task/TID/stat`, 10 ms
-//!    ticks): the busiest is the VM that applied the change; the other workers' median
-//!    is what serving the steady loop cost.
+//!    valid key (new connection each, 1 ms apart) runs for 3 s, then while one key is
+//!    revoked and the change is applied (until `keygate.fetch.ok` grows, then 0.5 s).
+//!    Reported: the bytes the key service answers for the change (the delta
+//!    `?since=V&epoch=E`, or the full document), what Envoy received from the `keyservice`
+//!    cluster meanwhile (`cluster.keyservice.upstream_cx_rx_bytes_total`), the steady
+//!    requests' p99 and slowest during the change and in the 3 s before, and the CPU time
+//!    of each Envoy thread over both (`/proc/PID/task/TID/stat`, 10 ms ticks): the busiest
+//!    is the VM that applied the change; the other workers' median is what serving the
+//!    steady loop cost.
 //! 3. **Envoy's RSS** (VmRSS) with the set in force, at 1 and 4 workers (watching), from a
 //!    `keygate serve --keys` file; then `--churn-sets` (10) successive sets of
 //!    `--churn-keys` (100,000) keys never published before replace the whole set, the file
@@ -78,6 +79,8 @@ const RUN: usize = 8;
 const CONFIRM: usize = 24;
 /// The pause between two probes of a revoked key.
 const PROBE_GAP: Duration = Duration::from_millis(1);
+/// How long the steady loop of "one changed key" runs before the revoke.
+const STEADY_BEFORE: Duration = Duration::from_secs(3);
 
 struct Options {
     keys: Vec<usize>,
@@ -645,11 +648,40 @@ struct Change {
     rx_bytes: u64,
     latency: Option<Duration>,
     applied_in: Duration,
-    steady: (usize, usize, Duration),
+    /// The steady loop before the revoke, and from the revoke on.
+    before: Steady,
+    steady: Steady,
     /// Busiest thread: name, ms; median of the other workers, ms.
     busiest: (String, f64),
     others_ms: f64,
     main_ms: f64,
+}
+
+/// What the steady request loop saw over a stretch of time.
+struct Steady {
+    sent: usize,
+    failed: usize,
+    p99_ms: f64,
+    slowest_ms: f64,
+    over_50ms: usize,
+}
+
+impl std::fmt::Display for Steady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {}, p99 {:.1} ms, slowest {:.1} ms, {} over 50 ms",
+            self.sent,
+            if self.failed == 0 {
+                "all 200".to_string()
+            } else {
+                format!("{} not 200", self.failed)
+            },
+            self.p99_ms,
+            self.slowest_ms,
+            self.over_50ms
+        )
+    }
 }
 
 fn one_change(
@@ -673,23 +705,21 @@ fn one_change(
     let cpu = thread_ticks(pid);
     let listener = envoy.listener;
     let steady = Background::start(move |stop: &AtomicBool| {
-        let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+        let mut answers = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let asked = Instant::now();
             let answer = try_request(
                 listener,
                 &Request::get("/data/x").bearer(&bench_key(steady_key)),
             );
-            slowest = slowest.max(asked.elapsed());
-            sent += 1;
-            if !matches!(answer, Ok(ref r) if r.status == 200) {
-                failed += 1;
-            }
+            let ok = matches!(answer, Ok(ref r) if r.status == 200);
+            answers.push((asked, asked.elapsed(), ok));
             std::thread::sleep(PROBE_GAP);
         }
-        (sent, failed, slowest)
+        answers
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The same loop before the change, for comparison.
+    std::thread::sleep(STEADY_BEFORE);
     let acked = revoke(side.service.addr, admin, i);
     let p = probe(envoy, i, acked, limit);
     // Applied: the fetch that carried the change has completed.
@@ -698,7 +728,22 @@ fn one_change(
     }
     let applied_in = acked.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let steady = steady.stop();
+    let answers = steady.stop();
+    let summary = |during: bool| {
+        let picked: Vec<&(Instant, Duration, bool)> = answers
+            .iter()
+            .filter(|a| (a.0 >= acked) == during)
+            .collect();
+        let times = sorted(picked.iter().map(|a| ms_of(a.1)).collect());
+        Steady {
+            sent: picked.len(),
+            failed: picked.iter().filter(|a| !a.2).count(),
+            p99_ms: quantile(&times, 0.99),
+            slowest_ms: times.last().copied().unwrap_or(f64::NAN),
+            over_50ms: times.iter().filter(|&&t| t > 50.0).count(),
+        }
+    };
+    let (before, steady) = (summary(false), summary(true));
     let rx = rx_bytes(envoy).saturating_sub(rx);
     let after = thread_ticks(pid);
     let ticks_ms = 1000.0 / ticks_per_second();
@@ -745,13 +790,10 @@ fn one_change(
     };
     eprintln!(
         "  {} one change: body {body_bytes} B, Envoy received {rx} B, refused after {:?}, \
-         applied after {:.0} ms; steady {} requests, {} not 200, slowest {:.1} ms; thread CPU {:?}",
+         applied after {:.0} ms; steady before {before}; during {steady}; thread CPU {:?}",
         side.name,
         p.latency,
         ms_of(applied_in),
-        steady.0,
-        steady.1,
-        ms_of(steady.2),
         spent
             .iter()
             .map(|(n, ms)| format!("{n} {ms:.0} ms"))
@@ -764,6 +806,7 @@ fn one_change(
         rx_bytes: rx,
         latency: p.latency,
         applied_in,
+        before,
         steady,
         busiest,
         others_ms: quantile(&others, 0.5),
@@ -1209,6 +1252,7 @@ fn main() {
                 "refused after",
                 "fetch done after",
                 "steady requests meanwhile",
+                "the same before the revoke",
                 "busiest thread CPU",
                 "other workers (median) / main",
             ],
@@ -1223,12 +1267,8 @@ fn main() {
                         c.latency
                             .map_or("—".into(), |d| format!("{:.1} ms", ms_of(d))),
                         format!("{:.0} ms", ms_of(c.applied_in)),
-                        format!(
-                            "{}, {} not 200, slowest {:.1} ms",
-                            c.steady.0,
-                            c.steady.1,
-                            ms_of(c.steady.2)
-                        ),
+                        c.steady.to_string(),
+                        c.before.to_string(),
                         format!("{:.0} ms ({})", c.busiest.1, c.busiest.0),
                         format!("{:.0} ms / {:.0} ms", c.others_ms, c.main_ms),
                     ]
