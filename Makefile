@@ -14,7 +14,7 @@ export KEYGATE_WASM := $(CURDIR)/$(WASM)
 # The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
 export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
-.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory bench-keyservice soak
+.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory bench-keyservice bench-revocation soak
 
 run: tools wasm
 	cargo run --quiet -p keygate-tools --bin demo
@@ -103,6 +103,17 @@ bench-memory: tools wasm release-tools
 # run: --keys 100000 --seconds 3 --admin-seconds 2).
 bench-keyservice: release-tools
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench-keyservice $(BENCH_KEYSERVICE_ARGS)
+
+# How fast a revocation reaches all 4 Envoy workers in key_set mode, the incremental sync
+# (watch_seconds 25) and polling (watch_seconds 0, refresh_seconds 5) side by side, from a real
+# `keygate serve --db` with 10,000 and 1,000,000 keys: p50/p99/max from the admin API's
+# revoke to 401s on fresh connections, one changed key's bytes and stall, Envoy's RSS at 1
+# and 4 workers and under churn, and the key service's RSS/CPU holding 1,000 and 10,000
+# long-polls. Prints the tables recorded in BENCHMARKS.md. About 12 minutes, ~2 GB under /tmp;
+# BENCH_REVOCATION_ARGS passes options (a quick run: --keys 10000 --revocations 10
+# --poll-revocations 3 --churn-keys 10000 --long-polls 1000 --long-poll-seconds 5).
+bench-revocation: tools wasm release-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/revocation $(BENCH_REVOCATION_ARGS)
 
 # Mixed requests (allowed, 401, 403, 400) through one Envoy running keygate, in each key
 # mode: inline (1,000,000), key_set (600,000) and lookup (400,000) against the real
