@@ -21,3 +21,81 @@ pub fn run_until_ctrl_c(what: &str) {
     }
     println!("\nstopping");
 }
+
+/// The processes a tool starts (Envoys, `keygate serve`s), stopped on a panic or Ctrl-C:
+/// the release profile aborts on panic, so their `Drop` would not run.
+pub mod cleanup {
+    use std::process::Command;
+    use std::sync::{Mutex, MutexGuard};
+
+    static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    fn children() -> MutexGuard<'static, Vec<u32>> {
+        CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A process, its pid known to the panic hook and Ctrl-C while it lives.
+    pub struct Tracked<T> {
+        inner: T,
+        pid: u32,
+    }
+
+    impl<T> Tracked<T> {
+        pub fn new(inner: T, pid: u32) -> Tracked<T> {
+            children().push(pid);
+            Tracked { inner, pid }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.pid
+        }
+    }
+
+    impl<T> std::ops::Deref for Tracked<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.inner
+        }
+    }
+
+    impl<T> Drop for Tracked<T> {
+        fn drop(&mut self) {
+            // `inner` is dropped (and the process stopped) right after.
+            children().retain(|&pid| pid != self.pid);
+        }
+    }
+
+    /// Kills the processes still tracked and removes this run's temp dirs (the test kit's
+    /// `TempDir` names them keygate-LABEL-PID-N).
+    fn kill_and_clean_up() {
+        for pid in std::mem::take(&mut *children()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let ours = format!("-{}-", std::process::id());
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("keygate-") && name.contains(&ours) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+
+    /// On a panic or Ctrl-C, stops what is tracked; `tool` names it in the message.
+    pub fn install(tool: &'static str) {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            kill_and_clean_up();
+        }));
+        ctrlc::set_handler(move || {
+            eprintln!("\n{tool}: interrupted; stopping the processes it started");
+            kill_and_clean_up();
+            std::process::exit(130);
+        })
+        .expect("cannot catch Ctrl-C");
+    }
+}

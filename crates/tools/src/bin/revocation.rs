@@ -53,6 +53,7 @@
 
 use keygate_testkit as support;
 
+use keygate_tools::cleanup::Tracked;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -60,7 +61,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, status_kib, ticks_per_second};
 use support::{
@@ -159,74 +159,6 @@ fn options() -> Options {
 
 // ---------------------------------------------------------------------------------------
 // The processes this tool starts
-
-/// The pids of the Envoys and `keygate serve`s running, for the panic hook and Ctrl-C: the
-/// release profile aborts on panic, so their `Drop` would not run.
-static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-fn children() -> std::sync::MutexGuard<'static, Vec<u32>> {
-    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An Envoy or a `keygate serve`, its pid known to the panic hook while it lives.
-struct Tracked<T> {
-    inner: T,
-    pid: u32,
-}
-
-impl<T> Tracked<T> {
-    fn new(inner: T, pid: u32) -> Tracked<T> {
-        children().push(pid);
-        Tracked { inner, pid }
-    }
-}
-
-impl<T> std::ops::Deref for Tracked<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T> Drop for Tracked<T> {
-    fn drop(&mut self) {
-        // `inner` is dropped (and the process killed) right after.
-        children().retain(|&pid| pid != self.pid);
-    }
-}
-
-/// Kills the processes still running and removes this run's temp dirs (support::TempDir
-/// names them keygate-LABEL-PID-N).
-fn kill_children_and_clean_up() {
-    for pid in std::mem::take(&mut *children()) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-    let ours = format!("-{}-", std::process::id());
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("keygate-") && name.contains(&ours) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-fn install_cleanup() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        kill_children_and_clean_up();
-    }));
-    ctrlc::set_handler(|| {
-        eprintln!("\nbench-revocation: interrupted; stopping Envoy and keygate serve");
-        kill_children_and_clean_up();
-        std::process::exit(130);
-    })
-    .expect("cannot catch Ctrl-C");
-}
 
 // ---------------------------------------------------------------------------------------
 // Keys and the key service
@@ -1051,7 +983,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 fn main() {
     let o = options();
-    install_cleanup();
+    keygate_tools::cleanup::install("bench-revocation");
     let total = Instant::now();
     let open_files = raise_open_files();
     eprintln!(

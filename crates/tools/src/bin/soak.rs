@@ -58,6 +58,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keygate_testkit as support;
+use keygate_tools::cleanup::Tracked;
 
 use base64::Engine;
 use keygate_core::stats::Outcome;
@@ -67,7 +68,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, ticks_per_second};
@@ -460,47 +461,6 @@ fn bootstrap(keygate: &Value, key_service: Option<SocketAddr>) -> Value {
             "clusters": clusters
         }
     })
-}
-
-/// Envoy's pid while it runs, for the panic hook and Ctrl-C (the release profile aborts
-/// on panic, so `Envoy`'s `Drop` would not run).
-static ENVOY_PID: AtomicU32 = AtomicU32::new(0);
-/// `keygate serve`'s, likewise.
-static SERVE_PID: AtomicU32 = AtomicU32::new(0);
-
-fn kill_envoy_and_clean_up() {
-    for pid in [&ENVOY_PID, &SERVE_PID] {
-        let pid = pid.swap(0, Ordering::SeqCst);
-        if pid != 0 {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
-    // support::TempDir names its directories keygate-LABEL-PID-N.
-    let ours = format!("-{}-", std::process::id());
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("keygate-") && name.contains(&ours) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-fn install_cleanup() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        kill_envoy_and_clean_up();
-    }));
-    ctrlc::set_handler(|| {
-        eprintln!("\nsoak: interrupted; stopping Envoy");
-        kill_envoy_and_clean_up();
-        std::process::exit(130);
-    })
-    .expect("cannot catch Ctrl-C");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1616,8 +1576,8 @@ fn measure(options: &Options, mode: Mode) -> Option<Run> {
     let served = (mode != Mode::Inline).then(|| {
         std::fs::write(&keys, keys_document(1, &BTreeMap::new())).unwrap();
         let served = support::Served::start(&keys);
-        SERVE_PID.store(served.pid(), Ordering::SeqCst);
-        served
+        let pid = served.pid();
+        Tracked::new(served, pid)
     });
     let envoy = Envoy::start_from(
         Bootstrap::Json(&bootstrap(
@@ -1631,7 +1591,7 @@ fn measure(options: &Options, mode: Mode) -> Option<Run> {
         },
     );
     let pid = envoy.pid();
-    ENVOY_PID.store(pid, Ordering::SeqCst);
+    let envoy = Tracked::new(envoy, pid);
     let listener = envoy.listener;
     eprintln!(
         "soak: {}: Envoy {} (pid {pid}, --concurrency {}) on {listener}, {} keys{}",
@@ -1650,7 +1610,6 @@ fn measure(options: &Options, mode: Mode) -> Option<Run> {
         })
     {
         eprintln!("soak: the key set never loaded:\n{}", envoy.log());
-        ENVOY_PID.store(0, Ordering::SeqCst);
         return None;
     }
 
@@ -1669,7 +1628,6 @@ fn measure(options: &Options, mode: Mode) -> Option<Run> {
         for s in &probe.shown {
             eprintln!("  {s}");
         }
-        ENVOY_PID.store(0, Ordering::SeqCst);
         drop(envoy);
         return None;
     }
@@ -1762,10 +1720,8 @@ fn measure(options: &Options, mode: Mode) -> Option<Run> {
     let after = stats(&envoy);
     let rss_last = rss_kib(pid).unwrap_or(0);
     let log = envoy.log();
-    ENVOY_PID.store(0, Ordering::SeqCst);
     drop(envoy);
     let serve_rss = served.as_ref().and_then(|s| rss_kib(s.pid()));
-    SERVE_PID.store(0, Ordering::SeqCst);
     drop(served);
     let records_left = match mode {
         Mode::Inline => key_count(),
@@ -2317,7 +2273,7 @@ fn revocation_delay(revocations: &Revocations) -> Option<f64> {
 
 fn main() -> ExitCode {
     let options = options();
-    install_cleanup();
+    keygate_tools::cleanup::install("soak");
     let mut summary = Vec::new();
     let mut failed = false;
     for &mode in &options.modes {
