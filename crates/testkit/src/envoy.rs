@@ -208,27 +208,46 @@ impl Envoy {
 
     /// The numeric stats whose names match `filter` (a regex, as `/stats?filter=` takes it).
     pub fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
-        self.admin_get(&format!("/stats?filter={filter}"))
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect()
+        parse_stats(&self.admin_get(&format!("/stats?filter={filter}")))
+    }
+
+    /// As [`Envoy::stats`], but `None` when the admin does not answer 200 (a tool polling
+    /// an Envoy that may be busy or gone).
+    pub fn try_stats(&self, filter: &str) -> Option<BTreeMap<String, u64>> {
+        let response = try_request(
+            self.admin,
+            &Request::get(&format!("/stats?filter={filter}")),
+        )
+        .ok()?;
+        (response.status == 200).then(|| parse_stats(&response.text()))
     }
 
     /// One keygate stat by its name under `keygate.` (`fetch.ok`); 0 until it is defined.
     pub fn keygate_stat(&self, name: &str) -> u64 {
-        self.keygate_stats()
-            .get(&format!("wasmcustom.keygate.{name}"))
-            .copied()
-            .unwrap_or(0)
+        keygate_stat_in(&self.keygate_stats(), name)
     }
 
     /// Sends a request to the listener.
     pub fn send(&self, request: &Request) -> Response {
         self::request(self.listener, request)
     }
+}
+
+fn parse_stats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(": ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One keygate stat (`fetch.ok`) of stats read earlier; 0 when absent.
+pub fn keygate_stat_in(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
+    stats
+        .get(&format!("wasmcustom.keygate.{name}"))
+        .copied()
+        .unwrap_or(0)
 }
 
 impl Drop for Envoy {

@@ -31,7 +31,7 @@ pub use bootstrap::{
     admin, bootstrap, bootstrap_with_key_service, free_port, http_listener, key_service_cluster,
     listener, upstream_cluster, wasm_filter, with_access_log,
 };
-pub use envoy::{Bootstrap, Envoy, EnvoyOptions, Refused};
+pub use envoy::{keygate_stat_in, Bootstrap, Envoy, EnvoyOptions, Refused};
 pub use fixtures::{
     bench_key, bench_records_json, bench_records_json_with, hash_of, immport_every_source,
     immport_rules,

@@ -22,6 +22,19 @@ pub fn run_until_ctrl_c(what: &str) {
     println!("\nstopping");
 }
 
+/// `1234567` as `1,234,567`, for the tables the tools print.
+pub fn thousands(n: impl Into<u64>) -> String {
+    let digits = n.into().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The processes a tool starts (Envoys, `keygate serve`s), stopped on a panic or Ctrl-C:
 /// the release profile aborts on panic, so their `Drop` would not run.
 pub mod cleanup {

@@ -223,25 +223,10 @@ fn wasm_memory(pid: u32) -> Option<Vec<u64>> {
 }
 
 fn stats(envoy: &Envoy) -> Option<BTreeMap<String, u64>> {
-    let response = try_request(envoy.admin, &Request::get("/stats?filter=keygate")).ok()?;
-    (response.status == 200).then(|| {
-        response
-            .text()
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect()
-    })
+    envoy.try_stats("keygate")
 }
 
-fn stat(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    stats
-        .get(&format!("wasmcustom.keygate.{name}"))
-        .copied()
-        .unwrap_or(0)
-}
+use support::keygate_stat_in as stat;
 
 /// The lines of Envoy's log that say what keygate or Envoy thought went wrong or right.
 fn telling_lines(log: &str) -> Vec<String> {

@@ -54,6 +54,11 @@
 use keygate_testkit as support;
 
 use keygate_tools::cleanup::Tracked;
+
+/// [`keygate_tools::thousands`] of a count.
+fn thousands(n: usize) -> String {
+    keygate_tools::thousands(n as u64)
+}
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -325,28 +330,10 @@ fn await_keys(envoy: &Envoy, keys: usize, fetches_before: u64, limit: Duration) 
 
 /// The numeric stats whose names match `filter` (empty if the admin does not answer).
 fn stats(envoy: &Envoy, filter: &str) -> BTreeMap<String, u64> {
-    let Ok(response) = try_request(
-        envoy.admin,
-        &Request::get(&format!("/stats?filter={filter}")),
-    ) else {
-        return BTreeMap::new();
-    };
-    response
-        .text()
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(": ")?;
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
+    envoy.try_stats(filter).unwrap_or_default()
 }
 
-fn keygate_stat(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    stats
-        .get(&format!("wasmcustom.keygate.{name}"))
-        .copied()
-        .unwrap_or(0)
-}
+use support::keygate_stat_in as keygate_stat;
 
 fn rx_bytes(envoy: &Envoy) -> u64 {
     stats(envoy, "cluster.keyservice.upstream_cx_rx_bytes_total")
@@ -944,18 +931,6 @@ fn raise_open_files() -> Option<u64> {
 
 // ---------------------------------------------------------------------------------------
 // Tables
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 fn mib(kib: u64) -> String {
     format!("{:.0} MiB", kib as f64 / 1024.0)

@@ -59,6 +59,7 @@
 
 use keygate_testkit as support;
 use keygate_tools::cleanup::Tracked;
+use keygate_tools::thousands;
 
 use base64::Engine;
 use keygate_core::stats::Outcome;
@@ -1482,18 +1483,6 @@ fn stats(envoy: &Envoy) -> BTreeMap<String, u64> {
 
 fn get(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
     stats.get(name).copied().unwrap_or(0)
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn envoy_version() -> String {
