@@ -28,7 +28,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy
+test: tools lint wasm cli validate validate-deploy check-oci
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -155,3 +155,21 @@ validate-deploy: tools wasm cli deploy-tools
 
 run-compose: tools wasm cli
 	cargo run --quiet -p keygate-tools --bin compose
+
+# The filter as OCI images, without a Docker engine (packaging/oci.py writes the layouts):
+# target/oci/keygate-image, a Docker/OCI image whose one tar.gz layer holds plugin.wasm, and
+# target/oci/keygate-wasm, the Wasm OCI artifact whose one layer is the raw module; both
+# tagged with the version (Cargo.toml). Push: README "OCI images". `make check-oci` (in
+# `make test`) reads them back with skopeo (installed from Debian if missing).
+.PHONY: oci check-oci oci-tools
+OCI_DIR := target/oci
+
+oci: wasm
+	python3 packaging/oci.py --wasm $(WASM) --out $(OCI_DIR)
+
+oci-tools:
+	@command -v skopeo >/dev/null || { echo "installing Debian's skopeo"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+
+check-oci: oci oci-tools
+	python3 packaging/check_oci.py --wasm $(WASM) --oci $(OCI_DIR)
