@@ -28,7 +28,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy check-oci
+test: tools lint wasm cli validate validate-deploy check-oci check-monitoring
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -173,3 +173,15 @@ oci-tools:
 
 check-oci: oci oci-tools
 	python3 packaging/check_oci.py --wasm $(WASM) --oci $(OCI_DIR)
+
+# README "Stats": a real Envoy with keygate scraped (/stats and /stats/prometheus) against the
+# README's table and src/stats.rs; envoy/monitoring/'s alert rules (promtool check rules,
+# promtool test rules) and Grafana dashboard on the names Envoy serves; the README's
+# access-log recipe run. promtool from Debian's prometheus package, installed if missing.
+.PHONY: check-monitoring monitoring-tools
+monitoring-tools:
+	@command -v promtool >/dev/null || { echo "installing Debian's prometheus (for promtool)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+check-monitoring: tools wasm deploy-tools monitoring-tools
+	$(VENV)/bin/python packaging/check_monitoring.py
