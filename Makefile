@@ -28,7 +28,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy check-oci check-monitoring
+test: tools lint wasm cli validate validate-deploy check-oci check-monitoring check-readme
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -119,8 +119,9 @@ soak: tools wasm release-tools
 
 # Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without
 # a cluster or a Docker engine by tests/deploy/validate.py, which needs Debian's
-# docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose') and, in .venv,
-# kubernetes-validate, jsonschema and PyYAML. `make run-compose` runs the compose stack natively.
+# docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose'), kubectl for
+# `kubectl kustomize` of envoy/k8s/'s overlays (or KUSTOMIZE='kustomize build') and, in
+# .venv, kubernetes-validate, jsonschema and PyYAML. `make run-compose` runs the compose stack natively.
 DEPLOY_PY_PACKAGES := kubernetes-validate==1.37.0 jsonschema==4.26.0 pyyaml==6.0.3
 DOCKER_COMPOSE ?= docker-compose
 export DOCKER_COMPOSE
@@ -185,3 +186,25 @@ monitoring-tools:
 
 check-monitoring: tools wasm deploy-tools monitoring-tools
 	$(VENV)/bin/python packaging/check_monitoring.py
+
+# A release in dist/ (packaging/dist.sh; README "Versioning and upgrades"): keygate.wasm with
+# its sha256, the static (musl) keygate binary, the OCI layouts and each kustomize overlay
+# rendered, with SHA256SUMS. The musl build needs the rustup target and Debian's musl-tools
+# (musl-gcc, for ring and the bundled SQLite), both installed here if missing.
+.PHONY: dist dist-musl
+MUSL_TARGET := x86_64-unknown-linux-musl
+
+dist-musl:
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	@command -v musl-gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends musl-tools >/dev/null; }
+	cargo build --release --locked -p keygate-cli --target $(MUSL_TARGET)
+
+dist: oci oci-tools dist-musl
+	WASM=$(WASM) MUSL_BIN=target/$(MUSL_TARGET)/release/keygate packaging/dist.sh
+
+# README.md's table of contents is current and its links to #anchors and files resolve
+# (packaging/readme_toc.py rewrites the table).
+.PHONY: check-readme
+check-readme:
+	python3 packaging/readme_toc.py --check
