@@ -168,9 +168,12 @@ OCI_DIR := target/oci
 oci: wasm
 	python3 packaging/oci.py --wasm $(WASM) --out $(OCI_DIR)
 
+# skopeo reads the layouts; docker-registry (the distribution registry) is a throwaway local
+# registry that check-oci pushes to, as README's `skopeo copy ... docker://` does.
 oci-tools:
-	@command -v skopeo >/dev/null || { echo "installing Debian's skopeo"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { \
+	  echo "installing Debian's skopeo and docker-registry"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo docker-registry >/dev/null; }
 
 check-oci: oci oci-tools
 	python3 packaging/check_oci.py --wasm $(WASM) --oci $(OCI_DIR)

@@ -9,6 +9,9 @@
   tar+gzip, holds exactly plugin.wasm, byte for byte the module;
 - `skopeo copy oci:... dir:...` of each, which reads every blob and checks its digest (what a
   `skopeo copy ... docker://` push does);
+- the README's push, `skopeo copy oci:... docker://...`, into a throwaway local registry
+  (Debian's docker-registry, when installed: `make oci-tools` installs it): the manifest
+  digest survives the push, and the blob served at the module's digest is the module;
 - and that these checks refuse broken copies: a layout whose module blob was altered, and a
   layout made from another module.
 
@@ -98,6 +101,54 @@ def copy_out(ref):
     return out
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_push(artifact, image, tag, module):
+    """skopeo copy both layouts into a local registry, read them back over HTTP."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    root = os.path.join(TMP, "registry")
+    os.makedirs(root)
+    config = os.path.join(root, "config.yml")
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(f"version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/v2/"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        pushed = {}
+        for layout in (artifact, image):
+            name = os.path.basename(layout)
+            remote = f"docker://127.0.0.1:{port}/keygate/{name}:{tag}"
+            skopeo("copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}", remote)
+            local = hashlib.sha256(skopeo("inspect", "--raw", f"oci:{layout}:{tag}").encode()).hexdigest()
+            served = hashlib.sha256(skopeo("inspect", "--raw", "--tls-verify=false", remote).encode()).hexdigest()
+            if local != served:
+                raise Refused(f"{remote}: manifest sha256:{served}, the layout's is sha256:{local}")
+            pushed[name] = served
+        digest = hashlib.sha256(module).hexdigest()
+        with urllib.request.urlopen(f"{base}keygate/keygate-wasm/blobs/sha256:{digest}", timeout=5) as r:
+            if hashlib.sha256(r.read()).hexdigest() != digest:
+                raise Refused("the registry's blob at the module's digest is not the module")
+        return pushed
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def refused(what, check, *args):
     try:
         check(*args)
@@ -127,6 +178,15 @@ def main():
         ok(f"oci:{os.path.relpath(artifact, oci.ROOT)}:{tag}: wasm config, one wasm layer {digest} = sha256(keygate.wasm); skopeo copy checks every blob")
         digest = check_image(image, tag, module)
         ok(f"oci:{os.path.relpath(image, oci.ROOT)}:{tag}: one tar+gzip layer {digest} holding only plugin.wasm = keygate.wasm; skopeo copy checks every blob")
+        if shutil.which("docker-registry"):
+            pushed = check_push(artifact, image, tag, module)
+            ok(
+                "skopeo copy oci:... docker://127.0.0.1:PORT/keygate/...: manifests kept "
+                + ", ".join(f"{n} sha256:{d[:12]}…" for n, d in sorted(pushed.items()))
+                + "; the registry serves the module at its digest"
+            )
+        else:
+            print("  --  no docker-registry: the push to a local registry is not checked (apt-get install docker-registry)")
     except Refused as e:
         print(f"FAIL  {e}")
         sys.exit(1)

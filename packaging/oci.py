@@ -99,7 +99,7 @@ class Layout:
 def plugin_tar(module):
     """A tar of one file, plugin.wasm, mode 0444, owner 0, dated 0."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         info = tarfile.TarInfo("plugin.wasm")
         info.size = len(module)
         info.mode = 0o444

@@ -180,19 +180,6 @@ def name_of(doc):
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
-def check_k8s_file(path):
-    docs = load_docs(path)
-    if not docs:
-        fail(f"{rel(path)}: no objects")
-    for doc in docs:
-        problems = k8s_problems(doc)
-        if problems:
-            fail(f"{rel(path)}: {name_of(doc)}", "\n".join(problems))
-        schema = "CRD schema" if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS else "kubernetes-validate --strict"
-        ok(f"{rel(path)}: {name_of(doc)} ({schema})")
-    return docs
-
-
 def refused_k8s(what, doc, expect):
     """A broken copy must be refused, with a message that names `expect`."""
     problems = k8s_problems(doc)
