@@ -23,7 +23,7 @@ DIST=${DIST:-dist}
 rm -rf "$DIST"
 mkdir -p "$DIST/manifests"
 echo "$VERSION" > "$DIST/VERSION"
-cp "$WASM" "$DIST/keygate.wasm"
+install -m 0644 "$WASM" "$DIST/keygate.wasm"
 (cd "$DIST" && sha256sum keygate.wasm > keygate.wasm.sha256)
 
 if [ -x "$MUSL_BIN" ]; then
