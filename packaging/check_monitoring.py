@@ -9,6 +9,8 @@
   ways), and exactly the names in src/stats.rs.
 - envoy/monitoring/keygate-alerts.yaml and keygate-dashboard.json name only metrics Envoy
   serves on /stats/prometheus; `promtool check rules` and `promtool test rules` pass.
+- A real Prometheus (Debian's, when installed) scrapes that Envoy every second: each of the
+  dashboard's queries answers with data, each rule's expression evaluates.
 - The access log: the allowed request's line has the key's id, the others' none.
 - Broken copies refused: a dashboard naming the /stats name instead of the Prometheus one,
   a rules file with a bad expression, a changed threshold the unit tests catch, a README
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -156,6 +159,8 @@ def scrape(strip=True):
         if counts.get("wasmcustom.keygate.allowed") != "1" or counts.get("wasmcustom.keygate.denied.missing") != "2":
             fail("keygate's counters after 1 allowed and 2 missing", stats)
         _, prom = get(f"http://127.0.0.1:{admin}/stats/prometheus")
+        if strip:
+            prometheus_queries(admin)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -169,6 +174,72 @@ def scrape(strip=True):
     with open(log_path, encoding="utf-8") as f:
         lines = [json.loads(l) for l in f if l.strip()]
     return stats_names, prom_types, lines, codes
+
+
+def prometheus_queries(admin):
+    """A real Prometheus scraping this Envoy every second: every dashboard query answers
+    with data, every rule's expression evaluates."""
+    if not shutil.which("prometheus"):
+        print("  --  no prometheus: the queries are not run against a real one (apt-get install prometheus)")
+        return
+    port = free_port()
+    root = os.path.join(TMP, "prometheus")
+    os.makedirs(root)
+    config = os.path.join(root, "prometheus.yml")
+    with open(config, "w", encoding="utf-8") as f:
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "envoy", "metrics_path": "/stats/prometheus", "static_configs": [{"targets": [f"127.0.0.1:{admin}"]}]}
+                ],
+            },
+            f,
+        )
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={root}/data", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def query(expr):
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        status, body = get(url)
+        answer = json.loads(body)
+        if status != 200 or answer.get("status") != "success":
+            fail(f"Prometheus refused {expr!r}", body[:500])
+        return answer["data"]["result"]
+
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                # rate() needs two samples in its window.
+                if query("count_over_time(keygate_allowed[1m]) >= 3"):
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                fail("Prometheus did not scrape Envoy's /stats/prometheus within 30 s")
+            time.sleep(0.2)
+        exprs = [
+            e.replace("$__rate_interval", "1m").replace("$instance", ".*")
+            for e in dashboard_exprs(DASHBOARD).split("\n")
+            if not e.startswith("label_values(")
+        ]
+        for expr in exprs:
+            if not query(expr):
+                fail("keygate-dashboard.json: a query answers no data from a real Envoy", expr)
+        with open(ALERTS, encoding="utf-8") as f:
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        for rule in rules:
+            result = query(rule["expr"])
+            if "record" in rule and not result:
+                fail(f"recording rule {rule['record']} answers no data from a real Envoy", rule["expr"])
+        ok(f"a real Prometheus scraping that Envoy: the dashboard's {len(exprs)} queries answer with data, the rules' {len(rules)} expressions evaluate")
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # ---------------------------------------------------------------------------------------
