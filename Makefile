@@ -28,7 +28,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy
+test: tools lint wasm cli validate validate-deploy check-oci check-monitoring check-readme
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -130,8 +130,9 @@ soak: tools wasm release-tools
 
 # Deploying (envoy/docker-compose.yaml, envoy/k8s/, envoy/keygate-ecds*.yaml): checked without
 # a cluster or a Docker engine by tests/deploy/validate.py, which needs Debian's
-# docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose') and, in .venv,
-# kubernetes-validate, jsonschema and PyYAML. `make run-compose` runs the compose stack natively.
+# docker-compose (only its `config`; or set DOCKER_COMPOSE='docker compose'), kubectl for
+# `kubectl kustomize` of envoy/k8s/'s overlays (or KUSTOMIZE='kustomize build') and, in
+# .venv, kubernetes-validate, jsonschema and PyYAML. `make run-compose` runs the compose stack natively.
 DEPLOY_PY_PACKAGES := kubernetes-validate==1.37.0 jsonschema==4.26.0 pyyaml==6.0.3
 DOCKER_COMPOSE ?= docker-compose
 export DOCKER_COMPOSE
@@ -166,3 +167,58 @@ validate-deploy: tools wasm cli deploy-tools
 
 run-compose: tools wasm cli
 	cargo run --quiet -p keygate-tools --bin compose
+
+# The filter as OCI images, without a Docker engine (packaging/oci.py writes the layouts):
+# target/oci/keygate-image, a Docker/OCI image whose one tar.gz layer holds plugin.wasm, and
+# target/oci/keygate-wasm, the Wasm OCI artifact whose one layer is the raw module; both
+# tagged with the version (Cargo.toml). Push: README "OCI images". `make check-oci` (in
+# `make test`) reads them back with skopeo (installed from Debian if missing).
+.PHONY: oci check-oci oci-tools
+OCI_DIR := target/oci
+
+oci: wasm
+	python3 packaging/oci.py --wasm $(WASM) --out $(OCI_DIR)
+
+# skopeo reads the layouts; docker-registry (the distribution registry) is a throwaway local
+# registry that check-oci pushes to, as README's `skopeo copy ... docker://` does.
+oci-tools:
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { \
+	  echo "installing Debian's skopeo and docker-registry"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo docker-registry >/dev/null; }
+
+check-oci: oci oci-tools
+	python3 packaging/check_oci.py --wasm $(WASM) --oci $(OCI_DIR)
+
+# README "Stats": a real Envoy with keygate scraped (/stats and /stats/prometheus) against the
+# README's table and src/stats.rs; envoy/monitoring/'s alert rules (promtool check rules,
+# promtool test rules) and Grafana dashboard on the names Envoy serves; the README's
+# access-log recipe run. promtool from Debian's prometheus package, installed if missing.
+.PHONY: check-monitoring monitoring-tools
+monitoring-tools:
+	@command -v promtool >/dev/null || { echo "installing Debian's prometheus (for promtool)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+check-monitoring: tools wasm deploy-tools monitoring-tools
+	$(VENV)/bin/python packaging/check_monitoring.py
+
+# A release in dist/ (packaging/dist.sh; README "Versioning and upgrades"): keygate.wasm with
+# its sha256, the static (musl) keygate binary, the OCI layouts and each kustomize overlay
+# rendered, with SHA256SUMS. The musl build needs the rustup target and Debian's musl-tools
+# (musl-gcc, for ring and the bundled SQLite), both installed here if missing.
+.PHONY: dist dist-musl
+MUSL_TARGET := x86_64-unknown-linux-musl
+
+dist-musl:
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	@command -v musl-gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends musl-tools >/dev/null; }
+	cargo build --release --locked -p keygate-cli --target $(MUSL_TARGET)
+
+dist: oci oci-tools dist-musl
+	WASM=$(WASM) MUSL_BIN=target/$(MUSL_TARGET)/release/keygate packaging/dist.sh
+
+# README.md's table of contents is current and its links to #anchors and files resolve
+# (packaging/readme_toc.py rewrites the table).
+.PHONY: check-readme
+check-readme:
+	python3 packaging/readme_toc.py --check

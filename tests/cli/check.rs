@@ -49,18 +49,18 @@ fn the_shipped_envoy_and_kubernetes_files_check() {
             format!("{FILTER_AT}: ok: key set fetched over HTTP (key_set), 4 rules"),
         ),
         (
-            "k8s/envoy.yaml",
+            "k8s/overlays/envoy/envoy.yaml",
             format!(
-                "document 2: data.envoy.yaml: {FILTER_AT}: ok: key set fetched over HTTP \
+                "document 1: data.envoy.yaml: {FILTER_AT}: ok: key set fetched over HTTP \
                  (key_set), 4 rules"
             ),
         ),
         (
-            "k8s/istio-wasmplugin.yaml",
+            "k8s/overlays/istio/istio-wasmplugin.yaml",
             "spec.pluginConfig: ok: 2 keys, 4 rules".to_string(),
         ),
         (
-            "k8s/envoy-gateway.yaml",
+            "k8s/overlays/envoy-gateway/envoy-gateway.yaml",
             "document 2: spec.wasm[0].config: ok: 2 keys, 4 rules".to_string(),
         ),
     ];

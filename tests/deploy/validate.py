@@ -1,7 +1,10 @@
 """`make validate-deploy`: every deployment target under envoy/ checked without a cluster or
 a Docker engine, and every check shown able to fail on a broken copy.
 
-- envoy/k8s/*.yaml: core kinds (Namespace, ConfigMap, Deployment, Service) with
+- envoy/k8s/: a kustomize base (the key service) and three overlays (plain Envoy, Istio,
+  Envoy Gateway), each rendered with `kubectl kustomize` (every file must be named by a
+  kustomization; every overlay must deploy the base unchanged). In the renders: core kinds
+  (Namespace, ConfigMap, Deployment, Service, PersistentVolumeClaim) with
   kubernetes-validate in strict mode (unknown fields refused) for the oldest and newest
   Kubernetes versions named below; WasmPlugin, EnvoyExtensionPolicy and HTTPRoute against
   their CRDs' OpenAPI schemas kept in tests/schemas/ (see the README there), also strict.
@@ -177,19 +180,6 @@ def name_of(doc):
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
-def check_k8s_file(path):
-    docs = load_docs(path)
-    if not docs:
-        fail(f"{rel(path)}: no objects")
-    for doc in docs:
-        problems = k8s_problems(doc)
-        if problems:
-            fail(f"{rel(path)}: {name_of(doc)}", "\n".join(problems))
-        schema = "CRD schema" if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS else "kubernetes-validate --strict"
-        ok(f"{rel(path)}: {name_of(doc)} ({schema})")
-    return docs
-
-
 def refused_k8s(what, doc, expect):
     """A broken copy must be refused, with a message that names `expect`."""
     problems = k8s_problems(doc)
@@ -340,16 +330,77 @@ def with_certificates(text, paths):
 # ---------------------------------------------------------------------------------------
 
 
+# `kubectl kustomize` (kubectl embeds kustomize), or KUSTOMIZE='kustomize build'.
+KUSTOMIZE = shlex.split(os.environ.get("KUSTOMIZE", "kubectl kustomize"))
+OVERLAYS = ["envoy", "envoy-gateway", "istio"]
+
+
+def kustomize(path):
+    """`kubectl kustomize path`: (exit code, the objects or the error)."""
+    run = subprocess.run([*KUSTOMIZE, path], capture_output=True, text=True)
+    if run.returncode != 0:
+        return run.returncode, run.stderr.strip()
+    return 0, [d for d in yaml.safe_load_all(run.stdout) if d is not None]
+
+
+def render(path):
+    code, out = kustomize(path)
+    if code != 0:
+        fail(f"kubectl kustomize {rel(path)}", out)
+    if not out:
+        fail(f"kubectl kustomize {rel(path)}: no objects")
+    return out
+
+
+def k8s_tree_files(k8s):
+    """Every YAML file under envoy/k8s/, relative to it."""
+    found = []
+    for dirpath, _, names in os.walk(k8s):
+        found += [os.path.relpath(os.path.join(dirpath, n), k8s) for n in names if n.endswith(".yaml")]
+    return sorted(found)
+
+
 def kubernetes():
-    print("Kubernetes manifests (envoy/k8s/)")
+    print("Kubernetes manifests (envoy/k8s/: a kustomize base and overlays, each rendered with `kubectl kustomize`)")
     k8s = os.path.join(ROOT, "envoy/k8s")
-    files = sorted(f for f in os.listdir(k8s) if f.endswith(".yaml"))
-    if files != ["envoy-gateway.yaml", "envoy.yaml", "istio-wasmplugin.yaml"]:
-        fail("envoy/k8s/", f"unexpected files {files}: add them here")
+    if sorted(os.listdir(os.path.join(k8s, "overlays"))) != OVERLAYS:
+        fail("envoy/k8s/overlays/", f"{sorted(os.listdir(os.path.join(k8s, 'overlays')))}, not {OVERLAYS}: add them here")
+    # Every file is a kustomization or a resource one names (none left out of every render).
+    listed = set()
+    for dirpath, _, names in os.walk(k8s):
+        if "kustomization.yaml" in names:
+            listed.add(os.path.relpath(os.path.join(dirpath, "kustomization.yaml"), k8s))
+            for r in load_yaml(os.path.join(dirpath, "kustomization.yaml")).get("resources", []):
+                if r.endswith(".yaml"):
+                    listed.add(os.path.relpath(os.path.join(dirpath, r), k8s))
+    if k8s_tree_files(k8s) != sorted(listed):
+        fail("envoy/k8s/: files no kustomization names", sorted(set(k8s_tree_files(k8s)) - listed))
+    rendered = {}
+    seen = set()
+    for name in OVERLAYS:
+        docs = render(os.path.join(k8s, "overlays", name))
+        for doc in docs:
+            key = json.dumps(doc, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            problems = k8s_problems(doc)
+            if problems:
+                fail(f"overlays/{name}: {name_of(doc)}", "\n".join(problems))
+            schema = "CRD schema" if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS else "kubernetes-validate --strict"
+            ok(f"kubectl kustomize overlays/{name}: {name_of(doc)} ({schema})")
+        rendered[name] = docs
+    base = render(os.path.join(k8s, "base"))
+    for name in OVERLAYS:
+        missing = [name_of(d) for d in base if d not in rendered[name]]
+        if missing:
+            fail(f"overlays/{name} does not deploy the base unchanged", missing)
+    ok(f"every overlay deploys the base ({', '.join(name_of(d) for d in base)}) unchanged")
     objects = {}
-    for f in files:
-        for doc in check_k8s_file(os.path.join(k8s, f)):
+    for name in OVERLAYS:
+        for doc in rendered[name]:
             objects[doc["kind"]] = doc
+    envoy_docs = rendered["envoy"]
 
     wasmplugin = objects["WasmPlugin"]
     spec = wasmplugin["spec"]
@@ -369,6 +420,20 @@ def kubernetes():
         fail("EnvoyExtensionPolicy: does not target the HTTPRoute beside it")
     check_keygate("EnvoyExtensionPolicy keygate: config", wasm[0]["config"])
 
+    # Both pull the image `make oci` writes, at this version, from where README "OCI images
+    # of the module" pushes it.
+    version = cargo_version()
+    image = f"registry.example.com/keygate/keygate-wasm:{version}"
+    if spec["url"] != f"oci://{image}":
+        fail("WasmPlugin: url", f"{spec['url']}, not oci://{image} (README's skopeo copy)")
+    code = wasm[0]["code"]
+    if code.get("type") != "Image" or code.get("image", {}).get("url") != image:
+        fail("EnvoyExtensionPolicy: code", f"{code}, not type Image from {image}")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        if f"docker://{image}" not in f.read():
+            fail(f"README pushes no docker://{image}")
+    ok(f"WasmPlugin and EnvoyExtensionPolicy pull {image}, the OCI image README's skopeo copy pushes")
+
     configmap = objects["ConfigMap"]
     envoy_text = configmap["data"]["envoy.yaml"]
     (plugin,) = keygate_filters(yaml.safe_load(envoy_text))
@@ -380,7 +445,7 @@ def kubernetes():
     )
     deployments = {
         d["metadata"]["name"]: d
-        for d in load_docs(os.path.join(k8s, "envoy.yaml"))
+        for d in envoy_docs
         if d["kind"] == "Deployment"
     }
     envoy_pod = deployments["keygate-envoy"]["spec"]["template"]["spec"]
@@ -392,10 +457,14 @@ def kubernetes():
         )
     check_projected_tls("Deployment keygate-envoy", envoy_pod, "/etc/envoy-tls", "keygate-envoy-tls")
     ok("Deployment keygate-envoy mounts what envoy.yaml reads")
+    problems = endpoint_problems(envoy_docs)
+    if problems:
+        fail("overlays/envoy: Envoy's clusters", "\n".join(problems))
+    ok("overlays/envoy: each of Envoy's clusters calls a Service of the render (name, namespace, port)")
 
     # The key service: the image's command (the Dockerfile's CMD) reads its database on the
     # claim and its certificate, key and client CA from one projected directory.
-    claims = {d["metadata"]["name"]: d for d in load_docs(os.path.join(k8s, "envoy.yaml")) if d["kind"] == "PersistentVolumeClaim"}
+    claims = {d["metadata"]["name"]: d for d in envoy_docs if d["kind"] == "PersistentVolumeClaim"}
     keyservice = deployments["keygate-keyservice"]
     if keyservice["spec"].get("replicas") != 1 or keyservice["spec"].get("strategy", {}).get("type") != "Recreate":
         fail("Deployment keygate-keyservice", "one replica (SQLite) with the Recreate strategy")
@@ -457,6 +526,30 @@ def kubernetes():
     broken["data"]["envoy.yaml"] = 1
     refused_k8s("ConfigMap with a number for data", broken, "1 is not of type 'string'")
 
+    print("kustomize renders refuse broken copies")
+    tree = os.path.join(TMP, "k8s-broken")
+    shutil.copytree(k8s, tree)
+    with open(os.path.join(tree, "overlays/istio/kustomization.yaml"), "a", encoding="utf-8") as f:
+        f.write(
+            "patches:\n- target: {kind: WasmPlugin, name: keygate}\n"
+            "  patch: |-\n    - op: replace\n      path: /spec/failStrategy\n      value: FAIL_CLOSED\n"
+        )
+    (broken,) = [d for d in render(os.path.join(tree, "overlays/istio")) if d["kind"] == "WasmPlugin"]
+    refused_k8s("overlays/istio with a patch setting failStrategy FAIL_CLOSED, rendered", broken, "FAIL_CLOSED")
+    with open(os.path.join(tree, "overlays/envoy/kustomization.yaml"), "a", encoding="utf-8") as f:
+        f.write("- keyservice.yaml\n")
+    code, out = kustomize(os.path.join(tree, "overlays/envoy"))
+    if code == 0 or "keyservice.yaml" not in out:
+        fail("refusal: overlays/envoy naming a missing resource", out)
+    ok(f"refused: overlays/envoy naming a resource that is not there (kubectl kustomize: {out.splitlines()[-1][-90:]})")
+    shutil.copy(os.path.join(k8s, "overlays/envoy/kustomization.yaml"), os.path.join(tree, "overlays/envoy/kustomization.yaml"))
+    with open(os.path.join(tree, "base/kustomization.yaml"), "a", encoding="utf-8") as f:
+        f.write("namePrefix: kg-\n")
+    problem = endpoint_problems(render(os.path.join(tree, "overlays/envoy")))
+    if not problem:
+        fail("refusal: a base renamed by namePrefix", "the Envoy config's clusters still found their Services")
+    ok(f"refused: a base renamed by namePrefix, rendered ({problem[0]})")
+
     print("keygate check refuses broken copies")
     broken = copy.deepcopy(spec["pluginConfig"])
     broken["keys"][0]["hash"] = broken["keys"][0]["hash"][:-1]
@@ -470,6 +563,33 @@ def kubernetes():
     if code == 0 or "rules[0]" not in output:
         fail("refusal: config with a rule neither public nor scoped", output)
     ok("refused: config with a rule neither public nor scoped (rules[0])")
+
+
+def endpoint_problems(docs):
+    """Envoy's STRICT_DNS clusters in the ConfigMap keygate-envoy each call a Service of the
+    same render, as NAME.NAMESPACE.svc[.cluster.local], on one of its ports."""
+    services = {}
+    for d in docs:
+        if d["kind"] == "Service":
+            services[(d["metadata"]["name"], d["metadata"].get("namespace"))] = {p["port"] for p in d["spec"]["ports"]}
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and "envoy.yaml" in d.get("data", {})]
+    config = yaml.safe_load(configmap["data"]["envoy.yaml"])
+    problems = []
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                parts = address["address"].split(".")
+                key = (parts[0], parts[1] if len(parts) > 2 and parts[2] == "svc" else None)
+                if address["port_value"] not in services.get(key, set()):
+                    problems.append(f"cluster {cluster['name']} calls {address['address']}:{address['port_value']}, no such Service port")
+    return problems
+
+
+def cargo_version():
+    with open(os.path.join(ROOT, "Cargo.toml"), encoding="utf-8") as f:
+        section = f.read().split("[workspace.package]", 1)[1]
+    return section.split('version = "', 1)[1].split('"', 1)[0]
 
 
 def dockerfile_flags():
@@ -677,6 +797,8 @@ def main():
     for tool in (ENVOY, WASM, KEYGATE):
         if not os.path.isfile(tool):
             fail(f"missing {tool}", "run `make tools wasm` and `cargo build --bin keygate`")
+    if not shutil.which(KUSTOMIZE[0]):
+        fail(f"missing {KUSTOMIZE[0]}", "kubectl (it embeds kustomize), or KUSTOMIZE='kustomize build'")
     if not shutil.which(COMPOSE[0]):
         fail(f"missing {COMPOSE[0]}", "`make deploy-tools` installs Debian's docker-compose")
     os.chdir(ROOT)
