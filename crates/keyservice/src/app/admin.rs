@@ -390,3 +390,49 @@ fn limit_param(limit: Option<String>, default: u32, max: u32) -> ApiResult<u32> 
             .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to {max}"))),
     }
 }
+
+/// The expiries the console offers (LabKey's), those within the policy's maximum.
+const EXPIRY_CHOICES: [&str; 5] = ["never", "7d", "30d", "90d", "365d"];
+
+#[derive(Serialize)]
+pub(super) struct PolicyView {
+    /// The scope catalog; `null`: any valid scope.
+    scopes: Option<Vec<String>>,
+    default_expiry: String,
+    max_expiry: String,
+    /// What `expires_in` may be, from the usual choices (and the maximum itself when it
+    /// is none of them).
+    expiry_choices: Vec<String>,
+    /// The choice equal to `default_expiry`, if any.
+    default_choice: Option<String>,
+}
+
+impl PolicyView {
+    pub(super) fn of(policy: Policy) -> PolicyView {
+        let mut choices: Vec<(String, Lifetime)> = EXPIRY_CHOICES
+            .iter()
+            .filter_map(|c| Lifetime::parse(c, false).ok().map(|l| (c.to_string(), l)))
+            .filter(|(_, l)| l.within(policy.max_expiry))
+            .collect();
+        if !choices.iter().any(|(_, l)| *l == policy.max_expiry) {
+            choices.push((policy.max_expiry.to_string(), policy.max_expiry));
+        }
+        let default_choice = choices
+            .iter()
+            .find(|(_, l)| *l == policy.default_expiry)
+            .map(|(c, _)| c.clone());
+        PolicyView {
+            scopes: policy.scopes,
+            default_expiry: policy.default_expiry.to_string(),
+            max_expiry: policy.max_expiry.to_string(),
+            expiry_choices: choices.into_iter().map(|(c, _)| c).collect(),
+            default_choice,
+        }
+    }
+}
+
+/// `GET /v1/admin/policy`: the scope catalog and the expiries a new key may have.
+pub(super) async fn policy(Admin { store, .. }: Admin) -> ApiResult<Json<PolicyView>> {
+    let policy = blocking(move || store.policy()).await?;
+    Ok(Json(PolicyView::of(policy)))
+}
