@@ -50,10 +50,16 @@
     node.hidden = !text;
   }
 
+  // `2026-11-30T10:08:31Z` as `2026-11-30` and `10:08 UTC` (the full time as a tooltip).
   function time(iso) {
     if (!iso) return null;
+    const m = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(?::\d\d)?Z$/.exec(iso);
     const t = el('time', { dateTime: iso, title: iso });
-    t.textContent = iso.replace('T', ' ').replace(/:\d\dZ$/, ' UTC').replace(/Z$/, ' UTC');
+    if (m) {
+      t.append(el('span', { class: 't-date' }, m[1]), ' ', el('span', { class: 't-time' }, m[2] + ' UTC'));
+    } else {
+      t.textContent = iso;
+    }
     return t;
   }
 
@@ -207,12 +213,15 @@
       : 'Page ' + (page.index + 1);
   }
 
+  // A cell labelled for phone width (where rows are cards), its content in one box.
   function cell(tr, label, ...content) {
     const td = el('td', { 'data-label': label });
+    const box = el('div', { class: 'v' });
     for (const c of content) {
-      if (c !== null && c !== undefined) td.append(c);
+      if (c !== null && c !== undefined) box.append(c);
     }
-    if (!td.textContent && !td.children.length) td.append(el('span', { class: 'none' }, '—'));
+    if (!box.textContent && !box.children.length) box.append(el('span', { class: 'none' }, '—'));
+    td.append(box);
     tr.append(td);
     return td;
   }
