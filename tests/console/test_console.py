@@ -595,6 +595,13 @@ def a_revoked_admin_key_goes_back_to_sign_in(c, ctx):
 def no_content_security_policy_violation(c, ctx):
     violations = c.csp_violations()
     assert violations == [], violations
+    # And the policy is enforced: an inline script put in the page does not run, and the
+    # refusal is seen in the log read above.
+    c.js("const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; "
+         "document.body.append(s);")
+    time.sleep(0.3)
+    assert c.js("return window.__inline === undefined")
+    assert any("Content Security Policy" in m for m in c.csp_violations())
 
 
 FLOWS = [

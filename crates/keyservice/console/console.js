@@ -457,9 +457,10 @@
     const select = $('create-expiry');
     select.replaceChildren(...policy.expiry_choices.map((c) =>
       el('option', { value: c, selected: c === policy.default_choice }, expiryText(c))));
-    $('create-expiry-hint').textContent = 'The policy allows at most ' +
-      (policy.max_expiry === 'never' ? 'keys that never expire' : policy.max_expiry) +
-      '; the default is ' + policy.default_expiry + '.';
+    $('create-expiry-hint').textContent = (policy.max_expiry === 'never'
+      ? 'The policy sets no maximum'
+      : 'The policy allows at most ' + expiryText(policy.max_expiry).toLowerCase()) +
+      '; the default is ' + expiryText(policy.default_expiry).toLowerCase() + '.';
     $('create-dialog').showModal();
     $('create-owner').focus();
   }
@@ -630,6 +631,7 @@
 
     $('filter-form').addEventListener('submit', (event) => {
       event.preventDefault();
+      show($('keys-flash'), '');
       page.owner = $('filter-owner').value;
       page.status = $('filter-status').value;
       page.cursors = [null];
@@ -666,6 +668,16 @@
     $('confirm-form').addEventListener('submit', confirmSubmit);
     $('confirm-cancel').addEventListener('click', () => $('confirm-dialog').close());
     $('confirm-dialog').addEventListener('close', () => finishConfirm(false));
+    for (const id of ['confirm-owner-input', 'confirm-typed-input']) {
+      $(id).addEventListener('input', () => {
+        show($('confirm-error'), '');
+        $('confirm-typed-input').removeAttribute('aria-invalid');
+      });
+    }
+    $('admin-key').addEventListener('input', () => {
+      show($('admin-key-error'), '');
+      $('admin-key').removeAttribute('aria-invalid');
+    });
 
     $('secret-copy').addEventListener('click', copySecret);
     $('secret-download').addEventListener('click', downloadSecret);
