@@ -217,3 +217,47 @@ fn has_event_attribute(html: &str) -> bool {
         name_len > 0 && rest[name_len..].starts_with('=')
     })
 }
+
+#[test]
+fn console_audit_trail_pages_newest_first() {
+    let (_dir, db, admin) = scratch_db("console-audit");
+    let (_server, api) = Server::start_db(&db, &admin);
+    for owner in ["a", "b", "c", "d", "e"] {
+        api.create_browse_key(owner);
+    }
+    let seqs = |path: &str| -> Vec<i64> {
+        let r = api.get(path);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        r.json()["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect()
+    };
+    // admin_key_create, then 5 creates: seq 1 to 6.
+    assert_eq!(seqs("/v1/admin/audit"), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs("/v1/admin/audit?order=oldest&limit=2"), [1, 2]);
+    assert_eq!(seqs("/v1/admin/audit?order=newest&limit=4"), [6, 5, 4, 3]);
+    assert_eq!(
+        seqs("/v1/admin/audit?order=newest&limit=4&before=3"),
+        [2, 1]
+    );
+    assert_eq!(
+        seqs("/v1/admin/audit?order=newest&before=1"),
+        Vec::<i64>::new()
+    );
+    let newest = api.get("/v1/admin/audit?order=newest&limit=1").json();
+    assert_eq!(newest["entries"][0]["action"], json!("create"));
+    assert_eq!(newest["entries"][0]["detail"], json!("e"));
+    for bad in [
+        "/v1/admin/audit?order=sideways",
+        "/v1/admin/audit?before=3",
+        "/v1/admin/audit?order=newest&before=x",
+        "/v1/admin/audit?order=newest&since=2026-01-01T00:00:00Z",
+    ] {
+        let r = api.get(bad);
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert_eq!(r.json()["error"], json!("invalid_request"), "{bad}");
+    }
+}

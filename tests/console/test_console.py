@@ -533,13 +533,33 @@ def hostile_owners_and_labels_are_text(c, ctx):
     assert owner in c.by_id("confirm-text").text.replace("\n", "")
     c.by_id("confirm-cancel").click()
     c.until_hidden("confirm-dialog")
-    ctx["hostile"] = key_id
+    # In the audit trail too (the detail of a create is the owner).
+    c.by_id("nav-audit").click()
+    c.until_visible("view-audit")
+    c.wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audit-body tr"))
+    detail = c.driver.find_elements(By.CSS_SELECTOR, "#audit-body tr")[0].find_elements(By.TAG_NAME, "td")[5]
+    assert detail.text.replace("\n", "") == owner
+    assert not c.driver.find_elements(By.CSS_SELECTOR, "#audit-body script")
+    assert c.js("return window.__pwned === undefined")
+    c.by_id("nav-keys").click()
+    c.until_visible("view-keys")
 
 
 def the_audit_trail_lists_every_change(c, ctx):
     c.by_id("nav-audit").click()
     c.until_visible("view-audit")
     c.wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#audit-body tr")) > 0)
+    # Newest first, 50 at a time, then older ones on request.
+    status, latest = ctx["api"].call("GET", "/v1/admin/audit?order=newest&limit=1")
+    newest = latest["entries"][0]["seq"]
+    assert newest > 60, newest
+
+    def seqs():
+        return c.js("return Array.from(document.querySelectorAll('#audit-body tr'), r => Number(r.dataset.seq))")
+    assert seqs() == list(range(newest, newest - 50, -1)), seqs()
+    c.by_id("audit-more").click()
+    c.wait.until(lambda d: len(seqs()) > 50)
+    assert seqs() == list(range(newest, 0, -1)) or seqs() == list(range(newest, newest - 100, -1)), seqs()
     rows = c.driver.find_elements(By.CSS_SELECTOR, "#audit-body tr")
     actions = {r.find_elements(By.TAG_NAME, "td")[3].text for r in rows}
     for action in ("create", "update", "rotate", "revoke"):
@@ -548,6 +568,8 @@ def the_audit_trail_lists_every_change(c, ctx):
     assert f"admin:{ctx['admin_id']}" in actors, actors
     assert c.by_id("nav-audit").get_attribute("aria-current") == "page"
     assert c.js("return window.__pwned === undefined")
+    c.by_id("audit-refresh").click()
+    c.wait.until(lambda d: len(seqs()) == 50)
     c.shot("audit")
     c.by_id("nav-keys").click()
     c.until_visible("view-keys")
@@ -612,8 +634,8 @@ FLOWS = [
     the_list_pages_filters_and_shows_every_column,
     each_action_asks_first,
     revoke_all_of_an_owner_needs_the_name_typed,
-    hostile_owners_and_labels_are_text,
     the_audit_trail_lists_every_change,
+    hostile_owners_and_labels_are_text,
     phone_width_shows_cards,
     a_revoked_admin_key_goes_back_to_sign_in,
     no_content_security_policy_violation,

@@ -6,7 +6,7 @@
 (function () {
   const KEY_STORE = 'keygate.adminKey';
   const PAGE_SIZE = 20;
-  const AUDIT_PAGE = 200;
+  const AUDIT_PAGE = 50;
   const REFUSED = 'Your admin key was refused: it may have been revoked or may have ' +
     'expired. Sign in again with a valid admin key.';
 
@@ -16,7 +16,8 @@
   // The key shown once: dropped when its dialog closes.
   let secret = null;
   const page = { cursors: [null], index: 0, next: null, owner: '', status: '' };
-  const audit = { since: '', lastAt: null, lastSeq: 0 };
+  // The audit trail, newest first: the oldest entry shown so far.
+  const audit = { oldest: null };
 
   class ApiError extends Error {
     constructor(status, code, description) {
@@ -576,49 +577,42 @@
 
   // ---- audit ----
 
-  function today(offsetDays) {
-    const d = new Date(Date.now() + offsetDays * 86400000);
-    return d.toISOString().slice(0, 10);
-  }
-
   async function openAudit() {
     showView('audit');
-    if (!$('audit-since').value) $('audit-since').value = today(-1);
     await loadAudit(false);
   }
 
+  // The latest entries, or (`more`) those before the oldest shown.
   async function loadAudit(more) {
     show($('audit-error'), '');
-    if (!more) {
-      const date = $('audit-since').value || today(-1);
-      audit.since = date + 'T00:00:00Z';
-      audit.lastSeq = 0;
-      $('audit-body').replaceChildren();
-    }
-    const since = more && audit.lastAt ? audit.lastAt : audit.since;
+    const q = new URLSearchParams({ order: 'newest', limit: String(AUDIT_PAGE) });
+    if (more && audit.oldest !== null) q.set('before', String(audit.oldest));
     let data;
     try {
-      data = await api('GET', '/v1/admin/audit?since=' + encodeURIComponent(since) +
-        '&limit=' + AUDIT_PAGE);
+      data = await api('GET', '/v1/admin/audit?' + q.toString());
     } catch (e) {
       if (e.status !== 401) show($('audit-error'), e.message);
       return;
     }
-    const fresh = data.entries.filter((e) => e.seq > audit.lastSeq);
-    for (const entry of fresh) {
-      const tr = el('tr');
+    const rows = data.entries.map((entry) => {
+      const tr = el('tr', { 'data-seq': String(entry.seq) });
       cell(tr, '#', String(entry.seq));
       cell(tr, 'Time', time(entry.at));
       cell(tr, 'Actor', entry.actor);
       cell(tr, 'Action', el('span', { class: 'badge action' }, entry.action));
       cell(tr, 'Key', entry.key_id ? el('code', { class: 'id' }, entry.key_id) : null);
       cell(tr, 'Detail', entry.detail);
-      $('audit-body').append(tr);
-      audit.lastSeq = entry.seq;
-      audit.lastAt = entry.at;
+      return tr;
+    });
+    if (more) {
+      $('audit-body').append(...rows);
+    } else {
+      $('audit-body').replaceChildren(...rows);
     }
+    if (data.entries.length) audit.oldest = data.entries[data.entries.length - 1].seq;
+    else if (!more) audit.oldest = null;
     $('audit-empty').hidden = $('audit-body').children.length > 0;
-    $('audit-more').hidden = data.entries.length < AUDIT_PAGE;
+    $('audit-more').hidden = data.entries.length < AUDIT_PAGE || audit.oldest <= 1;
   }
 
   // ---- wiring ----
@@ -684,10 +678,7 @@
     $('secret-close').addEventListener('click', () => $('secret-dialog').close());
     $('secret-dialog').addEventListener('close', forgetSecret);
 
-    $('audit-form').addEventListener('submit', (event) => {
-      event.preventDefault();
-      loadAudit(false);
-    });
+    $('audit-refresh').addEventListener('click', () => loadAudit(false));
     $('audit-more').addEventListener('click', () => loadAudit(true));
 
     if (adminKey()) {

@@ -363,6 +363,11 @@ pub(super) struct AuditPage {
 pub(super) struct AuditParams {
     since: Option<String>,
     limit: Option<String>,
+    /// `oldest` (the default: from `since` on) or `newest` (the latest first, paged with
+    /// `before`).
+    order: Option<String>,
+    /// With `order=newest`: the entries before this `seq`.
+    before: Option<String>,
 }
 
 pub(super) async fn audit(
@@ -375,7 +380,34 @@ pub(super) async fn audit(
         .map(|s| parse_rfc3339(&s).map_err(|e| ApiError::bad(format!("since: {e}"))))
         .transpose()?;
     let limit = limit_param(p.limit, 1000, 10_000)?;
-    let entries = blocking(move || store.audit(since, limit)).await?;
+    let newest = match p.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "order: {other:?}: use oldest or newest"
+            )))
+        }
+    };
+    let before = p
+        .before
+        .map(|b| {
+            b.parse::<i64>()
+                .ok()
+                .filter(|b| *b >= 0)
+                .ok_or_else(|| ApiError::bad(format!("before: {b:?}: use an entry's seq")))
+        })
+        .transpose()?;
+    let entries = match (newest, since, before) {
+        (true, Some(_), _) => {
+            return Err(ApiError::bad(
+                "since: with order=newest, page with before=SEQ instead",
+            ))
+        }
+        (false, _, Some(_)) => return Err(ApiError::bad("before: only with order=newest")),
+        (true, None, before) => blocking(move || store.audit_latest(before, limit)).await?,
+        (false, since, None) => blocking(move || store.audit(since, limit)).await?,
+    };
     Ok(Json(AuditPage { entries }))
 }
 
