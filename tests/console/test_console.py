@@ -384,6 +384,9 @@ def the_keyboard_alone_creates_a_key(c, ctx):
     ActionChains(c.driver).send_keys(Keys.ESCAPE).perform()
     c.until_hidden("secret-dialog")
     assert c.by_id("secret-key").get_attribute("value") == ""
+    # The focus lands on what happened, not lost on the page.
+    assert c.js("return document.activeElement.id") == "keys-flash"
+    assert "created for kbd-user" in c.by_id("keys-flash").text
     record = ctx["api"].key(key_id)
     assert (record["owner"], record["label"], record["scopes"]) == ("kbd-user", "typed only", ["browse"])
 

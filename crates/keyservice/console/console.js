@@ -15,6 +15,8 @@
   let policy = null;
   // The key shown once: dropped when its dialog closes.
   let secret = null;
+  // The object URL of its downloaded file, revoked with it.
+  let secretUrl = null;
   const page = { cursors: [null], index: 0, next: null, owner: '', status: '' };
   // The audit trail, newest first: the oldest entry shown so far.
   const audit = { oldest: null };
@@ -301,7 +303,18 @@
     } catch (e) {
       if (e.status !== 401) show($('keys-error'), e.message);
     }
-    if (adminKey()) await loadKeys();
+    if (adminKey()) {
+      await loadKeys();
+      if (!$('secret-dialog').open) focusAfterAction();
+    }
+  }
+
+  // The button acted on is gone with the old rows: the focus goes to what happened.
+  function focusAfterAction() {
+    if ($('view-keys').hidden) return;
+    if (!$('keys-error').hidden) $('keys-error').focus();
+    else if ($('keys-flash').textContent) $('keys-flash').focus();
+    else $('new-key').focus();
   }
 
   async function revokeOwner() {
@@ -321,7 +334,10 @@
     } catch (e) {
       if (e.status !== 401) show($('keys-error'), e.message);
     }
-    if (adminKey()) await loadKeys();
+    if (adminKey()) {
+      await loadKeys();
+      focusAfterAction();
+    }
   }
 
   // ---- confirmation ----
@@ -530,6 +546,8 @@
 
   function forgetSecret() {
     secret = null;
+    if (secretUrl) URL.revokeObjectURL(secretUrl);
+    secretUrl = null;
     $('secret-key').value = '';
     $('secret-id').textContent = '';
     $('secret-expires').textContent = '';
@@ -566,12 +584,12 @@
     if (!secret) return;
     const doc = { id: secret.id, api_key: secret.api_key, expires_at: secret.expires_at };
     const blob = new Blob([JSON.stringify(doc, null, 2) + '\n'], { type: 'application/json' });
-    const url = URL.createObjectURL(blob);
-    const a = el('a', { href: url, download: 'keygate-key-' + secret.id + '.json', hidden: true });
+    if (secretUrl) URL.revokeObjectURL(secretUrl);
+    secretUrl = URL.createObjectURL(blob);
+    const a = el('a', { href: secretUrl, download: 'keygate-key-' + secret.id + '.json', hidden: true });
     document.body.append(a);
     a.click();
     a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
     show($('secret-status'), 'Downloaded keygate-key-' + secret.id + '.json.');
   }
 
@@ -676,7 +694,10 @@
     $('secret-copy').addEventListener('click', copySecret);
     $('secret-download').addEventListener('click', downloadSecret);
     $('secret-close').addEventListener('click', () => $('secret-dialog').close());
-    $('secret-dialog').addEventListener('close', forgetSecret);
+    $('secret-dialog').addEventListener('close', () => {
+      forgetSecret();
+      focusAfterAction();
+    });
 
     $('audit-refresh').addEventListener('click', () => loadAudit(false));
     $('audit-more').addEventListener('click', () => loadAudit(true));
