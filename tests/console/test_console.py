@@ -391,6 +391,31 @@ def the_keyboard_alone_creates_a_key(c, ctx):
     assert (record["owner"], record["label"], record["scopes"]) == ("kbd-user", "typed only", ["browse"])
 
 
+def without_a_catalog_scopes_are_typed(c, ctx):
+    db = ctx["db"]
+    keygate("policy", "--db", db, "--any-scope", "--max-expiry", "never")
+    try:
+        c.by_id("new-key").click()
+        c.until_visible("create-dialog")
+        assert not c.visible("create-scope-list") and c.visible("create-scopes-text")
+        expiry = Select(c.by_id("create-expiry"))
+        assert [o.get_attribute("value") for o in expiry.options] == ["never", "7d", "30d", "90d", "365d"]
+        c.by_id("create-owner").send_keys("frank")
+        c.by_id("create-scopes-text").send_keys("read:reports, write:reports")
+        expiry.select_by_value("never")
+        c.by_id("create-submit").click()
+        c.until_visible("secret-dialog")
+        assert c.by_id("secret-expires").text == "never"
+        key_id = c.by_id("secret-id").text
+        c.by_id("secret-close").click()
+        c.until_hidden("secret-dialog")
+        record = ctx["api"].key(key_id)
+        assert record["scopes"] == ["read:reports", "write:reports"] and record["expires_at"] is None, record
+    finally:
+        keygate("policy", "--db", db, "--scopes", "browse,download,upload", "--default-expiry", "30d",
+                "--max-expiry", "365d")
+
+
 def the_list_pages_filters_and_shows_every_column(c, ctx):
     api = ctx["api"]
     made = [api.create("bulk", label=f"bulk-{i:02}")["id"] for i in range(45)]
@@ -634,6 +659,7 @@ FLOWS = [
     create_shows_the_key_once_with_copy_and_download,
     api_errors_are_shown_next_to_the_field,
     the_keyboard_alone_creates_a_key,
+    without_a_catalog_scopes_are_typed,
     the_list_pages_filters_and_shows_every_column,
     each_action_asks_first,
     revoke_all_of_an_owner_needs_the_name_typed,
