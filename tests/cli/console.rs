@@ -261,3 +261,42 @@ fn console_audit_trail_pages_newest_first() {
         assert_eq!(r.json()["error"], json!("invalid_request"), "{bad}");
     }
 }
+
+#[test]
+fn console_admin_key_revoked_with_keygate_admin_revoke_is_refused_at_once() {
+    let (_dir, db, admin) = scratch_db("console-admin-revoke");
+    let second: Value = serde_json::from_str(
+        &keygate(&["admin", "new", "--db", db.to_str().unwrap()])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let (id, key) = (
+        second["id"].as_str().unwrap(),
+        second["admin_key"].as_str().unwrap(),
+    );
+    let (_server, api) = Server::start_db(&db, &admin);
+    let other = Client::plain(api.addr).with_bearer(key);
+    assert_eq!(other.get("/v1/admin/policy").status, 200);
+    let out = keygate(&["admin", "revoke", "--db", db.to_str().unwrap(), id]).ok();
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        json!({"id": id, "revoked": true})
+    );
+    // The running service refuses it at once; the other admin key still works.
+    let refused = other.get("/v1/admin/policy");
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(api.get("/v1/admin/policy").status, 200);
+    let newest = api.get("/v1/admin/audit?order=newest&limit=1").json();
+    assert_eq!(newest["entries"][0]["action"], json!("admin_key_revoke"));
+    assert_eq!(
+        newest["entries"][0]["detail"],
+        json!(format!("admin key {id}"))
+    );
+    // Twice, or an id that never was: an error naming it.
+    let again = keygate(&["admin", "revoke", "--db", db.to_str().unwrap(), id]).failed();
+    assert!(
+        again.stderr.contains("no admin key with the id"),
+        "{again:?}"
+    );
+}

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -629,9 +628,8 @@ def a_revoked_admin_key_goes_back_to_sign_in(c, ctx):
     assert c.session_key() is None
     c.sign_in(second["admin_key"])
     c.until_visible("view-keys")
-    # The admin key is removed from the database while the tab is signed in with it.
-    with sqlite3.connect(ctx["db"]) as db:
-        db.execute("DELETE FROM admin_keys WHERE id = ?", (second["id"],))
+    # The admin key is revoked while the tab is signed in with it.
+    keygate("admin", "revoke", "--db", ctx["db"], second["id"])
     c.by_id("filter-apply").click()
     c.until_visible("view-signin")
     text = c.until_text("signin-message", "refused")

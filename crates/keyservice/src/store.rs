@@ -399,6 +399,8 @@ pub trait AdminStore: GatewayStore {
         hash: &str,
         label: Option<&str>,
     ) -> StoreResult<()>;
+    /// Removes the admin key `id` (audited): it is refused from then on.
+    fn revoke_admin_key(&self, actor: &str, id: &str) -> StoreResult<()>;
     /// The id of the admin key with this hash.
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>>;
     fn record_usage(&self, reports: &[Usage]) -> StoreResult<()>;

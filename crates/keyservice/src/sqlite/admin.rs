@@ -281,6 +281,25 @@ impl AdminStore for SqliteStore {
         })
     }
 
+    fn revoke_admin_key(&self, actor: &str, id: &str) -> StoreResult<()> {
+        self.change(|tx| {
+            let removed = tx
+                .execute("DELETE FROM admin_keys WHERE id = ?1", params![id])
+                .map_err(unavailable)?;
+            if removed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            audit(
+                tx,
+                actor,
+                "admin_key_revoke",
+                None,
+                Some(&format!("admin key {id}")),
+            )
+            .map_err(unavailable)
+        })
+    }
+
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>> {
         lock(&self.reader)
             .query_row("SELECT id FROM admin_keys WHERE hash = ?1", [hash], |r| {
