@@ -602,6 +602,23 @@ def the_audit_trail_lists_every_change(c, ctx):
     c.until_visible("view-keys")
 
 
+def every_control_is_labelled(c, ctx):
+    c.by_id("new-key").click()
+    c.until_visible("create-dialog")
+    unlabelled = c.js("""
+        const out = [];
+        for (const e of document.querySelectorAll('input, select, textarea')) {
+          if (!e.labels || e.labels.length === 0) out.push(e.id || e.outerHTML);
+        }
+        for (const b of document.querySelectorAll('button')) {
+          if (!b.textContent.trim() && !b.getAttribute('aria-label')) out.push(b.id || b.outerHTML);
+        }
+        return out;""")
+    assert unlabelled == [], unlabelled
+    c.by_id("create-cancel").click()
+    c.until_hidden("create-dialog")
+
+
 def phone_width_shows_cards(c, ctx):
     c.driver.set_window_size(*PHONE)
     try:
@@ -663,6 +680,7 @@ FLOWS = [
     revoke_all_of_an_owner_needs_the_name_typed,
     the_audit_trail_lists_every_change,
     hostile_owners_and_labels_are_text,
+    every_control_is_labelled,
     phone_width_shows_cards,
     a_revoked_admin_key_goes_back_to_sign_in,
     no_content_security_policy_violation,
