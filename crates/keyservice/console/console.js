@@ -284,7 +284,8 @@
         'label, scopes and read-only flag? The new key is shown once.', 'Rotate'],
     };
     const [title, text, ok] = texts[action];
-    const answer = await confirmDialog({ title, text, ok, grace: action === 'rotate' });
+    const danger = action === 'revoke' || action === 'disable';
+    const answer = await confirmDialog({ title, text, ok, danger, grace: action === 'rotate' });
     if (!answer) return;
     try {
       if (action === 'disable' || action === 'enable') {
@@ -324,6 +325,7 @@
       title: 'Revoke all keys of an owner',
       text: 'Every key of this owner that is not revoked yet is revoked. This cannot be undone.',
       ok: 'Revoke all',
+      danger: true,
       owner: page.owner,
     });
     if (!answer) return;
@@ -346,11 +348,12 @@
 
   // Resolves with false (cancelled) or an object: {grace} for a rotation, {owner} for
   // revoking all of an owner (typed twice).
-  function confirmDialog({ title, text, ok, grace, owner }) {
+  function confirmDialog({ title, text, ok, danger, grace, owner }) {
     const dialog = $('confirm-dialog');
     $('confirm-title').textContent = title;
     $('confirm-text').textContent = text;
     $('confirm-ok').textContent = ok;
+    $('confirm-ok').className = danger ? 'danger' : 'primary';
     $('confirm-grace').hidden = !grace;
     $('confirm-grace-select').value = '0m';
     const typed = owner !== undefined;
