@@ -28,7 +28,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy check-oci check-monitoring check-readme
+test: tools lint wasm cli validate validate-deploy check-oci check-monitoring check-readme console-test
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -148,9 +148,38 @@ fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	fuzz/run.sh $(FUZZ_TARGETS)
 
+.PHONY: console-tools console-test screenshots
+
+# The web console (README "Web console") in headless Chromium, driven by selenium, against
+# a `keygate serve --db` the test starts on 127.0.0.1 and stops (tests/console/): every
+# flow, in about 30 s. Installs Debian's chromium and chromium-driver (apt-get) and
+# selenium (in .venv) if missing. `make screenshots` runs it saving docs/console-*.png.
+SELENIUM_VERSION := 4.51.0
+
+console-tools: envoy
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+	@grep -qxF 'selenium==$(SELENIUM_VERSION)' $(VENV)/.console-tools 2>/dev/null || { \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check selenium==$(SELENIUM_VERSION) && \
+	  echo 'selenium==$(SELENIUM_VERSION)' > $(VENV)/.console-tools; }
+
+console-test: console-tools cli
+	$(VENV)/bin/python tests/console/test_console.py
+
+screenshots: console-tools cli
+	$(VENV)/bin/python tests/console/test_console.py --screenshots docs
+
 .PHONY: deploy-tools validate-deploy run-compose
 
 deploy-tools: envoy
+	@[ -n "$(KUSTOMIZE)" ] || command -v kubectl >/dev/null || { \
+	  echo "installing kubectl (for 'kubectl kustomize'; no cluster needed)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends kubectl >/dev/null; } || { \
+	  echo "validate-deploy needs kubectl (apt-get install kubectl) or KUSTOMIZE='kustomize build'"; \
+	  exit 1; }
 	@grep -qxF '$(DEPLOY_PY_PACKAGES)' $(VENV)/.deploy-tools 2>/dev/null || { \
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check $(DEPLOY_PY_PACKAGES) && \
 	  echo '$(DEPLOY_PY_PACKAGES)' > $(VENV)/.deploy-tools; }

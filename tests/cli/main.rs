@@ -5,6 +5,7 @@
 mod changes;
 mod check;
 mod commands;
+mod console;
 mod keyservice;
 mod keyset_delta;
 mod next_steps;

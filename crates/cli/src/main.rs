@@ -227,6 +227,14 @@ enum AdminCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Revoke an admin key: refused from then on, by a running `keygate serve` too
+    Revoke {
+        /// The key service's database
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The admin key's id (as `admin new` printed it, and as the audit trail names it)
+        id: String,
+    },
 }
 
 /// A key command on its target: the key file, or a key service.
@@ -347,6 +355,7 @@ fn run(command: Command, keys_cli: bool) -> error::Result<()> {
         Command::Import { keys, db } => serve::import(&keys, &db),
         Command::Export { db, keys } => serve::export(&db, &keys),
         Command::Admin(AdminCommand::New { db, label }) => serve::admin_new(&db, label.as_deref()),
+        Command::Admin(AdminCommand::Revoke { db, id }) => serve::admin_revoke(&db, &id),
         Command::Policy {
             db,
             scopes,

@@ -67,6 +67,13 @@ pub fn admin_new(db: &std::path::Path, label: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `keygate admin revoke`: prints `{"id","revoked":true}`.
+pub fn admin_revoke(db: &std::path::Path, id: &str) -> Result<()> {
+    keygate_keyservice::admin_revoke(db, id).map_err(Error::new)?;
+    println!("{}", serde_json::json!({"id": id, "revoked": true}));
+    Ok(())
+}
+
 /// `keygate policy`: changes what is given and prints the policy in force.
 pub fn policy(
     db: &std::path::Path,

@@ -88,6 +88,19 @@ pub fn admin_new(db: &Path, label: Option<&str>) -> Result<(String, String), Str
     Ok((id, key))
 }
 
+/// `keygate admin revoke --db PATH ID`: the admin key `id` is refused from now on (by a
+/// running `keygate serve` too: admin keys are looked up on every request).
+pub fn admin_revoke(db: &Path, id: &str) -> Result<(), String> {
+    use store::{AdminStore, StoreError};
+    let store = sqlite::SqliteStore::open(db)?;
+    store
+        .revoke_admin_key(&local_actor(), id)
+        .map_err(|e| match e {
+            StoreError::NotFound => format!("{}: no admin key with the id {id:?}", db.display()),
+            e => format!("{}: {e}", db.display()),
+        })
+}
+
 /// `keygate policy --db PATH [--scopes a,b | --any-scope] [--default-expiry D] [--max-expiry D]`:
 /// changes what is given, keeps the rest, and answers the policy now in force.
 pub fn policy(

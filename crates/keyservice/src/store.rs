@@ -387,6 +387,9 @@ pub trait AdminStore: GatewayStore {
         old_expires_at: Seconds,
     ) -> StoreResult<KeyRow>;
     fn audit(&self, since: Option<Seconds>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// The latest entries first: at most `limit`, those before the entry `before` (its
+    /// `seq`) when given.
+    fn audit_latest(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
     fn policy(&self) -> StoreResult<Policy>;
     fn set_policy(&self, actor: &str, policy: &Policy) -> StoreResult<()>;
     fn add_admin_key(
@@ -396,6 +399,8 @@ pub trait AdminStore: GatewayStore {
         hash: &str,
         label: Option<&str>,
     ) -> StoreResult<()>;
+    /// Removes the admin key `id` (audited): it is refused from then on.
+    fn revoke_admin_key(&self, actor: &str, id: &str) -> StoreResult<()>;
     /// The id of the admin key with this hash.
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>>;
     fn record_usage(&self, reports: &[Usage]) -> StoreResult<()>;

@@ -363,6 +363,11 @@ pub(super) struct AuditPage {
 pub(super) struct AuditParams {
     since: Option<String>,
     limit: Option<String>,
+    /// `oldest` (the default: from `since` on) or `newest` (the latest first, paged with
+    /// `before`).
+    order: Option<String>,
+    /// With `order=newest`: the entries before this `seq`.
+    before: Option<String>,
 }
 
 pub(super) async fn audit(
@@ -375,7 +380,34 @@ pub(super) async fn audit(
         .map(|s| parse_rfc3339(&s).map_err(|e| ApiError::bad(format!("since: {e}"))))
         .transpose()?;
     let limit = limit_param(p.limit, 1000, 10_000)?;
-    let entries = blocking(move || store.audit(since, limit)).await?;
+    let newest = match p.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "order: {other:?}: use oldest or newest"
+            )))
+        }
+    };
+    let before = p
+        .before
+        .map(|b| {
+            b.parse::<i64>()
+                .ok()
+                .filter(|b| *b >= 0)
+                .ok_or_else(|| ApiError::bad(format!("before: {b:?}: use an entry's seq")))
+        })
+        .transpose()?;
+    let entries = match (newest, since, before) {
+        (true, Some(_), _) => {
+            return Err(ApiError::bad(
+                "since: with order=newest, page with before=SEQ instead",
+            ))
+        }
+        (false, _, Some(_)) => return Err(ApiError::bad("before: only with order=newest")),
+        (true, None, before) => blocking(move || store.audit_latest(before, limit)).await?,
+        (false, since, None) => blocking(move || store.audit(since, limit)).await?,
+    };
     Ok(Json(AuditPage { entries }))
 }
 
@@ -389,4 +421,50 @@ fn limit_param(limit: Option<String>, default: u32, max: u32) -> ApiResult<u32> 
             .filter(|l| (1..=max).contains(l))
             .ok_or_else(|| ApiError::bad(format!("limit: {l:?}: use a number from 1 to {max}"))),
     }
+}
+
+/// The expiries the console offers (LabKey's), those within the policy's maximum.
+const EXPIRY_CHOICES: [&str; 5] = ["never", "7d", "30d", "90d", "365d"];
+
+#[derive(Serialize)]
+pub(super) struct PolicyView {
+    /// The scope catalog; `null`: any valid scope.
+    scopes: Option<Vec<String>>,
+    default_expiry: String,
+    max_expiry: String,
+    /// What `expires_in` may be, from the usual choices (and the maximum itself when it
+    /// is none of them).
+    expiry_choices: Vec<String>,
+    /// The choice equal to `default_expiry`, if any.
+    default_choice: Option<String>,
+}
+
+impl PolicyView {
+    pub(super) fn of(policy: Policy) -> PolicyView {
+        let mut choices: Vec<(String, Lifetime)> = EXPIRY_CHOICES
+            .iter()
+            .filter_map(|c| Lifetime::parse(c, false).ok().map(|l| (c.to_string(), l)))
+            .filter(|(_, l)| l.within(policy.max_expiry))
+            .collect();
+        if !choices.iter().any(|(_, l)| *l == policy.max_expiry) {
+            choices.push((policy.max_expiry.to_string(), policy.max_expiry));
+        }
+        let default_choice = choices
+            .iter()
+            .find(|(_, l)| *l == policy.default_expiry)
+            .map(|(c, _)| c.clone());
+        PolicyView {
+            scopes: policy.scopes,
+            default_expiry: policy.default_expiry.to_string(),
+            max_expiry: policy.max_expiry.to_string(),
+            expiry_choices: choices.into_iter().map(|(c, _)| c).collect(),
+            default_choice,
+        }
+    }
+}
+
+/// `GET /v1/admin/policy`: the scope catalog and the expiries a new key may have.
+pub(super) async fn policy(Admin { store, .. }: Admin) -> ApiResult<Json<PolicyView>> {
+    let policy = blocking(move || store.policy()).await?;
+    Ok(Json(PolicyView::of(policy)))
 }

@@ -31,11 +31,12 @@ use tower_http::timeout::TimeoutLayer;
 
 mod admin;
 mod admin_auth;
+mod console;
 mod gateway;
 mod usage;
 
 use admin::{
-    audit, create_key, get_key, list_keys, revoke_key, revoke_owner, rotate_key, update_key,
+    audit, create_key, get_key, list_keys, policy, revoke_key, revoke_owner, rotate_key, update_key,
 };
 use admin_auth::Admin;
 pub use gateway::Gateway;
@@ -215,7 +216,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/usage", post(usage).fallback(usage_method_not_allowed));
     if app.admin.is_some() {
-        router = router
+        let admin = Router::new()
             .route(
                 "/v1/admin/keys",
                 post(create_key).get(list_keys).delete(revoke_owner),
@@ -225,7 +226,10 @@ pub fn router(app: Arc<App>) -> Router {
                 get(get_key).patch(update_key).delete(revoke_key),
             )
             .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
-            .route("/v1/admin/audit", get(audit));
+            .route("/v1/admin/audit", get(audit))
+            .route("/v1/admin/policy", get(policy))
+            .layer(axum::middleware::map_response(console::no_store));
+        router = console::routes(router.merge(admin));
     }
     router
         .layer(TimeoutLayer::with_status_code(

@@ -205,27 +205,19 @@ impl AdminStore for SqliteStore {
     }
 
     fn audit(&self, since: Option<Seconds>, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, at, actor, action, key_id, detail FROM audit WHERE at >= ?1 ORDER BY seq LIMIT ?2",
-            )
-            .map_err(unavailable)?;
-        let entries = stmt
-            .query_map(params![since.unwrap_or(i64::MIN), i64::from(limit)], |r| {
-                Ok(AuditEntry {
-                    seq: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    key_id: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })
-            .map_err(unavailable)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(unavailable)?;
-        Ok(entries)
+        self.audit_query(
+            "SELECT seq, at, actor, action, key_id, detail FROM audit WHERE at >= ?1 ORDER BY seq LIMIT ?2",
+            since.unwrap_or(i64::MIN),
+            limit,
+        )
+    }
+
+    fn audit_latest(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_query(
+            "SELECT seq, at, actor, action, key_id, detail FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            before.unwrap_or(i64::MAX),
+            limit,
+        )
     }
 
     fn policy(&self) -> StoreResult<Policy> {
@@ -289,6 +281,25 @@ impl AdminStore for SqliteStore {
         })
     }
 
+    fn revoke_admin_key(&self, actor: &str, id: &str) -> StoreResult<()> {
+        self.change(|tx| {
+            let removed = tx
+                .execute("DELETE FROM admin_keys WHERE id = ?1", params![id])
+                .map_err(unavailable)?;
+            if removed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            audit(
+                tx,
+                actor,
+                "admin_key_revoke",
+                None,
+                Some(&format!("admin key {id}")),
+            )
+            .map_err(unavailable)
+        })
+    }
+
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>> {
         lock(&self.reader)
             .query_row("SELECT id FROM admin_keys WHERE hash = ?1", [hash], |r| {
@@ -337,5 +348,28 @@ impl AdminStore for SqliteStore {
             }
             Ok(())
         })
+    }
+}
+
+impl SqliteStore {
+    /// Audit entries from `sql`, which takes a bound (`?1`) and a limit (`?2`).
+    fn audit_query(&self, sql: &str, bound: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+        let entries = stmt
+            .query_map(params![bound, i64::from(limit)], |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    key_id: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(unavailable)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(unavailable)?;
+        Ok(entries)
     }
 }
