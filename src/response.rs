@@ -45,6 +45,7 @@ pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResp
             Some("invalid_token"),
             None,
         ),
+        Denial::InvalidToken(why) => (401, "invalid_token", why, Some("invalid_token"), None),
         Denial::Expired(_) => (
             401,
             "invalid_token",

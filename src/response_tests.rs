@@ -35,7 +35,10 @@ fn record() -> KeyRecord {
 
 /// A 403 for want of `needed`.
 fn missing_scope<'k>(key: &'k KeyRecord, needed: &'k str) -> Denial<'k> {
-    Denial::MissingScope { key, needed }
+    Denial::MissingScope {
+        key: Some(key),
+        needed,
+    }
 }
 
 fn header<'r>(r: &'r LocalResponse, name: &str) -> Option<&'r str> {
