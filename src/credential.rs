@@ -123,6 +123,17 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Whether an `Authorization` value is a Bearer token with a JWT's shape, whichever
+/// schemes the sources read keys from.
+pub fn is_bearer_jwt(value: &[u8]) -> bool {
+    let value = trim(value);
+    let Some(at) = value.iter().position(|b| *b == b' ' || *b == b'\t') else {
+        return false;
+    };
+    Scheme::from_name(&value[..at]) == Some(Scheme::Bearer)
+        && crate::jwt::looks_like_jwt(trim(&value[at..]))
+}
+
 fn from_authorization<'r>(
     value: &'r [u8],
     schemes: &[Scheme],

@@ -330,7 +330,13 @@ pub fn begin_with_token<'c>(
             new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
         }));
     }
-    if token_sources != 0 {
+    // Any Bearer JWT, whether or not the sources read Bearer keys: with `jwt`, a token is
+    // only ever taken verified.
+    let unverified = config.jwt.is_some()
+        && headers
+            .iter()
+            .any(|h| h.name() == "authorization" && credential::is_bearer_jwt(h.value()));
+    if unverified {
         return deny(Denial::InvalidToken("bearer token not verified"));
     }
     match presented {

@@ -118,6 +118,24 @@ fn an_unverified_jwt_is_401_never_a_key() {
         denied(run_token(&c, &h, None)),
         Denial::InvalidToken(_)
     ));
+    // Also where the sources take no Bearer keys (ApiKey only, or a header).
+    for sources in [
+        json!([{"authorization": {"schemes": ["ApiKey"]}}]),
+        json!([{"header": "x-api-key"}]),
+    ] {
+        let mut doc = base_doc();
+        doc["jwt"] = json!({});
+        doc["sources"] = sources;
+        let c = config_from(&doc);
+        let h = with_bearer("GET", "/healthz", JWT);
+        assert!(matches!(
+            denied(run_token(&c, &h, None)),
+            Denial::InvalidToken(_)
+        ));
+        // A Bearer value that is no JWT is no concern of `jwt`.
+        let h = with_bearer("GET", "/healthz", "opaque-token");
+        assert_eq!(run_token(&c, &h, None).outcome(), Outcome::Public);
+    }
     // Without `jwt`, a JWT is read as a key, as before (and is unknown).
     let plain = config();
     let h = with_bearer("GET", "/data/query", JWT);
