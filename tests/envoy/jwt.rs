@@ -387,29 +387,38 @@ fn api_keys_pass_beside_tokens_and_both_at_once_are_400() {
     );
 }
 
-/// The token path needs no key store: a `lookup` filter whose key service is down still
-/// lets a verified token through, and answers a key with 503.
+/// The token path needs no key store: with the key service down, a `lookup` or a
+/// `key_set` filter still lets a verified token through, and answers a key with 503.
 #[test]
 fn tokens_need_no_key_service() {
     let idp = Idp::new();
-    let upstream = Upstream::start();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = closed.local_addr().unwrap();
     drop(closed);
-    let config = json!({
-        "lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}", "timeout_ms": 500},
-        "rules": rules(),
-        "jwt": {}
-    });
-    let envoy = start(&idp, &config, &upstream, Some(down));
-    let token = idp.sign("ES256", &claims("user-42", "data.read"));
-    let response = envoy.send(&Request::get("/data/query").bearer(&token));
-    assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(
-        upstream.take_one().header("x-api-key-owner"),
-        Some("user-42")
-    );
-    let response =
-        envoy.send(&Request::get("/data/query").header("authorization", format!("ApiKey {KEY}")));
-    assert_refused(&upstream, &response, 503, "a key with the key service down");
+    for mode in [
+        json!({"lookup": {"cluster": "keyservice", "path": "/v1/keys/{hash}", "timeout_ms": 500}}),
+        json!({"key_set": {"cluster": "keyservice", "path": "/v1/keyset", "refresh_seconds": 1,
+                           "timeout_ms": 500}}),
+    ] {
+        let mut config = mode.clone();
+        config["rules"] = rules();
+        config["jwt"] = json!({});
+        let upstream = Upstream::start();
+        let envoy = start(&idp, &config, &upstream, Some(down));
+        let token = idp.sign("ES256", &claims("user-42", "data.read"));
+        let response = envoy.send(&Request::get("/data/query").bearer(&token));
+        assert_eq!(response.status, 200, "{mode}: {}", response.text());
+        assert_eq!(
+            upstream.take_one().header("x-api-key-owner"),
+            Some("user-42")
+        );
+        let response = envoy
+            .send(&Request::get("/data/query").header("authorization", format!("ApiKey {KEY}")));
+        assert_refused(
+            &upstream,
+            &response,
+            503,
+            &format!("{mode}: a key, service down"),
+        );
+    }
 }
