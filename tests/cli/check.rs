@@ -43,7 +43,8 @@ fn the_shipped_envoy_and_kubernetes_files_check() {
         (
             "keygate-jwt.yaml",
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.\
-             http_filters[1].typed_config.config.configuration.value: ok: 1 key, 1 rule"
+             http_filters[1].typed_config.config.configuration.value: ok: 1 key, 1 rule, \
+             and JWTs verified by jwt_authn (metadata envoy.filters.http.jwt_authn.jwt_payload)"
                 .to_string(),
         ),
         (
