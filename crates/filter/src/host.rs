@@ -239,7 +239,7 @@ fn deny(
         // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
         let _ = headers::set_path(path);
     }
-    respond(&response::render(&config.realm, &config.sources, &denial));
+    respond(&response::render_for(config, &denial));
     false
 }
 
