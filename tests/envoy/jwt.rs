@@ -422,3 +422,60 @@ fn tokens_need_no_key_service() {
         );
     }
 }
+
+/// README "IMMUNE with OAuth2": keys as `Authorization: ApiKey`, tokens as Bearer, one
+/// rule for both. A Bearer JWT that jwt_authn does not read (here: it reads `x-jwt` only)
+/// is refused by keygate with a Bearer challenge, though no source takes Bearer keys.
+#[test]
+fn the_readme_immune_example_takes_keys_and_tokens() {
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let config = json!({
+        "sources": [{"authorization": {"schemes": ["ApiKey"]}}],
+        "keys": [{"id": "immune-dev-1", "owner": "sensor-team", "hash": hash_of(KEY),
+                  "scopes": ["sensors:read"]}],
+        "rules": [{"path_prefix": "/v1/sensors", "methods": ["GET"], "scopes": ["sensors:read"]}],
+        "jwt": {"metadata_namespace": "envoy.filters.http.jwt_authn", "payload_key": "jwt_payload",
+                "scope_claim": "scope", "subject_claim": "sub"}
+    });
+    let envoy = start(&idp, &config, &upstream, None);
+    let token = idp.sign("RS256", &claims("person-1", "openid sensors:read"));
+    let response = envoy.send(&Request::get("/v1/sensors").bearer(&token));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.take_one();
+    assert_eq!(seen.header("x-api-key-kind"), Some("jwt"));
+    assert_eq!(seen.header("x-api-key-scopes"), Some("openid sensors:read"));
+    let response =
+        envoy.send(&Request::get("/v1/sensors").header("authorization", format!("ApiKey {KEY}")));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream.take_one().header("x-api-key-id"),
+        Some("immune-dev-1")
+    );
+    let openid_only = idp.sign("ES256", &claims("person-2", "openid"));
+    let response = envoy.send(&Request::get("/v1/sensors").bearer(&openid_only));
+    assert_refused(&upstream, &response, 403, "a token without sensors:read");
+    let response = envoy.send(&Request::new("DELETE", "/v1/sensors").bearer(&token));
+    assert_refused(&upstream, &response, 403, "a method no rule lists");
+
+    // jwt_authn reading `x-jwt` only: a Bearer JWT is not verified, and keygate says so.
+    let mut bootstrap = support::bootstrap(&config, upstream.addr, 0);
+    let mut authn = jwt_authn(&idp.jwks());
+    authn["typed_config"]["providers"]["idp"]["from_headers"] = json!([{"name": "x-jwt"}]);
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, authn);
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    let response = envoy.send(&Request::get("/v1/sensors").bearer(&token));
+    assert_refused(&upstream, &response, 401, "an unverified Bearer JWT");
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="invalid_token", ApiKey realm="api""#)
+    );
+    assert_eq!(
+        response.json(),
+        json!({"error": "invalid_token", "error_description": "bearer token not verified"})
+    );
+}
