@@ -5,6 +5,7 @@
 use crate::credential::{Scheme, Source};
 use crate::error::{parse_json, ConfigError};
 use crate::header::HeaderName;
+use crate::jwt::{JwtConfig, JwtDoc};
 use crate::key_format::{KeyFormat, Prefix};
 use crate::record::{InlineKeys, KeyRecordDoc};
 use crate::remote::{FetchDoc, KeySetConfig, LookupConfig, LookupDoc};
@@ -20,11 +21,13 @@ pub struct Forward {
     pub id: HeaderName,
     pub owner: HeaderName,
     pub scopes: HeaderName,
+    /// What authenticated the caller: `api_key` or `jwt`.
+    pub kind: HeaderName,
 }
 
 impl Forward {
-    pub fn names(&self) -> [&HeaderName; 3] {
-        [&self.id, &self.owner, &self.scopes]
+    pub fn names(&self) -> [&HeaderName; 4] {
+        [&self.id, &self.owner, &self.scopes, &self.kind]
     }
 }
 
@@ -55,6 +58,8 @@ pub struct Config {
     pub usage: Option<UsageConfig>,
     /// `"key_format"`: keys with these prefixes must have the issued shape and checksum.
     pub key_format: Option<KeyFormat>,
+    /// `"jwt"`: a Bearer JWT verified by Envoy's `jwt_authn` authenticates a request too.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// The most sources a configuration may list (they are tracked as bits of a `u32`).
@@ -87,6 +92,8 @@ struct ConfigDoc {
     usage: Option<UsageDoc>,
     #[serde(default)]
     key_format: Option<KeyFormatDoc>,
+    #[serde(default)]
+    jwt: Option<JwtDoc>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +134,8 @@ struct ForwardDoc {
     owner: Option<HeaderName>,
     #[serde(default)]
     scopes: Option<HeaderName>,
+    #[serde(default)]
+    kind: Option<HeaderName>,
 }
 
 pub const DEFAULT_REALM: &str = "api";
@@ -202,6 +211,7 @@ impl Config {
         };
 
         let usage = doc.usage.and_then(|usage| usage.check(&mut errors));
+        let jwt = doc.jwt.map(|jwt| jwt.check(&mut errors));
         let key_format = doc.key_format.and_then(|f| {
             if f.prefixes.is_empty() {
                 errors.push(ConfigError::new(
@@ -228,6 +238,7 @@ impl Config {
                 scopes,
                 usage,
                 key_format,
+                jwt,
             }),
             _ => Err(errors),
         }
@@ -243,7 +254,7 @@ impl Config {
 }
 
 /// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "realm",
     "sources",
     "strip_prefixes",
@@ -256,6 +267,7 @@ const FIELDS: [&str; 12] = [
     "hide_credentials",
     "usage",
     "key_format",
+    "jwt",
 ];
 
 /// Every structural problem of a configuration that is a JSON object: each field, and each
@@ -282,6 +294,7 @@ fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
             "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
             "usage" => read::<Option<UsageDoc>>(at, value, &mut errors),
             "key_format" => read::<Option<KeyFormatDoc>>(at, value, &mut errors),
+            "jwt" => read::<Option<JwtDoc>>(at, value, &mut errors),
             _ => errors.push(ConfigError::new(
                 at,
                 format!(
@@ -453,6 +466,17 @@ fn check_strip_prefixes(
     prefixes.into_iter().map(String::into_boxed_str).collect()
 }
 
+/// A name keygate passes to Envoy (a metadata namespace, a key, a claim): non-empty,
+/// without control characters.
+pub(crate) fn check_text(at: &str, value: &str, errors: &mut Vec<ConfigError>) {
+    if value.is_empty() || value.chars().any(char::is_control) {
+        errors.push(ConfigError::new(
+            at,
+            format!("{value:?} must be non-empty, without control characters"),
+        ));
+    }
+}
+
 /// Headers that frame, route or hop: identity written into them would change what the
 /// request is, not say who sent it.
 const RESERVED_HEADERS: [&str; 14] = [
@@ -481,8 +505,11 @@ fn check_forward(doc: ForwardDoc, sources: &[Source], errors: &mut Vec<ConfigErr
         scopes: doc
             .scopes
             .unwrap_or_else(|| HeaderName::known("x-api-key-scopes")),
+        kind: doc
+            .kind
+            .unwrap_or_else(|| HeaderName::known("x-api-key-kind")),
     };
-    let fields = ["id", "owner", "scopes"];
+    let fields = ["id", "owner", "scopes", "kind"];
     for (i, name) in forward.names().into_iter().enumerate() {
         let at = format!("forward.{}", fields[i]);
         if forward.names()[..i].contains(&name) {

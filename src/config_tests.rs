@@ -36,7 +36,9 @@ fn defaults() {
     assert_eq!(c.forward.id.as_str(), "x-api-key-id");
     assert_eq!(c.forward.owner.as_str(), "x-api-key-owner");
     assert_eq!(c.forward.scopes.as_str(), "x-api-key-scopes");
+    assert_eq!(c.forward.kind.as_str(), "x-api-key-kind");
     assert_eq!(c.keys_loaded(), 1);
+    assert_eq!(c.jwt, None);
 }
 
 #[test]
@@ -359,4 +361,54 @@ fn query_parameter_names_must_be_plain() {
     }
     let doc = with(minimal(), "sources", json!([{"query": "api_key"}]));
     assert!(parse(&doc).is_ok());
+}
+
+#[test]
+fn jwt_defaults_and_checks() {
+    let c = parse(&with(minimal(), "jwt", json!({}))).unwrap();
+    let jwt = c.jwt.unwrap();
+    assert_eq!(&*jwt.metadata_namespace, "envoy.filters.http.jwt_authn");
+    assert_eq!(&*jwt.payload_key, "jwt_payload");
+    assert_eq!(&*jwt.scope_claim, "scope");
+    assert_eq!(&*jwt.subject_claim, "sub");
+    assert_eq!(
+        jwt.claim_path("sub"),
+        [
+            "metadata",
+            "filter_metadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "sub"
+        ]
+    );
+    let c = parse(&with(
+        minimal(),
+        "jwt",
+        json!({"payload_key": "claims", "scope_claim": "scp", "subject_claim": "client_id"}),
+    ))
+    .unwrap();
+    assert_eq!(&*c.jwt.unwrap().scope_claim, "scp");
+    let errs = parse(&with(
+        minimal(),
+        "jwt",
+        json!({"payload_key": "", "scope_claim": "a\nb", "issuer": "x"}),
+    ))
+    .unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("issuer")), "{errs:?}");
+    let errs = parse(&with(
+        minimal(),
+        "jwt",
+        json!({"payload_key": "", "scope_claim": "a\nb"}),
+    ))
+    .unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.starts_with("jwt.payload_key")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("jwt.scope_claim")),
+        "{errs:?}"
+    );
+    let errs = parse(&with(minimal(), "forward", json!({"kind": "x-api-key-id"}))).unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("forward.kind")), "{errs:?}");
 }

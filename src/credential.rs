@@ -90,6 +90,8 @@ pub enum Presented<'r> {
 
 enum Found<'r> {
     NotAKey,
+    /// A Bearer token with a JWT's shape, when JWTs are expected: never a key.
+    Token,
     Key(Cow<'r, str>),
     Malformed(&'static str),
 }
@@ -121,7 +123,23 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-fn from_authorization<'r>(value: &'r [u8], schemes: &[Scheme], basic_username: &str) -> Found<'r> {
+/// Whether an `Authorization` value is a Bearer token with a JWT's shape, whichever
+/// schemes the sources read keys from.
+pub fn is_bearer_jwt(value: &[u8]) -> bool {
+    let value = trim(value);
+    let Some(at) = value.iter().position(|b| *b == b' ' || *b == b'\t') else {
+        return false;
+    };
+    Scheme::from_name(&value[..at]) == Some(Scheme::Bearer)
+        && crate::jwt::looks_like_jwt(trim(&value[at..]))
+}
+
+fn from_authorization<'r>(
+    value: &'r [u8],
+    schemes: &[Scheme],
+    basic_username: &str,
+    tokens: bool,
+) -> Found<'r> {
     let value = trim(value);
     let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
     let (name, rest) = match split {
@@ -131,6 +149,9 @@ fn from_authorization<'r>(value: &'r [u8], schemes: &[Scheme], basic_username: &
     let Some(scheme) = Scheme::from_name(name).filter(|s| schemes.contains(s)) else {
         return Found::NotAKey;
     };
+    if tokens && scheme == Scheme::Bearer && crate::jwt::looks_like_jwt(trim(rest)) {
+        return Found::Token;
+    }
     match scheme {
         Scheme::Bearer | Scheme::ApiKey => match key_text(rest) {
             Ok(key) => Found::Key(Cow::Borrowed(key)),
@@ -194,12 +215,30 @@ pub fn extract<'r>(
     headers: &'r [impl Header],
     query: Option<&'r str>,
 ) -> Presented<'r> {
+    extract_beside_tokens(sources, strip_prefixes, headers, query, false).0
+}
+
+/// [`extract`], and with `tokens` (`jwt` configured) a Bearer token with a JWT's shape
+/// is not read as a key: the second value has bit `i` set for every source `i` that
+/// carried one (for `Authorization`, the only source read for them).
+pub fn extract_beside_tokens<'r>(
+    sources: &[Source],
+    strip_prefixes: &[Box<str>],
+    headers: &'r [impl Header],
+    query: Option<&'r str>,
+    tokens: bool,
+) -> (Presented<'r>, u32) {
     let mut found: Option<(Cow<'r, str>, u32)> = None;
+    let mut token_sources = 0u32;
     for (i, source) in sources.iter().enumerate() {
         let bit = 1u32 << i;
         let mut merge = |candidate: Found<'r>| -> Result<(), &'static str> {
             let key = match candidate {
                 Found::NotAKey => return Ok(()),
+                Found::Token => {
+                    token_sources |= bit;
+                    return Ok(());
+                }
                 Found::Malformed(why) => return Err(why),
                 Found::Key(key) => strip_prefix(key, strip_prefixes),
             };
@@ -220,7 +259,14 @@ pub fn extract<'r>(
             } => headers
                 .iter()
                 .filter(|h| h.name() == "authorization")
-                .try_for_each(|h| merge(from_authorization(h.value(), schemes, basic_username))),
+                .try_for_each(|h| {
+                    merge(from_authorization(
+                        h.value(),
+                        schemes,
+                        basic_username,
+                        tokens,
+                    ))
+                }),
             Source::Header(wanted) => headers
                 .iter()
                 .filter(|h| h.name() == wanted.as_str())
@@ -237,16 +283,17 @@ pub fn extract<'r>(
                 .try_for_each(|(_, value)| merge(from_query_value(value))),
         };
         if let Err(why) = outcome {
-            return Presented::Malformed(why);
+            return (Presented::Malformed(why), token_sources);
         }
     }
-    match found {
+    let presented = match found {
         None => Presented::Nothing,
         Some((key, sources)) => Presented::Key {
             key: PresentedKey(key),
             sources,
         },
-    }
+    };
+    (presented, token_sources)
 }
 
 #[cfg(test)]

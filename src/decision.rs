@@ -4,6 +4,7 @@
 use crate::config::{Config, KeySource};
 use crate::credential::{self, Presented, Source};
 use crate::header_map::Header;
+use crate::jwt::{Claims, VerifiedToken};
 use crate::key_format::Shape;
 use crate::path::{self, PathError};
 use crate::query;
@@ -28,9 +29,12 @@ pub enum Denial<'c> {
     MalformedKey,
     Expired(&'c KeyRecord),
     Disabled(&'c KeyRecord),
-    /// 403: the rule needs scopes the key lacks.
+    /// 401: a Bearer token with a JWT's shape and no payload `jwt_authn` verified, or a
+    /// verified payload keygate cannot use (no subject, an unreadable scope claim).
+    InvalidToken(&'static str),
+    /// 403: the rule needs scopes the key (or the verified token, `key` then `None`) lacks.
     MissingScope {
-        key: &'c KeyRecord,
+        key: Option<&'c KeyRecord>,
         needed: &'c str,
     },
     /// 403: a read-only key used a method other than GET, HEAD or OPTIONS.
@@ -55,6 +59,7 @@ impl Denial<'_> {
             Denial::Missing => Outcome::Missing,
             Denial::UnknownKey => Outcome::Invalid,
             Denial::MalformedKey => Outcome::MalformedKey,
+            Denial::InvalidToken(_) => Outcome::InvalidToken,
             Denial::Expired(_) => Outcome::Expired,
             Denial::Disabled(_) => Outcome::Disabled,
             Denial::MissingScope { .. }
@@ -73,7 +78,7 @@ impl Denial<'_> {
             | Denial::Disabled(key)
             | Denial::ReadOnly(key)
             | Denial::ReadOnlyUpgrade(key)
-            | Denial::MissingScope { key, .. } => Some(key),
+            | Denial::MissingScope { key: Some(key), .. } => Some(key),
             _ => None,
         }
     }
@@ -82,8 +87,11 @@ impl Denial<'_> {
 /// What to change in a request that may go upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allowed<'c> {
-    /// The caller, when a valid key was presented (always, except on public routes).
+    /// The caller, when a valid key was presented (always, except on public routes and
+    /// for a verified token).
     pub key: Option<&'c KeyRecord>,
+    /// The caller, when `jwt_authn` verified a token (`key` is then `None`).
+    pub token: Option<VerifiedToken>,
     /// Bit `i`: the credential in source `i` is removed before forwarding.
     pub hide_sources: u32,
     /// Bit `i`: the client sent forward header `i` itself.
@@ -106,6 +114,11 @@ impl Verdict<'_> {
     pub fn outcome(&self) -> Outcome {
         match self {
             Verdict::Allow(Allowed { key: Some(_), .. }) => Outcome::Allowed,
+            Verdict::Allow(Allowed {
+                key: None,
+                token: Some(_),
+                ..
+            }) => Outcome::AllowedToken,
             Verdict::Allow(Allowed { key: None, .. }) => Outcome::Public,
             Verdict::Deny(denial) => denial.outcome(),
         }
@@ -137,6 +150,11 @@ impl Allowed<'_> {
             editor.set(config.forward.id.as_str(), key.id.as_str());
             editor.set(config.forward.owner.as_str(), key.owner.as_str());
             editor.set(config.forward.scopes.as_str(), &key.scopes_header);
+            editor.set(config.forward.kind.as_str(), KIND_API_KEY);
+        } else if let Some(token) = &self.token {
+            editor.set(config.forward.owner.as_str(), &token.subject);
+            editor.set(config.forward.scopes.as_str(), &token.scopes_header);
+            editor.set(config.forward.kind.as_str(), KIND_JWT);
         }
         for (i, source) in config.sources.iter().enumerate() {
             if self.hide_sources & (1 << i) == 0 {
@@ -153,6 +171,10 @@ impl Allowed<'_> {
         }
     }
 }
+
+/// The kind header's values: what authenticated the caller.
+pub const KIND_API_KEY: &str = "api_key";
+pub const KIND_JWT: &str = "jwt";
 
 const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 
@@ -214,6 +236,17 @@ pub const UNAVAILABLE: Denial<'static> = Denial::Unavailable {
 
 /// Everything a request can be decided on without its key's record.
 pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
+    begin_with_token(config, headers, None)
+}
+
+/// [`begin`], with the claims of the payload Envoy's `jwt_authn` verified for this request
+/// (`None` when there is none, or when `jwt` is not configured). A verified token decides
+/// the request by its scopes, without a key record.
+pub fn begin_with_token<'c>(
+    config: &'c Config,
+    headers: &[impl Header],
+    token: Option<Claims<'_>>,
+) -> Step<'c> {
     let mut method: Option<&[u8]> = None;
     let mut target: Option<&[u8]> = None;
     let mut spoofed = 0u8;
@@ -256,11 +289,62 @@ pub fn begin<'c>(config: &'c Config, headers: &[impl Header]) -> Step<'c> {
         .rules
         .route(method, &path::without_parameters(&normalized));
 
-    match credential::extract(&config.sources, &config.strip_prefixes, headers, query) {
+    let (presented, token_sources) = credential::extract_beside_tokens(
+        &config.sources,
+        &config.strip_prefixes,
+        headers,
+        query,
+        config.jwt.is_some(),
+    );
+    if let Presented::Malformed(why) = presented {
+        return deny(Denial::BadRequest(why));
+    }
+    if let Some(claims) = token {
+        if let Presented::Key { .. } = presented {
+            return deny(Denial::BadRequest(
+                "conflicting credentials: an API key and a bearer token",
+            ));
+        }
+        let token = match VerifiedToken::from_claims(claims, &config.scopes) {
+            Ok(token) => token,
+            Err(why) => return deny(Denial::InvalidToken(why)),
+        };
+        let hide_sources = if config.hide_credentials {
+            token_sources
+        } else {
+            0
+        };
+        match need(config, route) {
+            Need::Closed(denial) => return deny(denial),
+            Need::Key { mask, needed } if !token.scope_mask.holds_all(mask) => {
+                return deny(Denial::MissingScope { key: None, needed });
+            }
+            Need::Nothing | Need::Key { .. } => {}
+        }
+        return Step::Done(Verdict::Allow(Allowed {
+            key: None,
+            token: Some(token),
+            hide_sources,
+            spoofed,
+            spoofed_lookalikes,
+            new_path: forwarded_path(config, raw_path, normalized, query, hide_sources),
+        }));
+    }
+    // Any Bearer JWT, whether or not the sources read Bearer keys: with `jwt`, a token is
+    // only ever taken verified.
+    let unverified = config.jwt.is_some()
+        && headers
+            .iter()
+            .any(|h| h.name() == "authorization" && credential::is_bearer_jwt(h.value()));
+    if unverified {
+        return deny(Denial::InvalidToken("bearer token not verified"));
+    }
+    match presented {
         Presented::Malformed(why) => deny(Denial::BadRequest(why)),
         Presented::Nothing => match need(config, route) {
             Need::Nothing => Step::Done(Verdict::Allow(Allowed {
                 key: None,
+                token: None,
                 hide_sources: 0,
                 spoofed,
                 spoofed_lookalikes,
@@ -319,6 +403,7 @@ impl KeyCheck {
     fn allow(self, key: Option<&KeyRecord>) -> Allowed<'_> {
         Allowed {
             key,
+            token: None,
             hide_sources: self.hide_sources,
             spoofed: self.spoofed,
             spoofed_lookalikes: self.spoofed_lookalikes,
@@ -400,7 +485,7 @@ fn authorize<'k>(
                 Ok(record)
             } else {
                 Err(Denial::MissingScope {
-                    key: record,
+                    key: Some(record),
                     needed,
                 })
             }

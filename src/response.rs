@@ -2,6 +2,7 @@
 //! challenge per configured way to send a key, RFC 7235; Bearer's with RFC 6750 §3's
 //! attributes) and a JSON body saying why. Never mentions the key itself.
 
+use crate::config::Config;
 use crate::credential::{Scheme, Source};
 use crate::decision::Denial;
 use serde::Serialize;
@@ -22,12 +23,30 @@ struct Body<'a> {
 /// Renders a denial for a configuration reading keys from `sources`. `realm` has been
 /// checked at load to need no escaping.
 pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResponse {
+    render_with(realm, sources, false, denial)
+}
+
+/// Renders a denial for `config`: with `jwt`, the answer also names Bearer tokens (a
+/// `Bearer` challenge, and `Authorization: Bearer (JWT)` among the ways accepted) when no
+/// source reads Bearer keys.
+pub fn render_for(config: &Config, denial: &Denial<'_>) -> LocalResponse {
+    render_with(&config.realm, &config.sources, config.jwt.is_some(), denial)
+}
+
+fn render_with(
+    realm: &str,
+    sources: &[Source],
+    tokens: bool,
+    denial: &Denial<'_>,
+) -> LocalResponse {
+    // Bearer tokens the sources do not already name.
+    let tokens = tokens && !reads_bearer(sources);
     let scope_text;
     let missing_text;
     let (status, error, description, challenge_error, scope): (u32, _, &str, _, _) = match denial {
         Denial::BadRequest(why) => (400, "invalid_request", why, Some("invalid_request"), None),
         Denial::Missing => {
-            missing_text = format!("API key required; accepted: {}", accepted(sources));
+            missing_text = format!("API key required; accepted: {}", accepted(sources, tokens));
             let desc: &str = &missing_text;
             (401, "unauthorized", desc, None, None)
         }
@@ -45,6 +64,7 @@ pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResp
             Some("invalid_token"),
             None,
         ),
+        Denial::InvalidToken(why) => (401, "invalid_token", why, Some("invalid_token"), None),
         Denial::Expired(_) => (
             401,
             "invalid_token",
@@ -122,7 +142,7 @@ pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResp
     {
         headers.push(("retry-after", retry_after_seconds.to_string()));
     } else {
-        let challenge = challenges(realm, sources, challenge_error, scope);
+        let challenge = challenges(realm, sources, tokens, challenge_error, scope);
         if !challenge.is_empty() {
             headers.push(("www-authenticate", challenge));
         }
@@ -142,7 +162,14 @@ pub fn render(realm: &str, sources: &[Source], denial: &Denial<'_>) -> LocalResp
 /// One challenge per way `sources` accept a key, in their order: `Bearer` (with RFC 6750's
 /// `error` and `scope`), `ApiKey` and `Basic` for the Authorization schemes; for a key
 /// header or query parameter, `ApiKey` with a `header` or `query` parameter naming it.
-fn challenges(realm: &str, sources: &[Source], error: Option<&str>, scope: Option<&str>) -> String {
+/// With `tokens`, a `Bearer` challenge for JWTs comes first.
+fn challenges(
+    realm: &str,
+    sources: &[Source],
+    tokens: bool,
+    error: Option<&str>,
+    scope: Option<&str>,
+) -> String {
     let mut out = String::new();
     let mut add = |scheme: &str, params: &str| {
         if !out.is_empty() {
@@ -154,21 +181,22 @@ fn challenges(realm: &str, sources: &[Source], error: Option<&str>, scope: Optio
         out.push('"');
         out.push_str(params);
     };
+    let mut bearer_params = String::new();
+    if let Some(e) = error {
+        bearer_params.push_str(&format!(", error=\"{e}\""));
+    }
+    if let Some(s) = scope {
+        bearer_params.push_str(&format!(", scope=\"{s}\""));
+    }
+    if tokens {
+        add("Bearer", &bearer_params);
+    }
     for source in sources {
         match source {
             Source::Authorization { schemes, .. } => {
                 for scheme in schemes {
                     match scheme {
-                        Scheme::Bearer => {
-                            let mut params = String::new();
-                            if let Some(e) = error {
-                                params.push_str(&format!(", error=\"{e}\""));
-                            }
-                            if let Some(s) = scope {
-                                params.push_str(&format!(", scope=\"{s}\""));
-                            }
-                            add("Bearer", &params);
-                        }
+                        Scheme::Bearer => add("Bearer", &bearer_params),
                         Scheme::ApiKey | Scheme::Basic => add(scheme.name(), ""),
                     }
                 }
@@ -178,6 +206,13 @@ fn challenges(realm: &str, sources: &[Source], error: Option<&str>, scope: Optio
         }
     }
     out
+}
+
+/// Whether an `authorization` source takes the Bearer scheme.
+fn reads_bearer(sources: &[Source]) -> bool {
+    sources.iter().any(
+        |s| matches!(s, Source::Authorization { schemes, .. } if schemes.contains(&Scheme::Bearer)),
+    )
 }
 
 /// A quoted-string (RFC 9110 §5.6.4): `"` and `\` escaped.
@@ -196,7 +231,7 @@ fn quoted(text: &str) -> String {
 
 /// The ways `sources` accept a key, for a client that sent none of them:
 /// `Authorization: Bearer, header x-api-key or query parameter api_key`.
-fn accepted(sources: &[Source]) -> String {
+fn accepted(sources: &[Source], tokens: bool) -> String {
     let mut ways: Vec<String> = Vec::new();
     for source in sources {
         match source {
@@ -214,6 +249,9 @@ fn accepted(sources: &[Source]) -> String {
             Source::Header(name) => ways.push(format!("header {name}")),
             Source::Query(param) => ways.push(format!("query parameter {param}")),
         }
+    }
+    if tokens {
+        ways.push("Authorization: Bearer (JWT)".to_string());
     }
     match ways.split_last() {
         None => "none".to_string(),

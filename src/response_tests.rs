@@ -35,7 +35,10 @@ fn record() -> KeyRecord {
 
 /// A 403 for want of `needed`.
 fn missing_scope<'k>(key: &'k KeyRecord, needed: &'k str) -> Denial<'k> {
-    Denial::MissingScope { key, needed }
+    Denial::MissingScope {
+        key: Some(key),
+        needed,
+    }
 }
 
 fn header<'r>(r: &'r LocalResponse, name: &str) -> Option<&'r str> {
@@ -698,5 +701,46 @@ fn the_new_refusals_read_as_the_readme_says() {
         Some(r#"Bearer realm="api", error="insufficient_scope""#),
         "insufficient_scope",
         "no rule allows this method on this path",
+    );
+}
+
+#[test]
+fn with_jwt_the_answer_names_bearer_tokens_too() {
+    let mut doc = json!({
+        "sources": [{"authorization": {"schemes": ["ApiKey"]}}],
+        "keys": [],
+        "jwt": {}
+    });
+    let c = Config::parse(doc.to_string().as_bytes()).unwrap();
+    let r = render_for(&c, &Denial::InvalidToken("bearer token not verified"));
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == "www-authenticate")
+            .map(|(_, v)| v.as_str()),
+        Some(r#"Bearer realm="api", error="invalid_token", ApiKey realm="api""#)
+    );
+    assert!(r.body.contains("bearer token not verified"), "{}", r.body);
+    let r = render_for(&c, &Denial::Missing);
+    assert!(
+        r.body
+            .contains("accepted: Authorization: ApiKey or Authorization: Bearer (JWT)"),
+        "{}",
+        r.body
+    );
+    // Sources that take Bearer already name it; without `jwt`, nothing changes.
+    doc["sources"] = json!([{"authorization": {"schemes": ["Bearer"]}}]);
+    let c = Config::parse(doc.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        render_for(&c, &Denial::Missing),
+        render(&c.realm, &c.sources, &Denial::Missing)
+    );
+    doc["sources"] = json!([{"authorization": {"schemes": ["ApiKey"]}}]);
+    doc.as_object_mut().unwrap().remove("jwt");
+    let c = Config::parse(doc.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        render_for(&c, &Denial::Missing),
+        render(&c.realm, &c.sources, &Denial::Missing)
     );
 }

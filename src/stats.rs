@@ -5,6 +5,8 @@
 pub enum Outcome {
     /// A valid key, allowed on its route.
     Allowed,
+    /// A token `jwt_authn` verified, allowed on its route.
+    AllowedToken,
     /// A public route, no key presented.
     Public,
     Missing,
@@ -13,6 +15,8 @@ pub enum Outcome {
     Invalid,
     /// A key with a `key_format` prefix, not of the format: refused before any lookup.
     MalformedKey,
+    /// A Bearer JWT `jwt_authn` did not verify, or a verified payload keygate cannot use.
+    InvalidToken,
     Expired,
     Disabled,
     /// A valid key without the scope, a read-only key writing, or a route no rule allows.
@@ -21,13 +25,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Allowed,
+        Outcome::AllowedToken,
         Outcome::Public,
         Outcome::Missing,
         Outcome::Malformed,
         Outcome::Invalid,
         Outcome::MalformedKey,
+        Outcome::InvalidToken,
         Outcome::Expired,
         Outcome::Disabled,
         Outcome::Forbidden,
@@ -38,11 +44,13 @@ impl Outcome {
     pub fn metric_name(self) -> &'static str {
         match self {
             Outcome::Allowed => "keygate.allowed",
+            Outcome::AllowedToken => "keygate.allowed_jwt",
             Outcome::Public => "keygate.public",
             Outcome::Missing => "keygate.denied.missing",
             Outcome::Malformed => "keygate.denied.malformed",
             Outcome::Invalid => "keygate.denied.invalid",
             Outcome::MalformedKey => "keygate.denied.malformed_key",
+            Outcome::InvalidToken => "keygate.denied.invalid_token",
             Outcome::Expired => "keygate.denied.expired",
             Outcome::Disabled => "keygate.denied.disabled",
             Outcome::Forbidden => "keygate.denied.forbidden",

@@ -2,6 +2,7 @@
 //! requests, and a model of the upstream) are here.
 
 mod credentials;
+mod jwt;
 mod key_format;
 mod key_states;
 mod outcomes;
@@ -223,6 +224,7 @@ fn alice_edits(before: Vec<Edit>, after: Vec<Edit>) -> Vec<Edit> {
         set("x-api-key-id", "id-alice"),
         set("x-api-key-owner", "alice"),
         set("x-api-key-scopes", "browse download"),
+        set("x-api-key-kind", "api_key"),
     ];
     [before, identity, after].concat()
 }

@@ -11,6 +11,7 @@ fn verdict_outcome_for_allows() {
     let c = config();
     let with_key = Verdict::Allow(Allowed {
         key: Some(a_record(&c)),
+        token: None,
         hide_sources: 0,
         spoofed: 0,
         spoofed_lookalikes: Vec::new(),
@@ -19,6 +20,7 @@ fn verdict_outcome_for_allows() {
     assert_eq!(with_key.outcome(), Outcome::Allowed);
     let public = Verdict::Allow(Allowed {
         key: None,
+        token: None,
         hide_sources: 0,
         spoofed: 0b111,
         spoofed_lookalikes: Vec::new(),
@@ -36,11 +38,12 @@ fn denial_outcome_for_every_variant() {
         (Denial::Missing, Outcome::Missing, false),
         (Denial::UnknownKey, Outcome::Invalid, false),
         (Denial::MalformedKey, Outcome::MalformedKey, false),
+        (Denial::InvalidToken("x"), Outcome::InvalidToken, false),
         (Denial::Expired(k), Outcome::Expired, true),
         (Denial::Disabled(k), Outcome::Disabled, true),
         (
             Denial::MissingScope {
-                key: k,
+                key: Some(k),
                 needed: "upload",
             },
             Outcome::Forbidden,

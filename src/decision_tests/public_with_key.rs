@@ -32,6 +32,7 @@ fn public_route_with_valid_key_forwards_identity() {
             set("x-api-key-id", "id-noscope"),
             set("x-api-key-owner", "nobody"),
             set("x-api-key-scopes", ""),
+            set("x-api-key-kind", "api_key"),
             rm("authorization"),
         ]
     );

@@ -135,6 +135,7 @@ fn custom_forward_names_are_stripped_and_set() {
             set("x-consumer-id", "id-alice"),
             set("x-consumer-username", "alice"),
             set("x-consumer-groups", "browse download"),
+            set("x-api-key-kind", "api_key"),
             rm("authorization"),
         ]
     );
@@ -282,6 +283,7 @@ fn apply_follows_the_fields_it_is_given() {
     let c = config();
     let a = Allowed {
         key: None,
+        token: None,
         hide_sources: 0b110,
         spoofed: 0b100,
         spoofed_lookalikes: Vec::new(),

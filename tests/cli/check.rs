@@ -41,6 +41,13 @@ fn the_shipped_envoy_and_kubernetes_files_check() {
             format!("{FILTER_AT}: ok: keys looked up one by one (lookup), 4 rules"),
         ),
         (
+            "keygate-jwt.yaml",
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.\
+             http_filters[1].typed_config.config.configuration.value: ok: 1 key, 1 rule, \
+             and JWTs verified by jwt_authn (metadata envoy.filters.http.jwt_authn.jwt_payload)"
+                .to_string(),
+        ),
+        (
             "keygate-ecds-filter.yaml",
             "resources[0].typed_config.config.configuration.value: ok: 2 keys, 4 rules".to_string(),
         ),

@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use keygate_core::config::{Config, KeySource};
-use keygate_core::decision::{decide, Verdict};
+use keygate_core::decision::{begin_with_token, decide, Step, Verdict};
+use keygate_core::jwt::Claims;
 use keygate_core::timestamp::Timestamp;
 
 fn readme_configs() -> Vec<Config> {
@@ -48,15 +49,50 @@ fn status(config: &Config, method: &str, path: &str, authorization: &str) -> u16
     }
 }
 
+/// A GET with one `Authorization` value and, maybe, the claims jwt_authn verified.
+fn status_with_token(
+    config: &Config,
+    path: &str,
+    authorization: &str,
+    token: Option<Claims<'_>>,
+) -> u16 {
+    let headers = vec![
+        (":method".to_string(), b"GET".to_vec()),
+        (":path".to_string(), path.as_bytes().to_vec()),
+        (
+            "authorization".to_string(),
+            authorization.as_bytes().to_vec(),
+        ),
+    ];
+    let verdict = match begin_with_token(config, &headers, token) {
+        Step::Done(verdict) => verdict,
+        Step::Key(check) => match &config.keys {
+            KeySource::Inline(set) => {
+                let record = set.get(&check.hash);
+                check.finish(config, record, || {
+                    Timestamp::parse_rfc3339("2026-11-23T12:00:00Z").unwrap()
+                })
+            }
+            _ => check.unavailable(config),
+        },
+    };
+    match verdict {
+        Verdict::Allow(_) => 200,
+        Verdict::Deny(denial) => {
+            keygate_core::response::render(&config.realm, &config.sources, &denial).status as u16
+        }
+    }
+}
+
 #[test]
 fn every_readme_config_parses_and_its_keys_work() {
     let configs = readme_configs();
     assert_eq!(
         configs.len(),
-        7,
-        "ImmPort, LabKey, IMMUNE, VSPC, key_set, lookup, usage"
+        8,
+        "ImmPort, LabKey, IMMUNE, IMMUNE with JWTs, VSPC, key_set, lookup, usage"
     );
-    let [immport, labkey, immune, vspc, fetched, lookup, usage] = &configs[..] else {
+    let [immport, labkey, immune, immune_jwt, vspc, fetched, lookup, usage] = &configs[..] else {
         unreachable!()
     };
     assert!(matches!(fetched.keys, KeySource::KeySet(_)));
@@ -96,6 +132,33 @@ fn every_readme_config_parses_and_its_keys_work() {
     let immune_key = "ApiKey immune_example_key_replace_me";
     assert_eq!(status(immune, "GET", "/v1/sensors", immune_key), 200);
     assert_eq!(status(immune, "DELETE", "/v1/sensors", immune_key), 403);
+
+    // IMMUNE with JWTs: the key as before; a token by its verified claims.
+    assert!(immune.jwt.is_none() && immune_jwt.jwt.is_some());
+    assert_eq!(status(immune_jwt, "GET", "/v1/sensors", immune_key), 200);
+    let token = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2ln";
+    let verified = |scope: &'static str| {
+        Some(Claims {
+            subject: b"user-1",
+            scope: Some(scope.as_bytes()),
+        })
+    };
+    let with_token = |scope| status_with_token(immune_jwt, "/v1/sensors", token, verified(scope));
+    assert_eq!(with_token("openid sensors:read"), 200);
+    assert_eq!(with_token("openid"), 403);
+    assert_eq!(
+        status_with_token(immune_jwt, "/v1/sensors", token, None),
+        401
+    );
+    assert_eq!(
+        status_with_token(
+            immune_jwt,
+            "/v1/sensors",
+            immune_key,
+            verified("sensors:read")
+        ),
+        400
+    );
 
     let vspc_key = "Bearer vspc_example_key_replace_me";
     assert_eq!(status(vspc, "GET", "/api/v3/companies", vspc_key), 200);

@@ -8,6 +8,7 @@ mod adversarial;
 mod cli;
 mod ecds;
 mod http2;
+mod jwt;
 mod key_service;
 mod key_service_mtls;
 mod key_set;

@@ -50,8 +50,14 @@ pub fn run(path: &Path, emit_envoy: bool) -> Result<()> {
         };
         match Config::parse(&config.json) {
             Ok(parsed) => {
+                let jwt = parsed.jwt.as_ref().map_or(String::new(), |jwt| {
+                    format!(
+                        ", and JWTs verified by jwt_authn (metadata {}.{})",
+                        jwt.metadata_namespace, jwt.payload_key
+                    )
+                });
                 println!(
-                    "{prefix}: ok: {}, {}",
+                    "{prefix}: ok: {}, {}{jwt}",
                     keys(&parsed),
                     count(parsed.rules.rules.len(), "rule")
                 );

@@ -69,6 +69,12 @@ extern "C" {
     fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     fn proxy_define_metric(
         metric_type: MetricType,
         name: *const u8,
@@ -139,6 +145,20 @@ pub fn buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<
         Ok(bytes) => Ok(bytes.unwrap_or_default()),
         Err(NOT_FOUND) => Ok(Vec::new()),
         Err(status) => Err(status),
+    }
+}
+
+/// A property of the request (e.g. a dynamic-metadata value), its segments joined by NUL
+/// bytes as the ABI defines; `Ok(None)` when there is no such property. A string comes as
+/// its bytes; a list or map as a pairs map ([`header_map::parse`]).
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let joined = path.join("\0");
+    // SAFETY: the path describes a live byte string; the out-pointers are live for the call.
+    match take_buffer(|data, size| unsafe {
+        proxy_get_property(joined.as_ptr(), joined.len(), data, size)
+    }) {
+        Err(NOT_FOUND) => Ok(None),
+        other => other,
     }
 }
 

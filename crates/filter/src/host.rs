@@ -6,6 +6,7 @@ use crate::headers::{self, HostEditor};
 use keygate_core::config::Config;
 use keygate_core::decision::{Denial, Verdict, UNAVAILABLE};
 use keygate_core::header_map;
+use keygate_core::jwt::JwtConfig;
 use keygate_core::key_set::SharedStore;
 use keygate_core::remote::Endpoint;
 use keygate_core::response;
@@ -238,7 +239,7 @@ fn deny(
         // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
         let _ = headers::set_path(path);
     }
-    respond(&response::render(&config.realm, &config.sources, &denial));
+    respond(&response::render_for(config, &denial));
     false
 }
 
@@ -307,4 +308,21 @@ pub fn call_response() -> CallResponse {
 
 pub fn call_body(size: usize) -> Vec<u8> {
     abi::buffer(BufferType::HttpCallResponseBody, 0, size).unwrap_or_default()
+}
+
+/// The subject and scope claims of the payload `jwt_authn` verified for this request, as
+/// the host serializes them; `None` when there is no payload with a subject. An error
+/// reading either is refused by the caller (401): a token is there but cannot be used.
+#[allow(clippy::type_complexity)]
+pub fn token_claims(jwt: &JwtConfig) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, &'static str> {
+    let unreadable = |status| {
+        warn!("keygate: cannot read the verified token's claims (status {status})");
+        "the verified token's claims cannot be read"
+    };
+    let Some(subject) = abi::property(&jwt.claim_path(&jwt.subject_claim)).map_err(unreadable)?
+    else {
+        return Ok(None);
+    };
+    let scope = abi::property(&jwt.claim_path(&jwt.scope_claim)).map_err(unreadable)?;
+    Ok(Some((subject, scope)))
 }

@@ -18,7 +18,10 @@ use headers::RequestHeaders;
 use host::{carry_out, Metrics};
 use key_set::{KeySetState, NotLoaded};
 use keygate_core::config::{Config, KeySource};
-use keygate_core::decision::{begin, redacted_target, Denial, Step, Verdict, UNAVAILABLE};
+use keygate_core::decision::{
+    begin_with_token, redacted_target, Denial, Step, Verdict, UNAVAILABLE,
+};
+use keygate_core::jwt::Claims;
 use keygate_core::lookup::{Lookups, Next};
 use keygate_core::lookup_cache::Answer;
 use keygate_core::record::KeyRecord;
@@ -339,10 +342,26 @@ impl HttpContext for Request {
                 return action(carry_out(config, metrics, verdict, None, false));
             }
         };
+        // The claims of a token `jwt_authn` verified, read only when `jwt` is configured:
+        // one host call (the subject) per request, a second when a token is there.
+        let claims = match &config.jwt {
+            None => None,
+            Some(jwt) => match host::token_claims(jwt) {
+                Ok(claims) => claims,
+                Err(why) => {
+                    let verdict = Verdict::Deny(Denial::InvalidToken(why));
+                    return action(carry_out(config, metrics, verdict, None, false));
+                }
+            },
+        };
+        let claims = claims.as_ref().map(|(subject, scope)| Claims {
+            subject,
+            scope: scope.as_deref(),
+        });
         // The host's clock, read only for a key that has an expiry: one cheap host call
         // keeps `expires_at` exact.
         let now = host::request_time;
-        let check = match begin(config, &headers) {
+        let check = match begin_with_token(config, &headers, claims) {
             Step::Done(verdict) => {
                 let redacted = denied_path(config, &verdict, &headers);
                 return action(carry_out(
