@@ -165,7 +165,7 @@ console-tools: envoy
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check selenium==$(SELENIUM_VERSION) && \
 	  echo 'selenium==$(SELENIUM_VERSION)' > $(VENV)/.console-tools; }
 
-console-test: console-tools cli
+console-test: console-tools cli wasm
 	$(VENV)/bin/python tests/console/test_console.py
 
 screenshots: console-tools cli

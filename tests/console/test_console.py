@@ -13,8 +13,13 @@ keyboard alone, phone width, and no Content-Security-Policy violation.
     make console-test                # this test
     make screenshots                 # the same run, saving docs/console-*.png
 
-Environment: KEYGATE_BIN (default target/debug/keygate), CHROMIUM (/usr/bin/chromium),
-CHROMEDRIVER (/usr/bin/chromedriver).
+End to end through a real Envoy 1.40 running keygate (key_set, watching this key service):
+a key made in the page is allowed at the gateway within about a second, and refused once
+revoked in the page.
+
+Environment: KEYGATE_BIN (default target/debug/keygate), KEYGATE_WASM
+(target/wasm32-wasip1/release/keygate.wasm), KEYGATE_ENVOY (.venv/bin/envoy), CHROMIUM
+(/usr/bin/chromium), CHROMEDRIVER (/usr/bin/chromedriver).
 """
 
 import argparse
@@ -40,6 +45,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYGATE = os.environ.get("KEYGATE_BIN") or os.path.join(REPO, "target", "debug", "keygate")
+WASM = os.environ.get("KEYGATE_WASM") or os.path.join(
+    REPO, "target", "wasm32-wasip1", "release", "keygate.wasm")
+ENVOY = os.environ.get("KEYGATE_ENVOY") or os.path.join(REPO, ".venv", "bin", "envoy")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 DESKTOP = (1280, 860)
@@ -124,6 +132,95 @@ class Api:
         status, body = self.call("GET", "/v1/admin/keys/" + key_id)
         assert status == 200, (status, body)
         return body
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """Envoy with keygate in key_set mode, watching the key service at `base`, in front of
+    a direct 200: what a client of the gateway gets for a key."""
+
+    def __init__(self, base, tmp):
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.port = free_port()
+        config = {
+            "key_set": {"cluster": "keyservice", "path": "/v1/keyset",
+                        "watch_seconds": 25, "refresh_seconds": 30},
+            "rules": [{"path_prefix": "/", "scopes": ["browse"]}],
+        }
+        wasm = {"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "keygate", "root_id": "keygate",
+                       "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                                     "code": {"local": {"filename": WASM}}},
+                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                         "value": json.dumps(config)}}}}
+        router = {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+        hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"},
+                 "direct_response": {"status": 200, "body": {"inline_string": "upstream"}}}]}]},
+            "http_filters": [wasm, router]}}
+        bootstrap = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{"name": "gateway", "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": self.port}},
+                    "filter_chains": [{"filters": [hcm]}]}],
+                "clusters": [{"name": "keyservice", "type": "STATIC", "connect_timeout": "1s",
+                              "load_assignment": {"cluster_name": "keyservice", "endpoints": [
+                                  {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                                      "address": host, "port_value": int(port)}}}}]}]}}],
+            },
+        }
+        path = os.path.join(tmp, "envoy.json")
+        with open(path, "w") as f:
+            json.dump(bootstrap, f)
+        self.log = open(os.path.join(tmp, "envoy.log"), "w+")
+        self.proc = subprocess.Popen(
+            [ENVOY, "-c", path, "--concurrency", "2", "--disable-hot-restart",
+             "--base-id", str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self, key):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/data",
+                                         headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    def until(self, key, status, within):
+        """Seconds until 10 requests in a row (new connections, both workers) answer
+        `status`; fails after `within`."""
+        started = time.time()
+        while time.time() - started < within:
+            if all(self.status(key) == status for _ in range(10)):
+                return time.time() - started
+            time.sleep(0.02)
+        self.log.seek(0)
+        raise AssertionError(f"the gateway never answered {status} within {within} s:\n"
+                             + self.log.read()[-3000:])
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 class Console:
@@ -669,6 +766,31 @@ def no_content_security_policy_violation(c, ctx):
     assert any("Content Security Policy" in m for m in c.csp_violations())
 
 
+def a_key_made_in_the_page_opens_the_gateway_and_revoking_it_closes_it(c, ctx):
+    gateway = ctx["gateway"]
+    # The gateway has loaded the store's set: a key it holds answers, an unknown one not.
+    assert gateway.until("kg_not_a_key", 401, 30) >= 0
+    c.filter()
+    c.by_id("new-key").click()
+    c.until_visible("create-dialog")
+    c.by_id("create-owner").send_keys("gina")
+    c.driver.find_element(By.CSS_SELECTOR, '#create-scope-list input[value="browse"]').click()
+    c.by_id("create-submit").click()
+    c.until_visible("secret-dialog")
+    api_key = c.by_id("secret-key").get_attribute("value")
+    key_id = c.by_id("secret-id").text
+    c.by_id("secret-close").click()
+    c.until_hidden("secret-dialog")
+    allowed = gateway.until(api_key, 200, 5)
+    print(f"     a key made in the page is allowed at the gateway after {allowed:.2f} s")
+    c.filter(owner="gina")
+    c.action(key_id, "revoke")
+    c.confirm()
+    c.until_text("keys-flash", "revoked")
+    refused = gateway.until(api_key, 401, 5)
+    print(f"     revoked in the page, it is refused at the gateway after {refused:.2f} s")
+
+
 FLOWS = [
     sign_in_refuses_a_wrong_key_and_keeps_the_good_one_in_the_tab,
     create_shows_the_key_once_with_copy_and_download,
@@ -682,6 +804,7 @@ FLOWS = [
     hostile_owners_and_labels_are_text,
     every_control_is_labelled,
     phone_width_shows_cards,
+    a_key_made_in_the_page_opens_the_gateway_and_revoking_it_closes_it,
     a_revoked_admin_key_goes_back_to_sign_in,
     no_content_security_policy_violation,
 ]
@@ -702,14 +825,16 @@ def main():
         downloads = os.path.join(tmp, "downloads")
         os.mkdir(downloads)
         console = None
+        gateway = None
         failed = []
         try:
+            gateway = Gateway(service.base, tmp)
             console = Console(service.base, downloads)
             if args.screenshots:
                 os.makedirs(args.screenshots, exist_ok=True)
                 console.shots = os.path.abspath(args.screenshots)
             ctx = {"db": db, "admin": admin["admin_key"], "admin_id": admin["id"],
-                   "api": Api(service.base, admin["admin_key"])}
+                   "api": Api(service.base, admin["admin_key"]), "gateway": gateway}
             for flow in FLOWS:
                 if args.k and args.k not in flow.__name__ and flow is not FLOWS[0]:
                     continue
@@ -727,6 +852,8 @@ def main():
         finally:
             if console:
                 console.quit()
+            if gateway:
+                gateway.stop()
             service.stop()
     if failed:
         print("keygate serve log:\n" + "".join(service.log), file=sys.stderr)
