@@ -51,6 +51,8 @@ const DISTINCT_KEYS: usize = 1000;
 /// The key table of `api_key_auth` and of the Lua filter.
 const TABLE_KEYS: usize = 10_000;
 const FETCHED_KEYS: usize = 100_000;
+/// The made-up keys the key-format case cycles through.
+const MADE_UP_KEYS: usize = 10_000;
 const EXPIRES_AT: &str = "2099-01-01T00:00:00Z";
 const PATH: &str = "/bench/data";
 
@@ -140,6 +142,10 @@ struct Case {
 impl Case {
     /// The keys the requests cycle through: up to [`DISTINCT_KEYS`], spread over the set.
     fn request_keys(&self) -> Vec<usize> {
+        if self.refused() {
+            // Made up, each different: none could be answered from a cache.
+            return (0..MADE_UP_KEYS).collect();
+        }
         request_keys(self.keys.unwrap_or(1))
     }
 
