@@ -104,7 +104,8 @@ clean:
 bench: tools wasm native release-tools
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
-	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) \
+	  target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.

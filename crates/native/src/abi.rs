@@ -246,6 +246,15 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    if cfg!(panic = "abort") {
+        // `cargo build --release` (the workspace's release profile aborts on panic, for
+        // keygate.wasm): a panic here would end Envoy instead of one request.
+        log(
+            LogLevel::Warn,
+            "keygate: this module was built with panic=abort; build it with `make native` \
+             (cargo build --profile native) so that a panic fails one request, not Envoy",
+        );
+    }
     ABI_VERSION.as_ptr().cast()
 }
 
