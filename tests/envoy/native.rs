@@ -250,3 +250,32 @@ fn native_example_config_validates_and_the_abi_matches() {
         "{log}"
     );
 }
+
+/// The module counts each request's outcome as the wasm build does, under Envoy's
+/// dynamic-module stats namespace.
+#[test]
+fn native_counts_outcomes() {
+    let (_upstream, envoy) = gateway(Build::Native, &config());
+    assert_eq!(
+        envoy
+            .send(&Request::get("/data/query").bearer(BROWSE))
+            .status,
+        200
+    );
+    assert_eq!(
+        envoy
+            .send(&Request::get("/data/query").bearer(BROWSE))
+            .status,
+        200
+    );
+    assert_eq!(envoy.send(&Request::get("/data/query")).status, 401);
+    assert_eq!(envoy.send(&Request::get("/healthz")).status, 200);
+    // The wasm build's names, under `dynamicmodulescustom.` where wasm's are under
+    // `wasmcustom.`.
+    let stats = envoy.stats("keygate");
+    let stat = |name: &str| stats.get(&format!("dynamicmodulescustom.keygate.{name}"));
+    assert_eq!(stat("allowed"), Some(&2), "{stats:?}");
+    assert_eq!(stat("denied.missing"), Some(&1), "{stats:?}");
+    assert_eq!(stat("public"), Some(&1), "{stats:?}");
+    assert_eq!(stat("denied.unavailable"), Some(&0), "{stats:?}");
+}

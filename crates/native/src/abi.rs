@@ -6,8 +6,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::filter::{self, Host};
-use keygate_core::config::Config;
+use crate::filter::{self, Filter, Host};
 use keygate_core::response::LocalResponse;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,11 +15,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Envoy 1.40's abi.h). Envoy compares it with its own at load and logs the outcome.
 const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
-// Envoy's workers run requests of one filter config at once: the config they share is
+// Envoy's workers run requests of one filter config at once: the filter they share is
 // only read, and must be shareable.
 const _: () = {
     const fn shared<T: Send + Sync>() {}
-    shared::<Config>();
+    shared::<Filter>();
 };
 
 /// `envoy_dynamic_module_type_envoy_buffer` and `..._module_buffer`: a pointer and a length.
@@ -98,7 +97,24 @@ extern "C" {
         body: Buffer,
         details: Buffer,
     );
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
 
 /// Writes `message` to Envoy's log (the `dynamic_modules` logger).
 pub fn log(level: LogLevel, message: &str) {
@@ -154,6 +170,20 @@ impl Host for Request {
 
     fn remove_trailer(&mut self, name: &str) -> bool {
         self.set_value(REQUEST_TRAILER, name, Buffer::NULL)
+    }
+
+    fn count(&mut self, id: usize) {
+        // SAFETY: `self.envoy` is the filter of the running hook, `id` a counter its config
+        // defined; no labels are passed.
+        let _ = unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.envoy,
+                id,
+                std::ptr::null(),
+                0,
+                1,
+            )
+        };
     }
 
     fn respond(&mut self, answer: &LocalResponse) {
@@ -262,7 +292,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// invalid or asks for what this build cannot do yet.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     name: Buffer,
     config: Buffer,
 ) -> *const c_void {
@@ -273,7 +303,23 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             bytes(config.ptr, config.length),
         )
     };
-    match catch_unwind(|| filter::new_config(name, json)) {
+    let define = |counter: &str| {
+        let mut id = 0usize;
+        // SAFETY: `filter_config_envoy_ptr` is the config being made (counters may be defined
+        // only now, before this hook returns); the name is valid for the call and `id` is
+        // written once.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                filter_config_envoy_ptr,
+                Buffer::of(counter.as_bytes()),
+                std::ptr::null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    };
+    match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, define))) {
         Ok(Some(config)) => Box::into_raw(Box::new(config)).cast_const().cast(),
         Ok(None) => std::ptr::null(),
         Err(_) => {
@@ -291,7 +337,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     if !config.is_null() {
         // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys
         // it once, after its last filter.
-        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Config>()) });
+        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) });
     }
 }
 
@@ -312,9 +358,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: *const c_
 /// # Safety
 /// `filter` is null or a pointer `config_new` returned whose config is not yet destroyed
 /// (Envoy destroys a config after its filters).
-unsafe fn config_of<'a>(filter: *const c_void) -> Option<&'a Config> {
-    // SAFETY: by this function's contract; `Config` is only read, from any worker.
-    unsafe { filter.cast::<Config>().as_ref() }
+unsafe fn config_of<'a>(filter: *const c_void) -> Option<&'a Filter> {
+    // SAFETY: by this function's contract; a `Filter` is only read, from any worker.
+    unsafe { filter.cast::<Filter>().as_ref() }
 }
 
 #[no_mangle]

@@ -6,6 +6,7 @@ use crate::abi::{log, LogLevel};
 use keygate_core::config::{Config, KeySource, DEFAULT_REALM};
 use keygate_core::decision::{decide, redacted_target, Denial, HeaderEditor, Verdict, UNAVAILABLE};
 use keygate_core::response::{self, LocalResponse};
+use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
 use std::time::SystemTime;
 
@@ -22,10 +23,32 @@ pub trait Host {
     fn remove_trailer(&mut self, name: &str) -> bool;
     /// Sends the local answer; the request goes no further.
     fn respond(&mut self, answer: &LocalResponse);
+    /// Adds one to the counter Envoy defined as `id` for this filter config.
+    fn count(&mut self, id: usize);
 }
 
-/// Parses the filter's configuration, once per filter config. `None` (logged) refuses it.
-pub fn new_config(name: &[u8], json: &[u8]) -> Option<Config> {
+/// One filter config: the parsed configuration and the ids of its counters in Envoy (the
+/// wasm build's `keygate.*` outcome counters; `None` where Envoy would not define one).
+pub struct Filter {
+    pub config: Config,
+    outcomes: [Option<usize>; Outcome::ALL.len()],
+}
+
+impl Filter {
+    fn count(&self, host: &mut impl Host, outcome: Outcome) {
+        if let Some(id) = self.outcomes[outcome.index()] {
+            host.count(id);
+        }
+    }
+}
+
+/// Parses the filter's configuration, once per filter config, and defines its counters
+/// with `define` (a counter's name to its id). `None` (logged) refuses it.
+pub fn new_config(
+    name: &[u8],
+    json: &[u8],
+    mut define: impl FnMut(&str) -> Option<usize>,
+) -> Option<Filter> {
     let name = String::from_utf8_lossy(name);
     let config = match Config::parse(json) {
         Ok(config) => config,
@@ -79,18 +102,20 @@ pub fn new_config(name: &[u8], json: &[u8]) -> Option<Config> {
             ),
         );
     }
-    Some(config)
+    let outcomes = Outcome::ALL.map(|outcome| define(outcome.metric_name()));
+    Some(Filter { config, outcomes })
 }
 
 /// Decides a request from its headers and carries the verdict out: header edits (true:
 /// the request goes on) or a local answer (false).
-pub fn request_headers(config: &Config, host: &mut impl Host) -> bool {
+pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
+    let config = &filter.config;
     let (verdict, redacted) = {
         let headers = match host.headers() {
             Ok(headers) => headers,
             Err(why) => {
                 let verdict = Verdict::Deny(Denial::BadRequest(why));
-                return carry_out(config, host, verdict, None);
+                return carry_out(filter, host, verdict, None);
             }
         };
         let verdict = decide(config, &headers, request_time);
@@ -100,7 +125,7 @@ pub fn request_headers(config: &Config, host: &mut impl Host) -> bool {
         };
         (verdict, redacted)
     };
-    carry_out(config, host, verdict, redacted.as_deref())
+    carry_out(filter, host, verdict, redacted.as_deref())
 }
 
 /// The instant a key's `expires_at` is checked against (read only for a key with one).
@@ -111,11 +136,13 @@ fn request_time() -> Timestamp {
 /// The wasm shell's `carry_out`: the allowed request's edits, or the denial's answer (with
 /// a query-parameter key taken out of `:path`, for Envoy's access log).
 fn carry_out(
-    config: &Config,
+    filter: &Filter,
     host: &mut impl Host,
     verdict: Verdict<'_>,
     redacted_path: Option<&[u8]>,
 ) -> bool {
+    let config = &filter.config;
+    let outcome = verdict.outcome();
     match verdict {
         Verdict::Allow(allowed) => {
             let mut editor = Editor {
@@ -128,12 +155,15 @@ fn carry_out(
                     LogLevel::Warn,
                     "keygate: Envoy refused a header edit; the request is refused",
                 );
+                filter.count(host, UNAVAILABLE.outcome());
                 host.respond(&response::render_for(config, &UNAVAILABLE));
                 return false;
             }
+            filter.count(host, outcome);
             true
         }
         Verdict::Deny(denial) => {
+            filter.count(host, outcome);
             if let Some(path) = redacted_path {
                 // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
                 let _ = host.set(":path", path);
@@ -145,9 +175,12 @@ fn carry_out(
 }
 
 /// Answers 503: the request cannot be decided safely (no config, or handling it failed).
-pub fn unavailable(config: Option<&Config>, host: &mut impl Host) {
-    let answer = match config {
-        Some(config) => response::render_for(config, &UNAVAILABLE),
+pub fn unavailable(filter: Option<&Filter>, host: &mut impl Host) {
+    let answer = match filter {
+        Some(filter) => {
+            filter.count(host, UNAVAILABLE.outcome());
+            response::render_for(&filter.config, &UNAVAILABLE)
+        }
         None => response::render(DEFAULT_REALM, &[], &UNAVAILABLE),
     };
     host.respond(&answer);
@@ -155,7 +188,8 @@ pub fn unavailable(config: Option<&Config>, host: &mut impl Host) {
 
 /// Removes the request trailers that must not reach the upstream (README "What the
 /// upstream sees"); false when one could not be read or removed.
-pub fn strip_trailers(config: &Config, host: &mut impl Host) -> bool {
+pub fn strip_trailers(filter: &Filter, host: &mut impl Host) -> bool {
+    let config = &filter.config;
     let Some(names) = host.trailer_names() else {
         return false;
     };
