@@ -459,7 +459,7 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// The listener's counters (`http.bench.*`) and keygate's.
 fn counters(envoy: &Envoy) -> BTreeMap<String, u64> {
-    envoy.stats("^(http\\.bench\\.downstream_rq_|wasmcustom\\.keygate\\.)")
+    envoy.stats("^(http\\.bench\\.downstream_rq_|(wasm|dynamicmodules)custom\\.keygate\\.)")
 }
 
 fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
@@ -562,7 +562,10 @@ fn check_all_authorized(
     }
     let refused: u64 = after
         .keys()
-        .filter(|name| name.starts_with("wasmcustom.keygate.denied."))
+        .filter(|name| {
+            name.starts_with("wasmcustom.keygate.denied.")
+                || name.starts_with("dynamicmodulescustom.keygate.denied.")
+        })
         .map(|name| delta(name))
         .sum();
     assert_eq!(refused, 0, "keygate refused {refused} requests");
@@ -576,12 +579,18 @@ fn check_all_authorized(
         requests.abs_diff(ok) <= slack,
         "{ok} of {requests} requests were 200:\n{wrk}"
     );
-    if counts_allowed && after.contains_key("wasmcustom.keygate.allowed") {
-        let allowed = delta("wasmcustom.keygate.allowed");
-        assert!(
-            requests.abs_diff(allowed) <= slack,
-            "keygate allowed {allowed} of {requests}"
-        );
+    // The wasm filter's counter, or the native module's.
+    for allowed in [
+        "wasmcustom.keygate.allowed",
+        "dynamicmodulescustom.keygate.allowed",
+    ] {
+        if counts_allowed && after.contains_key(allowed) {
+            let allowed = delta(allowed);
+            assert!(
+                requests.abs_diff(allowed) <= slack,
+                "keygate allowed {allowed} of {requests}"
+            );
+        }
     }
     assert!(
         !wrk.contains("Non-2xx"),
