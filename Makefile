@@ -11,10 +11,15 @@ export KEYGATE_ENVOY := $(CURDIR)/$(ENVOY)
 KEYGATE_DEBUG_BIN := $(CURDIR)/target/debug/keygate
 KEYGATE_RELEASE_BIN := $(CURDIR)/target/release/keygate
 export KEYGATE_WASM := $(CURDIR)/$(WASM)
+# The native module (crates/native, an Envoy dynamic module) `make test` builds (debug: a few
+# seconds beside the tests) and the tests load; `make native` builds it optimized.
+NATIVE_DEV := target/debug/libkeygate_native.so
+NATIVE := target/native/libkeygate_native.so
+export KEYGATE_NATIVE := $(CURDIR)/$(NATIVE_DEV)
 # The tests and tools find the `keygate` binary here (crates/testkit/src/artifacts.rs).
 export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
-.PHONY: run test tools toolchain envoy wasm cli install lint validate clean bench bench-memory bench-keyservice bench-revocation soak
+.PHONY: run test tools toolchain envoy wasm native native-dev cli install lint validate clean bench bench-memory bench-keyservice bench-revocation soak
 
 run: tools wasm
 	cargo run --quiet -p keygate-tools --bin demo
@@ -28,7 +33,7 @@ upstream:
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
 # `make run`'s demo checked end to end.
-test: tools lint wasm cli validate validate-deploy check-oci check-monitoring check-readme console-test
+test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
 	cargo test --all-targets
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
@@ -50,6 +55,16 @@ wasm:
 	cargo build --release -p keygate-filter --target wasm32-wasip1
 	@ls -l $(WASM) | awk '{print "keygate.wasm: " $$5 " bytes"}'
 
+# keygate as an Envoy dynamic module (README "Native build (Envoy dynamic module)"):
+# target/native/libkeygate_native.so, optimized, its panics unwinding (the `native` profile).
+# Envoy loads it from ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/native.
+native:
+	cargo build --profile native -p keygate-native
+	@ls -l $(NATIVE) | awk '{print "libkeygate_native.so: " $$5 " bytes"}'
+
+native-dev:
+	cargo build --quiet -p keygate-native
+
 # The release `keygate` and tools the benchmarks and the soak run (KEYGATE_RELEASE_BIN).
 .PHONY: release-tools
 release-tools:
@@ -68,12 +83,14 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p keygate-filter --target wasm32-wasip1 -- -D warnings
 
-# Every standalone Envoy config under envoy/ must load, filter included.
-validate: tools wasm
+# Every standalone Envoy config under envoy/ must load, filter included (the native
+# module's from the debug build).
+validate: tools wasm native-dev
 	@for f in envoy/*.yaml; do \
 	  grep -q '^static_resources:' $$f || continue; \
 	  echo "envoy --mode validate $$f"; \
-	  $(ENVOY) --mode validate -c $$f --log-level error || exit 1; \
+	  ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(dir $(NATIVE_DEV)) \
+	    $(ENVOY) --mode validate -c $$f --log-level error || exit 1; \
 	done
 
 clean:
@@ -84,10 +101,11 @@ clean:
 # (benches/empty-filter), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
 # wrk on CPU 0. Prints the table recorded in BENCHMARKS.md and draws benches/cost-vs-keys.svg.
 # About 10 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').
-bench: tools wasm release-tools
+bench: tools wasm native release-tools
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
-	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) \
+	  target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
 # workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.

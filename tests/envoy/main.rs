@@ -15,6 +15,7 @@ mod key_set;
 mod key_set_watch;
 mod lookup;
 mod lookup_watch;
+mod native;
 mod operations;
 mod reload;
 mod requests;

@@ -1,5 +1,6 @@
-//! What the tests run: Envoy, the filter and the `keygate` binary. `make test` builds them
-//! and says where (`KEYGATE_ENVOY`, `KEYGATE_WASM`, `KEYGATE_BIN`); a plain `cargo test`
+//! What the tests run: Envoy, the filter (wasm, and the native module) and the `keygate`
+//! binary. `make test` builds them and says where (`KEYGATE_ENVOY`, `KEYGATE_WASM`,
+//! `KEYGATE_NATIVE`, `KEYGATE_BIN`); a plain `cargo test`
 //! builds the filter and the binary here, once per test binary, into `target/testkit`
 //! (a target dir of its own: the one `cargo test` holds is locked while tests run).
 
@@ -50,6 +51,25 @@ pub fn wasm_module() -> PathBuf {
             )
         })
     }))
+}
+
+/// The native filter, `libkeygate_native.so` (an Envoy dynamic module): `$KEYGATE_NATIVE`,
+/// else built now (debug: unwinding panics, and quick to build beside the tests).
+pub fn native_module() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    found(BUILT.get_or_init(|| {
+        given("KEYGATE_NATIVE")
+            .unwrap_or_else(|| build(&["-p", "keygate-native"], "debug/libkeygate_native.so"))
+    }))
+}
+
+/// The folder Envoy searches for `lib<name>.so` (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+pub fn native_module_dir() -> PathBuf {
+    let module = native_module();
+    module
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The `keygate` binary: `$KEYGATE_BIN`, else built now (debug).

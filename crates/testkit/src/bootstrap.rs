@@ -30,6 +30,43 @@ pub fn wasm_filter(plugin_config: &Value) -> Value {
     })
 }
 
+/// The `envoy.filters.http.dynamic_modules` entry that loads keygate's native build
+/// (`libkeygate_native.so`, found through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, which
+/// [`crate::Envoy`] sets when a bootstrap names the module) with `plugin_config`.
+pub fn native_filter(plugin_config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": NATIVE_MODULE},
+            "filter_name": "keygate",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": plugin_config.to_string()
+            }
+        }
+    })
+}
+
+/// The name the native module is loaded by (`lib` + name + `.so`).
+pub const NATIVE_MODULE: &str = "keygate_native";
+
+/// [`bootstrap`] with the native module in place of the wasm filter.
+pub fn bootstrap_native(plugin_config: &Value, upstream: SocketAddr, port: u16) -> Value {
+    json!({
+        "admin": admin(),
+        "static_resources": {
+            "listeners": [http_listener(
+                "ingress",
+                port,
+                vec![native_filter(plugin_config)],
+                json!([{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]),
+            )],
+            "clusters": [upstream_cluster(upstream)]
+        }
+    })
+}
+
 /// The listener on 127.0.0.1:`port`: keygate then the router, every route to `upstream`.
 pub fn listener(plugin_config: &Value, port: u16) -> Value {
     http_listener(

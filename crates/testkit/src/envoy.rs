@@ -1,9 +1,9 @@
 //! A real Envoy from `.venv` (or `KEYGATE_ENVOY`), started from a generated bootstrap on
 //! free ports, with its admin endpoint, stats and listener at hand. Killed when dropped.
 
-use crate::bootstrap::bootstrap;
+use crate::bootstrap::{bootstrap, NATIVE_MODULE};
 use crate::http1::{request, try_request, Request, Response};
-use crate::{envoy_binary, TempDir, Upstream};
+use crate::{envoy_binary, native_module_dir, TempDir, Upstream};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,21 +60,27 @@ fn spawn(
     options: &EnvoyOptions,
     dir: &TempDir,
 ) -> (Child, PathBuf, PathBuf) {
-    let config = match bootstrap {
+    let (config, text) = match bootstrap {
         Bootstrap::Json(value) => {
             let config = dir.path().join("envoy.json");
-            std::fs::write(&config, serde_json::to_vec_pretty(value).unwrap()).unwrap();
-            config
+            let text = serde_json::to_vec_pretty(value).unwrap();
+            std::fs::write(&config, &text).unwrap();
+            (config, text)
         }
         Bootstrap::Yaml(text) => {
             let config = dir.path().join("envoy.yaml");
             std::fs::write(&config, text).unwrap();
-            config
+            (config, text.as_bytes().to_vec())
         }
     };
+    // A bootstrap that loads keygate's native module: Envoy finds it in this folder.
+    let mut command = Command::new(envoy_binary());
+    if String::from_utf8_lossy(&text).contains(NATIVE_MODULE) {
+        command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
+    }
     let admin_file = dir.path().join("admin-address");
     let log = dir.path().join("envoy.log");
-    let child = Command::new(envoy_binary())
+    let child = command
         .arg("-c")
         .arg(&config)
         .arg("--disable-hot-restart")

@@ -26,10 +26,13 @@ pub mod temp;
 pub mod upstream;
 pub mod usage_sink;
 
-pub use artifacts::{envoy_binary, keygate_binary, repo_root, wasm_module};
+pub use artifacts::{
+    envoy_binary, keygate_binary, native_module, native_module_dir, repo_root, wasm_module,
+};
 pub use bootstrap::{
-    admin, bootstrap, bootstrap_with_key_service, free_port, http_listener, key_service_cluster,
-    listener, upstream_cluster, wasm_filter, with_access_log,
+    admin, bootstrap, bootstrap_native, bootstrap_with_key_service, free_port, http_listener,
+    key_service_cluster, listener, native_filter, upstream_cluster, wasm_filter, with_access_log,
+    NATIVE_MODULE,
 };
 pub use envoy::{keygate_stat_in, Bootstrap, Envoy, EnvoyOptions, Refused};
 pub use fixtures::{

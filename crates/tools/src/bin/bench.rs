@@ -5,6 +5,7 @@
 //! `GET /bench/data` with a direct response, so that nothing but the filter differs:
 //! no filter, an empty proxy-wasm filter (`benches/empty-filter`), Envoy's native
 //! `api_key_auth`, a Lua filter with a key table, keygate with 10, 10 000 and 100 000
+//! inline keys, keygate's native build (an Envoy dynamic module, `make native`) with 10 000
 //! inline keys, keygate with 100 000 keys fetched from `keygate serve`, and keygate in
 //! lookup mode answering from its cache. The load generators run on CPU 0.
 //!
@@ -123,6 +124,10 @@ enum Filter {
         keys: usize,
         module: PathBuf,
     },
+    /// keygate's native build (crates/native, an Envoy dynamic module) with inline keys.
+    NativeInline {
+        keys: usize,
+    },
     KeySet,
     Lookup,
     /// Lookup mode with `key_format`, sent made-up keys of the format's prefix: each is
@@ -214,6 +219,12 @@ fn cases(options: &Options) -> Vec<Case> {
             },
         ));
     }
+    // The native build (libkeygate_native.so, `make native`), beside the wasm one.
+    all.push(case(
+        "keygate native inline 10000",
+        Some(10_000),
+        Filter::NativeInline { keys: 10_000 },
+    ));
     all.push(case("keygate key_set", Some(FETCHED_KEYS), Filter::KeySet));
     all.push(case("keygate lookup", Some(FETCHED_KEYS), Filter::Lookup));
     all.push(case(
@@ -403,6 +414,10 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
         Filter::Inline { keys, module } => {
             bootstrap(Some(wasm(module, &inline_config(*keys))), vec![])
         }
+        Filter::NativeInline { keys } => {
+            let config: Value = serde_json::from_str(&inline_config(*keys)).unwrap();
+            bootstrap(Some(support::native_filter(&config)), vec![])
+        }
         Filter::KeySet => remote("key_set", "/v1/keyset", json!({"refresh_seconds": 3600})),
         Filter::Lookup => remote(
             "lookup",
@@ -450,7 +465,7 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// The listener's counters (`http.bench.*`) and keygate's.
 fn counters(envoy: &Envoy) -> BTreeMap<String, u64> {
-    envoy.stats("^(http\\.bench\\.downstream_rq_|wasmcustom\\.keygate\\.)")
+    envoy.stats("^(http\\.bench\\.downstream_rq_|(wasm|dynamicmodules)custom\\.keygate\\.)")
 }
 
 fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
@@ -553,7 +568,10 @@ fn check_all_authorized(
     }
     let refused: u64 = after
         .keys()
-        .filter(|name| name.starts_with("wasmcustom.keygate.denied."))
+        .filter(|name| {
+            name.starts_with("wasmcustom.keygate.denied.")
+                || name.starts_with("dynamicmodulescustom.keygate.denied.")
+        })
         .map(|name| delta(name))
         .sum();
     assert_eq!(refused, 0, "keygate refused {refused} requests");
@@ -567,12 +585,18 @@ fn check_all_authorized(
         requests.abs_diff(ok) <= slack,
         "{ok} of {requests} requests were 200:\n{wrk}"
     );
-    if counts_allowed && after.contains_key("wasmcustom.keygate.allowed") {
-        let allowed = delta("wasmcustom.keygate.allowed");
-        assert!(
-            requests.abs_diff(allowed) <= slack,
-            "keygate allowed {allowed} of {requests}"
-        );
+    // The wasm filter's counter, or the native module's.
+    for allowed in [
+        "wasmcustom.keygate.allowed",
+        "dynamicmodulescustom.keygate.allowed",
+    ] {
+        if counts_allowed && after.contains_key(allowed) {
+            let allowed = delta(allowed);
+            assert!(
+                requests.abs_diff(allowed) <= slack,
+                "keygate allowed {allowed} of {requests}"
+            );
+        }
     }
     assert!(
         !wrk.contains("Non-2xx"),
@@ -1052,6 +1076,15 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     )];
     if running
         .iter()
+        .any(|r| matches!(r.case.filter, Filter::NativeInline { .. }))
+    {
+        modules.push(format!(
+            "libkeygate_native.so {} bytes",
+            module_size(&support::native_module())
+        ));
+    }
+    if running
+        .iter()
         .any(|r| matches!(r.case.filter, Filter::EmptyWasm))
     {
         modules.push(format!(
@@ -1081,6 +1114,7 @@ fn svg(rows: &[Row]) -> String {
                 "empty wasm filter" => "#555",
                 "lua" => "#c0392b",
                 "api_key_auth" => "#27ae60",
+                "keygate native inline 10000" => "#d68910",
                 _ => "#8e44ad",
             };
             (r.name.as_str(), added(r), color)

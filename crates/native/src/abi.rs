@@ -1,0 +1,482 @@
+//! Envoy's dynamic-module ABI (Envoy 1.40, ABI `v0.2.0`), written from the C header
+//! `source/extensions/dynamic_modules/abi/abi.h`: the event hooks keygate exports and the
+//! callbacks it calls. All of the crate's `unsafe` is here. Every hook runs its work under
+//! `catch_unwind`: no panic crosses into Envoy; a request whose handling panicked is
+//! answered 503, a configuration whose parsing panicked is refused.
+
+#![allow(unsafe_code)]
+
+use crate::filter::{self, Filter, Host};
+use keygate_core::response::LocalResponse;
+use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The ABI version this module is built against (`ENVOY_DYNAMIC_MODULES_ABI_VERSION` of
+/// Envoy 1.40's abi.h). Envoy compares it with its own at load and logs the outcome.
+const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+// Envoy's workers run requests of one filter config at once: the filter they share is
+// only read, and must be shareable.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Filter>();
+};
+
+/// `envoy_dynamic_module_type_envoy_buffer` and `..._module_buffer`: a pointer and a length.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Buffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl Buffer {
+    fn of(bytes: &[u8]) -> Buffer {
+        Buffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+
+    /// The null buffer: `set_header` with a null value removes the header.
+    const NULL: Buffer = Buffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+}
+
+/// `envoy_dynamic_module_type_envoy_http_header` and `..._module_http_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+const REQUEST_HEADER: u32 = 0;
+const REQUEST_TRAILER: u32 = 1;
+
+/// `envoy_dynamic_module_type_log_level`.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum LogLevel {
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+/// The `Continue` and `StopIteration` of every `..._status` enum of the HTTP hooks.
+const CONTINUE: u32 = 0;
+const STOP_ITERATION: u32 = 1;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        result_headers: *mut HttpHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers_vector: *const HttpHeader,
+        headers_vector_size: usize,
+        body: Buffer,
+        details: Buffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+/// Writes `message` to Envoy's log (the `dynamic_modules` logger).
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: Envoy's logging callback reads `message` (valid for the call) and keeps
+    // nothing; it may be called from any thread.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, Buffer::of(message.as_bytes())) }
+}
+
+/// One request's filter in Envoy, valid during the hook that handed it over.
+pub struct Request {
+    envoy: *mut c_void,
+}
+
+impl Host for Request {
+    fn headers(&self) -> Result<Vec<(&str, &[u8])>, &'static str> {
+        let raw = self.read(REQUEST_HEADER).ok_or("no request headers")?;
+        raw.iter()
+            .map(|h| {
+                // SAFETY: Envoy filled `h` with pointers into its header map, valid until
+                // this hook returns or a header is changed: the borrow of `self` (every
+                // edit takes `&mut self`) keeps both from happening while they are read.
+                let (name, value) = unsafe {
+                    (
+                        bytes(h.key_ptr, h.key_length),
+                        bytes(h.value_ptr, h.value_length),
+                    )
+                };
+                let name = std::str::from_utf8(name)
+                    .map_err(|_| "unreadable request headers (a name is not text)")?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
+    fn trailer_names(&self) -> Option<Vec<&str>> {
+        let raw = self.read(REQUEST_TRAILER)?;
+        raw.iter()
+            .map(|h| {
+                // SAFETY: as in `headers`.
+                let name = unsafe { bytes(h.key_ptr, h.key_length) };
+                std::str::from_utf8(name).ok()
+            })
+            .collect()
+    }
+
+    fn set(&mut self, name: &str, value: &[u8]) -> bool {
+        self.set_value(REQUEST_HEADER, name, Buffer::of(value))
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        self.set_value(REQUEST_HEADER, name, Buffer::NULL)
+    }
+
+    fn remove_trailer(&mut self, name: &str) -> bool {
+        self.set_value(REQUEST_TRAILER, name, Buffer::NULL)
+    }
+
+    fn count(&mut self, id: usize) {
+        // SAFETY: `self.envoy` is the filter of the running hook, `id` a counter its config
+        // defined; no labels are passed.
+        let _ = unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.envoy,
+                id,
+                std::ptr::null(),
+                0,
+                1,
+            )
+        };
+    }
+
+    fn respond(&mut self, answer: &LocalResponse) {
+        let headers: Vec<HttpHeader> = answer
+            .headers
+            .iter()
+            .map(|(name, value)| HttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        // SAFETY: `self.envoy` is the filter of the running hook; `headers`, the body and
+        // the details are valid for the call, and Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.envoy,
+                answer.status,
+                headers.as_ptr(),
+                headers.len(),
+                Buffer::of(answer.body.as_bytes()),
+                Buffer::of(b"keygate"),
+            )
+        }
+    }
+}
+
+impl Request {
+    /// The headers (or trailers) Envoy holds, as pointers into its map; `None` when it has
+    /// none to give.
+    fn read(&self, header_type: u32) -> Option<Vec<HttpHeader>> {
+        // SAFETY: `self.envoy` is the filter of the running hook.
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.envoy, header_type) };
+        let mut raw = vec![
+            HttpHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            };
+            count
+        ];
+        if count == 0 {
+            return Some(raw);
+        }
+        // SAFETY: `raw` has room for the `count` entries Envoy just reported, and nothing
+        // changes the map between the two calls (one hook, one thread).
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
+                self.envoy,
+                header_type,
+                raw.as_mut_ptr(),
+            )
+        };
+        ok.then_some(raw)
+    }
+
+    fn set_value(&mut self, header_type: u32, name: &str, value: Buffer) -> bool {
+        // SAFETY: `self.envoy` is the filter of the running hook; key and value are valid
+        // for the call and Envoy copies them (a null value removes the header).
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.envoy,
+                header_type,
+                Buffer::of(name.as_bytes()),
+                value,
+            )
+        }
+    }
+}
+
+/// # Safety
+/// `ptr` is null with `len` 0, or points to `len` readable bytes that outlive `'a`.
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: by this function's contract.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Event hooks. Envoy resolves every one of these names when it loads an HTTP filter
+// config; keygate acts on the program init, the config, the request headers and request
+// trailers. The others continue.
+// ---------------------------------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    if cfg!(panic = "abort") {
+        // `cargo build --release` (the workspace's release profile aborts on panic, for
+        // keygate.wasm): a panic here would end Envoy instead of one request.
+        log(
+            LogLevel::Warn,
+            "keygate: this module was built with panic=abort; build it with `make native` \
+             (cargo build --profile native) so that a panic fails one request, not Envoy",
+        );
+    }
+    ABI_VERSION.as_ptr().cast()
+}
+
+/// Parses the filter's JSON once; null (Envoy then refuses the configuration) when it is
+/// invalid or asks for what this build cannot do yet.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    filter_config_envoy_ptr: *mut c_void,
+    name: Buffer,
+    config: Buffer,
+) -> *const c_void {
+    // SAFETY: Envoy passes its filter name and configuration, valid during this call.
+    let (name, json) = unsafe {
+        (
+            bytes(name.ptr, name.length),
+            bytes(config.ptr, config.length),
+        )
+    };
+    let define = |counter: &str| {
+        let mut id = 0usize;
+        // SAFETY: `filter_config_envoy_ptr` is the config being made (counters may be defined
+        // only now, before this hook returns); the name is valid for the call and `id` is
+        // written once.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                filter_config_envoy_ptr,
+                Buffer::of(counter.as_bytes()),
+                std::ptr::null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    };
+    match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, define))) {
+        Ok(Some(config)) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        Ok(None) => std::ptr::null(),
+        Err(_) => {
+            log(
+                LogLevel::Error,
+                "keygate: configuration refused: reading it panicked",
+            );
+            std::ptr::null()
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+    if !config.is_null() {
+        // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys
+        // it once, after its last filter.
+        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) });
+    }
+}
+
+/// A request's filter: keygate keeps no state per request, so the filter is its config.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    config
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: *const c_void) {}
+
+/// The config of a filter pointer from `filter_new`.
+///
+/// # Safety
+/// `filter` is null or a pointer `config_new` returned whose config is not yet destroyed
+/// (Envoy destroys a config after its filters).
+unsafe fn config_of<'a>(filter: *const c_void) -> Option<&'a Filter> {
+    // SAFETY: by this function's contract; a `Filter` is only read, from any worker.
+    unsafe { filter.cast::<Filter>().as_ref() }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    let mut request = Request {
+        envoy: filter_envoy_ptr,
+    };
+    // SAFETY: `filter` is what `filter_new` returned for this request.
+    let config = unsafe { config_of(filter) };
+    let proceed = catch_unwind(AssertUnwindSafe(|| match config {
+        Some(config) => filter::request_headers(config, &mut request),
+        None => {
+            filter::unavailable(None, &mut request);
+            false
+        }
+    }));
+    match proceed {
+        Ok(true) => CONTINUE,
+        Ok(false) => STOP_ITERATION,
+        Err(_) => {
+            log(
+                LogLevel::Error,
+                "keygate: deciding a request panicked; it is refused (503)",
+            );
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                filter::unavailable(config, &mut request)
+            }));
+            STOP_ITERATION
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    filter_envoy_ptr: *mut c_void,
+    filter: *const c_void,
+) -> u32 {
+    let mut request = Request {
+        envoy: filter_envoy_ptr,
+    };
+    // SAFETY: `filter` is what `filter_new` returned for this request.
+    let config = unsafe { config_of(filter) };
+    let stripped = catch_unwind(AssertUnwindSafe(|| match config {
+        Some(config) => filter::strip_trailers(config, &mut request),
+        None => false,
+    }));
+    if matches!(stripped, Ok(true)) {
+        return CONTINUE;
+    }
+    log(
+        LogLevel::Warn,
+        "keygate: a request trailer could not be removed; the request is refused",
+    );
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        filter::unavailable(config, &mut request)
+    }));
+    STOP_ITERATION
+}
+
+// The hooks keygate does nothing in: each continues. Their further arguments (the ABI
+// passes them in registers) are not read.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body() -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers() -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body() -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers() -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark()
+{
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark()
+{
+}

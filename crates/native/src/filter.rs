@@ -1,0 +1,216 @@
+//! What the module does with a configuration and a request, host calls behind [`Host`]:
+//! the wasm shell's `on_configure` and `on_http_request_headers` for inline keys. No
+//! decision is made here.
+
+use crate::abi::{log, LogLevel};
+use keygate_core::config::{Config, KeySource, DEFAULT_REALM};
+use keygate_core::decision::{decide, redacted_target, Denial, HeaderEditor, Verdict, UNAVAILABLE};
+use keygate_core::response::{self, LocalResponse};
+use keygate_core::stats::Outcome;
+use keygate_core::timestamp::Timestamp;
+use std::time::SystemTime;
+
+/// The request as Envoy holds it during a hook.
+pub trait Host {
+    /// The request headers (pseudo-headers included), borrowed from Envoy.
+    fn headers(&self) -> Result<Vec<(&str, &[u8])>, &'static str>;
+    /// The request trailers' names; `None` when they cannot be read.
+    fn trailer_names(&self) -> Option<Vec<&str>>;
+    /// Replaces every value of request header `name`; false when Envoy refused.
+    fn set(&mut self, name: &str, value: &[u8]) -> bool;
+    /// Removes request header `name`; false when Envoy refused.
+    fn remove(&mut self, name: &str) -> bool;
+    fn remove_trailer(&mut self, name: &str) -> bool;
+    /// Sends the local answer; the request goes no further.
+    fn respond(&mut self, answer: &LocalResponse);
+    /// Adds one to the counter Envoy defined as `id` for this filter config.
+    fn count(&mut self, id: usize);
+}
+
+/// One filter config: the parsed configuration and the ids of its counters in Envoy (the
+/// wasm build's `keygate.*` outcome counters; `None` where Envoy would not define one).
+pub struct Filter {
+    pub config: Config,
+    outcomes: [Option<usize>; Outcome::ALL.len()],
+}
+
+impl Filter {
+    fn count(&self, host: &mut impl Host, outcome: Outcome) {
+        if let Some(id) = self.outcomes[outcome.index()] {
+            host.count(id);
+        }
+    }
+}
+
+/// Parses the filter's configuration, once per filter config, and defines its counters
+/// with `define` (a counter's name to its id). `None` (logged) refuses it.
+pub fn new_config(
+    name: &[u8],
+    json: &[u8],
+    mut define: impl FnMut(&str) -> Option<usize>,
+) -> Option<Filter> {
+    let name = String::from_utf8_lossy(name);
+    let config = match Config::parse(json) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in &problems {
+                log(
+                    LogLevel::Error,
+                    &format!("keygate: invalid configuration: {problem}"),
+                );
+            }
+            log(
+                LogLevel::Error,
+                &format!(
+                    "keygate: configuration refused ({} problem(s)); the filter will not run",
+                    problems.len()
+                ),
+            );
+            return None;
+        }
+    };
+    let unsupported = match (&config.keys, &config.usage, &config.jwt) {
+        (KeySource::KeySet(_), _, _) => Some("key_set"),
+        (KeySource::Lookup(_), _, _) => Some("lookup"),
+        (_, Some(_), _) => Some("usage"),
+        (_, _, Some(_)) => Some("jwt"),
+        (KeySource::Inline(_), None, None) => None,
+    };
+    if let Some(what) = unsupported {
+        log(
+            LogLevel::Error,
+            &format!(
+                "keygate: configuration refused: {what} is not supported by the native build \
+                 yet (inline keys only); use the wasm filter (keygate.wasm)"
+            ),
+        );
+        return None;
+    }
+    for warning in config.rules.warnings() {
+        log(
+            LogLevel::Warn,
+            &format!("keygate: configuration warning: {warning}"),
+        );
+    }
+    if let KeySource::Inline(set) = &config.keys {
+        log(
+            LogLevel::Info,
+            &format!(
+                "keygate: configuration accepted (native, filter {name}): {} keys, {} rules",
+                set.len(),
+                config.rules.rules.len()
+            ),
+        );
+    }
+    let outcomes = Outcome::ALL.map(|outcome| define(outcome.metric_name()));
+    Some(Filter { config, outcomes })
+}
+
+/// Decides a request from its headers and carries the verdict out: header edits (true:
+/// the request goes on) or a local answer (false).
+pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
+    let config = &filter.config;
+    let (verdict, redacted) = {
+        let headers = match host.headers() {
+            Ok(headers) => headers,
+            Err(why) => {
+                let verdict = Verdict::Deny(Denial::BadRequest(why));
+                return carry_out(filter, host, verdict, None);
+            }
+        };
+        let verdict = decide(config, &headers, request_time);
+        let redacted = match &verdict {
+            Verdict::Deny(_) => redacted_target(config, &headers),
+            Verdict::Allow(_) => None,
+        };
+        (verdict, redacted)
+    };
+    carry_out(filter, host, verdict, redacted.as_deref())
+}
+
+/// The instant a key's `expires_at` is checked against (read only for a key with one).
+fn request_time() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// The wasm shell's `carry_out`: the allowed request's edits, or the denial's answer (with
+/// a query-parameter key taken out of `:path`, for Envoy's access log).
+fn carry_out(
+    filter: &Filter,
+    host: &mut impl Host,
+    verdict: Verdict<'_>,
+    redacted_path: Option<&[u8]>,
+) -> bool {
+    let config = &filter.config;
+    let outcome = verdict.outcome();
+    match verdict {
+        Verdict::Allow(allowed) => {
+            let mut editor = Editor {
+                host,
+                failed: false,
+            };
+            allowed.apply(config, &mut editor);
+            if editor.failed {
+                log(
+                    LogLevel::Warn,
+                    "keygate: Envoy refused a header edit; the request is refused",
+                );
+                filter.count(host, UNAVAILABLE.outcome());
+                host.respond(&response::render_for(config, &UNAVAILABLE));
+                return false;
+            }
+            filter.count(host, outcome);
+            true
+        }
+        Verdict::Deny(denial) => {
+            filter.count(host, outcome);
+            if let Some(path) = redacted_path {
+                // Refused anyway: should Envoy refuse this edit too, the answer still goes out.
+                let _ = host.set(":path", path);
+            }
+            host.respond(&response::render_for(config, &denial));
+            false
+        }
+    }
+}
+
+/// Answers 503: the request cannot be decided safely (no config, or handling it failed).
+pub fn unavailable(filter: Option<&Filter>, host: &mut impl Host) {
+    let answer = match filter {
+        Some(filter) => {
+            filter.count(host, UNAVAILABLE.outcome());
+            response::render_for(&filter.config, &UNAVAILABLE)
+        }
+        None => response::render(DEFAULT_REALM, &[], &UNAVAILABLE),
+    };
+    host.respond(&answer);
+}
+
+/// Removes the request trailers that must not reach the upstream (README "What the
+/// upstream sees"); false when one could not be read or removed.
+pub fn strip_trailers(filter: &Filter, host: &mut impl Host) -> bool {
+    let config = &filter.config;
+    let Some(names) = host.trailer_names() else {
+        return false;
+    };
+    let remove: Vec<String> = keygate_core::trailers::to_remove(config, names)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    remove.iter().all(|name| host.remove_trailer(name))
+}
+
+struct Editor<'h, H: Host> {
+    host: &'h mut H,
+    failed: bool,
+}
+
+impl<H: Host> HeaderEditor for Editor<'_, H> {
+    fn set(&mut self, name: &str, value: &str) {
+        self.failed |= !self.host.set(name, value.as_bytes());
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.failed |= !self.host.remove(name);
+    }
+}

@@ -1,0 +1,13 @@
+//! keygate as an Envoy dynamic module: the same core as the proxy-wasm filter
+//! (`crates/filter`), loaded by Envoy 1.40's `envoy.filters.http.dynamic_modules` as
+//! `libkeygate_native.so`. This slice handles inline keys; a configuration with `key_set`,
+//! `lookup`, `usage` or `jwt` is refused at load (README "Native build (Envoy dynamic
+//! module)").
+//!
+//! `abi` holds every `unsafe` line (the ABI's hooks and callbacks); `filter` decides and
+//! carries out, through the [`filter::Host`] trait, as the wasm shell does.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod abi;
+mod filter;
