@@ -168,13 +168,7 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn index(names: &[&str]) -> ScopeIndex {
-        let mut index = ScopeIndex::default();
-        for n in names {
-            index.add(&Scope::parse(n).unwrap()).unwrap();
-        }
-        index
-    }
+    use crate::scope::test_index as index;
 
     /// A list as Envoy serializes it: a pairs map of the items with empty values.
     fn pairs(items: &[&str]) -> Vec<u8> {

@@ -115,13 +115,7 @@ mod tests {
     use crate::record::KeyHash;
     use serde_json::json;
 
-    fn index(names: &[&str]) -> ScopeIndex {
-        let mut index = ScopeIndex::default();
-        for n in names {
-            index.add(&Scope::parse(n).unwrap()).unwrap();
-        }
-        index
-    }
+    use crate::scope::test_index as index;
 
     fn doc(value: serde_json::Value) -> KeyRecordDoc {
         serde_json::from_value(value).unwrap()

@@ -86,6 +86,18 @@ impl ScopeIndex {
     }
 }
 
+/// The index of `names`, for tests.
+#[cfg(test)]
+pub fn test_index(names: &[&str]) -> ScopeIndex {
+    let mut index = ScopeIndex::default();
+    for n in names {
+        if let Ok(scope) = Scope::parse(n) {
+            let _ = index.add(&scope);
+        }
+    }
+    index
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,31 +6,9 @@
 use keygate_testkit as support;
 
 use serde_json::{json, Value};
-use support::{bootstrap, bootstrap_native, hash_of, Envoy, EnvoyOptions, Request, Upstream};
+use support::{bootstrap, bootstrap_native, Envoy, EnvoyOptions, Request, Upstream};
 
-const BROWSE: &str = "kg_browse_3d1f0c9a8b7e6d5c4b3a29180f";
-const UPLOAD: &str = "kg_upload_0b1c2d3e4f5a6b7c8d9e";
-const EXPIRED: &str = "kg_expired_a1b2c3d4e5f6a7b8c9d0";
-
-fn config() -> Value {
-    json!({
-        "realm": "immport",
-        "sources": [
-            {"authorization": {"schemes": ["Bearer", "ApiKey", "Basic"]}},
-            {"header": "x-api-key"},
-            {"query": "api_key"}
-        ],
-        "keys": [
-            {"id": "k-browse", "hash": hash_of(BROWSE), "owner": "alice", "scopes": ["browse"]},
-            {"id": "k-upload", "hash": hash_of(UPLOAD), "owner": "carol",
-             "scopes": ["browse", "upload"]},
-            {"id": "k-expired", "hash": hash_of(EXPIRED), "owner": "dave",
-             "scopes": ["browse"], "expires_at": "2021-05-21T20:55:24.123456789Z"}
-        ],
-        "rules": support::immport_rules(),
-        "unmatched": "deny"
-    })
-}
+use crate::requests::{immport_config as config, BROWSE, EXPIRED, UPLOAD};
 
 #[derive(Clone, Copy, Debug)]
 enum Build {

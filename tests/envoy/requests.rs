@@ -7,17 +7,17 @@ use keygate_testkit as support;
 use serde_json::{json, Value};
 use support::{hash_of, Envoy, Request, Response, Seen, Upstream};
 
-const BROWSE: &str = "kg_browse_3d1f0c9a8b7e6d5c4b3a29180f";
+pub(crate) const BROWSE: &str = "kg_browse_3d1f0c9a8b7e6d5c4b3a29180f";
 const DOWNLOAD: &str = "kg_download_77aa55cc33ee11dd99bb";
-const UPLOAD: &str = "kg_upload_0b1c2d3e4f5a6b7c8d9e";
+pub(crate) const UPLOAD: &str = "kg_upload_0b1c2d3e4f5a6b7c8d9e";
 const READ_ONLY: &str = "kg_readonly_5e6f7a8b9c0d1e2f3a4b";
-const EXPIRED: &str = "kg_expired_a1b2c3d4e5f6a7b8c9d0";
+pub(crate) const EXPIRED: &str = "kg_expired_a1b2c3d4e5f6a7b8c9d0";
 const DISABLED: &str = "kg_disabled_f0e1d2c3b4a59687";
 const FUTURE: &str = "kg_future_1029384756abcdef";
 const EXPIRED_SOON: &str = "kg_soon_6b5a4c3d2e1f0a9b8c7d";
 
 /// ImmPort-like keys and rules (seeds: browse / download / upload scopes, VSPC read-only).
-fn immport_config() -> Value {
+pub(crate) fn immport_config() -> Value {
     json!({
         "realm": "immport",
         "sources": [

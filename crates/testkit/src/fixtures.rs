@@ -25,11 +25,20 @@ pub fn bench_records_json_with(
     expires_at: Option<&str>,
     id: impl Fn(usize) -> String,
 ) -> String {
+    bench_records_json_range(0..n, expires_at, id)
+}
+
+/// The records `range` of the bench set (record `i` is `bench_key(i)`'s), ids made by `id`.
+pub fn bench_records_json_range(
+    range: std::ops::Range<usize>,
+    expires_at: Option<&str>,
+    id: impl Fn(usize) -> String,
+) -> String {
     let expiry = expires_at.map_or(String::new(), |at| format!(",\"expires_at\":\"{at}\""));
-    let mut out = String::with_capacity(n * (130 + expiry.len()) + 2);
+    let mut out = String::with_capacity(range.len() * (130 + expiry.len()) + 2);
     out.push('[');
-    for i in 0..n {
-        if i > 0 {
+    for i in range.clone() {
+        if i > range.start {
             out.push(',');
         }
         out.push_str(&format!(

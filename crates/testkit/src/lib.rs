@@ -36,8 +36,8 @@ pub use bootstrap::{
 };
 pub use envoy::{keygate_stat_in, Bootstrap, Envoy, EnvoyOptions, Refused};
 pub use fixtures::{
-    bench_key, bench_records_json, bench_records_json_with, hash_of, immport_every_source,
-    immport_rules,
+    bench_key, bench_records_json, bench_records_json_range, bench_records_json_with, hash_of,
+    immport_every_source, immport_rules,
 };
 pub use http1::{request, try_request, Request, Response};
 pub use keygate_core::record::KeyHash;

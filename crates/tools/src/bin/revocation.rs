@@ -69,7 +69,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, status_kib, ticks_per_second};
 use support::{
-    bench_key, bootstrap_with_key_service, hash_of, keygate_binary, try_request, Background, Envoy,
+    bench_key, bootstrap_with_key_service, keygate_binary, try_request, Background, Envoy,
     EnvoyOptions, Request, Serve, Served, TempDir, Upstream,
 };
 
@@ -175,21 +175,10 @@ fn record_id(i: usize) -> String {
 
 /// A key file of the records `range` (record `i` is `bench_key(i)`'s, scope `browse`).
 fn key_file(version: &str, range: std::ops::Range<usize>) -> String {
-    let mut out = String::with_capacity(range.len() * 170 + 64);
-    out.push_str(&format!("{{\"version\":\"{version}\",\"keys\":["));
-    for i in range.clone() {
-        if i > range.start {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            "{{\"id\":\"{}\",\"hash\":\"{}\",\"owner\":\"owner-{}\",\"scopes\":[\"browse\"]}}",
-            record_id(i),
-            hash_of(&bench_key(i)),
-            i % 1000
-        ));
-    }
-    out.push_str("]}");
-    out
+    format!(
+        "{{\"version\":\"{version}\",\"keys\":{}}}",
+        support::bench_records_json_range(range, None, record_id)
+    )
 }
 
 /// Writes `text` to `path` at once (a rename), as a key service's file should change.
