@@ -20,7 +20,7 @@ def headings(text):
     """(level, title, anchor) of each heading outside code blocks."""
     out, seen, fence = [], {}, False
     for line in text.splitlines():
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):
             fence = not fence
             continue
         m = None if fence else re.match(r"^(#{1,6}) (.+)$", line)
