@@ -27,13 +27,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklib import Refused, fail, ok, passed, scratch  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 ENVOY = os.environ.get("KEYGATE_ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
@@ -45,24 +47,7 @@ DASHBOARD = os.path.join(MON, "keygate-dashboard.json")
 EXAMPLE_KEY = "kg_example_browse_key_replace_me"
 EXAMPLE_ID = "8c3e4394-10a9-46ef-8af9-b6401ba1400d"
 
-TMP = tempfile.mkdtemp(prefix="keygate-check-monitoring-")
-passed = []
-
-
-class Refused(Exception):
-    pass
-
-
-def ok(what):
-    passed.append(what)
-    print(f"  ok  {what}")
-
-
-def fail(what, detail=""):
-    print(f"FAIL  {what}")
-    if detail:
-        print("      " + str(detail).strip().replace("\n", "\n      "))
-    sys.exit(1)
+TMP = scratch("check-monitoring")
 
 
 def readme():

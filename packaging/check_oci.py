@@ -31,18 +31,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oci  # noqa: E402
+from checklib import Refused, ok, scratch  # noqa: E402
+from checklib import passed as checks  # noqa: E402
 
-TMP = tempfile.mkdtemp(prefix="keygate-check-oci-")
-checks = []
-
-
-class Refused(Exception):
-    pass
-
-
-def ok(what):
-    checks.append(what)
-    print(f"  ok  {what}")
+TMP = scratch("check-oci")
 
 
 def skopeo(*args):

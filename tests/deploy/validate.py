@@ -32,11 +32,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import jsonschema
 import kubernetes_validate
 import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "packaging"))
+from checklib import fail, ok, passed, scratch  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ENVOY = os.environ.get("KEYGATE_ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
@@ -57,20 +59,7 @@ CRD_SCHEMAS = {
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
-TMP = tempfile.mkdtemp(prefix="keygate-validate-deploy-")
-passed = []
-
-
-def ok(what):
-    passed.append(what)
-    print(f"  ok  {what}")
-
-
-def fail(what, detail=""):
-    print(f"FAIL  {what}")
-    if detail:
-        print("      " + str(detail).strip().replace("\n", "\n      "))
-    sys.exit(1)
+TMP = scratch("validate-deploy")
 
 
 def rel(path):
