@@ -15,8 +15,10 @@
 //! - a full document is read and written a slice at a time ([`Job`]), the shell calling
 //!   [`SharedSet::resume`] until it is done, so no worker is held up for long. Each key
 //!   moves to the new set as its bucket is written; a set grown or shrunk fourfold is
-//!   written under a new layout and switched to at once, the old layout cleared after
-//!   every worker has moved off it.
+//!   written whole under a new layout, then each bucket of the old layout is replaced by a
+//!   two-byte marker naming the new one, so a worker still reading the old layout (it
+//!   re-reads the layout twice a second) is sent to the new set bucket by bucket, as in an
+//!   in-place load, and never serves a key the new set dropped.
 //!
 //! All of it is written against [`SharedStore`], so the protocol is tested natively; the
 //! shell implements the store with proxy-wasm's shared-data calls.
@@ -40,9 +42,6 @@ pub trait SharedStore {
 /// How long a fetcher's lease outlives the time it was due, before another worker may take
 /// over: covers a fetcher that is slow to tick.
 pub const LEASE_GRACE_MS: u64 = 5_000;
-/// After a switch of layout, how long the layout just left stays untouched: every worker
-/// re-reads the layout in force every half second, so two ticks.
-pub const SETTLE_MS: u64 = 1_000;
 /// The first retry after a failed fetch; doubled per failure up to the refresh interval.
 pub const FIRST_RETRY_MS: u64 = 1_000;
 
@@ -63,15 +62,11 @@ pub struct Meta {
     /// Failures since the last good answer.
     pub failures: u32,
     pub last_error: Option<String>,
-    /// A layout left behind, to be cleared once every worker has moved off it.
-    pub retired: Option<Retired>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retired {
-    pub bits: u8,
-    pub at_ms: u64,
-}
+/// The first byte of a bucket of a layout left behind: `[RETIRED, bits of the new layout]`.
+/// A bucket of records is never two bytes long (each entry is at least 36).
+const RETIRED: u8 = 0xff;
 
 /// One call to make to the key service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,29 +135,17 @@ struct Writing {
     bits: u8,
     /// The layout being left, when writing a new one.
     leaving: Option<u8>,
-    /// The next bucket to write.
+    /// The next bucket to write (of the new layout, then to mark, of the one left).
     next: u32,
+    marked: u32,
 }
 
 /// What [`SharedSet::complete`] and [`SharedSet::resume`] came to.
 pub enum Progress {
     /// More to do: call [`SharedSet::resume`] again soon.
     Working(Box<Job>),
-    /// The answer is dealt with; a layout left behind is to be cleared.
-    Done(Fetched, Option<Clearing>),
-}
-
-/// A layout left behind, being cleared a slice at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clearing {
-    retired: Retired,
-    next: u32,
-}
-
-impl Clearing {
-    pub fn of(retired: Retired) -> Clearing {
-        Clearing { retired, next: 0 }
-    }
+    /// The answer is dealt with.
+    Done(Fetched),
 }
 
 /// The names of one key set's entries. Sets from different sources (cluster, authority,
@@ -396,14 +379,12 @@ impl SharedSet {
                             }
                             Scanned::Full { version, epoch } => {
                                 let staged = scan.into_staged();
-                                let (bits, leaving) = match (meta.bits, meta.retired) {
-                                    // A layout is still being cleared: write in place.
-                                    (Some(bits), Some(_)) => (bits, None),
-                                    (Some(bits), None) => match relayout(bits, staged.len()) {
+                                let (bits, leaving) = match meta.bits {
+                                    Some(bits) => match relayout(bits, staged.len()) {
                                         Some(new) => (new, Some(bits)),
                                         None => (bits, None),
                                     },
-                                    (None, _) => (bits_for(staged.len()), None),
+                                    None => (bits_for(staged.len()), None),
                                 };
                                 job.phase = Phase::Write(Writing {
                                     staged,
@@ -412,6 +393,7 @@ impl SharedSet {
                                     bits,
                                     leaving,
                                     next: 0,
+                                    marked: 0,
                                 });
                             }
                         }
@@ -423,7 +405,9 @@ impl SharedSet {
                     }
                 },
                 Phase::Write(mut writing) => {
-                    if !self.write_buckets(store, &mut writing, &mut budget) {
+                    if !self.write_buckets(store, &mut writing, &mut budget)
+                        || !self.mark_left(store, &mut writing, &mut budget)
+                    {
                         job.phase = Phase::Write(writing);
                         return Progress::Working(job);
                     }
@@ -434,23 +418,12 @@ impl SharedSet {
                     meta.version = writing.version.clone();
                     meta.epoch = writing.epoch;
                     meta.etag = job.etag.take();
-                    let clearing = writing.leaving.map(|bits| {
-                        let retired = Retired {
-                            bits,
-                            at_ms: now_ms,
-                        };
-                        meta.retired = Some(retired);
-                        Clearing::of(retired)
-                    });
                     let watching = self.watching(&meta);
                     let fetched = Fetched::Loaded {
                         keys,
                         version: writing.version,
                     };
-                    return match self.settle(store, turn, &mut meta, fetched, watching) {
-                        Progress::Done(fetched, _) => Progress::Done(fetched, clearing),
-                        working => working,
-                    };
+                    return self.settle(store, turn, &mut meta, fetched, watching);
                 }
             }
         }
@@ -484,6 +457,35 @@ impl SharedSet {
                 store.set(key, &value, None);
             }
             writing.next += 1;
+        }
+        true
+    }
+
+    /// Once the new layout is written, replaces each bucket of the layout left with a
+    /// marker naming the new one, within the budget; true once all are marked (or there
+    /// is no layout left).
+    fn mark_left(
+        &self,
+        store: &mut impl SharedStore,
+        writing: &mut Writing,
+        budget: &mut usize,
+    ) -> bool {
+        let Some(left) = writing.leaving else {
+            return true;
+        };
+        let marker = [RETIRED, writing.bits];
+        let mut name = [0u8; BUCKET_NAME_LEN];
+        while writing.marked < 1u32 << left {
+            if *budget == 0 {
+                return false;
+            }
+            *budget -= 1;
+            store.set(
+                self.bucket_name(&mut name, left, writing.marked),
+                &marker,
+                None,
+            );
+            writing.marked += 1;
         }
         true
     }
@@ -588,7 +590,7 @@ impl SharedSet {
             format!("{}:{until}", turn.holder).as_bytes(),
             None,
         );
-        Progress::Done(fetched, None)
+        Progress::Done(fetched)
     }
 
     fn failed(&self, meta: &Meta, reason: String, jitter: u64) -> Fetched {
@@ -602,56 +604,32 @@ impl SharedSet {
         }
     }
 
-    /// Clears the buckets of a retired layout, once every worker has had time to move off
-    /// it, for about `budget` buckets; true once done (the meta entry then forgets it).
-    pub fn clear(
-        &self,
-        store: &mut impl SharedStore,
-        now_ms: u64,
-        clearing: &mut Clearing,
-        budget: usize,
-    ) -> bool {
-        let mut meta = self.read_meta(store);
-        if meta.retired != Some(clearing.retired) {
-            // Another holder took over, or the layout came back into force.
-            return true;
-        }
-        if now_ms < clearing.retired.at_ms.saturating_add(SETTLE_MS) {
-            return false;
-        }
-        let bits = clearing.retired.bits;
-        let mut name = [0u8; BUCKET_NAME_LEN];
-        let end = (clearing
-            .next
-            .saturating_add(u32::try_from(budget).unwrap_or(u32::MAX)))
-        .min(1u32 << bits);
-        while clearing.next < end {
-            let key = self.bucket_name(&mut name, bits, clearing.next);
-            if store.get(key).0.is_some_and(|v| !v.is_empty()) {
-                store.set(key, b"", None);
-            }
-            clearing.next += 1;
-        }
-        if clearing.next < 1u32 << bits {
-            return false;
-        }
-        meta.retired = None;
-        self.write_meta(store, &meta);
-        true
-    }
-
-    /// The record of `hash` in the set in force under layout `bits` ([`Meta::bits`]).
+    /// The record of `hash` in the set in force, read under layout `bits` ([`Meta::bits`]
+    /// as a worker last read it), and the layout it was found under: a bucket of a layout
+    /// left behind names the new one, which is read instead (the worker then keeps it).
     pub fn lookup(
         &self,
         store: &impl SharedStore,
         bits: u8,
         hash: &KeyHash,
         index: &ScopeIndex,
-    ) -> Option<KeyRecord> {
+    ) -> (Option<KeyRecord>, u8) {
         let mut name = [0u8; BUCKET_NAME_LEN];
-        let key = self.bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits));
-        let bytes = store.get(key).0?;
-        record_codec::decode(bucket::find(&bytes, hash)?, index)
+        let mut bits = bits;
+        // At most one move: a layout written is complete before the one left is marked.
+        for _ in 0..2 {
+            let key = self.bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits));
+            let Some(bytes) = store.get(key).0 else {
+                return (None, bits);
+            };
+            if let [RETIRED, new] = bytes[..] {
+                bits = new;
+                continue;
+            }
+            let record = bucket::find(&bytes, hash).and_then(|r| record_codec::decode(r, index));
+            return (record, bits);
+        }
+        (None, bits)
     }
 
     /// `keygate/<source>/<bits>/<bucket>`, written into `buf`: the request path builds it

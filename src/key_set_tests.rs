@@ -125,8 +125,14 @@ fn pairs(keys: &[(String, String)]) -> Vec<(&str, &str)> {
 
 fn id_of(set: &SharedSet, store: &Store, key: &str) -> Option<String> {
     let bits = set.read_meta(store).bits?;
-    set.lookup(store, bits, &KeyHash::of_key(key), &index())
-        .map(|r| r.id.as_str().to_string())
+    id_under(set, store, bits, key).0
+}
+
+/// A key's record id as a worker that last read layout `bits` finds it, and the layout
+/// it found it under.
+fn id_under(set: &SharedSet, store: &Store, bits: u8, key: &str) -> (Option<String>, u8) {
+    let (record, found_under) = set.lookup(store, bits, &KeyHash::of_key(key), &index());
+    (record.map(|r| r.id.as_str().to_string()), found_under)
 }
 
 /// Hands `body` to the holder as the answer to a fetch made 100 ms earlier, and works on
@@ -138,7 +144,7 @@ fn answer_in_slices(
     now: u64,
     answer: FetchAnswer,
     budget: usize,
-) -> (Fetched, usize, Option<Clearing>) {
+) -> (Fetched, usize) {
     let mut progress = set.complete(
         store,
         turn(holder, now, 7),
@@ -149,7 +155,7 @@ fn answer_in_slices(
     let mut slices = 1;
     loop {
         match progress {
-            Progress::Done(fetched, clearing) => return (fetched, slices, clearing),
+            Progress::Done(fetched) => return (fetched, slices),
             Progress::Working(job) => {
                 slices += 1;
                 progress = set.resume(store, turn(holder, now, 7), job, budget);
@@ -174,7 +180,7 @@ fn not_modified(set: &SharedSet, store: &mut Store, holder: u64, now: u64, asked
         FetchAnswer::NotModified,
         100,
     ) {
-        Progress::Done(fetched, _) => fetched,
+        Progress::Done(fetched) => fetched,
         Progress::Working(_) => panic!("a 304 is no work"),
     }
 }
@@ -480,10 +486,7 @@ fn failures_keep_the_last_good_set_and_back_off() {
         FetchAnswer::Failed("status 500".into()),
         10,
     );
-    assert!(matches!(
-        failed,
-        Progress::Done(Fetched::Failed { .. }, None)
-    ));
+    assert!(matches!(failed, Progress::Done(Fetched::Failed { .. })));
     let meta = set.read_meta(&store);
     assert_eq!(meta.failures, 5);
     assert_eq!(meta.last_error.as_deref(), Some("status 500"));
@@ -533,7 +536,7 @@ fn backoff_never_exceeds_the_refresh_interval() {
     let mut store = Store::default();
     let mut last = 0;
     for i in 0..40 {
-        if let Progress::Done(Fetched::Failed { retry_in_ms, .. }, _) = set.complete(
+        if let Progress::Done(Fetched::Failed { retry_in_ms, .. }) = set.complete(
             &mut store,
             turn(1, i * 10_000, i),
             i * 10_000,
@@ -583,14 +586,17 @@ fn a_garbled_entry_is_an_unknown_key() {
     assert_eq!(set.read_meta(&store), Meta::default());
 }
 
+/// A set grown (or shrunk) fourfold is written under a new layout; each bucket of the old
+/// one then names the new layout, so a worker that has not re-read the layout yet finds
+/// every key of the new set, and none the new set dropped.
 #[test]
-fn a_grown_set_moves_to_a_new_layout_and_the_old_one_is_cleared() {
+fn a_resized_set_moves_to_a_new_layout_and_the_old_one_sends_readers_there() {
     let set = shared(30);
     let mut store = Store::default();
     answer(&set, &mut store, 1, 0, &full(1, "e1", &[("a", "ka")]));
     let small = set.read_meta(&store).bits.unwrap();
     let keys = many(10_000, "");
-    let (fetched, _, clearing) = answer_in_slices(
+    let (fetched, _) = answer_in_slices(
         &set,
         &mut store,
         1,
@@ -599,28 +605,38 @@ fn a_grown_set_moves_to_a_new_layout_and_the_old_one_is_cleared() {
             etag: None,
             body: full(2, "e1", &pairs(&keys)),
         },
-        usize::MAX,
+        1_000,
     );
     assert!(matches!(fetched, Fetched::Loaded { keys: 10_000, .. }));
-    let meta = set.read_meta(&store);
-    assert_eq!(meta.bits, Some(bucket::bits_for(10_000)));
-    assert_eq!(meta.retired.map(|r| r.bits), Some(small));
-    let mut clearing = clearing.expect("the old layout is to be cleared");
-    // Not before every worker has moved off it.
-    assert!(!set.clear(&mut store, 1_000 + SETTLE_MS - 1, &mut clearing, usize::MAX));
-    let mut slices = 0;
-    while !set.clear(&mut store, 1_000 + SETTLE_MS, &mut clearing, 10) {
-        slices += 1;
-    }
-    assert!(slices >= 6, "{slices}");
-    assert_eq!(set.read_meta(&store).retired, None);
+    let large = bucket::bits_for(10_000);
+    assert_eq!(set.read_meta(&store).bits, Some(large));
+    // A worker still on the small layout is sent to the large one.
+    assert_eq!(
+        id_under(&set, &store, small, "k9999"),
+        (Some("id9999".into()), large)
+    );
+    assert_eq!(id_under(&set, &store, small, "ka"), (None, large));
     let old_prefix = format!("{}{small:02}/", set.prefix);
-    assert!(store
+    let old: Vec<_> = store
         .entries
         .iter()
         .filter(|(k, _)| k.starts_with(&old_prefix))
-        .all(|(_, (v, _))| v.is_empty()));
-    assert_eq!(id_of(&set, &store, "k9999").as_deref(), Some("id9999"));
+        .collect();
+    assert_eq!(old.len(), 1 << small);
+    assert!(old.iter().all(|(_, (v, _))| v == &vec![RETIRED, large]));
+
+    // And back: the small set again, the large layout left and marked.
+    answer(&set, &mut store, 1, 2_000, &full(3, "e1", &[("b", "kb")]));
+    assert_eq!(set.read_meta(&store).bits, Some(small));
+    assert_eq!(id_under(&set, &store, large, "k9999"), (None, small));
+    assert_eq!(
+        id_under(&set, &store, large, "kb"),
+        (Some("b".into()), small)
+    );
+    assert_eq!(
+        id_under(&set, &store, small, "kb"),
+        (Some("b".into()), small)
+    );
     assert_eq!(id_of(&set, &store, "ka"), None);
 }
 

@@ -6,7 +6,7 @@
 
 use crate::host::{self, Metrics, SharedData};
 use keygate_core::config::Config;
-use keygate_core::key_set::{Clearing, FetchAnswer, Fetched, Job, Progress, SharedSet, Turn};
+use keygate_core::key_set::{FetchAnswer, Fetched, Job, Progress, SharedSet, Turn};
 use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
@@ -36,8 +36,6 @@ pub struct KeySetState {
     /// A full document being loaded by this worker.
     /// A `Cell`, not a `RefCell`: taken out and put back whole, so no borrow can panic.
     job: Cell<Option<Box<Job>>>,
-    /// A retired layout being cleared by this worker.
-    clearing: Cell<Option<Clearing>>,
     /// Records or buckets per slice.
     budget: Cell<usize>,
 }
@@ -53,7 +51,6 @@ impl KeySetState {
             bits: Cell::new(None),
             in_flight: Cell::new(None),
             job: Cell::new(None),
-            clearing: Cell::new(None),
             budget: Cell::new(FIRST_BUDGET),
         };
         state.bits.set(state.set.read_meta(&SharedData).bits);
@@ -71,7 +68,12 @@ impl KeySetState {
             bits
         });
         let bits = bits.ok_or(NotLoaded)?;
-        Ok(self.set.lookup(&SharedData, bits, hash, &config.scopes))
+        let (record, found_under) = self.set.lookup(&SharedData, bits, hash, &config.scopes);
+        if found_under != bits {
+            // Moved to a new layout before this worker's tick said so.
+            self.bits.set(Some(found_under));
+        }
+        Ok(record)
     }
 
     fn has_job(&self) -> bool {
@@ -83,7 +85,7 @@ impl KeySetState {
 
     /// Whether this worker has work to do in slices: the shell then ticks fast.
     pub fn busy(&self) -> bool {
-        self.has_job() || self.clearing.get().is_some()
+        self.has_job()
     }
 
     /// Every tick, on every worker: 500 ms, or `BUSY_TICK` while [`KeySetState::busy`].
@@ -107,17 +109,6 @@ impl KeySetState {
                 self.poll(metrics);
             }
             return;
-        }
-        if let Some(mut clearing) = self.clearing.get() {
-            let done = self
-                .set
-                .clear(&mut SharedData, now, &mut clearing, self.budget.get());
-            self.clearing.set((!done).then_some(clearing));
-        } else if let Some(retired) = meta.retired {
-            // A holder that left a layout uncleared (torn down) left it to the next.
-            if self.set.holds_lease(&SharedData, self.holder, now) {
-                self.clearing.set(Some(Clearing::of(retired)));
-            }
         }
         self.poll(metrics);
     }
@@ -220,16 +211,13 @@ impl KeySetState {
     }
 
     fn progressed(&self, metrics: &Metrics, progress: Progress) {
-        let (fetched, clearing) = match progress {
+        let fetched = match progress {
             Progress::Working(job) => {
                 self.job.set(Some(job));
                 return;
             }
-            Progress::Done(fetched, clearing) => (fetched, clearing),
+            Progress::Done(fetched) => fetched,
         };
-        if clearing.is_some() {
-            self.clearing.set(clearing);
-        }
         let meta = self.set.read_meta(&SharedData);
         self.bits.set(meta.bits);
         let cluster = &*self.fetch.endpoint.cluster;
