@@ -22,6 +22,16 @@ def ok(what):
     print(f"  ok  {what}")
 
 
+def refused(what, check, *args, width=160):
+    """Runs a check on a broken copy: it must raise `Refused` (its last line is shown)."""
+    try:
+        check(*args)
+    except Refused as e:
+        ok(f"refused: {what} ({str(e).splitlines()[-1][:width]})")
+        return
+    fail(f"refusal: {what}", "the broken copy was accepted")
+
+
 def fail(what, detail=""):
     print(f"FAIL  {what}")
     if detail:

@@ -178,3 +178,130 @@ fn repeats_are_found_in_a_large_answer_too() {
         .unwrap();
     assert_eq!(error, "keys[4999].id: duplicate id (also keys[10])");
 }
+
+/// A delta of the key service (README "`keygate serve`"): upsert `a`, delete `b`.
+fn good_delta() -> serde_json::Value {
+    json!({"version": "7", "epoch": "e1", "since": "5",
+        "upsert": [{"id": "a", "hash": h("a"), "owner": "alice", "scopes": ["browse"]}],
+        "delete": [h("b")]})
+}
+
+#[test]
+fn a_delta_is_read_with_its_versions() {
+    let (scanned, staged) = scan(good_delta()).unwrap();
+    assert_eq!(
+        scanned,
+        Scanned::Delta {
+            version: 7,
+            epoch: Epoch::parse("e1").unwrap(),
+            since: 5
+        }
+    );
+    let items = staged.sorted();
+    let upserted: Vec<_> = items
+        .iter()
+        .filter(|i| !i.is_delete())
+        .map(|i| i.hash)
+        .collect();
+    let deleted: Vec<_> = items
+        .iter()
+        .filter(|i| i.is_delete())
+        .map(|i| i.hash)
+        .collect();
+    assert_eq!(upserted, [*KeyHash::of_key("a").bytes()]);
+    assert_eq!(deleted, [*KeyHash::of_key("b").bytes()]);
+    let empty = json!({"version": "1", "epoch": "e", "since": "0", "upsert": [], "delete": []});
+    assert!(scan(empty).is_ok());
+}
+
+#[test]
+fn delta_versions_are_decimal_strings_and_move_forward() {
+    for (version, since) in [
+        (json!(7), json!("5")),
+        (json!("7"), json!(5)),
+        (json!("07"), json!("5")),
+        (json!("-7"), json!("5")),
+        (json!("7.0"), json!("5")),
+        (json!(""), json!("5")),
+        (json!("99999999999999999999"), json!("5")),
+        (json!("5"), json!("5")),
+        (json!("4"), json!("5")),
+    ] {
+        let mut doc = good_delta();
+        doc["version"] = version.clone();
+        doc["since"] = since.clone();
+        assert!(scan(doc).is_err(), "{version} since {since}");
+    }
+}
+
+#[test]
+fn delta_hashes_records_and_fields_are_checked() {
+    let mut doc = good_delta();
+    doc["delete"] = json!(["kg_live_secret"]);
+    let error = scan(doc).err().unwrap();
+    assert!(error.contains("not a SHA-256 hash"), "{error}");
+    assert!(
+        !error.contains("secret"),
+        "the value is not repeated: {error}"
+    );
+    let mut doc = good_delta();
+    doc["upsert"][0]["status"] = json!("revoked");
+    assert!(scan(doc).is_err());
+    let mut doc = good_delta();
+    doc["keys"] = json!([]);
+    assert!(scan(doc).err().unwrap().contains("not a mix"));
+    for missing in ["version", "epoch", "since", "upsert", "delete"] {
+        let mut doc = good_delta();
+        doc.as_object_mut().unwrap().remove(missing);
+        assert!(scan(doc).is_err(), "{missing}");
+    }
+    let mut doc = good_delta();
+    doc["epoch"] = json!("a b");
+    assert!(scan(doc).is_err());
+    assert!(scan_with(b"\xff", 10).is_err());
+    assert!(scan_with(b"{} x", 10).is_err());
+}
+
+#[test]
+fn no_key_twice_in_a_delta() {
+    let mut deleted_twice = good_delta();
+    deleted_twice["delete"] = json!([h("b"), h("b")]);
+    assert!(scan(deleted_twice)
+        .err()
+        .unwrap()
+        .contains("duplicate hash"));
+    let mut upserted_twice = good_delta();
+    upserted_twice["upsert"] = json!([
+        {"id": "a", "hash": h("a"), "owner": "alice"},
+        {"id": "a2", "hash": h("a"), "owner": "alice"}
+    ]);
+    assert!(scan(upserted_twice)
+        .err()
+        .unwrap()
+        .contains("duplicate hash"));
+}
+
+#[test]
+fn a_full_document_without_an_epoch_is_a_plain_servers() {
+    let mut no_epoch = json!({"version": "7", "epoch": "e1",
+        "keys": [{"id": "a", "hash": h("a"), "owner": "alice"}]});
+    no_epoch.as_object_mut().unwrap().remove("epoch");
+    let (scanned, staged) = scan(no_epoch).unwrap();
+    assert_eq!(
+        scanned,
+        Scanned::Full {
+            version: Some("7".into()),
+            epoch: None
+        }
+    );
+    assert_eq!(staged.len(), 1);
+}
+
+#[test]
+fn deltas_are_bounded() {
+    let hashes: Vec<String> = (0..=MAX_DELTA_KEYS).map(|i| h(&i.to_string())).collect();
+    let mut doc = good_delta();
+    doc["upsert"] = json!([]);
+    doc["delete"] = json!(hashes);
+    assert!(scan(doc).err().unwrap().contains("more than"));
+}
