@@ -288,6 +288,21 @@ impl SharedSet {
         )
     }
 
+    /// Gives the lease up, if `holder` holds it: a filter config that is replaced (a
+    /// reload) hands the set to its successor now, not once the lease runs out.
+    pub fn release(&self, store: &mut impl SharedStore, holder: u64) {
+        let key = self.name("lease");
+        let (value, cas) = store.get(&key);
+        if value
+            .as_deref()
+            .and_then(parse_lease)
+            .map(|(owner, _)| owner)
+            == Some(holder)
+        {
+            store.set(&key, b"0:0", cas);
+        }
+    }
+
     /// Whether `holder` holds the lease now.
     pub fn holds_lease(&self, store: &impl SharedStore, holder: u64, now_ms: u64) -> bool {
         let (value, _) = store.get(&self.name("lease"));

@@ -220,6 +220,26 @@ fn one_worker_fetches_at_a_time_and_keeps_the_lease() {
 }
 
 #[test]
+fn a_released_lease_passes_at_once_and_only_its_holder_can_release_it() {
+    let set = shared(30);
+    let mut store = Store::default();
+    let (a, b) = (set.new_holder(&mut store), set.new_holder(&mut store));
+    assert!(set.claim(&mut store, a, 10_000).is_some());
+    set.release(&mut store, b);
+    assert!(
+        set.holds_lease(&store, a, 10_001),
+        "b cannot release a's lease"
+    );
+    assert_eq!(set.claim(&mut store, b, 10_001), None);
+    set.release(&mut store, a);
+    assert!(!set.holds_lease(&store, a, 10_001));
+    assert!(
+        set.claim(&mut store, b, 10_001).is_some(),
+        "b takes over at once"
+    );
+}
+
+#[test]
 fn another_worker_takes_over_when_the_holder_is_gone() {
     let set = shared(30);
     let mut store = Store::default();

@@ -104,6 +104,44 @@ extern "C" {
         label_names_length: usize,
         counter_id_ptr: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        filter_config_envoy_ptr: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        gauge_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        filter_config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        filter_config_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: Buffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: Buffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        filter_config_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter_envoy_ptr: *mut c_void,
         id: usize,
@@ -121,6 +159,217 @@ pub fn log(level: LogLevel, message: &str) {
     // SAFETY: Envoy's logging callback reads `message` (valid for the call) and keeps
     // nothing; it may be called from any thread.
     unsafe { envoy_dynamic_module_callback_log(level as u32, Buffer::of(message.as_bytes())) }
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success` and
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+const CALLOUT_SUCCESS: u32 = 0;
+
+/// A filter config in Envoy, as a hook on Envoy's main thread hands it over: defines and
+/// moves the config's stats and calls clusters. Only used during that hook.
+#[derive(Clone, Copy)]
+pub struct ConfigHost {
+    envoy: *mut c_void,
+}
+
+/// What a stat is.
+#[derive(Clone, Copy)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+impl ConfigHost {
+    /// Defines a stat of this config (only while the config is being made); `None` when
+    /// Envoy would not.
+    pub fn define(&self, kind: MetricKind, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: `self.envoy` is the config of the running hook (stats are defined in
+        // `config_new`); the name is valid for the call and `id` is written once.
+        let result = unsafe {
+            match kind {
+                MetricKind::Counter => {
+                    envoy_dynamic_module_callback_http_filter_config_define_counter(
+                        self.envoy,
+                        Buffer::of(name.as_bytes()),
+                        std::ptr::null(),
+                        0,
+                        &mut id,
+                    )
+                }
+                MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                    self.envoy,
+                    Buffer::of(name.as_bytes()),
+                    std::ptr::null(),
+                    0,
+                    &mut id,
+                ),
+            }
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Adds `n` to counter `id`.
+    pub fn add(&self, id: usize, n: u64) {
+        // SAFETY: `self.envoy` is the config of the running hook, `id` one of its counters.
+        let _ = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.envoy,
+                id,
+                std::ptr::null(),
+                0,
+                n,
+            )
+        };
+    }
+
+    /// Sets gauge `id`.
+    pub fn set(&self, id: usize, value: u64) {
+        // SAFETY: `self.envoy` is the config of the running hook, `id` one of its gauges.
+        let _ = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.envoy,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            )
+        };
+    }
+
+    /// Sends a request to `cluster`; its answer comes to
+    /// `envoy_dynamic_module_on_http_filter_config_http_callout_done` with the id returned.
+    pub fn call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, String> {
+        let raw: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(name, value)| HttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
+        // the cluster name, headers and body are valid for the call and Envoy copies them;
+        // `id` is written once.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.envoy,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                raw.as_ptr(),
+                raw.len(),
+                Buffer::of(body),
+                timeout_ms,
+            )
+        };
+        match result {
+            CALLOUT_SUCCESS => Ok(id),
+            1 => Err("Envoy refused the call (a required header is missing)".into()),
+            2 => Err(format!(
+                "cannot call cluster {cluster:?}: is it defined in Envoy's config?"
+            )),
+            other => Err(format!(
+                "Envoy could not start the call to cluster {cluster:?} (result {other}): \
+                 does it have a healthy endpoint?"
+            )),
+        }
+    }
+
+    /// A scheduler for this config: events committed on it, from any thread, come back to
+    /// `envoy_dynamic_module_on_http_filter_config_scheduled` on the main thread.
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: `self.envoy` is the config of the running hook.
+        let raw =
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.envoy) };
+        (!raw.is_null()).then_some(Scheduler { raw })
+    }
+}
+
+/// A config's scheduler (see [`ConfigHost::scheduler`]); deleted when dropped.
+pub struct Scheduler {
+    raw: *mut c_void,
+}
+
+// SAFETY: Envoy's config scheduler is made to be committed to from any thread: it posts the
+// event to the main thread's dispatcher, through a weak reference to the config (an event
+// for a config gone is dropped). Deleting it is done once, by `Drop`.
+unsafe impl Send for Scheduler {}
+// SAFETY: as for `Send`; `commit` takes `&self` and Envoy's commit is thread-safe.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    pub fn commit(&self, event: u64) {
+        // SAFETY: `self.raw` came from `scheduler_new` and is deleted only by `Drop`.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.raw, event)
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: `self.raw` came from `scheduler_new`; this is its one delete.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.raw) }
+    }
+}
+
+/// An answer to a call, as Envoy hands it to a `..._http_callout_done` hook; valid during
+/// that hook.
+pub struct CallAnswer<'a> {
+    /// Envoy received an answer (of any status): not reset, not over its buffer limit.
+    pub received: bool,
+    headers: &'a [HttpHeader],
+    chunks: &'a [Buffer],
+}
+
+impl CallAnswer<'_> {
+    /// The value of header `name` (`:status` included), when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            // SAFETY: Envoy's answer headers, valid during the hook (see `CallAnswer`).
+            let (key, value) = unsafe {
+                (
+                    bytes(h.key_ptr, h.key_length),
+                    bytes(h.value_ptr, h.value_length),
+                )
+            };
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                std::str::from_utf8(value).ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The body, copied out of Envoy's buffers.
+    pub fn body(&self) -> Vec<u8> {
+        let size = self.chunks.iter().map(|c| c.length).sum();
+        let mut body = Vec::with_capacity(size);
+        for chunk in self.chunks {
+            // SAFETY: Envoy's answer body chunks, valid during the hook.
+            body.extend_from_slice(unsafe { bytes(chunk.ptr, chunk.length) });
+        }
+        body
+    }
+}
+
+/// # Safety
+/// `ptr` is null with `len` 0, or points to `len` readable `T`s that outlive `'a`.
+unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: by this function's contract.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
 }
 
 /// One request's filter in Envoy, valid during the hook that handed it over.
@@ -303,23 +552,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             bytes(config.ptr, config.length),
         )
     };
-    let define = |counter: &str| {
-        let mut id = 0usize;
-        // SAFETY: `filter_config_envoy_ptr` is the config being made (counters may be defined
-        // only now, before this hook returns); the name is valid for the call and `id` is
-        // written once.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_counter(
-                filter_config_envoy_ptr,
-                Buffer::of(counter.as_bytes()),
-                std::ptr::null(),
-                0,
-                &mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+    let host = ConfigHost {
+        envoy: filter_config_envoy_ptr,
     };
-    match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, define))) {
+    match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, host))) {
         Ok(Some(config)) => Box::into_raw(Box::new(config)).cast_const().cast(),
         Ok(None) => std::ptr::null(),
         Err(_) => {
@@ -452,6 +688,72 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete() {}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done() {}
+
+/// An event a config's [`Scheduler`] committed: the key set's and usage's turn, on the
+/// main thread.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    event_id: u64,
+) {
+    let host = ConfigHost {
+        envoy: filter_config_envoy_ptr,
+    };
+    // SAFETY: `config` is what `config_new` returned; Envoy calls this hook while the
+    // config lives.
+    let Some(filter) = (unsafe { config_of(config) }) else {
+        return;
+    };
+    if catch_unwind(AssertUnwindSafe(|| {
+        filter::scheduled(filter, host, event_id)
+    }))
+    .is_err()
+    {
+        log(LogLevel::Error, "keygate: a scheduled task panicked");
+    }
+}
+
+/// The answer to a call a config made ([`ConfigHost::call`]), on the main thread.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const Buffer,
+    body_chunks_size: usize,
+) {
+    let host = ConfigHost {
+        envoy: filter_config_envoy_ptr,
+    };
+    // SAFETY: as in `config_scheduled`.
+    let Some(filter) = (unsafe { config_of(config) }) else {
+        return;
+    };
+    // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns (null
+    // when the call failed).
+    let answer = unsafe {
+        CallAnswer {
+            received: result == CALLOUT_SUCCESS,
+            headers: slice(headers, headers_size),
+            chunks: slice(body_chunks, body_chunks_size),
+        }
+    };
+    if catch_unwind(AssertUnwindSafe(|| {
+        filter::called(filter, host, callout_id, &answer)
+    }))
+    .is_err()
+    {
+        log(
+            LogLevel::Error,
+            "keygate: reading a key service's answer panicked",
+        );
+    }
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers() {}

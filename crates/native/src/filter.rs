@@ -1,10 +1,14 @@
 //! What the module does with a configuration and a request, host calls behind [`Host`]:
-//! the wasm shell's `on_configure` and `on_http_request_headers` for inline keys. No
-//! decision is made here.
+//! the wasm shell's `on_configure` and `on_http_request_headers`. No decision is made here.
 
-use crate::abi::{log, LogLevel};
+use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
+use crate::key_set::{self, KeySet, NotLoaded};
+use crate::metrics::Metrics;
 use keygate_core::config::{Config, KeySource, DEFAULT_REALM};
-use keygate_core::decision::{decide, redacted_target, Denial, HeaderEditor, Verdict, UNAVAILABLE};
+use keygate_core::decision::{
+    begin_with_token, redacted_target, Denial, HeaderEditor, Step, Verdict, UNAVAILABLE,
+};
+use keygate_core::record::KeyRecord;
 use keygate_core::response::{self, LocalResponse};
 use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
@@ -27,28 +31,24 @@ pub trait Host {
     fn count(&mut self, id: usize);
 }
 
-/// One filter config: the parsed configuration and the ids of its counters in Envoy (the
-/// wasm build's `keygate.*` outcome counters; `None` where Envoy would not define one).
+/// One filter config: the parsed configuration, its stats, and its key source's state.
 pub struct Filter {
     pub config: Config,
-    outcomes: [Option<usize>; Outcome::ALL.len()],
+    metrics: Metrics,
+    key_set: Option<KeySet>,
 }
 
 impl Filter {
     fn count(&self, host: &mut impl Host, outcome: Outcome) {
-        if let Some(id) = self.outcomes[outcome.index()] {
+        if let Some(id) = self.metrics.outcome(outcome) {
             host.count(id);
         }
     }
 }
 
-/// Parses the filter's configuration, once per filter config, and defines its counters
-/// with `define` (a counter's name to its id). `None` (logged) refuses it.
-pub fn new_config(
-    name: &[u8],
-    json: &[u8],
-    mut define: impl FnMut(&str) -> Option<usize>,
-) -> Option<Filter> {
+/// Parses the filter's configuration, once per filter config, defines its stats and starts
+/// what its key source needs. `None` (logged) refuses it.
+pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> {
     let name = String::from_utf8_lossy(name);
     let config = match Config::parse(json) {
         Ok(config) => config,
@@ -70,11 +70,10 @@ pub fn new_config(
         }
     };
     let unsupported = match (&config.keys, &config.usage, &config.jwt) {
-        (KeySource::KeySet(_), _, _) => Some("key_set"),
         (KeySource::Lookup(_), _, _) => Some("lookup"),
         (_, Some(_), _) => Some("usage"),
         (_, _, Some(_)) => Some("jwt"),
-        (KeySource::Inline(_), None, None) => None,
+        (KeySource::Inline(_) | KeySource::KeySet(_), None, None) => None,
     };
     if let Some(what) = unsupported {
         log(
@@ -92,24 +91,70 @@ pub fn new_config(
             &format!("keygate: configuration warning: {warning}"),
         );
     }
-    if let KeySource::Inline(set) = &config.keys {
-        log(
-            LogLevel::Info,
-            &format!(
-                "keygate: configuration accepted (native, filter {name}): {} keys, {} rules",
-                set.len(),
-                config.rules.rules.len()
-            ),
-        );
+    let metrics = Metrics::define(host);
+    let mut key_set = None;
+    match &config.keys {
+        KeySource::Inline(set) => {
+            metrics.keys_loaded(host, set.len());
+            log(
+                LogLevel::Info,
+                &format!(
+                    "keygate: configuration accepted (native, filter {name}): {} keys, {} rules",
+                    set.len(),
+                    config.rules.rules.len()
+                ),
+            );
+        }
+        KeySource::KeySet(fetch) => {
+            let watch = match fetch.watch_seconds {
+                0 => String::new(),
+                s => format!("watched in {s} s long-polls where the service syncs, else "),
+            };
+            log(
+                LogLevel::Info,
+                &format!(
+                    "keygate: configuration accepted (native, filter {name}): key set from \
+                     cluster {} path {} ({watch}polled every {} s), {} rules",
+                    fetch.endpoint.cluster,
+                    fetch.path,
+                    fetch.refresh_seconds,
+                    config.rules.rules.len()
+                ),
+            );
+            key_set = Some(KeySet::start(fetch, host)?);
+        }
+        KeySource::Lookup(_) => {}
     }
-    let outcomes = Outcome::ALL.map(|outcome| define(outcome.metric_name()));
-    Some(Filter { config, outcomes })
+    Some(Filter {
+        config,
+        metrics,
+        key_set,
+    })
+}
+
+/// An event committed on the config's scheduler, on the main thread.
+pub fn scheduled(filter: &Filter, host: ConfigHost, event: u64) {
+    if let (key_set::EVENT, Some(key_set)) = (event, &filter.key_set) {
+        key_set.tick(host, &filter.metrics);
+    }
+}
+
+/// The answer to a call the config made, on the main thread.
+pub fn called(filter: &Filter, host: ConfigHost, id: u64, answer: &CallAnswer<'_>) {
+    if let Some(key_set) = &filter.key_set {
+        if key_set.answered(id, answer) {
+            return;
+        }
+    }
+    let _ = host;
 }
 
 /// Decides a request from its headers and carries the verdict out: header edits (true:
 /// the request goes on) or a local answer (false).
 pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
     let config = &filter.config;
+    // A record from the key set, which the verdict may borrow.
+    let fetched: Option<KeyRecord>;
     let (verdict, redacted) = {
         let headers = match host.headers() {
             Ok(headers) => headers,
@@ -118,14 +163,43 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
                 return carry_out(filter, host, verdict, None);
             }
         };
-        let verdict = decide(config, &headers, request_time);
-        let redacted = match &verdict {
-            Verdict::Deny(_) => redacted_target(config, &headers),
-            Verdict::Allow(_) => None,
+        let verdict = match begin_with_token(config, &headers, None) {
+            Step::Done(verdict) => verdict,
+            Step::Key(check) => match (&config.keys, &filter.key_set) {
+                (KeySource::Inline(set), _) => {
+                    let record = set.get(&check.hash);
+                    check.finish(config, record, request_time)
+                }
+                (KeySource::KeySet(_), Some(key_set)) => {
+                    match key_set.record(config, &check.hash) {
+                        Ok(record) => {
+                            fetched = record;
+                            check.finish(config, fetched.as_ref(), request_time)
+                        }
+                        Err(NotLoaded) => check.unavailable(config),
+                    }
+                }
+                // A mode without its state: fail closed.
+                _ => check.unavailable(config),
+            },
         };
+        let redacted = denied_path(config, &verdict, &headers);
         (verdict, redacted)
     };
     carry_out(filter, host, verdict, redacted.as_deref())
+}
+
+/// For a refused request, its `:path` without a query-parameter key (Envoy's access log
+/// records the path as it stands).
+fn denied_path(
+    config: &Config,
+    verdict: &Verdict<'_>,
+    headers: &[(&str, &[u8])],
+) -> Option<Vec<u8>> {
+    match verdict {
+        Verdict::Deny(_) => redacted_target(config, headers),
+        Verdict::Allow(_) => None,
+    }
 }
 
 /// The instant a key's `expires_at` is checked against (read only for a key with one).

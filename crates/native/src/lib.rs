@@ -11,3 +11,5 @@
 
 mod abi;
 mod filter;
+mod key_set;
+mod metrics;
