@@ -2,8 +2,10 @@
 //! the wasm shell's `on_configure` and `on_http_request_headers`. No decision is made here.
 
 use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
-use crate::key_set::{self, KeySet, NotLoaded};
+use crate::key_set::{KeySet, NotLoaded};
 use crate::metrics::Metrics;
+use crate::ticker::{self, Ticker};
+use crate::usage::Usage;
 use keygate_core::config::{Config, KeySource, DEFAULT_REALM};
 use keygate_core::decision::{
     begin_with_token, redacted_target, Denial, HeaderEditor, Step, Verdict, UNAVAILABLE,
@@ -12,6 +14,7 @@ use keygate_core::record::KeyRecord;
 use keygate_core::response::{self, LocalResponse};
 use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The request as Envoy holds it during a hook.
@@ -35,7 +38,10 @@ pub trait Host {
 pub struct Filter {
     pub config: Config,
     metrics: Metrics,
+    // Dropped in this order: the tick stops before what it ticks.
+    _ticker: Option<Ticker>,
     key_set: Option<KeySet>,
+    usage: Option<Usage>,
 }
 
 impl Filter {
@@ -69,11 +75,10 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
             return None;
         }
     };
-    let unsupported = match (&config.keys, &config.usage, &config.jwt) {
-        (KeySource::Lookup(_), _, _) => Some("lookup"),
-        (_, Some(_), _) => Some("usage"),
-        (_, _, Some(_)) => Some("jwt"),
-        (KeySource::Inline(_) | KeySource::KeySet(_), None, None) => None,
+    let unsupported = match (&config.keys, &config.jwt) {
+        (KeySource::Lookup(_), _) => Some("lookup"),
+        (_, Some(_)) => Some("jwt"),
+        (KeySource::Inline(_) | KeySource::KeySet(_), None) => None,
     };
     if let Some(what) = unsupported {
         log(
@@ -92,6 +97,20 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
         );
     }
     let metrics = Metrics::define(host);
+    // The main thread's turn, every `ticker::TICK`, for what fetches or reports.
+    let scheduler = match (&config.keys, &config.usage) {
+        (KeySource::Inline(_), None) => None,
+        _ => match host.scheduler() {
+            Some(scheduler) => Some(Arc::new(scheduler)),
+            None => {
+                log(
+                    LogLevel::Error,
+                    "keygate: configuration refused: Envoy gave no scheduler to fetch or report with",
+                );
+                return None;
+            }
+        },
+    };
     let mut key_set = None;
     match &config.keys {
         KeySource::Inline(set) => {
@@ -121,21 +140,49 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
                     config.rules.rules.len()
                 ),
             );
-            key_set = Some(KeySet::start(fetch, host)?);
+            key_set = Some(KeySet::start(fetch, scheduler.clone()?)?);
         }
         KeySource::Lookup(_) => {}
     }
+    let usage = config.usage.as_ref().map(|usage| {
+        log(
+            LogLevel::Info,
+            &format!(
+                "keygate: usage reported to cluster {} path {} every {} s",
+                usage.endpoint.cluster, usage.path, usage.report_seconds
+            ),
+        );
+        Usage::new(usage)
+    });
+    let ticker = match scheduler.map(Ticker::start).transpose() {
+        Ok(ticker) => ticker,
+        Err(why) => {
+            log(
+                LogLevel::Error,
+                &format!("keygate: configuration refused: {why}"),
+            );
+            return None;
+        }
+    };
     Some(Filter {
         config,
         metrics,
+        _ticker: ticker,
         key_set,
+        usage,
     })
 }
 
 /// An event committed on the config's scheduler, on the main thread.
 pub fn scheduled(filter: &Filter, host: ConfigHost, event: u64) {
-    if let (key_set::EVENT, Some(key_set)) = (event, &filter.key_set) {
+    if event != ticker::EVENT {
+        return;
+    }
+    if let Some(key_set) = &filter.key_set {
         key_set.tick(host, &filter.metrics);
+    }
+    if let Some(usage) = &filter.usage {
+        usage.tick(host, &filter.metrics);
     }
 }
 
@@ -146,7 +193,9 @@ pub fn called(filter: &Filter, host: ConfigHost, id: u64, answer: &CallAnswer<'_
             return;
         }
     }
-    let _ = host;
+    if let Some(usage) = &filter.usage {
+        usage.answered(host, &filter.metrics, id, answer);
+    }
 }
 
 /// Decides a request from its headers and carries the verdict out: header edits (true:
@@ -155,7 +204,7 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
     let config = &filter.config;
     // A record from the key set, which the verdict may borrow.
     let fetched: Option<KeyRecord>;
-    let (verdict, redacted) = {
+    let (verdict, redacted, used) = {
         let headers = match host.headers() {
             Ok(headers) => headers,
             Err(why) => {
@@ -163,14 +212,15 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
                 return carry_out(filter, host, verdict, None);
             }
         };
+        let mut hash = None;
         let verdict = match begin_with_token(config, &headers, None) {
             Step::Done(verdict) => verdict,
-            Step::Key(check) => match (&config.keys, &filter.key_set) {
-                (KeySource::Inline(set), _) => {
+            Step::Key(check) => match (hash.insert(check.hash), &config.keys, &filter.key_set) {
+                (_, KeySource::Inline(set), _) => {
                     let record = set.get(&check.hash);
                     check.finish(config, record, request_time)
                 }
-                (KeySource::KeySet(_), Some(key_set)) => {
+                (_, KeySource::KeySet(_), Some(key_set)) => {
                     match key_set.record(config, &check.hash) {
                         Ok(record) => {
                             fetched = record;
@@ -184,9 +234,18 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
             },
         };
         let redacted = denied_path(config, &verdict, &headers);
-        (verdict, redacted)
+        let used = hash.map(|hash| (hash, verdict.outcome()));
+        (verdict, redacted, used)
     };
-    carry_out(filter, host, verdict, redacted.as_deref())
+    let proceed = carry_out(filter, host, verdict, redacted.as_deref());
+    if let (true, Some((hash, Outcome::Allowed)), Some(usage)) = (proceed, used, &filter.usage) {
+        if !usage.record(&hash) {
+            if let Some(id) = filter.metrics.usage_dropped {
+                host.count(id);
+            }
+        }
+    }
+    proceed
 }
 
 /// For a refused request, its `:path` without a query-parameter key (Envoy's access log

@@ -4,34 +4,32 @@
 //! The protocol is the core's ([`SharedSet`]: the lease, the long-poll of the incremental
 //! sync, deltas applied bucket by bucket, layouts, backoff), run against [`Memory`], a
 //! store in native memory in place of proxy-wasm's shared data. Envoy's main thread makes
-//! the calls (a config-level callout, on a scheduler event); a loader thread per config
-//! reads and writes what they bring, so neither the main thread nor a worker is held up by
-//! a large document, and ticks the main thread every [`TICK`].
+//! the calls (a config-level callout, on the config's tick, `crate::ticker`); a loader
+//! thread per config reads and writes what they bring, so neither the main thread nor a
+//! worker is held up by a large document.
 
 use crate::abi::{log, ConfigHost, LogLevel, Scheduler};
 use crate::metrics::Metrics;
+use crate::ticker;
 use keygate_core::config::Config;
 use keygate_core::key_set::{FetchAnswer, Fetched, Progress, SharedSet, SharedStore, Turn};
 use keygate_core::record::{count_keys, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How often the main thread looks at the set: stats, and whether a fetch is due.
-const TICK: Duration = Duration::from_millis(500);
-/// The scheduler event of the key set's turn.
-pub const EVENT: u64 = 1;
+use std::time::{SystemTime, UNIX_EPOCH};
 /// [`KeySet::bits`] before a first set has loaded.
 const NO_LAYOUT: u8 = u8::MAX;
 
 /// Every key set of the process (sets from different sources never share entries: the
 /// core names them by source), shared by every filter config and worker.
-static MEMORY: LazyLock<RwLock<HashMap<String, (Vec<u8>, u32)>>> =
-    LazyLock::new(|| RwLock::new(HashMap::new()));
+/// Entries by name: a value and its version.
+type Entries = HashMap<String, (Vec<u8>, u32)>;
+
+static MEMORY: LazyLock<RwLock<Entries>> = LazyLock::new(|| RwLock::new(HashMap::new()));
 
 /// The process's key-set store, as the core's [`SharedStore`].
 struct Memory;
@@ -98,17 +96,11 @@ struct MainThread {
 }
 
 impl KeySet {
-    /// Starts the loader; `None` (logged) when Envoy gives no scheduler or no thread.
-    pub fn start(fetch: &KeySetConfig, host: ConfigHost) -> Option<KeySet> {
+    /// Starts the loader, which commits a tick on `scheduler` when it is done with an
+    /// answer; `None` (logged) when no thread can be started.
+    pub fn start(fetch: &KeySetConfig, scheduler: Arc<Scheduler>) -> Option<KeySet> {
         let set = SharedSet::new(fetch);
         let holder = set.new_holder(&mut Memory);
-        let Some(scheduler) = host.scheduler() else {
-            log(
-                LogLevel::Error,
-                "keygate: configuration refused: Envoy gave no scheduler for the key set",
-            );
-            return None;
-        };
         let (work, inbox) = mpsc::channel();
         let done = Arc::new(Mutex::new(Vec::new()));
         let loader = {
@@ -314,7 +306,7 @@ impl Drop for KeySet {
 }
 
 /// The loader thread: deals with each answer whole (no worker waits on it: they read the
-/// buckets already written), and ticks the main thread.
+/// buckets already written), then has the main thread take its turn at once.
 fn load(
     set: &SharedSet,
     holder: u64,
@@ -322,9 +314,8 @@ fn load(
     done: &Mutex<Vec<Fetched>>,
     scheduler: &Scheduler,
 ) {
-    scheduler.commit(EVENT);
     loop {
-        match inbox.recv_timeout(TICK) {
+        match inbox.recv() {
             Ok(Work::Answer { asked_ms, answer }) => {
                 let now = now_ms();
                 let turn = Turn {
@@ -344,10 +335,9 @@ fn load(
                 done.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(fetched);
-                scheduler.commit(EVENT);
+                scheduler.commit(ticker::EVENT);
             }
-            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => scheduler.commit(EVENT),
+            Ok(Work::Stop) | Err(_) => return,
         }
     }
 }

@@ -13,3 +13,5 @@ mod abi;
 mod filter;
 mod key_set;
 mod metrics;
+mod ticker;
+mod usage;
