@@ -92,8 +92,14 @@ impl Drop for Serve {
     }
 }
 
-/// Envoy runs a VM per worker and one on its main thread, and each follows the feed.
-const VMS: u64 = 3;
+/// Who follows the feed: with the wasm filter, each VM (one per worker and one on Envoy's
+/// main thread); with the native module, the main thread once for the process.
+fn followers() -> u64 {
+    match std::env::var("KEYGATE_BUILD").as_deref() {
+        Ok("native") => 1,
+        _ => 3,
+    }
+}
 
 /// Waits until every VM follows the feed (each counts its first answer).
 fn await_watching(envoy: &Envoy, workers: u64) {
@@ -237,7 +243,7 @@ fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
     let served = Serve::start(&keys, free_port(), &dir.join("serve.log"));
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
-    await_watching(&envoy, VMS);
+    await_watching(&envoy, followers());
 
     cache_on_every_worker(&envoy, &[&alice.api_key, &bob.api_key], 200, 4);
     let calls = envoy.keygate_stat("lookup.calls");
@@ -254,7 +260,7 @@ fn a_revoked_key_is_refused_by_every_worker_within_a_second_or_so() {
     envoy.await_stats_flush();
     // Each worker asked again for alice (and only for her).
     assert_eq!(envoy.keygate_stat("lookup.calls"), calls + 2);
-    assert!(envoy.keygate_stat("lookup.watch_changes") > VMS);
+    assert!(envoy.keygate_stat("lookup.watch_changes") > followers());
     assert_eq!(envoy.keygate_stat("lookup.watch_failed"), 0);
     // No key went to the key service, only hashes.
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
@@ -268,7 +274,7 @@ fn a_restarted_key_service_is_a_new_epoch_and_every_cached_answer_goes() {
     let served = Serve::start(&keys, port, &dir.join("serve-1.log"));
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
-    await_watching(&envoy, VMS);
+    await_watching(&envoy, followers());
     cache_on_every_worker(&envoy, &[&alice.api_key, &bob.api_key], 200, 4);
 
     // The key service goes away; cached answers still serve.
@@ -287,7 +293,7 @@ fn a_restarted_key_service_is_a_new_epoch_and_every_cached_answer_goes() {
     }
     envoy.await_stats_flush();
     assert!(
-        envoy.keygate_stat("lookup.watch_failed") >= 2,
+        envoy.keygate_stat("lookup.watch_failed") >= followers().min(2),
         "{:?}",
         envoy.keygate_stats()
     );
@@ -302,11 +308,11 @@ fn a_long_poll_that_times_out_is_made_again_without_a_gap() {
     let served = Serve::start(&keys, free_port(), &dir.join("serve.log"));
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 1));
-    await_watching(&envoy, VMS);
+    await_watching(&envoy, followers());
     cache_on_every_worker(&envoy, &[&alice.api_key], 200, 2);
 
     // Long-polls of 1 s, over 4 s: each VM's are answered 304 and made again.
-    let delay = long_polls_loop_then_revoke(&envoy, VMS, &keys, &alice);
+    let delay = long_polls_loop_then_revoke(&envoy, followers(), &keys, &alice);
     println!("after 304 loops, refused by every worker after {delay:?}");
     envoy.await_stats_flush();
     assert_eq!(envoy.keygate_stat("lookup.watch_failed"), 0);
@@ -335,7 +341,10 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
     std::thread::sleep(waited);
     envoy.await_stats_flush();
     let failed = envoy.keygate_stat("lookup.watch_failed");
-    assert!((VMS..=4 * VMS).contains(&failed), "{failed} failures");
+    assert!(
+        (followers()..=4 * followers()).contains(&failed),
+        "{failed} failures"
+    );
     assert_eq!(envoy.keygate_stat("lookup.failed"), 0);
     assert_eq!(envoy.keygate_stat("lookup.watch_changes"), 0);
     let log = envoy.log();
@@ -343,7 +352,7 @@ fn a_key_service_without_the_feed_still_serves_lookups() {
     // Warned once per VM, not once per failure.
     assert_eq!(
         log.matches("no change feed (404)").count() as u64,
-        VMS,
+        followers(),
         "{log}"
     );
 }
@@ -357,7 +366,7 @@ fn a_key_revoked_through_the_admin_api_is_refused_by_every_worker_within_a_secon
     let (alice_key, bob_key) = (db.alice_key.as_str(), db.bob_key.as_str());
     let upstream = Upstream::start();
     let envoy = start_envoy(&upstream, served.addr, &plugin_config(60, 25));
-    await_watching(&envoy, VMS);
+    await_watching(&envoy, followers());
 
     cache_on_every_worker(&envoy, &[alice_key, bob_key], 200, 4);
     let calls = envoy.keygate_stat("lookup.calls");

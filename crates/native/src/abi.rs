@@ -142,6 +142,16 @@ extern "C" {
         event_id: u64,
     );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: Buffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: Buffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter_envoy_ptr: *mut c_void,
         id: usize,
@@ -246,15 +256,7 @@ impl ConfigHost {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, String> {
-        let raw: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(name, value)| HttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
-            .collect();
+        let raw = raw_headers(headers);
         let mut id = 0u64;
         // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
         // the cluster name, headers and body are valid for the call and Envoy copies them;
@@ -270,17 +272,7 @@ impl ConfigHost {
                 timeout_ms,
             )
         };
-        match result {
-            CALLOUT_SUCCESS => Ok(id),
-            1 => Err("Envoy refused the call (a required header is missing)".into()),
-            2 => Err(format!(
-                "cannot call cluster {cluster:?}: is it defined in Envoy's config?"
-            )),
-            other => Err(format!(
-                "Envoy could not start the call to cluster {cluster:?} (result {other}): \
-                 does it have a healthy endpoint?"
-            )),
-        }
+        call_started(result, id, cluster)
     }
 
     /// A scheduler for this config: events committed on it, from any thread, come back to
@@ -290,6 +282,33 @@ impl ConfigHost {
         let raw =
             unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.envoy) };
         (!raw.is_null()).then_some(Scheduler { raw })
+    }
+}
+
+fn raw_headers(headers: &[(&str, &str)]) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| HttpHeader {
+            key_ptr: name.as_ptr(),
+            key_length: name.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        })
+        .collect()
+}
+
+/// A callout's id, or why Envoy would not start it.
+fn call_started(result: u32, id: u64, cluster: &str) -> Result<u64, String> {
+    match result {
+        CALLOUT_SUCCESS => Ok(id),
+        1 => Err("Envoy refused the call (a required header is missing)".into()),
+        2 => Err(format!(
+            "cannot call cluster {cluster:?}: is it defined in Envoy's config?"
+        )),
+        other => Err(format!(
+            "Envoy could not start the call to cluster {cluster:?} (result {other}): does it \
+             have a healthy endpoint?"
+        )),
     }
 }
 
@@ -372,7 +391,9 @@ unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
     }
 }
 
-/// One request's filter in Envoy, valid during the hook that handed it over.
+/// One request's filter in Envoy: valid during the hook that handed it over, and, for a
+/// request paused in lookup mode, until its destroy hook (`crate::lookup` forgets it there).
+#[derive(Clone, Copy)]
 pub struct Request {
     envoy: *mut c_void,
 }
@@ -462,6 +483,39 @@ impl Host for Request {
 }
 
 impl Request {
+    /// Sends a GET-like request to `cluster` for this request; its answer comes to
+    /// `envoy_dynamic_module_on_http_filter_http_callout_done` with the id returned.
+    pub fn call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, String> {
+        let raw = raw_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: `self.envoy` is a live request's filter (see `Request`), used on its
+        // worker; the cluster name and headers are valid for the call and Envoy copies
+        // them; `id` is written once.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.envoy,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                raw.as_ptr(),
+                raw.len(),
+                Buffer::of(&[]),
+                timeout_ms,
+            )
+        };
+        call_started(result, id, cluster)
+    }
+
+    /// Resumes a request that stopped in its headers hook.
+    pub fn continue_decoding(&self) {
+        // SAFETY: `self.envoy` is a live, paused request's filter, used on its worker.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.envoy) }
+    }
+
     /// The headers (or trailers) Envoy holds, as pointers into its map; `None` when it has
     /// none to give.
     fn read(&self, header_type: u32) -> Option<Vec<HttpHeader>> {
@@ -577,26 +631,69 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     }
 }
 
-/// A request's filter: keygate keeps no state per request, so the filter is its config.
+/// A request's filter: its config, and its number in lookup mode (0 otherwise).
+struct PerRequest {
+    config: *const Filter,
+    stream: u32,
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
-    config
+    // SAFETY: `config` is what `config_new` returned (Envoy destroys it after its filters).
+    let stream = match unsafe { config_of(config) } {
+        Some(filter) if filter::needs_stream(filter) => crate::lookup::stream_id(),
+        _ => 0,
+    };
+    let per_request = PerRequest {
+        config: config.cast(),
+        stream,
+    };
+    Box::into_raw(Box::new(per_request)).cast_const().cast()
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
+    if filter.is_null() {
+        return;
+    }
+    // SAFETY: `filter` came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
+    let per_request = unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) };
+    // SAFETY: the config outlives its filters.
+    if let Some(config) = unsafe { config_of(per_request.config.cast()) } {
+        if per_request.stream != 0
+            && catch_unwind(AssertUnwindSafe(|| {
+                filter::request_ended(config, per_request.stream)
+            }))
+            .is_err()
+        {
+            log(LogLevel::Error, "keygate: ending a request panicked");
+        }
+    }
+}
 
-/// The config of a filter pointer from `filter_new`.
+/// The config of a config pointer from `config_new`.
 ///
 /// # Safety
-/// `filter` is null or a pointer `config_new` returned whose config is not yet destroyed
+/// `config` is null or a pointer `config_new` returned whose config is not yet destroyed
 /// (Envoy destroys a config after its filters).
-unsafe fn config_of<'a>(filter: *const c_void) -> Option<&'a Filter> {
+unsafe fn config_of<'a>(config: *const c_void) -> Option<&'a Filter> {
     // SAFETY: by this function's contract; a `Filter` is only read, from any worker.
-    unsafe { filter.cast::<Filter>().as_ref() }
+    unsafe { config.cast::<Filter>().as_ref() }
+}
+
+/// The config and stream number of a filter pointer from `filter_new`.
+///
+/// # Safety
+/// `filter` is null or a pointer `filter_new` returned, not yet destroyed.
+unsafe fn request_of<'a>(filter: *const c_void) -> Option<(&'a Filter, u32)> {
+    // SAFETY: by this function's contract, and the config outlives its filters.
+    unsafe {
+        let per_request = filter.cast::<PerRequest>().as_ref()?;
+        Some((config_of(per_request.config.cast())?, per_request.stream))
+    }
 }
 
 #[no_mangle]
@@ -609,9 +706,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         envoy: filter_envoy_ptr,
     };
     // SAFETY: `filter` is what `filter_new` returned for this request.
-    let config = unsafe { config_of(filter) };
-    let proceed = catch_unwind(AssertUnwindSafe(|| match config {
-        Some(config) => filter::request_headers(config, &mut request),
+    let found = unsafe { request_of(filter) };
+    let config = found.map(|(config, _)| config);
+    let proceed = catch_unwind(AssertUnwindSafe(|| match found {
+        Some((config, stream)) => filter::request_headers(config, stream, &mut request),
         None => {
             filter::unavailable(None, &mut request);
             false
@@ -642,13 +740,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         envoy: filter_envoy_ptr,
     };
     // SAFETY: `filter` is what `filter_new` returned for this request.
-    let config = unsafe { config_of(filter) };
-    let stripped = catch_unwind(AssertUnwindSafe(|| match config {
-        Some(config) => filter::strip_trailers(config, &mut request),
-        None => false,
+    let found = unsafe { request_of(filter) };
+    let config = found.map(|(config, _)| config);
+    let stripped = catch_unwind(AssertUnwindSafe(|| match found {
+        Some((config, stream)) => {
+            filter::strip_trailers(config, &mut request).then(|| filter::waiting(config, stream))
+        }
+        None => None,
     }));
-    if matches!(stripped, Ok(true)) {
-        return CONTINUE;
+    match stripped {
+        Ok(Some(false)) => return CONTINUE,
+        Ok(Some(true)) => return STOP_ITERATION,
+        _ => {}
     }
     log(
         LogLevel::Warn,
@@ -663,9 +766,23 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 // The hooks keygate does nothing in: each continues. Their further arguments (the ABI
 // passes them in registers) are not read.
 
+/// A body arriving while the request waits for its key must not move it on (a body let
+/// through would resume the request): only the key service's answer does.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body() -> u32 {
-    CONTINUE
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy_ptr: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: `filter` is what `filter_new` returned for this request.
+    let Some((config, stream)) = (unsafe { request_of(filter) }) else {
+        return STOP_ITERATION;
+    };
+    match catch_unwind(AssertUnwindSafe(|| filter::waiting(config, stream))) {
+        Ok(false) => CONTINUE,
+        // StopIterationAndBuffer: held until the answer.
+        Ok(true) | Err(_) => STOP_ITERATION,
+    }
 }
 
 #[no_mangle]
@@ -686,8 +803,42 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers() -> u32
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete() {}
 
+/// The answer to a call a request made (lookup mode), on its worker.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done() {}
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy_ptr: *mut c_void,
+    filter: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const Buffer,
+    body_chunks_size: usize,
+) {
+    // SAFETY: `filter` is what `filter_new` returned for this request.
+    let Some((config, stream)) = (unsafe { request_of(filter) }) else {
+        return;
+    };
+    // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns.
+    let answer = unsafe {
+        CallAnswer {
+            received: result == CALLOUT_SUCCESS,
+            headers: slice(headers, headers_size),
+            chunks: slice(body_chunks, body_chunks_size),
+        }
+    };
+    if catch_unwind(AssertUnwindSafe(|| {
+        filter::request_called(config, stream, callout_id, &answer)
+    }))
+    .is_err()
+    {
+        log(
+            LogLevel::Error,
+            "keygate: reading a key lookup's answer panicked",
+        );
+    }
+}
 
 /// An event a config's [`Scheduler`] committed: the key set's and usage's turn, on the
 /// main thread.

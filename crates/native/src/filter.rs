@@ -1,8 +1,10 @@
 //! What the module does with a configuration and a request, host calls behind [`Host`]:
 //! the wasm shell's `on_configure` and `on_http_request_headers`. No decision is made here.
 
+use crate::abi::Request;
 use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
 use crate::key_set::{KeySet, NotLoaded};
+use crate::lookup::{self, LookupMode, Started};
 use crate::metrics::Metrics;
 use crate::ticker::{self, Ticker};
 use crate::usage::Usage;
@@ -10,7 +12,7 @@ use keygate_core::config::{Config, KeySource, DEFAULT_REALM};
 use keygate_core::decision::{
     begin_with_token, redacted_target, Denial, HeaderEditor, Step, Verdict, UNAVAILABLE,
 };
-use keygate_core::record::KeyRecord;
+use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::response::{self, LocalResponse};
 use keygate_core::stats::Outcome;
 use keygate_core::timestamp::Timestamp;
@@ -41,10 +43,15 @@ pub struct Filter {
     // Dropped in this order: the tick stops before what it ticks.
     _ticker: Option<Ticker>,
     key_set: Option<KeySet>,
+    lookup: Option<LookupMode>,
     usage: Option<Usage>,
 }
 
 impl Filter {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     fn count(&self, host: &mut impl Host, outcome: Outcome) {
         if let Some(id) = self.metrics.outcome(outcome) {
             host.count(id);
@@ -76,9 +83,8 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
         }
     };
     let unsupported = match (&config.keys, &config.jwt) {
-        (KeySource::Lookup(_), _) => Some("lookup"),
         (_, Some(_)) => Some("jwt"),
-        (KeySource::Inline(_) | KeySource::KeySet(_), None) => None,
+        _ => None,
     };
     if let Some(what) = unsupported {
         log(
@@ -111,7 +117,7 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
             }
         },
     };
-    let mut key_set = None;
+    let (mut key_set, mut lookup) = (None, None);
     match &config.keys {
         KeySource::Inline(set) => {
             metrics.keys_loaded(host, set.len());
@@ -142,7 +148,27 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
             );
             key_set = Some(KeySet::start(fetch, scheduler.clone()?)?);
         }
-        KeySource::Lookup(_) => {}
+        KeySource::Lookup(fetch) => {
+            let watch = fetch.watch.as_ref().map_or_else(
+                || "no change feed (watch_seconds 0)".to_string(),
+                |w| {
+                    format!(
+                        "change feed {} ({} s long-polls)",
+                        w.changes_path, w.wait_seconds
+                    )
+                },
+            );
+            log(
+                LogLevel::Info,
+                &format!(
+                    "keygate: configuration accepted (native, filter {name}): keys looked up \
+                     on cluster {}, {watch}, {} rules",
+                    fetch.endpoint.cluster,
+                    config.rules.rules.len()
+                ),
+            );
+            lookup = Some(LookupMode::new(fetch));
+        }
     }
     let usage = config.usage.as_ref().map(|usage| {
         log(
@@ -169,8 +195,47 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
         metrics,
         _ticker: ticker,
         key_set,
+        lookup,
         usage,
     })
+}
+
+/// Whether the config's requests need a number of their own (lookup mode).
+pub fn needs_stream(filter: &Filter) -> bool {
+    filter.lookup.is_some()
+}
+
+/// Whether request `stream` waits for its key.
+pub fn waiting(filter: &Filter, stream: u32) -> bool {
+    match &filter.lookup {
+        Some(mode) if stream != 0 => lookup::waiting(mode, stream),
+        _ => false,
+    }
+}
+
+/// Request `stream` ends.
+pub fn request_ended(filter: &Filter, stream: u32) {
+    if let Some(mode) = &filter.lookup {
+        lookup::ended(filter, mode, stream);
+    }
+}
+
+/// The answer to a call request `stream` made.
+pub fn request_called(filter: &Filter, stream: u32, id: u64, answer: &CallAnswer<'_>) {
+    if let Some(mode) = &filter.lookup {
+        lookup::answered(filter, mode, stream, id, answer);
+    }
+}
+
+/// An allowed request's key was used (usage mode).
+pub fn record_use(filter: &Filter, host: &mut impl Host, hash: &KeyHash) {
+    if let Some(usage) = &filter.usage {
+        if !usage.record(hash) {
+            if let Some(id) = filter.metrics.usage_dropped {
+                host.count(id);
+            }
+        }
+    }
 }
 
 /// An event committed on the config's scheduler, on the main thread.
@@ -180,6 +245,9 @@ pub fn scheduled(filter: &Filter, host: ConfigHost, event: u64) {
     }
     if let Some(key_set) = &filter.key_set {
         key_set.tick(host, &filter.metrics);
+    }
+    if let Some(feed) = filter.lookup.as_ref().and_then(|l| l.feed.as_ref()) {
+        feed.poll(host, &filter.metrics);
     }
     if let Some(usage) = &filter.usage {
         usage.tick(host, &filter.metrics);
@@ -193,6 +261,11 @@ pub fn called(filter: &Filter, host: ConfigHost, id: u64, answer: &CallAnswer<'_
             return;
         }
     }
+    if let Some(feed) = filter.lookup.as_ref().and_then(|l| l.feed.as_ref()) {
+        if feed.answered(host, &filter.metrics, id, answer) {
+            return;
+        }
+    }
     if let Some(usage) = &filter.usage {
         usage.answered(host, &filter.metrics, id, answer);
     }
@@ -200,10 +273,12 @@ pub fn called(filter: &Filter, host: ConfigHost, id: u64, answer: &CallAnswer<'_
 
 /// Decides a request from its headers and carries the verdict out: header edits (true:
 /// the request goes on) or a local answer (false).
-pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
+pub fn request_headers(filter: &Filter, stream: u32, host: &mut Request) -> bool {
     let config = &filter.config;
-    // A record from the key set, which the verdict may borrow.
+    // A record from the key set or the lookup cache, which the verdict may borrow.
     let fetched: Option<KeyRecord>;
+    let mut answer = None;
+    let request = *host;
     let (verdict, redacted, used) = {
         let headers = match host.headers() {
             Ok(headers) => headers,
@@ -229,6 +304,24 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
                         Err(NotLoaded) => check.unavailable(config),
                     }
                 }
+                (_, KeySource::Lookup(_), _) => match &filter.lookup {
+                    Some(mode) => {
+                        let redacted = || redacted_target(config, &headers);
+                        match lookup::start(
+                            filter,
+                            mode,
+                            stream,
+                            request,
+                            check,
+                            redacted,
+                            &mut answer,
+                        ) {
+                            Started::Decided(verdict) => verdict,
+                            Started::Paused => return false,
+                        }
+                    }
+                    None => check.unavailable(config),
+                },
                 // A mode without its state: fail closed.
                 _ => check.unavailable(config),
             },
@@ -238,12 +331,8 @@ pub fn request_headers(filter: &Filter, host: &mut impl Host) -> bool {
         (verdict, redacted, used)
     };
     let proceed = carry_out(filter, host, verdict, redacted.as_deref());
-    if let (true, Some((hash, Outcome::Allowed)), Some(usage)) = (proceed, used, &filter.usage) {
-        if !usage.record(&hash) {
-            if let Some(id) = filter.metrics.usage_dropped {
-                host.count(id);
-            }
-        }
+    if let (true, Some((hash, Outcome::Allowed))) = (proceed, used) {
+        record_use(filter, host, &hash);
     }
     proceed
 }
@@ -268,7 +357,7 @@ fn request_time() -> Timestamp {
 
 /// The wasm shell's `carry_out`: the allowed request's edits, or the denial's answer (with
 /// a query-parameter key taken out of `:path`, for Envoy's access log).
-fn carry_out(
+pub fn carry_out(
     filter: &Filter,
     host: &mut impl Host,
     verdict: Verdict<'_>,

@@ -12,6 +12,8 @@
 mod abi;
 mod filter;
 mod key_set;
+mod lookup;
+mod lookup_watch;
 mod metrics;
 mod ticker;
 mod usage;
