@@ -48,6 +48,41 @@ pub fn native_filter(plugin_config: &Value) -> Value {
     })
 }
 
+/// Puts keygate's native build in place of the wasm filter in every listener of a
+/// bootstrap, with the same configuration (the tools run one bootstrap with either build).
+pub fn wasm_to_native(bootstrap: &mut Value) {
+    let Some(listeners) = bootstrap["static_resources"]["listeners"].as_array_mut() else {
+        return;
+    };
+    for listener in listeners {
+        let Some(chains) = listener["filter_chains"].as_array_mut() else {
+            continue;
+        };
+        for chain in chains {
+            let Some(filters) = chain["filters"].as_array_mut() else {
+                continue;
+            };
+            for network_filter in filters {
+                let Some(http_filters) =
+                    network_filter["typed_config"]["http_filters"].as_array_mut()
+                else {
+                    continue;
+                };
+                for filter in http_filters {
+                    if filter["name"] != "envoy.filters.http.wasm" {
+                        continue;
+                    }
+                    let text = filter["typed_config"]["config"]["configuration"]["value"]
+                        .as_str()
+                        .unwrap_or("{}");
+                    let config: Value = serde_json::from_str(text).unwrap();
+                    *filter = native_filter(&config);
+                }
+            }
+        }
+    }
+}
+
 /// The name the native module is loaded by (`lib` + name + `.so`).
 pub const NATIVE_MODULE: &str = "keygate_native";
 

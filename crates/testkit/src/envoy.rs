@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The HTTP filter that loads a dynamic module.
+const DYNAMIC_MODULE_FILTER: &str = "envoy.filters.http.dynamic_modules";
+
 /// How to start Envoy.
 pub struct EnvoyOptions {
     pub concurrency: u32,
@@ -73,9 +76,11 @@ fn spawn(
             (config, text.as_bytes().to_vec())
         }
     };
-    // A bootstrap that loads keygate's native module: Envoy finds it in this folder.
+    // A bootstrap that loads keygate's native module (or another dynamic module put beside
+    // it, as `make bench`'s empty one): Envoy finds it in this folder.
     let mut command = Command::new(envoy_binary());
-    if String::from_utf8_lossy(&text).contains(NATIVE_MODULE) {
+    let text = String::from_utf8_lossy(&text);
+    if text.contains(NATIVE_MODULE) || text.contains(DYNAMIC_MODULE_FILTER) {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
     }
     let admin_file = dir.path().join("admin-address");
@@ -248,10 +253,13 @@ fn parse_stats(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One keygate stat (`fetch.ok`) of stats read earlier; 0 when absent.
+/// One keygate stat (`fetch.ok`) of stats read earlier, the wasm filter's
+/// (`wasmcustom.keygate.*`) or else the native module's (`dynamicmodulescustom.keygate.*`,
+/// README "Native build (Envoy dynamic module)"); 0 when absent.
 pub fn keygate_stat_in(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    stats
-        .get(&format!("wasmcustom.keygate.{name}"))
+    ["wasmcustom", "dynamicmodulescustom"]
+        .iter()
+        .find_map(|prefix| stats.get(&format!("{prefix}.keygate.{name}")))
         .copied()
         .unwrap_or(0)
 }

@@ -31,8 +31,8 @@ pub use artifacts::{
 };
 pub use bootstrap::{
     admin, bootstrap, bootstrap_native, bootstrap_with_key_service, free_port, http_listener,
-    key_service_cluster, listener, native_filter, upstream_cluster, wasm_filter, with_access_log,
-    NATIVE_MODULE,
+    key_service_cluster, listener, native_filter, upstream_cluster, wasm_filter, wasm_to_native,
+    with_access_log, NATIVE_MODULE,
 };
 pub use envoy::{keygate_stat_in, Bootstrap, Envoy, EnvoyOptions, Refused};
 pub use fixtures::{
