@@ -97,13 +97,15 @@ clean:
 	cargo clean
 	rm -rf $(VENV) .run
 
-# What keygate adds to every request, side by side with no filter, an empty wasm filter
-# (benches/empty-filter), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
+# What keygate (the wasm filter and the native build) adds to every request, side by side
+# with no filter, an empty wasm filter (benches/empty-filter), an empty dynamic module
+# (benches/empty-native), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
 # wrk on CPU 0. Prints the table recorded in BENCHMARKS.md and draws benches/cost-vs-keys.svg.
-# About 10 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').
+# About 15 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').
 bench: tools wasm native release-tools
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml --target-dir target/empty-filter
+	cargo build --release --manifest-path benches/empty-native/Cargo.toml --target-dir target/empty-native
 	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) \
 	  target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
