@@ -110,10 +110,13 @@ bench: tools wasm native release-tools
 	  target/release/bench --plot benches/cost-vs-keys.svg $(BENCH_ARGS)
 
 # Envoy's memory with 100k and 1M fetched keys (key_set) and inline keys, at 1 and 4
-# workers; prints the table recorded in BENCHMARKS.md. About 5 minutes, ~6 GB of memory.
-# BENCH_MEMORY_ARGS passes options (e.g. a quick run: --keys 10000 --inline 1000 --workers 1).
-bench-memory: tools wasm release-tools
-	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) target/release/keyset-memory $(BENCH_MEMORY_ARGS)
+# workers, the wasm filter and the native build (key_set) beside Envoy with no filter;
+# prints the table recorded in BENCHMARKS.md. About 7 minutes, ~6 GB of memory.
+# BENCH_MEMORY_ARGS passes options (e.g. a quick run: --keys 10000 --inline 1000 --workers 1,
+# or --builds native).
+bench-memory: tools wasm native release-tools
+	KEYGATE_BIN=$(KEYGATE_RELEASE_BIN) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) \
+	  target/release/keyset-memory $(BENCH_MEMORY_ARGS)
 
 # The key service (`keygate serve`) with 1,000,000 keys in SQLite (--db) and in a key file
 # (--keys), side by side: GET /v1/keys/{hash} lookups/s with p50/p99, the admin API's

@@ -14,9 +14,15 @@
 //! as Envoy comes, then with that limit raised. The same sets are also tried inline in the
 //! plugin configuration, where every VM parses and holds its own copy.
 //!
+//! keygate's native build (`KEYGATE_NATIVE`, `make native`; README "Native build (Envoy
+//! dynamic module)") runs the same `key_set` cases, with Envoy's limit raised where the set
+//! needs it, beside a baseline of its own (one inline key); it holds the set once per
+//! process in native memory, with no VM. Every case's RSS is also given above Envoy with no
+//! filter at the same worker count (the native build's goal, BENCHMARKS.md).
+//!
 //! Options: `--keys 100000,1000000` (key_set sizes), `--inline 100000,1000000`,
-//! `--workers 1,4`, `--requests 200`, `--window 10` (seconds), `--load-limit 150` (seconds),
-//! `--log-level info` (Envoy's). Prints Markdown; exits 1 if a request was refused or a set
+//! `--workers 1,4`, `--builds wasm,native`, `--requests 200`, `--window 10` (seconds),
+//! `--load-limit 150` (seconds), `--log-level info` (Envoy's). Prints Markdown; exits 1 if a request was refused or a set
 //! within Envoy's limits did not load. The Envoy log of a case whose set did not load is
 //! kept under `target/bench-memory/`.
 
@@ -51,6 +57,9 @@ struct Options {
     key_set: Vec<usize>,
     inline: Vec<usize>,
     workers: Vec<u32>,
+    /// Which builds to run: the wasm filter, the native module.
+    wasm: bool,
+    native: bool,
     requests: usize,
     window: Duration,
     load_limit: Duration,
@@ -73,6 +82,8 @@ fn options() -> Options {
         key_set: vec![100_000, 1_000_000],
         inline: vec![100_000, 1_000_000],
         workers: vec![1, 4],
+        wasm: true,
+        native: true,
         requests: 200,
         window: Duration::from_secs(10),
         load_limit: Duration::from_secs(150),
@@ -85,6 +96,17 @@ fn options() -> Options {
             "--keys" => options.key_set = list(flag, value),
             "--inline" => options.inline = list(flag, value),
             "--workers" => options.workers = list(flag, value),
+            "--builds" => {
+                let builds: Vec<&str> = value.split(',').collect();
+                for build in &builds {
+                    assert!(
+                        ["wasm", "native"].contains(build),
+                        "--builds: {build:?} is neither wasm nor native"
+                    );
+                }
+                options.wasm = builds.contains(&"wasm");
+                options.native = builds.contains(&"native");
+            }
             "--requests" => options.requests = list(flag, value).first().copied().unwrap_or(0),
             "--window" => {
                 options.window =
@@ -96,8 +118,8 @@ fn options() -> Options {
             }
             "--log-level" => options.log_level = String::leak(value.to_string()),
             other => panic!(
-                "unknown option {other:?}: use --keys, --inline, --workers, --requests, \
-                 --window, --load-limit, --log-level"
+                "unknown option {other:?}: use --keys, --inline, --workers, --builds, \
+                 --requests, --window, --load-limit, --log-level"
             ),
         }
     }
@@ -264,6 +286,8 @@ fn parsed_on(log: &str, pid: u32) -> Vec<String> {
 enum Mode {
     KeySet,
     Inline,
+    /// Envoy with no keygate filter: the baseline.
+    NoFilter,
 }
 
 #[derive(Default)]
@@ -273,6 +297,8 @@ struct Row {
     must_load: bool,
     keys: usize,
     workers: u32,
+    /// Loaded RSS less the no-filter Envoy's at the same worker count (KiB, signed).
+    above_baseline_kib: Option<i64>,
     ready: Option<Mem>,
     loaded: Option<Mem>,
     after_requests: Option<Mem>,
@@ -306,15 +332,19 @@ impl Row {
             self.workers.to_string(),
             m(self.ready),
             m(self.loaded),
+            self.above_baseline_kib
+                .map_or("—".into(), |k| format!("{:+.0} MiB", k as f64 / 1024.0)),
             m(self.after_requests),
-            self.after_requests.map_or("—".into(), |m| {
-                format!(
-                    "{} in {} VMs, largest {}",
-                    mib(m.wasm_kib),
-                    m.vms,
-                    mib(m.largest_vm_kib)
-                )
-            }),
+            self.after_requests
+                .filter(|m| m.vms > 0)
+                .map_or("—".into(), |m| {
+                    format!(
+                        "{} in {} VMs, largest {}",
+                        mib(m.wasm_kib),
+                        m.vms,
+                        mib(m.largest_vm_kib)
+                    )
+                }),
             self.peak_kib.map_or("—".into(), mib),
             self.load_time
                 .map_or("—".into(), |t| format!("{:.1} s", t.as_secs_f64())),
@@ -356,6 +386,8 @@ impl Row {
 
 struct Case<'a> {
     mode: Mode,
+    /// keygate's native build in place of the wasm filter.
+    native: bool,
     /// `http.async_response_buffer_limit` set in Envoy's runtime, when not Envoy's default.
     response_limit: Option<usize>,
     /// The size of the key-set document, in `key_set` mode.
@@ -379,8 +411,9 @@ fn run(case: &Case, options: &Options) -> Row {
                 limit >> 20
             ),
             (Mode::Inline, _) => "inline".into(),
-        },
-        must_load: case.mode == Mode::Inline
+            (Mode::NoFilter, _) => "baseline: no filter".into(),
+        } + if case.native { " (native)" } else { "" },
+        must_load: case.mode != Mode::KeySet
             || case.body_len <= case.response_limit.unwrap_or(ENVOY_ASYNC_RESPONSE_LIMIT),
         keys: case.keys,
         workers: case.workers,
@@ -409,7 +442,18 @@ fn run(case: &Case, options: &Options) -> Row {
             case.upstream.addr,
             0,
         ),
+        Mode::NoFilter => bootstrap(&json!({"rules": rules()}), case.upstream.addr, 0),
     };
+    if case.mode == Mode::NoFilter {
+        // keygate's entry is the first of the listener's HTTP filters (the router the last).
+        doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_array_mut()
+            .unwrap()
+            .remove(0);
+    } else if case.native {
+        support::wasm_to_native(&mut doc);
+    }
     if let Some(limit) = case.response_limit {
         doc["layered_runtime"] = json!({"layers": [{"name": "bench", "static_layer": {
             "http.async_response_buffer_limit": limit
@@ -462,6 +506,9 @@ fn run(case: &Case, options: &Options) -> Row {
     // that thread was busy.
     let mut slowest_admin = Duration::ZERO;
     let loaded = loop {
+        if case.mode == Mode::NoFilter {
+            break stats(&envoy);
+        }
         let asked = Instant::now();
         let answer = stats(&envoy);
         slowest_admin = slowest_admin.max(asked.elapsed());
@@ -699,6 +746,7 @@ fn print_table(rows: &[Row], options: &Options) {
         "workers",
         "RSS ready",
         "RSS loaded",
+        "above no filter",
         "RSS after requests",
         "of which wasm",
         "peak (VmHWM)",
@@ -716,8 +764,10 @@ fn print_table(rows: &[Row], options: &Options) {
         println!("| {} |", row.cells().join(" | "));
     }
     println!(
-        "\nwasm: the resident linear memory of all keygate VMs (main thread, workers and \
-         the base VM).\n\
+        "\nabove no filter: RSS loaded less that of Envoy with no filter at the same worker \
+         count.\n\
+         wasm: the resident linear memory of all keygate VMs (main thread, workers and \
+         the base VM); the native build has none.\n\
          slowest admin answer: Envoy's main thread, which serves the admin endpoint, was \
          busy that long (polled every 100 ms).\n\
          fetches in window: keygate.fetch.ok + fetch.not_modified over {} s, refresh_seconds {}.\n\
@@ -756,25 +806,40 @@ fn main() {
     let total = Instant::now();
     let mut rows = Vec::new();
 
-    // Baseline: one inline key.
+    // Baselines: Envoy with no filter, and each build with one inline key.
     let one: Value = serde_json::from_str(&bench_records_json(1, None)).unwrap();
-    for &workers in &options.workers {
-        let mut row = run(
-            &Case {
-                mode: Mode::Inline,
-                response_limit: None,
-                body_len: 0,
-                keys: 1,
-                workers,
-                upstream: &upstream,
-                key_service: None,
-                key_file: None,
-                records: Some(&one),
-            },
-            &options,
-        );
-        row.mode = "baseline (inline)".into();
-        rows.push(row);
+    let mut baselines = Vec::new();
+    for (mode, native, wanted) in [
+        (Mode::NoFilter, false, true),
+        (Mode::Inline, false, options.wasm),
+        (Mode::Inline, true, options.native),
+    ] {
+        for &workers in options.workers.iter().filter(|_| wanted) {
+            let mut row = run(
+                &Case {
+                    mode,
+                    native,
+                    response_limit: None,
+                    body_len: 0,
+                    keys: 1,
+                    workers,
+                    upstream: &upstream,
+                    key_service: None,
+                    key_file: None,
+                    records: Some(&one),
+                },
+                &options,
+            );
+            if mode == Mode::NoFilter {
+                baselines.push((workers, row.loaded.map_or(0, |m| m.rss_kib)));
+            } else {
+                row.mode = format!(
+                    "baseline: inline, 1 key{}",
+                    if native { " (native)" } else { "" }
+                );
+            }
+            rows.push(row);
+        }
     }
 
     let mut sizes: Vec<usize> = options.key_set.clone();
@@ -807,11 +872,21 @@ fn main() {
             if body_len > ENVOY_ASYNC_RESPONSE_LIMIT {
                 limits.push(Some(body_len.next_power_of_two()));
             }
-            for response_limit in limits {
+            // The native build: with the limit as `envoy/keygate-key-set.yaml` sets it.
+            let builds = [
+                (false, options.wasm, limits.clone()),
+                (true, options.native, vec![*limits.last().unwrap()]),
+            ];
+            for (native, response_limit) in builds
+                .into_iter()
+                .filter(|b| b.1)
+                .flat_map(|(native, _, limits)| limits.into_iter().map(move |l| (native, l)))
+            {
                 for &workers in &options.workers {
                     rows.push(run(
                         &Case {
                             mode: Mode::KeySet,
+                            native,
                             response_limit,
                             body_len,
                             keys: n,
@@ -828,13 +903,14 @@ fn main() {
             drop(service);
             let _ = std::fs::remove_file(&file);
         }
-        if options.inline.contains(&n) {
+        if options.wasm && options.inline.contains(&n) {
             let value: Value = serde_json::from_str(&records).unwrap();
             drop(records);
             for &workers in &options.workers {
                 rows.push(run(
                     &Case {
                         mode: Mode::Inline,
+                        native: false,
                         response_limit: None,
                         body_len: 0,
                         keys: n,
@@ -851,6 +927,12 @@ fn main() {
     }
 
     eprintln!("\ndone in {:.0} s", total.elapsed().as_secs_f64());
+    for row in &mut rows {
+        let baseline = baselines.iter().find(|b| b.0 == row.workers);
+        if let (Some(&(_, base)), Some(loaded)) = (baseline, row.loaded) {
+            row.above_baseline_kib = Some(loaded.rss_kib as i64 - base as i64);
+        }
+    }
     print_table(&rows, &options);
     // A request refused, or a set that fits Envoy's limits and does not load, is a failure;
     // a set larger than those limits is a result.
