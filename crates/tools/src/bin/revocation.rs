@@ -42,6 +42,12 @@
 //!    process raises its open-file limit to the hard limit first (`prlimit`; the server
 //!    inherits it): 10,000 long-polls need 10,000 descriptors on each side.
 //!
+//! keygate's native build (`KEYGATE_NATIVE`, `make native`; README "Native build (Envoy
+//! dynamic module)") is measured beside the wasm filter: a third Envoy watching its own
+//! copy of the database in parts 1 and 2 (the same rounds as the wasm filter's watch,
+//! interleaved with them), and its own watching Envoys in part 3 (`--builds wasm,native`
+//! picks the builds; polling is measured for the wasm filter only).
+//!
 //! Other options: `--revocations 50` (watch rounds), `--poll-revocations 10` (polling
 //! rounds), `--refresh-seconds 5` (polling), `--watch-seconds 25`, `--load-limit 300`
 //! (seconds to wait for a load or a revocation), `--skip parts` (comma-separated: latency,
@@ -99,6 +105,9 @@ struct Options {
     long_poll_seconds: u64,
     load_limit: Duration,
     skip: BTreeSet<String>,
+    /// Which builds to run: the wasm filter, the native module.
+    wasm: bool,
+    native: bool,
 }
 
 fn list(flag: &str, value: &str) -> Vec<usize> {
@@ -126,6 +135,8 @@ fn options() -> Options {
         long_poll_seconds: 20,
         load_limit: Duration::from_secs(300),
         skip: BTreeSet::new(),
+        wasm: true,
+        native: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -145,10 +156,21 @@ fn options() -> Options {
             "--long-poll-seconds" => o.long_poll_seconds = one() as u64,
             "--load-limit" => o.load_limit = Duration::from_secs(one() as u64),
             "--skip" => o.skip = value.split(',').map(str::to_string).collect(),
+            "--builds" => {
+                let builds: Vec<&str> = value.split(',').collect();
+                for build in &builds {
+                    assert!(
+                        ["wasm", "native"].contains(build),
+                        "--builds: {build:?} is neither wasm nor native"
+                    );
+                }
+                o.wasm = builds.contains(&"wasm");
+                o.native = builds.contains(&"native");
+            }
             _ => panic!(
                 "unknown option {flag}: use --keys, --revocations, --poll-revocations, \
                  --watch-seconds, --refresh-seconds, --churn-sets, --churn-keys, --long-polls, \
-                 --long-poll-seconds, --load-limit, --skip"
+                 --long-poll-seconds, --load-limit, --skip, --builds"
             ),
         }
     }
@@ -261,9 +283,11 @@ fn key_set_config(watch_seconds: u32, refresh_seconds: u32) -> Value {
     })
 }
 
-/// Envoy with keygate fetching from `service`, once its set holds `keys` keys; and how
-/// long that took from the start.
+/// Envoy with keygate (the native build if `native`) fetching from `service`, once its set
+/// holds `keys` keys; and how long that took from the start.
+#[allow(clippy::too_many_arguments)]
 fn start_envoy(
+    native: bool,
     plugin: &Value,
     upstream: &Upstream,
     service: SocketAddr,
@@ -273,6 +297,9 @@ fn start_envoy(
     limit: Duration,
 ) -> (Tracked<Envoy>, Duration) {
     let mut doc = bootstrap_with_key_service(plugin, upstream.addr, service);
+    if native {
+        support::wasm_to_native(&mut doc);
+    }
     if document_bytes > ENVOY_ASYNC_RESPONSE_LIMIT / 2 {
         doc["layered_runtime"] = json!({"layers": [{"name": "bench", "static_layer": {
             "http.async_response_buffer_limit": (document_bytes * 2).next_power_of_two()
@@ -726,6 +753,7 @@ fn one_change(
 // 3. Envoy's memory under churn
 
 struct Churn {
+    native: bool,
     keys: usize,
     workers: u32,
     load_time: Duration,
@@ -735,16 +763,26 @@ struct Churn {
     hwm_kib: u64,
 }
 
-fn churn(upstream: &Upstream, dir: &TempDir, n: usize, workers: u32, o: &Options) -> Churn {
+fn churn(
+    native: bool,
+    upstream: &Upstream,
+    dir: &TempDir,
+    n: usize,
+    workers: u32,
+    o: &Options,
+) -> Churn {
     let file = dir.join(&format!("churn-{n}.json"));
     replace_file(&file, &key_file(&format!("full-{n}"), 0..n));
     let full_bytes = std::fs::metadata(&file).unwrap().len() as usize;
     let service = serve(&["--keys", file.to_str().unwrap()]);
     eprintln!(
-        "\n== memory: {n} keys from a key file, {workers} worker(s), then {} sets of {}",
-        o.churn_sets, o.churn_keys
+        "\n== memory{}: {n} keys from a key file, {workers} worker(s), then {} sets of {}",
+        if native { " (native)" } else { "" },
+        o.churn_sets,
+        o.churn_keys
     );
     let (envoy, load_time) = start_envoy(
+        native,
         &key_set_config(o.watch_seconds, o.refresh_seconds),
         upstream,
         service.addr,
@@ -796,6 +834,7 @@ fn churn(upstream: &Upstream, dir: &TempDir, n: usize, workers: u32, o: &Options
         eprintln!("  keygate.fetch.failed = {failed}");
     }
     Churn {
+        native,
         keys: n,
         workers,
         load_time,
@@ -964,6 +1003,8 @@ fn main() {
     let mut missed = 0;
     let watch_mode: &'static str = String::leak(format!("watch ({} s)", o.watch_seconds));
     let poll_mode: &'static str = String::leak(format!("polling ({} s)", o.refresh_seconds));
+    let native_watch_mode: &'static str =
+        String::leak(format!("watch ({} s), native", o.watch_seconds));
 
     for (size_index, &n) in o.keys.iter().enumerate() {
         let dir = TempDir::new("bench-revocation");
@@ -995,101 +1036,136 @@ fn main() {
             .unwrap();
             let admin = admin["admin_key"].as_str().unwrap().to_string();
             copy_db(&db_w, &db_p);
+            let db_n = dir.join("native.db");
+            copy_db(&db_w, &db_n);
             eprintln!(
                 "\n== {n} keys: databases ready in {:.1} s",
                 made.elapsed().as_secs_f64()
             );
 
             if !o.skip.contains("latency") || !o.skip.contains("change") {
-                let service_w = serve(&["--db", db_w.to_str().unwrap()]);
-                let service_p = serve(&["--db", db_p.to_str().unwrap()]);
-                let full_bytes = keyset_bytes(service_w.addr, "");
-                keyset_bytes(service_p.addr, "");
+                // One Envoy per side, each on its own copy of the database: the wasm
+                // filter watching and polling, the native build watching.
+                struct Plan {
+                    name: &'static str,
+                    native: bool,
+                    watch_seconds: u32,
+                    db: std::path::PathBuf,
+                    rounds: usize,
+                }
+                let mut plans = Vec::new();
+                if o.wasm {
+                    plans.push(Plan {
+                        name: watch_mode,
+                        native: false,
+                        watch_seconds: o.watch_seconds,
+                        db: db_w.clone(),
+                        rounds: o.revocations,
+                    });
+                    plans.push(Plan {
+                        name: poll_mode,
+                        native: false,
+                        watch_seconds: 0,
+                        db: db_p.clone(),
+                        rounds: o.poll_revocations,
+                    });
+                }
+                if o.native {
+                    plans.push(Plan {
+                        name: native_watch_mode,
+                        native: true,
+                        watch_seconds: o.watch_seconds,
+                        db: db_n.clone(),
+                        rounds: o.revocations,
+                    });
+                }
+                let services: Vec<Tracked<Served>> = plans
+                    .iter()
+                    .map(|p| serve(&["--db", p.db.to_str().unwrap()]))
+                    .collect();
+                let full_bytes = services
+                    .iter()
+                    .map(|s| keyset_bytes(s.addr, ""))
+                    .max()
+                    .unwrap_or(0);
                 eprintln!("full /v1/keyset: {} bytes", full_bytes);
-                let (watch, watch_load) = start_envoy(
-                    &key_set_config(o.watch_seconds, o.refresh_seconds),
-                    &upstream,
-                    service_w.addr,
-                    full_bytes,
-                    WORKERS,
-                    n,
-                    o.load_limit,
-                );
-                let watch_rss = rss_kib(watch.pid()).unwrap();
-                let (poll, poll_load) = start_envoy(
-                    &key_set_config(0, o.refresh_seconds),
-                    &upstream,
-                    service_p.addr,
-                    full_bytes,
-                    WORKERS,
-                    n,
-                    o.load_limit,
-                );
-                let poll_rss = rss_kib(poll.pid()).unwrap();
-                eprintln!(
-                    "loaded: watching Envoy in {:.1} s (RSS {} MiB), polling Envoy in {:.1} s (RSS {} MiB)",
-                    watch_load.as_secs_f64(),
-                    watch_rss / 1024,
-                    poll_load.as_secs_f64(),
-                    poll_rss / 1024
-                );
-                envoy_rss.push(vec![
-                    thousands(n),
-                    format!("{watch_mode}, db"),
-                    WORKERS.to_string(),
-                    format!("{:.1} s", watch_load.as_secs_f64()),
-                    mib(watch_rss),
-                ]);
-                envoy_rss.push(vec![
-                    thousands(n),
-                    format!("{poll_mode}, db"),
-                    WORKERS.to_string(),
-                    format!("{:.1} s", poll_load.as_secs_f64()),
-                    mib(poll_rss),
-                ]);
+                let mut envoys = Vec::new();
+                for (plan, service) in plans.iter().zip(&services) {
+                    let (envoy, load) = start_envoy(
+                        plan.native,
+                        &key_set_config(plan.watch_seconds, o.refresh_seconds),
+                        &upstream,
+                        service.addr,
+                        full_bytes,
+                        WORKERS,
+                        n,
+                        o.load_limit,
+                    );
+                    let rss = rss_kib(envoy.pid()).unwrap();
+                    eprintln!(
+                        "loaded: {} Envoy in {:.1} s (RSS {} MiB)",
+                        plan.name,
+                        load.as_secs_f64(),
+                        rss / 1024
+                    );
+                    envoy_rss.push(vec![
+                        thousands(n),
+                        format!("{}, db", plan.name),
+                        WORKERS.to_string(),
+                        format!("{:.1} s", load.as_secs_f64()),
+                        mib(rss),
+                    ]);
+                    envoys.push(envoy);
+                }
                 let steady_key = n - 1;
                 let mut picks = Picks::new(n, &[steady_key]);
-                let mut w = Side {
-                    name: watch_mode,
-                    envoy: &watch,
-                    service: &service_w,
-                    rounds: Vec::new(),
-                };
-                let mut p = Side {
-                    name: poll_mode,
-                    envoy: &poll,
-                    service: &service_p,
-                    rounds: Vec::new(),
-                };
+                let mut sides: Vec<Side> = plans
+                    .iter()
+                    .zip(&services)
+                    .zip(&envoys)
+                    .map(|((plan, service), envoy)| Side {
+                        name: plan.name,
+                        envoy,
+                        service,
+                        rounds: Vec::new(),
+                    })
+                    .collect();
                 let limit = o.load_limit;
                 if !o.skip.contains("latency") {
                     eprintln!(
-                        "revocations: {} watching, {} polling, alternating",
+                        "revocations: {} per watching Envoy, {} polling, interleaved",
                         o.revocations, o.poll_revocations
                     );
-                    for r in 0..o.revocations.max(o.poll_revocations) {
-                        if r < o.revocations && !round(&mut w, &mut picks, &admin, limit) {
-                            missed += 1;
-                        }
-                        if r < o.poll_revocations && !round(&mut p, &mut picks, &admin, limit) {
-                            missed += 1;
+                    let most = plans.iter().map(|p| p.rounds).max().unwrap_or(0);
+                    for r in 0..most {
+                        for (plan, side) in plans.iter().zip(&mut sides) {
+                            if r < plan.rounds && !round(side, &mut picks, &admin, limit) {
+                                missed += 1;
+                            }
                         }
                     }
-                    latency_rows.push(latency_cells(n, watch_mode, &w.rounds));
-                    latency_rows.push(latency_cells(n, poll_mode, &p.rounds));
+                    for side in &sides {
+                        latency_rows.push(latency_cells(n, side.name, &side.rounds));
+                    }
                 }
                 if !o.skip.contains("change") {
-                    changes.push(one_change(
-                        &w, n, &mut picks, steady_key, &admin, false, limit,
-                    ));
-                    changes.push(one_change(
-                        &p, n, &mut picks, steady_key, &admin, true, limit,
-                    ));
+                    for (plan, side) in plans.iter().zip(&sides) {
+                        changes.push(one_change(
+                            side,
+                            n,
+                            &mut picks,
+                            steady_key,
+                            &admin,
+                            plan.watch_seconds == 0,
+                            limit,
+                        ));
+                    }
                 }
-                for (side, envoy) in [(watch_mode, &watch), (poll_mode, &poll)] {
+                for (plan, envoy) in plans.iter().zip(&envoys) {
                     let s = stats(envoy, "keygate");
                     eprintln!(
-                        "{side}: fetch.ok {}, not_modified {}, failed {}; RSS {} MiB, peak {} MiB",
+                        "{}: fetch.ok {}, not_modified {}, failed {}; RSS {} MiB, peak {} MiB",
+                        plan.name,
                         keygate_stat(&s, "fetch.ok"),
                         keygate_stat(&s, "fetch.not_modified"),
                         keygate_stat(&s, "fetch.failed"),
@@ -1107,8 +1183,13 @@ fn main() {
             }
         }
         if !o.skip.contains("memory") {
-            for workers in [1, WORKERS] {
-                churns.push(churn(&upstream, &dir, n, workers, &o));
+            for native in [false, true] {
+                if (native && !o.native) || (!native && !o.wasm) {
+                    continue;
+                }
+                for workers in [1, WORKERS] {
+                    churns.push(churn(native, &upstream, &dir, n, workers, &o));
+                }
             }
         }
     }
@@ -1178,7 +1259,14 @@ fn main() {
         for c in &churns {
             rows.push(vec![
                 thousands(c.keys),
-                format!("{watch_mode}, file"),
+                format!(
+                    "{}, file",
+                    if c.native {
+                        native_watch_mode
+                    } else {
+                        watch_mode
+                    }
+                ),
                 c.workers.to_string(),
                 format!("{:.1} s", c.load_time.as_secs_f64()),
                 mib(c.loaded_kib),
@@ -1204,6 +1292,7 @@ fn main() {
         table(
             &[
                 "from",
+                "build",
                 "workers",
                 "RSS loaded",
                 "after set 1",
@@ -1220,6 +1309,7 @@ fn main() {
                     let last = c.after_sets.last().copied().unwrap_or(0);
                     vec![
                         thousands(c.keys),
+                        if c.native { "native" } else { "wasm" }.to_string(),
                         c.workers.to_string(),
                         mib(c.loaded_kib),
                         mib(first),
