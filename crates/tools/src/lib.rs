@@ -35,6 +35,22 @@ pub fn thousands(n: impl Into<u64>) -> String {
     out
 }
 
+/// Envoy's heap from its admin `/memory` (tcmalloc's figures, strings of bytes): bytes in
+/// use (`allocated`), and bytes freed but kept (`pageheap_free` and the thread caches).
+/// Envoy's binary exports tcmalloc's `malloc`, so the native module's allocations are on
+/// this heap too; the wasm VMs' linear memory is not. `None` when the admin does not answer.
+pub fn envoy_heap(envoy: &keygate_testkit::Envoy) -> Option<(u64, u64)> {
+    let answer =
+        keygate_testkit::try_request(envoy.admin, &keygate_testkit::Request::get("/memory"))
+            .ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&answer.text()).ok()?;
+    let field = |name: &str| doc[name].as_str().and_then(|v| v.parse::<u64>().ok());
+    Some((
+        field("allocated")?,
+        field("pageheap_free")? + field("total_thread_cache")?,
+    ))
+}
+
 /// The processes a tool starts (Envoys, `keygate serve`s), stopped on a panic or Ctrl-C:
 /// the release profile aborts on panic, so their `Drop` would not run.
 pub mod cleanup {

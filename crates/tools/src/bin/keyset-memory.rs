@@ -22,7 +22,9 @@
 //!
 //! Options: `--keys 100000,1000000` (key_set sizes), `--inline 100000,1000000`,
 //! `--workers 1,4`, `--builds wasm,native`, `--requests 200`, `--window 10` (seconds),
-//! `--load-limit 150` (seconds), `--log-level info` (Envoy's). Prints Markdown; exits 1 if a request was refused or a set
+//! `--load-limit 150` (seconds), `--log-level info` (Envoy's), `--release-mib N` (Envoy's
+//! allocator gives up to N MiB of freed memory back to the system each second:
+//! `memory_allocator_manager`; by default it keeps it). Prints Markdown; exits 1 if a request was refused or a set
 //! within Envoy's limits did not load. The Envoy log of a case whose set did not load is
 //! kept under `target/bench-memory/`.
 
@@ -64,6 +66,8 @@ struct Options {
     window: Duration,
     load_limit: Duration,
     log_level: &'static str,
+    /// Envoy's `memory_allocator_manager.bytes_to_release` (MiB a second), when given.
+    release_mib: Option<u64>,
 }
 
 fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Vec<T> {
@@ -88,6 +92,7 @@ fn options() -> Options {
         window: Duration::from_secs(10),
         load_limit: Duration::from_secs(150),
         log_level: "info",
+        release_mib: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -117,9 +122,10 @@ fn options() -> Options {
                     Duration::from_secs(list(flag, value).first().copied().unwrap_or(0))
             }
             "--log-level" => options.log_level = String::leak(value.to_string()),
+            "--release-mib" => options.release_mib = list(flag, value).first().copied(),
             other => panic!(
                 "unknown option {other:?}: use --keys, --inline, --workers, --builds, \
-                 --requests, --window, --load-limit, --log-level"
+                 --requests, --window, --load-limit, --log-level, --release-mib"
             ),
         }
     }
@@ -299,9 +305,14 @@ struct Row {
     workers: u32,
     /// Loaded RSS less the no-filter Envoy's at the same worker count (KiB, signed).
     above_baseline_kib: Option<i64>,
+    /// Envoy's heap once loaded (its allocator, tcmalloc, which the native module's
+    /// allocations go to as well): bytes in use, and bytes freed but kept.
+    heap: Option<(u64, u64)>,
     ready: Option<Mem>,
     loaded: Option<Mem>,
     after_requests: Option<Mem>,
+    /// `key_set`: after the fetch window (`--window`), before the set changes.
+    settled: Option<Mem>,
     peak_kib: Option<u64>,
     load_time: Option<Duration>,
     /// `fetch.ok` and `fetch.not_modified` over the window.
@@ -334,7 +345,11 @@ impl Row {
             m(self.loaded),
             self.above_baseline_kib
                 .map_or("—".into(), |k| format!("{:+.0} MiB", k as f64 / 1024.0)),
+            self.heap.map_or("—".into(), |(used, free)| {
+                format!("{} in use, {} free", mib(used >> 10), mib(free >> 10))
+            }),
             m(self.after_requests),
+            m(self.settled),
             self.after_requests
                 .filter(|m| m.vms > 0)
                 .map_or("—".into(), |m| {
@@ -459,6 +474,12 @@ fn run(case: &Case, options: &Options) -> Row {
             "http.async_response_buffer_limit": limit
         }}]});
     }
+    if let Some(mib) = options.release_mib {
+        // Envoy's allocator gives freed memory back to the system, up to this much a
+        // second (by default it keeps it: what a full load freed stays in RSS).
+        doc["memory_allocator_manager"] = json!({
+            "bytes_to_release": mib << 20, "memory_release_interval": "1s"});
+    }
     let started = Instant::now();
     let envoy = match Envoy::try_start(
         &doc,
@@ -562,6 +583,7 @@ fn run(case: &Case, options: &Options) -> Row {
     };
     row.load_time = Some(started.elapsed());
     row.loaded = mem(pid);
+    row.heap = keygate_tools::envoy_heap(&envoy);
     eprintln!(
         "loaded after {:.1} s: {} (fetch.ok {}, fetch.failed {}; slowest admin answer \
          meanwhile {:.2} s)",
@@ -613,6 +635,7 @@ fn run(case: &Case, options: &Options) -> Row {
         let first = stats(&envoy).unwrap_or_default();
         std::thread::sleep(options.window);
         let last = stats(&envoy).unwrap_or_default();
+        row.settled = mem(pid);
         let delta = |name| stat(&last, name).saturating_sub(stat(&first, name));
         row.fetches = Some((delta("fetch.ok"), delta("fetch.not_modified")));
         eprintln!(
@@ -747,7 +770,9 @@ fn print_table(rows: &[Row], options: &Options) {
         "RSS ready",
         "RSS loaded",
         "above no filter",
+        "Envoy heap loaded",
         "RSS after requests",
+        "RSS after the window",
         "of which wasm",
         "peak (VmHWM)",
         "load time",
@@ -766,6 +791,10 @@ fn print_table(rows: &[Row], options: &Options) {
     println!(
         "\nabove no filter: RSS loaded less that of Envoy with no filter at the same worker \
          count.\n\
+         Envoy heap loaded: Envoy's allocator (tcmalloc, admin `/memory`) once loaded: \
+         `allocated` in use, and `pageheap_free` + thread caches freed but kept by the \
+         allocator (the wasm VMs' linear memory is not on this heap; the native build's \
+         allocations are).\n\
          wasm: the resident linear memory of all keygate VMs (main thread, workers and \
          the base VM); the native build has none.\n\
          slowest admin answer: Envoy's main thread, which serves the admin endpoint, was \
