@@ -759,6 +759,8 @@ struct Churn {
     load_time: Duration,
     loaded_kib: u64,
     after_sets: Vec<u64>,
+    /// Envoy's heap in use after each set (bytes; [`keygate_tools::envoy_heap`]).
+    heap_after_sets: Vec<u64>,
     apply_times: Vec<Duration>,
     hwm_kib: u64,
 }
@@ -801,6 +803,7 @@ fn churn(
         loaded_kib / 1024
     );
     let mut after_sets = Vec::new();
+    let mut heap_after_sets = Vec::new();
     let mut apply_times = Vec::new();
     for set in 0..o.churn_sets {
         let first = n + set * o.churn_keys;
@@ -820,13 +823,17 @@ fn churn(
             "a key before churn set {set}"
         );
         let rss = rss_kib(pid).unwrap();
+        let (heap, kept) = keygate_tools::envoy_heap(&envoy).unwrap_or_default();
         eprintln!(
-            "  set {}: in force after {:.1} s, RSS {} MiB",
+            "  set {}: in force after {:.1} s, RSS {} MiB, heap in use {} MiB, freed but kept {} MiB",
             set + 1,
             published.elapsed().as_secs_f64() - 2.0,
-            rss / 1024
+            rss / 1024,
+            heap >> 20,
+            kept >> 20
         );
         after_sets.push(rss);
+        heap_after_sets.push(heap);
     }
     let hwm_kib = status_kib(pid, "VmHWM").unwrap_or(0);
     let failed = keygate_stat(&stats(&envoy, "keygate"), "fetch.failed");
@@ -840,6 +847,7 @@ fn churn(
         load_time,
         loaded_kib,
         after_sets,
+        heap_after_sets,
         apply_times,
         hwm_kib,
     }
@@ -1299,6 +1307,7 @@ fn main() {
                 "after each set",
                 "after the last",
                 "growth from set 1",
+                "Envoy heap in use after each set (MiB)",
                 "peak (VmHWM)",
                 "each set in force after",
             ],
@@ -1324,6 +1333,11 @@ fn main() {
                             (last as f64 - first as f64) / 1024.0,
                             (last as f64 - first as f64) * 100.0 / first.max(1) as f64
                         ),
+                        c.heap_after_sets
+                            .iter()
+                            .map(|b| (b >> 20).to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         mib(c.hwm_kib),
                         {
                             let t = sorted(c.apply_times.iter().map(|d| d.as_secs_f64()).collect());
