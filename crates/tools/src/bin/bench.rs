@@ -1270,7 +1270,7 @@ fn svg(rows: &[Row]) -> String {
         .chain(levels.iter().map(|l| l.1))
         .fold(1.0f64, f64::max)
         * 1.15;
-    let (w, h, left, right, up, down) = (640.0, 400.0, 60.0, 190.0, 30.0, 50.0);
+    let (w, h, left, right, up, down) = (720.0, 420.0, 60.0, 250.0, 30.0, 50.0);
     let x = |keys: f64| left + (keys.log10() - 1.0) / 4.0 * (w - left - right);
     let y = |us: f64| h - down - us / top * (h - up - down);
     let mut s = format!(
@@ -1310,14 +1310,21 @@ fn svg(rows: &[Row]) -> String {
         ));
         tick += step;
     }
-    for (name, value, color) in &levels {
+    // Labels top to bottom, each at least a line below the one above: close levels (the
+    // native cases) would print over each other.
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    order.sort_by(|&a, &b| levels[b].1.total_cmp(&levels[a].1));
+    let mut next_free = f64::MIN;
+    for i in order {
+        let (name, value, color) = &levels[i];
+        let label_y = (y(*value) + 4.0).max(next_free);
+        next_free = label_y + 13.0;
         s.push_str(&format!(
             "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"{color}\" \
-             stroke-dasharray=\"6 4\"/>\n<text x=\"{2}\" y=\"{3:.1}\" fill=\"{color}\">{name} {value:.1}</text>\n",
+             stroke-dasharray=\"6 4\"/>\n<text x=\"{2}\" y=\"{label_y:.1}\" fill=\"{color}\">{name} {value:.1}</text>\n",
             y(*value),
             w - right,
             w - right + 6.0,
-            y(*value) + 4.0
         ));
     }
     let points: Vec<String> = curve
