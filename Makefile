@@ -217,7 +217,7 @@ deploy-tools: envoy
 	  echo "validate-deploy needs docker-compose: apt-get install docker-compose, or DOCKER_COMPOSE='docker compose'"; \
 	  exit 1; }
 
-validate-deploy: tools wasm cli deploy-tools
+validate-deploy: tools wasm native-dev cli deploy-tools
 	$(VENV)/bin/python tests/deploy/validate.py
 	cargo run --quiet -p keygate-tools --bin compose -- --check
 
