@@ -645,6 +645,13 @@ def kubernetes():
 # The native build (libkeygate_native.so) on Envoy Gateway and Istio
 
 
+def makefile_envoy_version():
+    """ENVOY_VERSION in the Makefile: the Envoy `make tools` installs and the tests run."""
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as f:
+        (line,) = [l for l in f.read().splitlines() if l.startswith("ENVOY_VERSION := ")]
+    return line.split(":= ", 1)[1].strip()
+
+
 def dockerfile_native_copy():
     """envoy/Dockerfile.keygate-native's CMD, `cp SOURCE DEST`: (SOURCE, DEST), after checking
     that the image puts the module at SOURCE."""
@@ -723,9 +730,10 @@ def native_overlays(rendered):
     env = {e["name"]: e.get("value") for e in container["env"]}
     if env.get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH") != os.path.dirname(path):
         fail("EnvoyProxy: ENVOY_DYNAMIC_MODULES_SEARCH_PATH", f"{env}, not {os.path.dirname(path)}")
-    if not container.get("image", "").endswith("-v" + "1.40.0"):
-        fail("EnvoyProxy: the Envoy image", f"{container.get('image')}: not the Envoy 1.40 the module is built for")
-    ok(f"EnvoyProxy: the init container copies the module ({image}) into {volume}, which Envoy 1.40 mounts where the allowlist and ENVOY_DYNAMIC_MODULES_SEARCH_PATH point")
+    envoy_version = makefile_envoy_version()
+    if not container.get("image", "").endswith(f"-v{envoy_version}"):
+        fail("EnvoyProxy: the Envoy image", f"{container.get('image')}: not Envoy {envoy_version}, which the module is built for and `make tools` installs")
+    ok(f"EnvoyProxy: the init container copies the module ({image}) into {volume}, which Envoy {envoy_version} mounts where the allowlist and ENVOY_DYNAMIC_MODULES_SEARCH_PATH point")
     # The core objects inside the EnvoyProxy, as the Deployment Envoy Gateway makes of them.
     pod = {
         "apiVersion": "apps/v1",
