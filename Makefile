@@ -21,8 +21,16 @@ export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
 .PHONY: run test tools toolchain envoy wasm native native-dev cli install lint validate clean bench bench-memory bench-keyservice bench-revocation soak
 
-run: tools wasm
-	cargo run --quiet -p keygate-tools --bin demo
+# KEYGATE_BUILD picks the filter `make run` loads: wasm (keygate.wasm, the default) or native
+# (libkeygate_native.so, `make native`; README "Native build (Envoy dynamic module)").
+KEYGATE_BUILD := $(or $(strip $(KEYGATE_BUILD)),wasm)
+
+run: tools
+	@case '$(KEYGATE_BUILD)' in wasm|native) ;; *) \
+	  echo "KEYGATE_BUILD is '$(KEYGATE_BUILD)': it must be wasm (the default) or native (e.g. KEYGATE_BUILD=native make run)" >&2; \
+	  exit 2;; esac
+	@$(MAKE) --no-print-directory $(KEYGATE_BUILD)
+	KEYGATE_BUILD=$(KEYGATE_BUILD) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) cargo run --quiet -p keygate-tools --bin demo
 
 .PHONY: upstream
 
@@ -32,10 +40,11 @@ upstream:
 	cargo run --quiet -p keygate-tools --bin echo-upstream -- $(UPSTREAM)
 
 # Every crate's tests but the filter's (wasm only; the core holds what it decides), then
-# `make run`'s demo checked end to end.
+# `make run`'s demo checked end to end, with the wasm filter and with the native module.
 test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
 	cargo test --all-targets
-	cargo run --quiet -p keygate-tools --bin demo -- --check
+	KEYGATE_BUILD=wasm cargo run --quiet -p keygate-tools --bin demo -- --check
+	KEYGATE_BUILD=native cargo run --quiet -p keygate-tools --bin demo -- --check
 
 tools: toolchain envoy
 
@@ -208,7 +217,7 @@ deploy-tools: envoy
 	  echo "validate-deploy needs docker-compose: apt-get install docker-compose, or DOCKER_COMPOSE='docker compose'"; \
 	  exit 1; }
 
-validate-deploy: tools wasm cli deploy-tools
+validate-deploy: tools wasm native-dev cli deploy-tools
 	$(VENV)/bin/python tests/deploy/validate.py
 	cargo run --quiet -p keygate-tools --bin compose -- --check
 

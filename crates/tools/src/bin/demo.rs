@@ -3,6 +3,10 @@
 //!
 //! `--check` runs every printed example against the gateway, checks its status, and exits
 //! (`make test` uses it to prove `make run` works).
+//!
+//! `KEYGATE_BUILD` picks the filter: `wasm` (the default, keygate.wasm) or `native` (the
+//! Envoy dynamic module, libkeygate_native.so: README "Native build (Envoy dynamic module)").
+//! The demo's keys are inline, which both builds serve.
 
 // A tool: a failed step should stop it loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -231,6 +235,36 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
     out
 }
 
+/// Which build of keygate the demo loads (`KEYGATE_BUILD`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Build {
+    Wasm,
+    Native,
+}
+
+/// The values `KEYGATE_BUILD` takes, as the error names them.
+const BUILDS: &str = "wasm (the default) or native";
+
+impl Build {
+    /// `KEYGATE_BUILD`'s value: unset or empty is wasm; anything but the two names is an error.
+    fn parse(value: Option<&str>) -> Result<Build, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("wasm") => Ok(Build::Wasm),
+            Some("native") => Ok(Build::Native),
+            Some(other) => Err(format!(
+                "KEYGATE_BUILD is {other:?}: it must be {BUILDS} (e.g. KEYGATE_BUILD=native make run)"
+            )),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Build::Wasm => "keygate.wasm, the wasm filter",
+            Build::Native => "libkeygate_native.so, the native build as an Envoy dynamic module",
+        }
+    }
+}
+
 /// One line on stderr, exit 1: what went wrong and what to do about it.
 fn fail(line: &str) -> ! {
     eprintln!("keygate demo: {line}");
@@ -275,11 +309,18 @@ fn main() {
         Err(_) => DEFAULT_PORT,
     };
 
+    let build = Build::parse(std::env::var("KEYGATE_BUILD").ok().as_deref())
+        .unwrap_or_else(|message| fail(&message));
+
     let keys = demo_keys();
     let config = plugin_config(&keys);
     let upstream = Upstream::start();
+    let bootstrap = match build {
+        Build::Wasm => support::bootstrap(&config, upstream.addr, port),
+        Build::Native => support::bootstrap_native(&config, upstream.addr, port),
+    };
     let envoy = Envoy::try_start(
-        &support::bootstrap(&config, upstream.addr, port),
+        &bootstrap,
         EnvoyOptions {
             port,
             ..EnvoyOptions::default()
@@ -299,6 +340,14 @@ fn main() {
     let examples = examples(&base, &keys);
     let mut failures = 0;
     println!("keygate demo: Envoy with keygate on {base}, in front of an echo upstream.");
+    println!(
+        "Filter: {} (KEYGATE_BUILD={}); keys inline.",
+        build.describe(),
+        match build {
+            Build::Wasm => "wasm",
+            Build::Native => "native",
+        }
+    );
     println!(
         "Plugin configuration (hashes only): {}",
         config_file.display()
@@ -348,7 +397,11 @@ fn main() {
             eprintln!("demo check: {failures} example(s) got an unexpected status");
             std::process::exit(1);
         }
-        println!("demo check: all {} examples as expected", examples.len());
+        println!(
+            "demo check ({}): all {} examples as expected",
+            build.describe(),
+            examples.len()
+        );
         return;
     }
 
@@ -379,6 +432,22 @@ mod tests {
             why_refused(&refused, 10000),
             "port 10000 is already in use on 127.0.0.1: stop what listens there, or pick \
              another port with KEYGATE_PORT (e.g. KEYGATE_PORT=10001 make run; 0 picks a free one)"
+        );
+    }
+
+    #[test]
+    fn keygate_build_is_wasm_by_default_and_names_the_allowed_values_otherwise() {
+        assert_eq!(Build::parse(None), Ok(Build::Wasm));
+        assert_eq!(Build::parse(Some("")), Ok(Build::Wasm));
+        assert_eq!(Build::parse(Some("wasm")), Ok(Build::Wasm));
+        assert_eq!(Build::parse(Some("native")), Ok(Build::Native));
+        assert_eq!(
+            Build::parse(Some("so")),
+            Err(
+                "KEYGATE_BUILD is \"so\": it must be wasm (the default) or native \
+                 (e.g. KEYGATE_BUILD=native make run)"
+                    .to_string()
+            )
         );
     }
 
