@@ -189,11 +189,8 @@ fn native_refuses_an_invalid_or_unsupported_config_at_load() {
     assert!(log.contains("keygate: invalid configuration"), "{log}");
     assert!(log.contains("keygate: configuration refused"), "{log}");
 
-    let key_set = json!({
-        "key_set": {"cluster": "keyservice", "path": "/v1/keyset"},
-        "rules": support::immport_rules()
-    });
-    let log = refused(&key_set);
+    let jwt = json!({"keys": [], "jwt": {}, "rules": support::immport_rules()});
+    let log = refused(&jwt);
     assert!(
         log.contains("not supported by the native build yet"),
         "{log}"

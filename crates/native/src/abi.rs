@@ -624,10 +624,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
-    if !config.is_null() {
-        // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys
-        // it once, after its last filter.
-        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) });
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys it
+    // once, after its last filter.
+    let filter = unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) };
+    // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
+    if catch_unwind(AssertUnwindSafe(move || drop(filter))).is_err() {
+        log(LogLevel::Error, "keygate: ending a configuration panicked");
     }
 }
 

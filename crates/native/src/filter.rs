@@ -82,16 +82,15 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
             return None;
         }
     };
-    let unsupported = match (&config.keys, &config.jwt) {
-        (_, Some(_)) => Some("jwt"),
-        _ => None,
-    };
+    // The 1.40 ABI reads top-level dynamic-metadata values only; jwt_authn's payload is a
+    // nested struct (README "Native build (Envoy dynamic module)").
+    let unsupported = config.jwt.as_ref().map(|_| "jwt");
     if let Some(what) = unsupported {
         log(
             LogLevel::Error,
             &format!(
                 "keygate: configuration refused: {what} is not supported by the native build \
-                 yet (inline keys only); use the wasm filter (keygate.wasm)"
+                 yet; use the wasm filter (keygate.wasm)"
             ),
         );
         return None;
