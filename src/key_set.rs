@@ -35,6 +35,11 @@ use sha2::{Digest, Sha256};
 /// Proxy-wasm shared data: a map of byte values with a version (`cas`) per entry.
 pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// `f` of the value of `key`, borrowed where the store can lend it (the request path
+    /// reads a bucket this way); a copy otherwise.
+    fn read<R>(&self, key: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(self.get(key).0.as_deref())
+    }
     /// Writes unless `cas` is given and the entry has changed since; false if it had.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
@@ -634,15 +639,17 @@ impl SharedSet {
         // At most one move: a layout written is complete before the one left is marked.
         for _ in 0..2 {
             let key = self.bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits));
-            let Some(bytes) = store.get(key).0 else {
-                return (None, bits);
-            };
-            if let [RETIRED, new] = bytes[..] {
-                bits = new;
-                continue;
+            let found = store.read(key, |bytes| match bytes {
+                None => Ok(None),
+                Some([RETIRED, new]) => Err(*new),
+                Some(bytes) => {
+                    Ok(bucket::find(bytes, hash).and_then(|r| record_codec::decode(r, index)))
+                }
+            });
+            match found {
+                Ok(record) => return (record, bits),
+                Err(new) => bits = new,
             }
-            let record = bucket::find(&bytes, hash).and_then(|r| record_codec::decode(r, index));
-            return (record, bits);
         }
         (None, bits)
     }

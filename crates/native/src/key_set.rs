@@ -43,6 +43,11 @@ impl SharedStore for Memory {
         }
     }
 
+    fn read<R>(&self, key: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let entries = MEMORY.read().unwrap_or_else(PoisonError::into_inner);
+        f(entries.get(key).map(|(value, _)| value.as_slice()))
+    }
+
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         let mut entries = MEMORY.write().unwrap_or_else(PoisonError::into_inner);
         match entries.get_mut(key) {
