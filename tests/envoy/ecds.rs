@@ -23,8 +23,10 @@ const ADDED: &str = "kg_ecds_test_key_added_by_the_update";
 
 const PATH: &str = "/data/query/study";
 
+/// A shipped file under `envoy/`, made to load the build under test.
 fn shipped(name: &str) -> String {
-    std::fs::read_to_string(support::repo_root().join("envoy").join(name)).unwrap()
+    let text = std::fs::read_to_string(support::repo_root().join("envoy").join(name)).unwrap();
+    support::shipped_for_build(&text)
 }
 
 /// `text` with `from` replaced, which must be there.
@@ -79,12 +81,7 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
     let upstream = Upstream::start();
     let dir = TempDir::new("ecds");
     let resource = dir.path().join("keygate-ecds-filter.yaml");
-    let wasm = support::wasm_module();
-    let first = replaced(
-        &shipped("keygate-ecds-filter.yaml"),
-        "target/wasm32-wasip1/release/keygate.wasm",
-        wasm.to_str().unwrap(),
-    );
+    let first = shipped("keygate-ecds-filter.yaml");
     publish(&resource, &first);
 
     let port = support::free_port();
