@@ -131,6 +131,9 @@ fn send_n(envoy: &Envoy, key: &str, n: usize, expect: u16) {
 
 #[test]
 fn allowed_requests_reach_keygate_serve_and_keygate_list() {
+    if support::native_pending() {
+        return;
+    }
     let dir = Scratch::new("usage-serve");
     let keys = dir.join("keys.json");
     let alice = new_alice(&keys, "30d");
@@ -200,6 +203,9 @@ fn allowed_requests_reach_keygate_serve_and_keygate_list() {
 
 #[test]
 fn lookup_mode_counts_requests_that_waited_for_their_key() {
+    if support::native_pending() {
+        return;
+    }
     let dir = Scratch::new("usage-lookup");
     let keys = dir.join("keys.json");
     let alice = new_alice(&keys, "never");
@@ -224,6 +230,9 @@ fn lookup_mode_counts_requests_that_waited_for_their_key() {
 
 #[test]
 fn a_failing_key_service_changes_nothing_for_requests() {
+    if support::native_pending() {
+        return;
+    }
     let sink = UsageSink::start(500);
     let upstream = Upstream::start();
     let envoy = start(&inline_config(), &upstream, sink.addr);
@@ -282,6 +291,9 @@ fn a_failing_key_service_changes_nothing_for_requests() {
 
 #[test]
 fn a_key_service_that_is_down_changes_nothing_for_requests() {
+    if support::native_pending() {
+        return;
+    }
     let upstream = Upstream::start();
     let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let envoy = start(&inline_config(), &upstream, nobody);
@@ -307,6 +319,9 @@ fn a_key_service_that_is_down_changes_nothing_for_requests() {
 
 #[test]
 fn usage_reaches_the_admin_api_of_keygate_serve_db_over_mtls() {
+    if support::native_pending() {
+        return;
+    }
     let scratch = TlsDb::new("usage-db");
     let (server, api) = scratch.serve_mtls();
     let create = |owner: &str| api.create_browse_key(owner);
