@@ -36,7 +36,7 @@ upstream:
 # `cargo test --all-targets`) then the native module (`make test-native`), then `make run`'s
 # demo checked end to end.
 test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
-	cargo test --all-targets
+	KEYGATE_BUILD=wasm cargo test --all-targets
 	$(MAKE) --no-print-directory test-native
 	cargo run --quiet -p keygate-tools --bin demo -- --check
 
