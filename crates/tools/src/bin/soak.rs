@@ -2136,11 +2136,14 @@ fn report(run: &Run, f: &Findings) -> String {
         ));
     }
 
-    r.push_str("| wasm stat | before | after |\n|---|---:|---:|\n");
-    for (name, (b, a)) in &f.wasm_stats {
-        r.push_str(&format!("| `{name}` | {b} | {a} |\n"));
+    // The native build has no VM, so no wasm stats to show.
+    if !f.wasm_stats.is_empty() {
+        r.push_str("| wasm stat | before | after |\n|---|---:|---:|\n");
+        for (name, (b, a)) in &f.wasm_stats {
+            r.push_str(&format!("| `{name}` | {b} | {a} |\n"));
+        }
+        r.push('\n');
     }
-    r.push('\n');
 
     if f.failures.is_empty() {
         r.push_str(
