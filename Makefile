@@ -39,12 +39,23 @@ UPSTREAM ?= 127.0.0.1:8082
 upstream:
 	cargo run --quiet -p keygate-tools --bin echo-upstream -- $(UPSTREAM)
 
-# Every crate's tests but the filter's (wasm only; the core holds what it decides), then
-# `make run`'s demo checked end to end, with the wasm filter and with the native module.
+# Every crate's tests but the filter's (wasm only; the core holds what it decides), the
+# Envoy integration tests (tests/envoy) once per build: the wasm filter (within
+# `cargo test --all-targets`) then the native module (`make test-native`), then `make run`'s
+# demo checked end to end, with the wasm filter and with the native module.
 test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
-	cargo test --all-targets
+	KEYGATE_BUILD=wasm cargo test --all-targets
+	$(MAKE) --no-print-directory test-native
 	KEYGATE_BUILD=wasm cargo run --quiet -p keygate-tools --bin demo -- --check
 	KEYGATE_BUILD=native cargo run --quiet -p keygate-tools --bin demo -- --check
+
+# The Envoy integration tests against the native build only (KEYGATE_BUILD=native,
+# crates/testkit/src/build.rs): the same tests `cargo test --test envoy` runs against the
+# wasm filter. Tests the native build does not pass yet are listed, with why, in
+# NATIVE_PENDING there and print that they were skipped.
+.PHONY: test-native
+test-native: tools wasm native-dev cli
+	KEYGATE_BUILD=native cargo test --test envoy
 
 tools: toolchain envoy
 

@@ -2,6 +2,7 @@
 //! free ports, with its admin endpoint, stats and listener at hand. Killed when dropped.
 
 use crate::bootstrap::{bootstrap, NATIVE_MODULE};
+use crate::build::Build;
 use crate::http1::{request, try_request, Request, Response};
 use crate::{envoy_binary, native_module_dir, TempDir, Upstream};
 use serde_json::Value;
@@ -73,9 +74,10 @@ fn spawn(
             (config, text.as_bytes().to_vec())
         }
     };
-    // A bootstrap that loads keygate's native module: Envoy finds it in this folder.
+    // A bootstrap that loads keygate's native module, or the native pass (whose listeners
+    // may come from a file Envoy watches): Envoy finds the module in this folder.
     let mut command = Command::new(envoy_binary());
-    if String::from_utf8_lossy(&text).contains(NATIVE_MODULE) {
+    if Build::current() == Build::Native || String::from_utf8_lossy(&text).contains(NATIVE_MODULE) {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
     }
     let admin_file = dir.path().join("admin-address");
@@ -233,6 +235,16 @@ impl Envoy {
         keygate_stat_in(&self.keygate_stats(), name)
     }
 
+    /// The wasm build: keygate's VM was never restarted (`wasm.keygate.vm_reload` is 0),
+    /// so what a test saw came from the VM that loaded the configuration. The native
+    /// build runs in Envoy's process, with no VM to restart: nothing to check.
+    pub fn assert_no_vm_reload(&self) {
+        if Build::current() == Build::Wasm {
+            let stats = self.keygate_stats();
+            assert_eq!(stats.get("wasm.keygate.vm_reload"), Some(&0), "{stats:?}");
+        }
+    }
+
     /// Sends a request to the listener.
     pub fn send(&self, request: &Request) -> Response {
         self::request(self.listener, request)
@@ -250,10 +262,13 @@ fn parse_stats(text: &str) -> BTreeMap<String, u64> {
 
 /// One keygate stat (`fetch.ok`) of stats read earlier; 0 when absent.
 pub fn keygate_stat_in(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    stats
-        .get(&format!("wasmcustom.keygate.{name}"))
-        .copied()
-        .unwrap_or(0)
+    stats.get(&keygate_stat_name(name)).copied().unwrap_or(0)
+}
+
+/// The full name Envoy shows keygate's stat `name` (`allowed`, `fetch.ok`) under, for the
+/// build the tests run: `wasmcustom.keygate.allowed`, `dynamicmodulescustom.keygate.allowed`.
+pub fn keygate_stat_name(name: &str) -> String {
+    format!("{}keygate.{name}", Build::current().stat_prefix())
 }
 
 impl Drop for Envoy {

@@ -15,7 +15,7 @@ use keygate_testkit as support;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use support::{hash_of, Envoy, EnvoyOptions, Refused, Request, Upstream};
+use support::{hash_of, Build, Envoy, EnvoyOptions, Refused, Request, Upstream};
 
 /// The listener port when `KEYGATE_PORT` is not set; 0 picks a free one.
 const DEFAULT_PORT: u16 = 10000;
@@ -235,33 +235,17 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
     out
 }
 
-/// Which build of keygate the demo loads (`KEYGATE_BUILD`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Build {
-    Wasm,
-    Native,
+/// The build the demo loads (`KEYGATE_BUILD`, see [`Build::parse`]), or what to do about
+/// an unknown value.
+fn chosen_build(value: Option<&str>) -> Result<Build, String> {
+    Build::parse(value.unwrap_or_default())
+        .map_err(|message| format!("{message} (e.g. KEYGATE_BUILD=native make run)"))
 }
 
-/// The values `KEYGATE_BUILD` takes, as the error names them.
-const BUILDS: &str = "wasm (the default) or native";
-
-impl Build {
-    /// `KEYGATE_BUILD`'s value: unset or empty is wasm; anything but the two names is an error.
-    fn parse(value: Option<&str>) -> Result<Build, String> {
-        match value.map(str::trim) {
-            None | Some("") | Some("wasm") => Ok(Build::Wasm),
-            Some("native") => Ok(Build::Native),
-            Some(other) => Err(format!(
-                "KEYGATE_BUILD is {other:?}: it must be {BUILDS} (e.g. KEYGATE_BUILD=native make run)"
-            )),
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Build::Wasm => "keygate.wasm, the wasm filter",
-            Build::Native => "libkeygate_native.so, the native build as an Envoy dynamic module",
-        }
+fn describe(build: Build) -> &'static str {
+    match build {
+        Build::Wasm => "keygate.wasm, the wasm filter",
+        Build::Native => "libkeygate_native.so, the native build as an Envoy dynamic module",
     }
 }
 
@@ -309,16 +293,13 @@ fn main() {
         Err(_) => DEFAULT_PORT,
     };
 
-    let build = Build::parse(std::env::var("KEYGATE_BUILD").ok().as_deref())
+    let build = chosen_build(std::env::var("KEYGATE_BUILD").ok().as_deref())
         .unwrap_or_else(|message| fail(&message));
 
     let keys = demo_keys();
     let config = plugin_config(&keys);
     let upstream = Upstream::start();
-    let bootstrap = match build {
-        Build::Wasm => support::bootstrap(&config, upstream.addr, port),
-        Build::Native => support::bootstrap_native(&config, upstream.addr, port),
-    };
+    let bootstrap = support::bootstrap_for(build, &config, upstream.addr, port);
     let envoy = Envoy::try_start(
         &bootstrap,
         EnvoyOptions {
@@ -342,11 +323,8 @@ fn main() {
     println!("keygate demo: Envoy with keygate on {base}, in front of an echo upstream.");
     println!(
         "Filter: {} (KEYGATE_BUILD={}); keys inline.",
-        build.describe(),
-        match build {
-            Build::Wasm => "wasm",
-            Build::Native => "native",
-        }
+        describe(build),
+        build.name()
     );
     println!(
         "Plugin configuration (hashes only): {}",
@@ -399,7 +377,7 @@ fn main() {
         }
         println!(
             "demo check ({}): all {} examples as expected",
-            build.describe(),
+            describe(build),
             examples.len()
         );
         return;
@@ -437,14 +415,14 @@ mod tests {
 
     #[test]
     fn keygate_build_is_wasm_by_default_and_names_the_allowed_values_otherwise() {
-        assert_eq!(Build::parse(None), Ok(Build::Wasm));
-        assert_eq!(Build::parse(Some("")), Ok(Build::Wasm));
-        assert_eq!(Build::parse(Some("wasm")), Ok(Build::Wasm));
-        assert_eq!(Build::parse(Some("native")), Ok(Build::Native));
+        assert_eq!(chosen_build(None), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("")), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("wasm")), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("native")), Ok(Build::Native));
         assert_eq!(
-            Build::parse(Some("so")),
+            chosen_build(Some("so")),
             Err(
-                "KEYGATE_BUILD is \"so\": it must be wasm (the default) or native \
+                "KEYGATE_BUILD is \"so\": it takes `wasm` (the default) or `native` \
                  (e.g. KEYGATE_BUILD=native make run)"
                     .to_string()
             )
