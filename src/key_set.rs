@@ -25,7 +25,7 @@
 
 use crate::key_set_bucket::{self as bucket, bits_for, relayout};
 use crate::key_set_scan::{Scan, Scanned, Staged, Step};
-use crate::record::{KeyHash, KeyRecord};
+use crate::record::{count_keys, KeyHash, KeyRecord};
 use crate::record_codec;
 use crate::remote::KeySetConfig;
 use crate::scope::ScopeIndex;
@@ -111,6 +111,89 @@ pub enum Fetched {
         reason: String,
         retry_in_ms: u64,
     },
+}
+
+impl Fetched {
+    /// How the shells report it: the stat it counts in, the keys in force when it brought
+    /// a set, and the log line (a warning for a failure; none for a 304). `loaded`: a set
+    /// is in force (a failure keeps it).
+    pub fn report(&self, cluster: &str, loaded: bool) -> Report {
+        match self {
+            Fetched::Loaded { keys, version } => Report {
+                stat: FetchStat::Ok,
+                keys: Some(*keys),
+                line: Some((
+                    false,
+                    format!(
+                        "keygate: key set loaded from cluster {cluster}: {}, version {}",
+                        count_keys(*keys),
+                        version.as_deref().unwrap_or("-")
+                    ),
+                )),
+            },
+            Fetched::Updated {
+                changed,
+                keys,
+                version,
+            } => Report {
+                stat: FetchStat::Ok,
+                keys: Some(*keys),
+                line: Some((
+                    false,
+                    format!(
+                        "keygate: key set updated from cluster {cluster}: {} changed, {} in \
+                         force, version {version}",
+                        count_keys(*changed),
+                        count_keys(*keys)
+                    ),
+                )),
+            },
+            Fetched::NotModified => Report {
+                stat: FetchStat::NotModified,
+                keys: None,
+                line: None,
+            },
+            Fetched::Failed {
+                reason,
+                retry_in_ms,
+            } => {
+                let kept = if loaded {
+                    "keeping the last good set"
+                } else {
+                    "no key set loaded yet (protected routes answer 503)"
+                };
+                Report {
+                    stat: FetchStat::Failed,
+                    keys: None,
+                    line: Some((
+                        true,
+                        format!(
+                            "keygate: key set fetch from cluster {cluster} failed, {kept}, \
+                             retrying in {retry_in_ms} ms: {reason}"
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The fetch counter a [`Fetched`] counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchStat {
+    Ok,
+    NotModified,
+    Failed,
+}
+
+/// What [`Fetched::report`] says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Report {
+    pub stat: FetchStat,
+    /// The keys in force, when the fetch brought a set.
+    pub keys: Option<usize>,
+    /// The log line, and whether it is a warning.
+    pub line: Option<(bool, String)>,
 }
 
 /// Who acts, and when: the lease holder, the time, and a number that differs between

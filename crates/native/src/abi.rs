@@ -631,9 +631,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     // once, after its last filter.
     let filter = unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) };
     // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
-    if catch_unwind(AssertUnwindSafe(move || drop(filter))).is_err() {
-        log(LogLevel::Error, "keygate: ending a configuration panicked");
-    }
+    guarded("ending a configuration", move || drop(filter));
 }
 
 /// A request's filter: its config, and its number in lookup mode (0 otherwise).
@@ -668,13 +666,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     let per_request = unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) };
     // SAFETY: the config outlives its filters.
     if let Some(config) = unsafe { config_of(per_request.config.cast()) } {
-        if per_request.stream != 0
-            && catch_unwind(AssertUnwindSafe(|| {
+        if per_request.stream != 0 {
+            guarded("ending a request", || {
                 filter::request_ended(config, per_request.stream)
-            }))
-            .is_err()
-        {
-            log(LogLevel::Error, "keygate: ending a request panicked");
+            });
         }
     }
 }
@@ -723,17 +718,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     match proceed {
         Ok(true) => CONTINUE,
         Ok(false) => STOP_ITERATION,
-        Err(_) => {
-            log(
-                LogLevel::Error,
-                "keygate: deciding a request panicked; it is refused (503)",
-            );
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                filter::unavailable(config, &mut request)
-            }));
-            STOP_ITERATION
-        }
+        Err(_) => refuse(
+            config,
+            &mut request,
+            "keygate: deciding a request panicked; it is refused (503)",
+        ),
     }
+}
+
+/// Logs `why` and answers the request 503: it cannot be decided safely.
+fn refuse(config: Option<&Filter>, request: &mut Request, why: &str) -> u32 {
+    log(LogLevel::Error, why);
+    let _ = catch_unwind(AssertUnwindSafe(|| filter::unavailable(config, request)));
+    STOP_ITERATION
 }
 
 #[no_mangle]
@@ -758,18 +755,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         Ok(Some(true)) => return STOP_ITERATION,
         _ => {}
     }
-    log(
-        LogLevel::Warn,
+    refuse(
+        config,
+        &mut request,
         "keygate: a request trailer could not be removed; the request is refused",
-    );
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        filter::unavailable(config, &mut request)
-    }));
-    STOP_ITERATION
+    )
 }
-
-// The hooks keygate does nothing in: each continues. Their further arguments (the ABI
-// passes them in registers) are not read.
 
 /// A body arriving while the request waits for its key must not move it on (a body let
 /// through would resume the request): only the key service's answer does.
@@ -789,6 +780,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         Ok(true) | Err(_) => STOP_ITERATION,
     }
 }
+
+// The hooks keygate does nothing in: each continues. Their further arguments (the ABI
+// passes them in registers) are not read.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers() -> u32 {
@@ -826,22 +820,39 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         return;
     };
     // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns.
-    let answer = unsafe {
+    let answer =
+        unsafe { call_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+    guarded("reading a key lookup's answer", || {
+        filter::request_called(config, stream, callout_id, &answer)
+    });
+}
+
+/// Runs `f`, a hook's work that answers no request, catching a panic (logged).
+fn guarded(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        log(LogLevel::Error, &format!("keygate: {what} panicked"));
+    }
+}
+
+/// A callout's answer as a `..._callout_done` hook receives it.
+///
+/// # Safety
+/// `headers` and `chunks` are null, or point to `headers_size` headers and `chunks_size`
+/// buffers that stay valid (with what they point to) while the answer is used.
+unsafe fn call_answer<'a>(
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const Buffer,
+    chunks_size: usize,
+) -> CallAnswer<'a> {
+    // SAFETY: by this function's contract.
+    unsafe {
         CallAnswer {
             received: result == CALLOUT_SUCCESS,
             headers: slice(headers, headers_size),
-            chunks: slice(body_chunks, body_chunks_size),
+            chunks: slice(chunks, chunks_size),
         }
-    };
-    if catch_unwind(AssertUnwindSafe(|| {
-        filter::request_called(config, stream, callout_id, &answer)
-    }))
-    .is_err()
-    {
-        log(
-            LogLevel::Error,
-            "keygate: reading a key lookup's answer panicked",
-        );
     }
 }
 
@@ -861,13 +872,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     let Some(filter) = (unsafe { config_of(config) }) else {
         return;
     };
-    if catch_unwind(AssertUnwindSafe(|| {
+    guarded("a scheduled task", || {
         filter::scheduled(filter, host, event_id)
-    }))
-    .is_err()
-    {
-        log(LogLevel::Error, "keygate: a scheduled task panicked");
-    }
+    });
 }
 
 /// The answer to a call a config made ([`ConfigHost::call`]), on the main thread.
@@ -892,23 +899,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     };
     // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns (null
     // when the call failed).
-    let answer = unsafe {
-        CallAnswer {
-            received: result == CALLOUT_SUCCESS,
-            headers: slice(headers, headers_size),
-            chunks: slice(body_chunks, body_chunks_size),
-        }
-    };
-    if catch_unwind(AssertUnwindSafe(|| {
+    let answer =
+        unsafe { call_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+    guarded("reading a key service's answer", || {
         filter::called(filter, host, callout_id, &answer)
-    }))
-    .is_err()
-    {
-        log(
-            LogLevel::Error,
-            "keygate: reading a key service's answer panicked",
-        );
-    }
+    });
 }
 
 #[no_mangle]

@@ -117,57 +117,17 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
         },
     };
     let (mut key_set, mut lookup) = (None, None);
+    log(
+        LogLevel::Info,
+        &format!(
+            "keygate: configuration accepted (native, filter {name}): {}",
+            config.summary()
+        ),
+    );
     match &config.keys {
-        KeySource::Inline(set) => {
-            metrics.keys_loaded(host, set.len());
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): {} keys, {} rules",
-                    set.len(),
-                    config.rules.rules.len()
-                ),
-            );
-        }
-        KeySource::KeySet(fetch) => {
-            let watch = match fetch.watch_seconds {
-                0 => String::new(),
-                s => format!("watched in {s} s long-polls where the service syncs, else "),
-            };
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): key set from \
-                     cluster {} path {} ({watch}polled every {} s), {} rules",
-                    fetch.endpoint.cluster,
-                    fetch.path,
-                    fetch.refresh_seconds,
-                    config.rules.rules.len()
-                ),
-            );
-            key_set = Some(KeySet::start(fetch, scheduler.clone()?)?);
-        }
-        KeySource::Lookup(fetch) => {
-            let watch = fetch.watch.as_ref().map_or_else(
-                || "no change feed (watch_seconds 0)".to_string(),
-                |w| {
-                    format!(
-                        "change feed {} ({} s long-polls)",
-                        w.changes_path, w.wait_seconds
-                    )
-                },
-            );
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): keys looked up \
-                     on cluster {}, {watch}, {} rules",
-                    fetch.endpoint.cluster,
-                    config.rules.rules.len()
-                ),
-            );
-            lookup = Some(LookupMode::new(fetch));
-        }
+        KeySource::Inline(set) => metrics.keys_loaded(host, set.len()),
+        KeySource::KeySet(fetch) => key_set = Some(KeySet::start(fetch, scheduler.clone()?)?),
+        KeySource::Lookup(fetch) => lookup = Some(LookupMode::new(fetch)),
     }
     let usage = config.usage.as_ref().map(|usage| {
         log(

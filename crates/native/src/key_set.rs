@@ -12,8 +12,10 @@ use crate::abi::{log, ConfigHost, LogLevel, Scheduler};
 use crate::metrics::Metrics;
 use crate::ticker;
 use keygate_core::config::Config;
-use keygate_core::key_set::{FetchAnswer, Fetched, Progress, SharedSet, SharedStore, Turn};
-use keygate_core::record::{count_keys, KeyHash, KeyRecord};
+use keygate_core::key_set::{
+    FetchAnswer, FetchStat, Fetched, Progress, SharedSet, SharedStore, Turn,
+};
+use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -241,59 +243,21 @@ impl KeySet {
     }
 
     fn report(&self, host: ConfigHost, metrics: &Metrics, fetched: Fetched, loaded: bool) {
-        let cluster = &*self.fetch.endpoint.cluster;
-        match fetched {
-            Fetched::Loaded { keys, version } => {
-                metrics.fetched(host, Some(true));
-                metrics.fetch_age(host, 0);
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "keygate: key set loaded from cluster {cluster}: {}, version {}",
-                        count_keys(keys),
-                        version.as_deref().unwrap_or("-")
-                    ),
-                );
-            }
-            Fetched::Updated {
-                changed,
-                keys,
-                version,
-            } => {
-                metrics.fetched(host, Some(true));
-                metrics.fetch_age(host, 0);
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "keygate: key set updated from cluster {cluster}: {} changed, {} in \
-                         force, version {version}",
-                        count_keys(changed),
-                        count_keys(keys)
-                    ),
-                );
-            }
-            Fetched::NotModified => {
-                metrics.fetched(host, None);
-                metrics.fetch_age(host, 0);
-            }
-            Fetched::Failed {
-                reason,
-                retry_in_ms,
-            } => {
-                metrics.fetched(host, Some(false));
-                let kept = if loaded {
-                    "keeping the last good set"
-                } else {
-                    "no key set loaded yet (protected routes answer 503)"
-                };
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "keygate: key set fetch from cluster {cluster} failed, {kept}, \
-                         retrying in {retry_in_ms} ms: {reason}"
-                    ),
-                );
-            }
+        let report = fetched.report(&self.fetch.endpoint.cluster, loaded);
+        metrics.fetched(host, report.stat);
+        if report.stat != FetchStat::Failed {
+            metrics.fetch_age(host, 0);
+        }
+        if let Some(keys) = report.keys {
+            metrics.keys_loaded(host, keys);
+        }
+        if let Some((warning, line)) = report.line {
+            let level = if warning {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
+            log(level, &line);
         }
     }
 }
