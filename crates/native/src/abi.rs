@@ -610,7 +610,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         envoy: filter_config_envoy_ptr,
     };
     match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, host))) {
-        Ok(Some(config)) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        Ok(Some(filter)) => {
+            let module = Box::into_raw(Box::new(Module {
+                every_request: PerRequest {
+                    module: std::ptr::null(),
+                    stream: 0,
+                },
+                filter,
+            }));
+            // SAFETY: `module` is the fresh, unique pointer `Box::into_raw` just gave; the
+            // field written is the module's own, before Envoy sees the pointer.
+            unsafe { (*module).every_request.module = module };
+            module.cast_const().cast()
+        }
         Ok(None) => std::ptr::null(),
         Err(_) => {
             log(
@@ -629,14 +641,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     }
     // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys it
     // once, after its last filter.
-    let filter = unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) };
+    let module = unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) };
     // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
-    guarded("ending a configuration", move || drop(filter));
+    guarded("ending a configuration", move || drop(module));
 }
 
-/// A request's filter: its config, and its number in lookup mode (0 otherwise).
+/// What `config_new` hands Envoy: the config, and the one per-request object every
+/// request shares when it needs no state of its own (all modes but lookup), so that no
+/// request allocates one.
+struct Module {
+    every_request: PerRequest,
+    filter: Filter,
+}
+
+/// A request's filter: its config's module, and its number in lookup mode. Number 0 is
+/// the module's shared one ([`Module::every_request`]); any other was allocated for its
+/// request (`lookup::stream_id` never gives 0).
 struct PerRequest {
-    config: *const Filter,
+    module: *const Module,
     stream: u32,
 }
 
@@ -646,15 +668,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
     // SAFETY: `config` is what `config_new` returned (Envoy destroys it after its filters).
-    let stream = match unsafe { config_of(config) } {
-        Some(filter) if filter::needs_stream(filter) => crate::lookup::stream_id(),
-        _ => 0,
-    };
-    let per_request = PerRequest {
-        config: config.cast(),
-        stream,
-    };
-    Box::into_raw(Box::new(per_request)).cast_const().cast()
+    match unsafe { config.cast::<Module>().as_ref() } {
+        Some(module) if filter::needs_stream(&module.filter) => {
+            let per_request = PerRequest {
+                module,
+                stream: crate::lookup::stream_id(),
+            };
+            Box::into_raw(Box::new(per_request)).cast_const().cast()
+        }
+        Some(module) => std::ptr::from_ref(&module.every_request).cast(),
+        None => std::ptr::null(),
+    }
 }
 
 #[no_mangle]
@@ -662,16 +686,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     if filter.is_null() {
         return;
     }
-    // SAFETY: `filter` came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
-    let per_request = unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) };
-    // SAFETY: the config outlives its filters.
-    if let Some(config) = unsafe { config_of(per_request.config.cast()) } {
-        if per_request.stream != 0 {
-            guarded("ending a request", || {
-                filter::request_ended(config, per_request.stream)
-            });
-        }
+    // SAFETY: `filter` came from `filter_new`, and Envoy destroys it once.
+    let Some((config, stream)) = (unsafe { request_of(filter) }) else {
+        return;
+    };
+    if stream == 0 {
+        // The module's shared one: it goes with the module.
+        return;
     }
+    guarded("ending a request", || filter::request_ended(config, stream));
+    // SAFETY: a request with a number of its own got it from `Box::into_raw` in
+    // `filter_new`; this is its one destroy, and nothing reads it after.
+    drop(unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) });
 }
 
 /// The config of a config pointer from `config_new`.
@@ -681,7 +707,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
 /// (Envoy destroys a config after its filters).
 unsafe fn config_of<'a>(config: *const c_void) -> Option<&'a Filter> {
     // SAFETY: by this function's contract; a `Filter` is only read, from any worker.
-    unsafe { config.cast::<Filter>().as_ref() }
+    unsafe {
+        config
+            .cast::<Module>()
+            .as_ref()
+            .map(|module| &module.filter)
+    }
 }
 
 /// The config and stream number of a filter pointer from `filter_new`.
@@ -692,7 +723,7 @@ unsafe fn request_of<'a>(filter: *const c_void) -> Option<(&'a Filter, u32)> {
     // SAFETY: by this function's contract, and the config outlives its filters.
     unsafe {
         let per_request = filter.cast::<PerRequest>().as_ref()?;
-        Some((config_of(per_request.config.cast())?, per_request.stream))
+        Some((config_of(per_request.module.cast())?, per_request.stream))
     }
 }
 
