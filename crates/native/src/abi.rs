@@ -89,6 +89,12 @@ extern "C" {
         key: Buffer,
         value: Buffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter_envoy_ptr: *mut c_void,
         status_code: u32,
@@ -436,6 +442,19 @@ impl Host for Request {
 
     fn remove(&mut self, name: &str) -> bool {
         self.set_value(REQUEST_HEADER, name, Buffer::NULL)
+    }
+
+    fn add(&mut self, name: &str, value: &[u8]) -> bool {
+        // SAFETY: `self.envoy` is the filter of the running hook; key and value are valid
+        // for the call and Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.envoy,
+                REQUEST_HEADER,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value),
+            )
+        }
     }
 
     fn remove_trailer(&mut self, name: &str) -> bool {

@@ -27,6 +27,9 @@ pub trait Host {
     fn trailer_names(&self) -> Option<Vec<&str>>;
     /// Replaces every value of request header `name`; false when Envoy refused.
     fn set(&mut self, name: &str, value: &[u8]) -> bool;
+    /// Adds a value of request header `name`, which the request does not hold (Envoy then
+    /// looks for none to replace); false when Envoy refused.
+    fn add(&mut self, name: &str, value: &[u8]) -> bool;
     /// Removes request header `name`; false when Envoy refused.
     fn remove(&mut self, name: &str) -> bool;
     fn remove_trailer(&mut self, name: &str) -> bool;
@@ -393,5 +396,15 @@ impl<H: Host> HeaderEditor for Editor<'_, H> {
 
     fn remove(&mut self, name: &str) {
         self.failed |= !self.host.remove(name);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        // Envoy's ABI adds no empty value; set drops it (README "What the upstream sees").
+        let added = if value.is_empty() {
+            self.host.set(name, value.as_bytes())
+        } else {
+            self.host.add(name, value.as_bytes())
+        };
+        self.failed |= !added;
     }
 }

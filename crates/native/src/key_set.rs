@@ -57,8 +57,9 @@ impl SharedStore for Memory {
                 if cas.is_some_and(|want| want != 0 && want != *version) {
                     return false;
                 }
-                old.clear();
-                old.extend_from_slice(value);
+                // A fresh allocation, not the old one refilled: a bucket that once grew
+                // large would otherwise keep that capacity for the life of the process.
+                *old = value.to_vec();
                 *version = version.wrapping_add(1).max(1);
             }
             None => {
