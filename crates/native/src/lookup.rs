@@ -282,8 +282,13 @@ pub fn answered(
 /// Request `stream` ends: it waits no more, and what waited on its call asks again.
 pub fn ended(filter: &Filter, mode: &LookupMode, stream: u32) {
     let worker = worker(mode);
-    worker.paused.borrow_mut().remove(&stream);
+    let waited = worker.paused.borrow_mut().remove(&stream).is_some();
+    let calls = worker.calls.borrow().len();
     worker.calls.borrow_mut().retain(|(id, _), _| *id != stream);
+    if !waited && worker.calls.borrow().len() == calls {
+        // Decided from the cache (most requests): nobody waits on it, it made no call.
+        return;
+    }
     worker.lookups.done(stream);
     let mut host = Host {
         filter,
