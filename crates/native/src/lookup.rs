@@ -283,13 +283,22 @@ pub fn answered(
 pub fn ended(filter: &Filter, mode: &LookupMode, stream: u32) {
     let worker = worker(mode);
     let waited = worker.paused.borrow_mut().remove(&stream).is_some();
-    let calls = worker.calls.borrow().len();
-    worker.calls.borrow_mut().retain(|(id, _), _| *id != stream);
-    if !waited && worker.calls.borrow().len() == calls {
+    let mut lost = Vec::new();
+    worker.calls.borrow_mut().retain(|&(id, _), &mut token| {
+        if id == stream {
+            lost.push(token);
+        }
+        id != stream
+    });
+    if !waited && lost.is_empty() {
         // Decided from the cache (most requests): nobody waits on it, it made no call.
         return;
     }
     worker.lookups.done(stream);
+    // Its calls go with it (Envoy cancels a request's callouts), whoever they were for.
+    for token in lost {
+        worker.lookups.lost(token);
+    }
     let mut host = Host {
         filter,
         mode,
