@@ -21,8 +21,16 @@ export KEYGATE_BIN ?= $(KEYGATE_DEBUG_BIN)
 
 .PHONY: run test tools toolchain envoy wasm native native-dev cli install lint validate clean bench bench-memory bench-keyservice bench-revocation soak
 
-run: tools wasm
-	cargo run --quiet -p keygate-tools --bin demo
+# KEYGATE_BUILD picks the filter `make run` loads: wasm (keygate.wasm, the default) or native
+# (libkeygate_native.so, `make native`; README "Native build (Envoy dynamic module)").
+KEYGATE_BUILD := $(or $(strip $(KEYGATE_BUILD)),wasm)
+
+run: tools
+	@case '$(KEYGATE_BUILD)' in wasm|native) ;; *) \
+	  echo "KEYGATE_BUILD is '$(KEYGATE_BUILD)': it must be wasm (the default) or native (e.g. KEYGATE_BUILD=native make run)" >&2; \
+	  exit 2;; esac
+	@$(MAKE) --no-print-directory $(KEYGATE_BUILD)
+	KEYGATE_BUILD=$(KEYGATE_BUILD) KEYGATE_NATIVE=$(CURDIR)/$(NATIVE) cargo run --quiet -p keygate-tools --bin demo
 
 .PHONY: upstream
 
@@ -31,11 +39,23 @@ UPSTREAM ?= 127.0.0.1:8082
 upstream:
 	cargo run --quiet -p keygate-tools --bin echo-upstream -- $(UPSTREAM)
 
-# Every crate's tests but the filter's (wasm only; the core holds what it decides), then
-# `make run`'s demo checked end to end.
+# Every crate's tests but the filter's (wasm only; the core holds what it decides), the
+# Envoy integration tests (tests/envoy) once per build: the wasm filter (within
+# `cargo test --all-targets`) then the native module (`make test-native`), then `make run`'s
+# demo checked end to end, with the wasm filter and with the native module.
 test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
-	cargo test --all-targets
-	cargo run --quiet -p keygate-tools --bin demo -- --check
+	KEYGATE_BUILD=wasm cargo test --all-targets
+	$(MAKE) --no-print-directory test-native
+	KEYGATE_BUILD=wasm cargo run --quiet -p keygate-tools --bin demo -- --check
+	KEYGATE_BUILD=native cargo run --quiet -p keygate-tools --bin demo -- --check
+
+# The Envoy integration tests against the native build only (KEYGATE_BUILD=native,
+# crates/testkit/src/build.rs): the same tests `cargo test --test envoy` runs against the
+# wasm filter. Tests the native build does not pass yet are listed, with why, in
+# NATIVE_PENDING there and print that they were skipped.
+.PHONY: test-native
+test-native: tools wasm native-dev cli
+	KEYGATE_BUILD=native cargo test --test envoy
 
 tools: toolchain envoy
 
@@ -215,7 +235,7 @@ deploy-tools: envoy
 	  echo "validate-deploy needs docker-compose: apt-get install docker-compose, or DOCKER_COMPOSE='docker compose'"; \
 	  exit 1; }
 
-validate-deploy: tools wasm cli deploy-tools
+validate-deploy: tools wasm native-dev cli deploy-tools
 	$(VENV)/bin/python tests/deploy/validate.py
 	cargo run --quiet -p keygate-tools --bin compose -- --check
 

@@ -143,6 +143,40 @@ pub const DEFAULT_BASIC_USERNAME: &str = "apikey";
 pub const DEFAULT_STRIP_PREFIX: &str = "apikey|";
 
 impl Config {
+    /// What the configuration asks for, as both shells log it once accepted: the key
+    /// source and the rules.
+    pub fn summary(&self) -> String {
+        let rules = self.rules.rules.len();
+        match &self.keys {
+            KeySource::Inline(set) => format!("{} keys, {rules} rules", set.len()),
+            KeySource::KeySet(fetch) => {
+                let watch = match fetch.watch_seconds {
+                    0 => String::new(),
+                    s => format!("watched in {s} s long-polls where the service syncs, else "),
+                };
+                format!(
+                    "key set from cluster {} path {} ({watch}polled every {} s), {rules} rules",
+                    fetch.endpoint.cluster, fetch.path, fetch.refresh_seconds,
+                )
+            }
+            KeySource::Lookup(lookup) => {
+                let watch = lookup.watch.as_ref().map_or_else(
+                    || "no change feed (watch_seconds 0)".to_string(),
+                    |w| {
+                        format!(
+                            "change feed {} ({} s long-polls)",
+                            w.changes_path, w.wait_seconds
+                        )
+                    },
+                );
+                format!(
+                    "keys looked up on cluster {}, {watch}, {rules} rules",
+                    lookup.endpoint.cluster
+                )
+            }
+        }
+    }
+
     /// Parses and checks a plugin configuration (JSON).
     pub fn parse(json: &[u8]) -> Result<Config, Vec<ConfigError>> {
         if json.iter().all(u8::is_ascii_whitespace) {

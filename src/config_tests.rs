@@ -412,3 +412,33 @@ fn jwt_defaults_and_checks() {
     let errs = parse(&with(minimal(), "forward", json!({"kind": "x-api-key-id"}))).unwrap_err();
     assert!(errs.iter().any(|e| e.contains("forward.kind")), "{errs:?}");
 }
+
+#[test]
+fn the_summary_names_the_key_source_and_the_rules() {
+    let inline = parse(&minimal()).unwrap();
+    assert_eq!(
+        inline.summary(),
+        format!(
+            "{} keys, 0 rules",
+            minimal()["keys"].as_array().unwrap().len()
+        )
+    );
+    let key_set = parse(&json!({
+        "key_set": {"cluster": "ks", "path": "/v1/keyset", "refresh_seconds": 5},
+        "rules": [{"path_prefix": "/", "public": true}]
+    }))
+    .unwrap();
+    assert_eq!(
+        key_set.summary(),
+        "key set from cluster ks path /v1/keyset (watched in 25 s long-polls where the \
+         service syncs, else polled every 5 s), 1 rules"
+    );
+    let lookup = parse(&json!({
+        "lookup": {"cluster": "ks", "path": "/v1/keys/{hash}", "watch_seconds": 0}
+    }))
+    .unwrap();
+    assert_eq!(
+        lookup.summary(),
+        "keys looked up on cluster ks, no change feed (watch_seconds 0), 0 rules"
+    );
+}

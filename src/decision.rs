@@ -132,6 +132,11 @@ pub trait HeaderEditor {
     fn set(&mut self, name: &str, value: &str);
     /// Removes every value of `name`.
     fn remove(&mut self, name: &str);
+    /// Sets `name`, which the request is known not to hold (it was removed, or never
+    /// sent): a host may skip looking for values to replace.
+    fn add(&mut self, name: &str, value: &str) {
+        self.set(name, value);
+    }
 }
 
 impl Allowed<'_> {
@@ -146,15 +151,17 @@ impl Allowed<'_> {
         for name in &self.spoofed_lookalikes {
             editor.remove(name);
         }
+        // Every identity header the client sent is gone now (`spoofed` names each one
+        // present): the identity is added, not replaced.
         if let Some(key) = self.key {
-            editor.set(config.forward.id.as_str(), key.id.as_str());
-            editor.set(config.forward.owner.as_str(), key.owner.as_str());
-            editor.set(config.forward.scopes.as_str(), &key.scopes_header);
-            editor.set(config.forward.kind.as_str(), KIND_API_KEY);
+            editor.add(config.forward.id.as_str(), key.id.as_str());
+            editor.add(config.forward.owner.as_str(), key.owner.as_str());
+            editor.add(config.forward.scopes.as_str(), &key.scopes_header);
+            editor.add(config.forward.kind.as_str(), KIND_API_KEY);
         } else if let Some(token) = &self.token {
-            editor.set(config.forward.owner.as_str(), &token.subject);
-            editor.set(config.forward.scopes.as_str(), &token.scopes_header);
-            editor.set(config.forward.kind.as_str(), KIND_JWT);
+            editor.add(config.forward.owner.as_str(), &token.subject);
+            editor.add(config.forward.scopes.as_str(), &token.scopes_header);
+            editor.add(config.forward.kind.as_str(), KIND_JWT);
         }
         for (i, source) in config.sources.iter().enumerate() {
             if self.hide_sources & (1 << i) == 0 {

@@ -25,7 +25,7 @@
 
 use crate::key_set_bucket::{self as bucket, bits_for, relayout};
 use crate::key_set_scan::{Scan, Scanned, Staged, Step};
-use crate::record::{KeyHash, KeyRecord};
+use crate::record::{count_keys, KeyHash, KeyRecord};
 use crate::record_codec;
 use crate::remote::KeySetConfig;
 use crate::scope::ScopeIndex;
@@ -35,6 +35,11 @@ use sha2::{Digest, Sha256};
 /// Proxy-wasm shared data: a map of byte values with a version (`cas`) per entry.
 pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// `f` of the value of `key`, borrowed where the store can lend it (the request path
+    /// reads a bucket this way); a copy otherwise.
+    fn read<R>(&self, key: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(self.get(key).0.as_deref())
+    }
     /// Writes unless `cas` is given and the entry has changed since; false if it had.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
@@ -106,6 +111,89 @@ pub enum Fetched {
         reason: String,
         retry_in_ms: u64,
     },
+}
+
+impl Fetched {
+    /// How the shells report it: the stat it counts in, the keys in force when it brought
+    /// a set, and the log line (a warning for a failure; none for a 304). `loaded`: a set
+    /// is in force (a failure keeps it).
+    pub fn report(&self, cluster: &str, loaded: bool) -> Report {
+        match self {
+            Fetched::Loaded { keys, version } => Report {
+                stat: FetchStat::Ok,
+                keys: Some(*keys),
+                line: Some((
+                    false,
+                    format!(
+                        "keygate: key set loaded from cluster {cluster}: {}, version {}",
+                        count_keys(*keys),
+                        version.as_deref().unwrap_or("-")
+                    ),
+                )),
+            },
+            Fetched::Updated {
+                changed,
+                keys,
+                version,
+            } => Report {
+                stat: FetchStat::Ok,
+                keys: Some(*keys),
+                line: Some((
+                    false,
+                    format!(
+                        "keygate: key set updated from cluster {cluster}: {} changed, {} in \
+                         force, version {version}",
+                        count_keys(*changed),
+                        count_keys(*keys)
+                    ),
+                )),
+            },
+            Fetched::NotModified => Report {
+                stat: FetchStat::NotModified,
+                keys: None,
+                line: None,
+            },
+            Fetched::Failed {
+                reason,
+                retry_in_ms,
+            } => {
+                let kept = if loaded {
+                    "keeping the last good set"
+                } else {
+                    "no key set loaded yet (protected routes answer 503)"
+                };
+                Report {
+                    stat: FetchStat::Failed,
+                    keys: None,
+                    line: Some((
+                        true,
+                        format!(
+                            "keygate: key set fetch from cluster {cluster} failed, {kept}, \
+                             retrying in {retry_in_ms} ms: {reason}"
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The fetch counter a [`Fetched`] counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchStat {
+    Ok,
+    NotModified,
+    Failed,
+}
+
+/// What [`Fetched::report`] says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Report {
+    pub stat: FetchStat,
+    /// The keys in force, when the fetch brought a set.
+    pub keys: Option<usize>,
+    /// The log line, and whether it is a warning.
+    pub line: Option<(bool, String)>,
 }
 
 /// Who acts, and when: the lease holder, the time, and a number that differs between
@@ -634,15 +722,17 @@ impl SharedSet {
         // At most one move: a layout written is complete before the one left is marked.
         for _ in 0..2 {
             let key = self.bucket_name(&mut name, bits, bucket::bucket_of(hash.bytes(), bits));
-            let Some(bytes) = store.get(key).0 else {
-                return (None, bits);
-            };
-            if let [RETIRED, new] = bytes[..] {
-                bits = new;
-                continue;
+            let found = store.read(key, |bytes| match bytes {
+                None => Ok(None),
+                Some([RETIRED, new]) => Err(*new),
+                Some(bytes) => {
+                    Ok(bucket::find(bytes, hash).and_then(|r| record_codec::decode(r, index)))
+                }
+            });
+            match found {
+                Ok(record) => return (record, bits),
+                Err(new) => bits = new,
             }
-            let record = bucket::find(&bytes, hash).and_then(|r| record_codec::decode(r, index));
-            return (record, bits);
         }
         (None, bits)
     }

@@ -708,3 +708,45 @@ fn a_key_costs_few_bytes_of_shared_data() {
     assert!(bytes / 20_000 < 110, "{} bytes a key", bytes / 20_000);
     assert!(names <= 20_000 / 4, "{names} names");
 }
+
+#[test]
+fn an_outcome_is_reported_with_its_stat_keys_and_line() {
+    let loaded = Fetched::Loaded {
+        keys: 2,
+        version: Some("7".into()),
+    };
+    let report = loaded.report("ks", true);
+    assert_eq!(report.stat, FetchStat::Ok);
+    assert_eq!(report.keys, Some(2));
+    assert_eq!(
+        report.line,
+        Some((
+            false,
+            "keygate: key set loaded from cluster ks: 2 keys, version 7".into()
+        ))
+    );
+    assert_eq!(
+        Fetched::NotModified.report("ks", true),
+        Report {
+            stat: FetchStat::NotModified,
+            keys: None,
+            line: None
+        }
+    );
+    let failed = Fetched::Failed {
+        reason: "key service answered 500".into(),
+        retry_in_ms: 1000,
+    };
+    let (warning, line) = failed.report("ks", false).line.unwrap();
+    assert!(warning);
+    assert!(
+        line.contains("no key set loaded yet (protected routes answer 503)"),
+        "{line}"
+    );
+    assert!(failed
+        .report("ks", true)
+        .line
+        .unwrap()
+        .1
+        .contains("keeping the last good set"));
+}

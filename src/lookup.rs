@@ -247,6 +247,16 @@ impl Lookups {
         }
     }
 
+    /// Call `token` will not be answered: the request it went out through is gone (a host
+    /// that sends the root's calls through requests, as the native build does). The next
+    /// sweep asks again for whoever waits on it.
+    pub fn lost(&self, token: u32) {
+        let Some(call) = self.calls.borrow_mut().remove(&token) else {
+            return;
+        };
+        self.cache.borrow_mut().orphan(&call.hash);
+    }
+
     /// Whether request `context_id` is paused for its key.
     pub fn is_waiting(&self, context_id: u32) -> bool {
         self.waiting.borrow().contains_key(&context_id)

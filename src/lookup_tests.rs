@@ -239,6 +239,31 @@ fn when_the_asker_leaves_the_root_asks_again_at_the_next_tick() {
 }
 
 #[test]
+fn a_call_lost_with_the_request_it_went_through_is_asked_again() {
+    let (config, state, mut host) = two_waiting("/data");
+    // The root asks again (the asker left), and the request its call goes out through
+    // ends too: that call is lost.
+    state.done(10);
+    sweep_at(&state, &mut host, &config, 500);
+    let (root_call, _) = host.calls[1].clone();
+    state.lost(root_call);
+    assert!(!state.is_call(root_call));
+    sweep_at(&state, &mut host, &config, 600);
+    assert_eq!(
+        host.calls.len(),
+        3,
+        "asked again at once, not failed after the timeout"
+    );
+    let (third, _) = host.calls[2].clone();
+    found_alice(&state, &mut host, &config, third, &["browse"]);
+    assert_eq!(outcomes(&host), [(11, Outcome::Allowed)]);
+    // A token it never made, or one already answered, changes nothing.
+    state.lost(third);
+    state.lost(9_999);
+    assert!(host.failures.is_empty(), "{:?}", host.failures);
+}
+
+#[test]
 fn a_leaver_who_did_not_ask_orphans_nothing() {
     let (config, state, mut host) = two_waiting("/data");
     state.done(11);

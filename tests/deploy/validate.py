@@ -1,16 +1,24 @@
 """`make validate-deploy`: every deployment target under envoy/ checked without a cluster or
 a Docker engine, and every check shown able to fail on a broken copy.
 
-- envoy/k8s/: a kustomize base (the key service) and three overlays (plain Envoy, Istio,
-  Envoy Gateway), each rendered with `kubectl kustomize` (every file must be named by a
-  kustomization; every overlay must deploy the base unchanged). In the renders: core kinds
-  (Namespace, ConfigMap, Deployment, Service, PersistentVolumeClaim) with
-  kubernetes-validate in strict mode (unknown fields refused) for the oldest and newest
-  Kubernetes versions named below; WasmPlugin, EnvoyExtensionPolicy and HTTPRoute against
-  their CRDs' OpenAPI schemas kept in tests/schemas/ (see the README there), also strict.
+- envoy/k8s/: a kustomize base (the key service) and five overlays (plain Envoy, Istio,
+  Envoy Gateway, and the native build, libkeygate_native.so, on Istio and on Envoy Gateway),
+  each rendered with `kubectl kustomize` (every file must be named by a kustomization; every
+  overlay must deploy the base unchanged). In the renders: core kinds (Namespace, ConfigMap,
+  Deployment, Service, PersistentVolumeClaim) with kubernetes-validate in strict mode
+  (unknown fields refused) for the oldest and newest Kubernetes versions named below;
+  WasmPlugin, EnvoyExtensionPolicy, EnvoyProxy and HTTPRoute against the OpenAPI schemas kept
+  in tests/schemas/ (see the README there: EnvoyProxy's is partial), also strict; Istio's
+  EnvoyFilter, for which no schema is kept, field by field below, its patch by Envoy.
 - keygate's configuration wherever a target carries it (WasmPlugin pluginConfig,
-  EnvoyExtensionPolicy config, the Envoy configs of the ConfigMap, the compose stack and the
-  ECDS resource): `keygate check`, the filter's own parser.
+  EnvoyExtensionPolicy config, the EnvoyFilter's patch, the Envoy configs of the ConfigMap,
+  the compose stack and the ECDS resource): `keygate check`, the filter's own parser.
+- The native build's filter as Envoy takes it: the EnvoyFilter's patch value, and the
+  EnvoyExtensionPolicy's dynamicModule entry with its EnvoyProxy's module path, each put in
+  envoy/keygate-native.yaml's listener in place of its filter and run through
+  `envoy --mode validate` loading this build's libkeygate_native.so; how the module reaches
+  Envoy (the init container running envoy/Dockerfile.keygate-native's command, the shared
+  volume, ENVOY_DYNAMIC_MODULES_SEARCH_PATH) followed from one object to the next.
 - Envoy configs that only make sense in a container or a cluster (their module path is
   /etc/...), and the ECDS resource inlined into its listener: `envoy --mode validate` on a
   copy with the module path pointed at this build.
@@ -46,6 +54,7 @@ WASM = os.environ.get(
     "KEYGATE_WASM", os.path.join(ROOT, "target/wasm32-wasip1/release/keygate.wasm")
 )
 KEYGATE = os.environ.get("KEYGATE_BIN", os.path.join(ROOT, "target/debug/keygate"))
+NATIVE = os.environ.get("KEYGATE_NATIVE", os.path.join(ROOT, "target/debug/libkeygate_native.so"))
 COMPOSE = shlex.split(os.environ.get("DOCKER_COMPOSE", "docker-compose"))
 
 # Core kinds are checked against the oldest and the newest Kubernetes this targets.
@@ -54,10 +63,13 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]
 CRD_SCHEMAS = {
     ("extensions.istio.io/v1alpha1", "WasmPlugin"): "wasmplugin.extensions.istio.io.v1alpha1.yaml",
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): "envoyextensionpolicy.gateway.envoyproxy.io.v1alpha1.yaml",
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): "envoyproxy.gateway.envoyproxy.io.v1alpha1.yaml",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute.gateway.networking.k8s.io.v1.json",
 }
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+ENVOY_FILTER = ("networking.istio.io/v1alpha3", "EnvoyFilter")
 
 TMP = scratch("validate-deploy")
 
@@ -146,6 +158,8 @@ VALIDATORS = {}
 def k8s_problems(doc):
     """What the API server would refuse in this object: a list of messages."""
     key = (doc.get("apiVersion"), doc.get("kind"))
+    if key == ENVOY_FILTER:
+        return envoy_filter_problems(doc)
     if key in CRD_SCHEMAS:
         if key not in VALIDATORS:
             VALIDATORS[key] = crd_validator(*key)
@@ -162,6 +176,60 @@ def k8s_problems(doc):
             problems.append(f"kubernetes {version}: {path}: {e.message}")
         except kubernetes_validate.SchemaNotFoundError as e:
             problems.append(e.message)
+    return problems
+
+
+def envoy_filter_problems(doc):
+    """No schema of Istio's EnvoyFilter is kept (tests/schemas/README.md): the fields
+    keygate's EnvoyFilter uses, each checked for the value keygate needs (an HTTP filter
+    inserted before the router of a sidecar's inbound or a gateway's listeners); anything
+    else is refused here. The patch value itself is Envoy's to check (`envoy --mode validate`)."""
+    problems = []
+
+    def only(path, node, keys):
+        if not isinstance(node, dict):
+            problems.append(f"{path}: not an object")
+            return {}
+        problems.extend(f"{path}.{k}: not a field keygate's EnvoyFilter uses" for k in node if k not in keys)
+        return node
+
+    top = only("(root)", doc, {"apiVersion", "kind", "metadata", "spec"})
+    metadata = only("metadata", top.get("metadata"), {"name", "namespace", "labels", "annotations"})
+    if not isinstance(metadata.get("name"), str):
+        problems.append("metadata.name: required")
+    spec = only("spec", top.get("spec"), {"workloadSelector", "configPatches"})
+    selector = only("spec.workloadSelector", spec.get("workloadSelector"), {"labels"})
+    labels = selector.get("labels")
+    if not isinstance(labels, dict) or not labels or not all(isinstance(v, str) for v in labels.values()):
+        problems.append("spec.workloadSelector.labels: one label or more, string values")
+    patches = spec.get("configPatches")
+    if not isinstance(patches, list) or not patches:
+        problems.append("spec.configPatches: a list of one patch or more")
+        patches = []
+    for i, entry in enumerate(patches):
+        at = f"spec.configPatches.{i}"
+        entry = only(at, entry, {"applyTo", "match", "patch"})
+        if entry.get("applyTo") != "HTTP_FILTER":
+            problems.append(f"{at}.applyTo: {entry.get('applyTo')!r}, not HTTP_FILTER")
+        match = only(f"{at}.match", entry.get("match"), {"context", "listener"})
+        if match.get("context") not in ("SIDECAR_INBOUND", "GATEWAY"):
+            problems.append(f"{at}.match.context: {match.get('context')!r}, not SIDECAR_INBOUND or GATEWAY")
+        listener = only(f"{at}.match.listener", match.get("listener"), {"filterChain"})
+        chain = only(f"{at}.match.listener.filterChain", listener.get("filterChain"), {"filter"})
+        network = only(f"{at}.match.listener.filterChain.filter", chain.get("filter"), {"name", "subFilter"})
+        if network.get("name") != "envoy.filters.network.http_connection_manager":
+            problems.append(f"{at}.match.listener.filterChain.filter.name: {network.get('name')!r}, not the HTTP connection manager")
+        sub = only(f"{at}.match.listener.filterChain.filter.subFilter", network.get("subFilter"), {"name"})
+        if sub.get("name") != "envoy.filters.http.router":
+            problems.append(f"{at}.match.listener.filterChain.filter.subFilter.name: {sub.get('name')!r}, not envoy.filters.http.router")
+        patch = only(f"{at}.patch", entry.get("patch"), {"operation", "value"})
+        if patch.get("operation") != "INSERT_BEFORE":
+            problems.append(f"{at}.patch.operation: {patch.get('operation')!r}, not INSERT_BEFORE (the router)")
+        value = only(f"{at}.patch.value", patch.get("value"), {"name", "typed_config"})
+        if value.get("name") != "envoy.filters.http.dynamic_modules":
+            problems.append(f"{at}.patch.value.name: {value.get('name')!r}, not envoy.filters.http.dynamic_modules")
+        if not isinstance(value.get("typed_config"), dict) or value["typed_config"].get("@type") != NATIVE_TYPE:
+            problems.append(f"{at}.patch.value.typed_config: not a {NATIVE_TYPE}")
     return problems
 
 
@@ -206,6 +274,8 @@ def keygate_filters(envoy_config):
         if isinstance(node, dict):
             if node.get("@type") == WASM_TYPE and node.get("config", {}).get("root_id") == "keygate":
                 found.append(node["config"]["configuration"]["value"])
+            if node.get("@type") == NATIVE_TYPE and node.get("dynamic_module_config", {}).get("name") == "keygate_native":
+                found.append(node["filter_config"]["value"])
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -220,18 +290,23 @@ def keygate_filters(envoy_config):
 # Envoy
 
 
-def envoy_validate(path):
+def envoy_validate(path, search_path=None):
+    """`envoy --mode validate`; `search_path` is ENVOY_DYNAMIC_MODULES_SEARCH_PATH (unset if None)."""
+    env = {k: v for k, v in os.environ.items() if k != "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"}
+    if search_path is not None:
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = search_path
     run = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", path, "--log-level", "error"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     return run.returncode, run.stdout + run.stderr
 
 
-def check_envoy(what, text):
-    code, output = envoy_validate(scratch("envoy.yaml", text))
+def check_envoy(what, text, search_path=None):
+    code, output = envoy_validate(scratch("envoy.yaml", text), search_path)
     if code != 0:
         fail(f"{what}: envoy --mode validate", output)
     ok(f"{what}: envoy --mode validate")
@@ -321,7 +396,9 @@ def with_certificates(text, paths):
 
 # `kubectl kustomize` (kubectl embeds kustomize), or KUSTOMIZE='kustomize build'.
 KUSTOMIZE = shlex.split(os.environ.get("KUSTOMIZE", "kubectl kustomize"))
-OVERLAYS = ["envoy", "envoy-gateway", "istio"]
+OVERLAYS = ["envoy", "envoy-gateway", "envoy-gateway-native", "istio", "istio-native"]
+# The overlays that load keygate.wasm; the two -native ones are checked by native_overlays().
+WASM_OVERLAYS = ["envoy", "envoy-gateway", "istio"]
 
 
 def kustomize(path):
@@ -376,7 +453,15 @@ def kubernetes():
             problems = k8s_problems(doc)
             if problems:
                 fail(f"overlays/{name}: {name_of(doc)}", "\n".join(problems))
-            schema = "CRD schema" if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS else "kubernetes-validate --strict"
+            key = (doc["apiVersion"], doc["kind"])
+            if key == ENVOY_FILTER:
+                schema = "field by field: no schema kept"
+            elif key == ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"):
+                schema = "partial schema from the Go types"
+            elif key in CRD_SCHEMAS:
+                schema = "CRD schema"
+            else:
+                schema = "kubernetes-validate --strict"
             ok(f"kubectl kustomize overlays/{name}: {name_of(doc)} ({schema})")
         rendered[name] = docs
     base = render(os.path.join(k8s, "base"))
@@ -386,7 +471,7 @@ def kubernetes():
             fail(f"overlays/{name} does not deploy the base unchanged", missing)
     ok(f"every overlay deploys the base ({', '.join(name_of(d) for d in base)}) unchanged")
     objects = {}
-    for name in OVERLAYS:
+    for name in WASM_OVERLAYS:
         for doc in rendered[name]:
             objects[doc["kind"]] = doc
     envoy_docs = rendered["envoy"]
@@ -552,6 +637,219 @@ def kubernetes():
     if code == 0 or "rules[0]" not in output:
         fail("refusal: config with a rule neither public nor scoped", output)
     ok("refused: config with a rule neither public nor scoped (rules[0])")
+
+    native_overlays(rendered)
+
+
+# ---------------------------------------------------------------------------------------
+# The native build (libkeygate_native.so) on Envoy Gateway and Istio
+
+
+def makefile_envoy_version():
+    """ENVOY_VERSION in the Makefile: the Envoy `make tools` installs and the tests run."""
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as f:
+        (line,) = [l for l in f.read().splitlines() if l.startswith("ENVOY_VERSION := ")]
+    return line.split(":= ", 1)[1].strip()
+
+
+def dockerfile_native_copy():
+    """envoy/Dockerfile.keygate-native's CMD, `cp SOURCE DEST`: (SOURCE, DEST), after checking
+    that the image puts the module at SOURCE."""
+    with open(os.path.join(ROOT, "envoy/Dockerfile.keygate-native"), encoding="utf-8") as f:
+        text = f.read()
+    (cmd,) = [json.loads(l[len("CMD ") :]) for l in text.splitlines() if l.startswith("CMD ")]
+    if len(cmd) != 3 or cmd[0] != "cp" or os.path.basename(cmd[1]) != "libkeygate_native.so":
+        fail("envoy/Dockerfile.keygate-native: CMD", f"{cmd}, not cp .../libkeygate_native.so DEST")
+    if f"COPY --from=build /out/libkeygate_native.so {cmd[1]}" not in text:
+        fail("envoy/Dockerfile.keygate-native", f"no COPY of the module to {cmd[1]}, which its CMD copies")
+    if "--profile native -p keygate-native" not in text:
+        fail("envoy/Dockerfile.keygate-native", "does not build the module as `make native` does")
+    return cmd[1], cmd[2]
+
+
+def check_init_copy(what, init, volumes, image):
+    """`init` runs the image's `cp` into a volume of `volumes` (an emptyDir): the volume's
+    name and the file name the module ends up with."""
+    source, dest = dockerfile_native_copy()
+    if init.get("image") != image:
+        fail(f"{what}: init container image", f"{init.get('image')}, not {image}")
+    if "command" in init or "args" in init:
+        fail(f"{what}: init container", "runs the image's command, checked against envoy/Dockerfile.keygate-native")
+    mounts = {m["mountPath"]: m["name"] for m in init.get("volumeMounts", [])}
+    volume = mounts.get(os.path.dirname(dest))
+    if volume is None:
+        fail(f"{what}: init container", f"copies to {dest}, but mounts nothing at {os.path.dirname(dest)}: {mounts}")
+    if "emptyDir" not in volumes.get(volume, {}):
+        fail(f"{what}: volume {volume}", f"not an emptyDir of the pod: {volumes.get(volume)}")
+    return volume, os.path.basename(dest)
+
+
+def native_filter_in_listener(what, filter_entry, search_path=None):
+    """envoy/keygate-native.yaml with `filter_entry` in place of its own dynamic_modules
+    filter (before the router), through `envoy --mode validate`."""
+    config = load_yaml(os.path.join(ROOT, "envoy/keygate-native.yaml"))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    if names != ["envoy.filters.http.dynamic_modules", "envoy.filters.http.router"]:
+        fail("envoy/keygate-native.yaml: http_filters", names)
+    hcm["http_filters"][0] = filter_entry
+    return envoy_validate(scratch("envoy-native.json", json.dumps(config)), search_path)
+
+
+def native_overlays(rendered):
+    print("The native build on Envoy Gateway and Istio (overlays/envoy-gateway-native, overlays/istio-native)")
+    version = cargo_version()
+    image = f"registry.example.com/keygate/keygate-native:{version}"
+    native_dir = os.path.dirname(NATIVE)
+
+    # Envoy Gateway: the EnvoyProxy allowlists the module by path and puts it there; the
+    # policy names it and carries keygate's configuration.
+    docs = {d["kind"]: d for d in rendered["envoy-gateway-native"]}
+    proxy, policy, route = docs["EnvoyProxy"], docs["EnvoyExtensionPolicy"], docs["HTTPRoute"]
+    (module,) = proxy["spec"]["dynamicModules"]
+    if module["source"].get("type") != "Local":
+        fail("EnvoyProxy: dynamicModules[0].source.type", f"{module['source'].get('type')}, not Local")
+    path = module["source"]["local"]["path"]
+    (entry,) = policy["spec"]["dynamicModule"]
+    if entry["name"] != module["name"] or entry.get("filterName") != "keygate":
+        fail("EnvoyExtensionPolicy: dynamicModule[0]", f"{entry['name']}/{entry.get('filterName')}, not {module['name']}/keygate")
+    if {"kind": "HTTPRoute", "name": route["metadata"]["name"]}.items() > policy["spec"]["targetRefs"][0].items():
+        fail("EnvoyExtensionPolicy (native): does not target the HTTPRoute beside it")
+    ok(f"EnvoyExtensionPolicy runs {entry['name']} (filter keygate), which the EnvoyProxy allowlists at {path}, on the HTTPRoute beside it")
+    check_keygate("EnvoyExtensionPolicy (native) keygate: config", entry["config"])
+
+    deployment = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]
+    (init,) = deployment["initContainers"]
+    container = deployment["container"]
+    volumes = {v["name"]: v for v in deployment["pod"]["volumes"]}
+    volume, file_name = check_init_copy("EnvoyProxy", init, volumes, image)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts.get(os.path.dirname(path))
+    if mount is None or mount["name"] != volume or file_name != os.path.basename(path) or mount.get("readOnly") is not True:
+        fail("EnvoyProxy: Envoy's container", f"does not mount {volume} read-only at {os.path.dirname(path)} holding {os.path.basename(path)}: {mounts}")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    if env.get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH") != os.path.dirname(path):
+        fail("EnvoyProxy: ENVOY_DYNAMIC_MODULES_SEARCH_PATH", f"{env}, not {os.path.dirname(path)}")
+    envoy_version = makefile_envoy_version()
+    if not container.get("image", "").endswith(f"-v{envoy_version}"):
+        fail("EnvoyProxy: the Envoy image", f"{container.get('image')}: not Envoy {envoy_version}, which the module is built for and `make tools` installs")
+    ok(f"EnvoyProxy: the init container copies the module ({image}) into {volume}, which Envoy {envoy_version} mounts where the allowlist and ENVOY_DYNAMIC_MODULES_SEARCH_PATH point")
+    # The core objects inside the EnvoyProxy, as the Deployment Envoy Gateway makes of them.
+    pod = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "envoy-gateway-native-pod", "namespace": "envoy-gateway-system"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "envoy"}},
+            "template": {
+                "metadata": {"labels": {"app": "envoy"}},
+                "spec": {
+                    "initContainers": deployment["initContainers"],
+                    "containers": [{"name": "envoy", **container}],
+                    "volumes": deployment["pod"]["volumes"],
+                },
+            },
+        },
+    }
+    problems = k8s_problems(pod)
+    if problems:
+        fail("EnvoyProxy: its init container, container and volumes as a pod", "\n".join(problems))
+    ok("EnvoyProxy: its init container, Envoy container settings and volumes, as a Deployment (kubernetes-validate --strict)")
+    # The filter as Envoy 1.40 loads it: the module by path, `config` as a Struct.
+    eg_filter = {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": NATIVE_TYPE,
+            "dynamic_module_config": {"module": {"local": {"filename": path}}},
+            "filter_name": entry["filterName"],
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": entry["config"]},
+        },
+    }
+
+    def eg_validate(f):
+        text = json.dumps(f).replace(json.dumps(path), json.dumps(NATIVE))
+        return native_filter_in_listener("EnvoyExtensionPolicy (native)", json.loads(text))
+
+    code, output = eg_validate(eg_filter)
+    if code != 0:
+        fail("EnvoyExtensionPolicy (native): its filter in envoy/keygate-native.yaml: envoy --mode validate", output)
+    ok("EnvoyExtensionPolicy (native): its filter, module by path and config as a Struct, in envoy/keygate-native.yaml: envoy --mode validate")
+
+    # Istio: the EnvoyFilter's patch runs in the echo workload's sidecar, whose pod copies
+    # the module where istio-proxy mounts it and points ENVOY_DYNAMIC_MODULES_SEARCH_PATH there.
+    docs = rendered["istio-native"]
+    (envoy_filter,) = [d for d in docs if d["kind"] == "EnvoyFilter"]
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    value = patch["patch"]["value"]
+    selector = envoy_filter["spec"]["workloadSelector"]["labels"]
+    workloads = [
+        d for d in docs
+        if d["kind"] == "Deployment" and d["metadata"].get("namespace") == envoy_filter["metadata"]["namespace"]
+        and selector.items() <= d["spec"]["template"]["metadata"].get("labels", {}).items()
+    ]
+    if len(workloads) != 1:
+        fail("EnvoyFilter: workloadSelector", f"selects {len(workloads)} Deployments of the render in its namespace, not one")
+    (workload,) = workloads
+    ok(f"EnvoyFilter: inserts the native filter before the router ({patch['match']['context']}) of Deployment/{workload['metadata']['name']}, the one it selects")
+    (plugin,) = keygate_filters(value)
+    check_keygate("EnvoyFilter keygate: the patch's filter_config", plugin)
+    template = workload["spec"]["template"]
+    annotations = template["metadata"].get("annotations", {})
+    if template["metadata"].get("labels", {}).get("sidecar.istio.io/inject") != "true":
+        fail(f"Deployment/{workload['metadata']['name']}: no sidecar.istio.io/inject: \"true\" label")
+    pod = template["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (init,) = pod["initContainers"]
+    volume, file_name = check_init_copy(f"Deployment/{workload['metadata']['name']}", init, volumes, image)
+    user_mounts = json.loads(annotations["sidecar.istio.io/userVolumeMount"])
+    if set(user_mounts) != {volume} or user_mounts[volume].get("readOnly") is not True:
+        fail("sidecar.istio.io/userVolumeMount", f"{user_mounts}: not {volume}, read-only")
+    mount_dir = user_mounts[volume]["mountPath"]
+    proxy_config = json.loads(annotations["proxy.istio.io/config"])
+    search = proxy_config.get("proxyMetadata", {}).get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH")
+    if search != mount_dir:
+        fail("proxy.istio.io/config", f"ENVOY_DYNAMIC_MODULES_SEARCH_PATH is {search}, not {mount_dir} where istio-proxy mounts {volume}")
+    name = value["typed_config"]["dynamic_module_config"]["name"]
+    if f"lib{name}.so" != file_name:
+        fail("EnvoyFilter: dynamic_module_config.name", f"{name}: Envoy looks for lib{name}.so, the init container copies {file_name}")
+    ok(f"Deployment/{workload['metadata']['name']}: the init container copies {file_name} ({image}) into {volume}, istio-proxy mounts it at {mount_dir}, ENVOY_DYNAMIC_MODULES_SEARCH_PATH points there")
+    code, output = native_filter_in_listener("EnvoyFilter", value, native_dir)
+    if code != 0:
+        fail("EnvoyFilter: its patch value in envoy/keygate-native.yaml: envoy --mode validate", output)
+    ok("EnvoyFilter: its patch value in envoy/keygate-native.yaml, module found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH: envoy --mode validate")
+
+    print("Native-build checks refuse broken copies")
+    broken = copy.deepcopy(policy)
+    broken["spec"]["dynamicModule"][0]["name"] = "keygate_native"
+    refused_k8s("EnvoyExtensionPolicy naming a module keygate_native (Envoy Gateway's names take no underscore)", broken, "keygate_native")
+    broken = copy.deepcopy(proxy)
+    broken["spec"]["dynamicModules"][0]["source"]["type"] = "File"
+    refused_k8s("EnvoyProxy with a module source of type File", broken, "File")
+    broken = copy.deepcopy(proxy)
+    broken["spec"]["dynamicModule"] = broken["spec"].pop("dynamicModules")
+    refused_k8s("EnvoyProxy with dynamicModule (the policy's spelling) for dynamicModules", broken, "dynamicModule")
+    broken = copy.deepcopy(envoy_filter)
+    broken["spec"]["configPatches"][0]["patch"]["operation"] = "INSERT_AFTER"
+    refused_k8s("EnvoyFilter inserting keygate after the router", broken, "INSERT_AFTER")
+    broken = copy.deepcopy(envoy_filter)
+    broken["spec"]["configPatches"][0]["match"]["context"] = "SIDECAR_OUTBOUND"
+    refused_k8s("EnvoyFilter on the sidecar's outbound traffic", broken, "SIDECAR_OUTBOUND")
+    broken_filter = copy.deepcopy(eg_filter)
+    broken_filter["typed_config"]["filter_config"]["value"]["unmatched"] = "nope"
+    code, output = eg_validate(broken_filter)
+    if code == 0 or "unmatched" not in output:
+        fail("refusal: the policy's filter with keygate's unmatched set to nope", output)
+    ok("refused: the policy's filter with \"unmatched\": \"nope\" (envoy --mode validate, the module's own parser)")
+    broken_value = copy.deepcopy(value)
+    broken_value["typed_config"]["dynamic_module_config"]["name"] = "keygate_nativ"
+    code, output = native_filter_in_listener("EnvoyFilter", broken_value, native_dir)
+    if code == 0 or "libkeygate_nativ.so" not in output:
+        fail("refusal: the EnvoyFilter's patch naming a module that is not there", output)
+    ok("refused: the EnvoyFilter's patch naming a module that is not there (envoy --mode validate: libkeygate_nativ.so not found)")
+    code, output = native_filter_in_listener("EnvoyFilter", value, os.path.join(TMP, "no-module-here"))
+    if code == 0 or "libkeygate_native.so" not in output:
+        fail("refusal: the EnvoyFilter's patch with ENVOY_DYNAMIC_MODULES_SEARCH_PATH pointing elsewhere", output)
+    ok("refused: the EnvoyFilter's patch with ENVOY_DYNAMIC_MODULES_SEARCH_PATH where the module is not (envoy --mode validate)")
 
 
 def endpoint_problems(docs):
@@ -783,9 +1081,9 @@ def ecds():
 
 
 def main():
-    for tool in (ENVOY, WASM, KEYGATE):
+    for tool in (ENVOY, WASM, KEYGATE, NATIVE):
         if not os.path.isfile(tool):
-            fail(f"missing {tool}", "run `make tools wasm` and `cargo build --bin keygate`")
+            fail(f"missing {tool}", "run `make tools wasm native-dev` and `cargo build --bin keygate`")
     if not shutil.which(KUSTOMIZE[0]):
         fail(f"missing {KUSTOMIZE[0]}", "kubectl (it embeds kustomize), or KUSTOMIZE='kustomize build'")
     if not shutil.which(COMPOSE[0]):

@@ -23,8 +23,10 @@ const ADDED: &str = "kg_ecds_test_key_added_by_the_update";
 
 const PATH: &str = "/data/query/study";
 
+/// A shipped file under `envoy/`, made to load the build under test.
 fn shipped(name: &str) -> String {
-    std::fs::read_to_string(support::repo_root().join("envoy").join(name)).unwrap()
+    let text = std::fs::read_to_string(support::repo_root().join("envoy").join(name)).unwrap();
+    support::shipped_for_build(&text)
 }
 
 /// `text` with `from` replaced, which must be there.
@@ -79,12 +81,7 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
     let upstream = Upstream::start();
     let dir = TempDir::new("ecds");
     let resource = dir.path().join("keygate-ecds-filter.yaml");
-    let wasm = support::wasm_module();
-    let first = replaced(
-        &shipped("keygate-ecds-filter.yaml"),
-        "target/wasm32-wasip1/release/keygate.wasm",
-        wasm.to_str().unwrap(),
-    );
+    let first = shipped("keygate-ecds-filter.yaml");
     publish(&resource, &first);
 
     let port = support::free_port();
@@ -105,6 +102,9 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
         Bootstrap::Yaml(&config),
         EnvoyOptions {
             concurrency: 2,
+            // The refused update's log line is read below: written out within 100 ms, not
+            // Envoy's default 10 s.
+            extra_args: vec!["--file-flush-interval-msec", "100"],
             ..EnvoyOptions::default()
         },
     );
@@ -175,7 +175,14 @@ fn an_ecds_update_adds_and_revokes_keys_without_restart_or_failed_request() {
         "the broken update was not rejected:\n{}",
         envoy.log()
     );
-    assert!(envoy.log().contains("unmatched"), "{}", envoy.log());
+    // The log line may reach Envoy's log file a little after the counter moved.
+    assert!(
+        eventually(Duration::from_secs(10), || envoy
+            .log()
+            .contains("unmatched")),
+        "{}",
+        envoy.log()
+    );
     assert_eq!(text_stat(&envoy, &format!("{ECDS}.version_text")), "\"2\"");
     std::thread::sleep(Duration::from_millis(500));
     let seen = client.stop();

@@ -14,16 +14,11 @@ use support::{eventually, free_port, Bootstrap, Envoy, EnvoyOptions, Request, Up
 fn shipped_config(name: &str, port: u16, upstream: u16, key_service: u16) -> String {
     let path = support::repo_root().join("envoy").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
-    let wasm = support::wasm_module();
-    let replaced = text
+    let replaced = support::shipped_for_build(&text)
         .replace("port_value: 10000", &format!("port_value: {port}"))
         .replace("port_value: 9901", "port_value: 0")
         .replace("port_value: 8082", &format!("port_value: {upstream}"))
         .replace("port_value: 8081", &format!("port_value: {key_service}"))
-        .replace(
-            "target/wasm32-wasip1/release/keygate.wasm",
-            wasm.to_str().unwrap(),
-        )
         .replace("\"refresh_seconds\": 30", "\"refresh_seconds\": 1")
         .replace("\"cache_seconds\": 60", "\"cache_seconds\": 1");
     for fixed in ["port_value: 10000", "port_value: 8081", "port_value: 8082"] {

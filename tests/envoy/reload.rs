@@ -79,7 +79,15 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
         }},
         "static_resources": {"clusters": [support::upstream_cluster(upstream.addr)]}
     });
-    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    let envoy = Envoy::start_bootstrap(
+        &bootstrap,
+        EnvoyOptions {
+            // The refused update's log line is read below: written out within 100 ms, not
+            // Envoy's default 10 s.
+            extra_args: vec!["--file-flush-interval-msec", "100"],
+            ..EnvoyOptions::default()
+        },
+    );
     assert_eq!(status(&envoy, STAYS), 200);
     assert_eq!(status(&envoy, REVOKED), 200);
     assert_eq!(status(&envoy, DISABLED), 200);
@@ -127,7 +135,14 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     });
     assert_eq!(status(&envoy, ADDED), 200);
     assert_eq!(status(&envoy, REVOKED), 401);
-    assert!(envoy.log().contains("keys[0].hash"), "{}", envoy.log());
+    // The log line may reach Envoy's log file a little after the counter moved.
+    assert!(
+        support::eventually(Duration::from_secs(10), || envoy
+            .log()
+            .contains("keys[0].hash")),
+        "{}",
+        envoy.log()
+    );
     drop(envoy);
     assert!(upstream.take().len() > 3);
 }

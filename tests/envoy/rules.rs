@@ -247,7 +247,13 @@ fn a_key_without_scopes_reaches_the_upstream_with_an_empty_scopes_header() {
     assert_eq!(response.status, 200, "{}", response.text());
     let seen = upstream.take_one();
     assert_eq!(seen.header("x-api-key-id"), Some("k-none"));
-    assert_eq!(seen.values("x-api-key-scopes"), [""]);
+    // Envoy 1.40's dynamic-module ABI removes a header set to an empty value (README "What
+    // the upstream sees"): the native build sends none; the spoofed value is gone on both.
+    let empty: &[&str] = match support::Build::current() {
+        support::Build::Wasm => &[""],
+        support::Build::Native => &[],
+    };
+    assert_eq!(seen.values("x-api-key-scopes"), empty);
 }
 
 #[test]

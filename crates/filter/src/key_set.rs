@@ -6,8 +6,8 @@
 
 use crate::host::{self, Metrics, SharedData};
 use keygate_core::config::Config;
-use keygate_core::key_set::{FetchAnswer, Fetched, Job, Progress, SharedSet, Turn};
-use keygate_core::record::{count_keys, KeyHash, KeyRecord};
+use keygate_core::key_set::{FetchAnswer, FetchStat, Job, Progress, SharedSet, Turn};
+use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
 use std::cell::Cell;
@@ -220,52 +220,22 @@ impl KeySetState {
         };
         let meta = self.set.read_meta(&SharedData);
         self.bits.set(meta.bits);
-        let cluster = &*self.fetch.endpoint.cluster;
-        match fetched {
-            Fetched::Loaded { keys, version } => {
-                metrics.fetch_ok.add();
-                metrics.keys_loaded(keys);
-                metrics.fetch_age(0);
-                info!(
-                    "keygate: key set loaded from cluster {cluster}: {}, version {}",
-                    count_keys(keys),
-                    version.as_deref().unwrap_or("-")
-                );
-            }
-            Fetched::Updated {
-                changed,
-                keys,
-                version,
-            } => {
-                metrics.fetch_ok.add();
-                metrics.keys_loaded(keys);
-                metrics.fetch_age(0);
-                info!(
-                    "keygate: key set updated from cluster {cluster}: {} changed, {} in \
-                     force, version {version}",
-                    count_keys(changed),
-                    count_keys(keys)
-                );
-            }
-            Fetched::NotModified => {
-                metrics.fetch_not_modified.add();
-                metrics.fetch_age(0);
-            }
-            Fetched::Failed {
-                reason,
-                retry_in_ms,
-            } => {
-                metrics.fetch_failed.add();
-                let kept = if meta.bits.is_some() {
-                    "keeping the last good set"
-                } else {
-                    "no key set loaded yet (protected routes answer 503)"
-                };
-                warn!(
-                    "keygate: key set fetch from cluster {cluster} failed, {kept}, retrying in \
-                     {retry_in_ms} ms: {reason}"
-                );
-            }
+        let report = fetched.report(&self.fetch.endpoint.cluster, meta.bits.is_some());
+        match report.stat {
+            FetchStat::Ok => metrics.fetch_ok.add(),
+            FetchStat::NotModified => metrics.fetch_not_modified.add(),
+            FetchStat::Failed => metrics.fetch_failed.add(),
+        }
+        if report.stat != FetchStat::Failed {
+            metrics.fetch_age(0);
+        }
+        if let Some(keys) = report.keys {
+            metrics.keys_loaded(keys);
+        }
+        match report.line {
+            Some((true, line)) => warn!("{line}"),
+            Some((false, line)) => info!("{line}"),
+            None => {}
         }
     }
 }

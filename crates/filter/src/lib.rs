@@ -185,48 +185,12 @@ impl RootContext for Root {
         self.period = TICK;
         let (mut key_set, mut lookups) = (None, None);
         self.watch = None;
+        info!("keygate: configuration accepted: {}", config.summary());
         match &config.keys {
-            KeySource::Inline(set) => {
-                metrics.keys_loaded(set.len());
-                info!(
-                    "keygate: configuration accepted: {} keys, {} rules",
-                    set.len(),
-                    config.rules.rules.len()
-                );
-            }
-            KeySource::KeySet(fetch) => {
-                let watch = match fetch.watch_seconds {
-                    0 => String::new(),
-                    s => format!("watched in {s} s long-polls where the service syncs, else "),
-                };
-                info!(
-                    "keygate: configuration accepted: key set from cluster {} path {} ({watch}polled every {} s), {} rules",
-                    fetch.endpoint.cluster,
-                    fetch.path,
-                    fetch.refresh_seconds,
-                    config.rules.rules.len()
-                );
-                // The first fetch waits for the first tick: during on_configure Envoy may
-                // not have its clusters yet, and a call made then can go unanswered.
-                key_set = Some(Rc::new(KeySetState::new(fetch)));
-            }
+            KeySource::Inline(set) => metrics.keys_loaded(set.len()),
+            KeySource::KeySet(fetch) => key_set = Some(Rc::new(KeySetState::new(fetch))),
             KeySource::Lookup(lookup) => {
-                let watch = lookup.watch.as_ref().map_or_else(
-                    || "no change feed (watch_seconds 0)".to_string(),
-                    |w| {
-                        format!(
-                            "change feed {} ({} s long-polls)",
-                            w.changes_path, w.wait_seconds
-                        )
-                    },
-                );
-                info!(
-                    "keygate: configuration accepted: keys looked up on cluster {}, {watch}, {} rules",
-                    lookup.endpoint.cluster,
-                    config.rules.rules.len()
-                );
                 lookups = Some(Rc::new(Lookups::new(lookup)));
-                // The first call waits for the first tick, as the key set's fetch does.
                 self.watch = lookup.watch.as_ref().map(Watch::new);
             }
         }

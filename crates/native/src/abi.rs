@@ -89,6 +89,12 @@ extern "C" {
         key: Buffer,
         value: Buffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter_envoy_ptr: *mut c_void,
         status_code: u32,
@@ -438,6 +444,19 @@ impl Host for Request {
         self.set_value(REQUEST_HEADER, name, Buffer::NULL)
     }
 
+    fn add(&mut self, name: &str, value: &[u8]) -> bool {
+        // SAFETY: `self.envoy` is the filter of the running hook; key and value are valid
+        // for the call and Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.envoy,
+                REQUEST_HEADER,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value),
+            )
+        }
+    }
+
     fn remove_trailer(&mut self, name: &str) -> bool {
         self.set_value(REQUEST_TRAILER, name, Buffer::NULL)
     }
@@ -610,7 +629,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         envoy: filter_config_envoy_ptr,
     };
     match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, host))) {
-        Ok(Some(config)) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        Ok(Some(filter)) => {
+            let module = Box::into_raw(Box::new(Module {
+                every_request: PerRequest {
+                    module: std::ptr::null(),
+                    stream: 0,
+                },
+                filter,
+            }));
+            // SAFETY: `module` is the fresh, unique pointer `Box::into_raw` just gave; the
+            // field written is the module's own, before Envoy sees the pointer.
+            unsafe { (*module).every_request.module = module };
+            module.cast_const().cast()
+        }
         Ok(None) => std::ptr::null(),
         Err(_) => {
             log(
@@ -624,16 +655,29 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
-    if !config.is_null() {
-        // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys
-        // it once, after its last filter.
-        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Filter>()) });
+    if config.is_null() {
+        return;
     }
+    // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys it
+    // once, after its last filter.
+    let module = unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) };
+    // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
+    guarded("ending a configuration", move || drop(module));
 }
 
-/// A request's filter: its config, and its number in lookup mode (0 otherwise).
+/// What `config_new` hands Envoy: the config, and the one per-request object every
+/// request shares when it needs no state of its own (all modes but lookup), so that no
+/// request allocates one.
+struct Module {
+    every_request: PerRequest,
+    filter: Filter,
+}
+
+/// A request's filter: its config's module, and its number in lookup mode. Number 0 is
+/// the module's shared one ([`Module::every_request`]); any other was allocated for its
+/// request (`lookup::stream_id` never gives 0).
 struct PerRequest {
-    config: *const Filter,
+    module: *const Module,
     stream: u32,
 }
 
@@ -643,15 +687,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
     // SAFETY: `config` is what `config_new` returned (Envoy destroys it after its filters).
-    let stream = match unsafe { config_of(config) } {
-        Some(filter) if filter::needs_stream(filter) => crate::lookup::stream_id(),
-        _ => 0,
-    };
-    let per_request = PerRequest {
-        config: config.cast(),
-        stream,
-    };
-    Box::into_raw(Box::new(per_request)).cast_const().cast()
+    match unsafe { config.cast::<Module>().as_ref() } {
+        Some(module) if filter::needs_stream(&module.filter) => {
+            let per_request = PerRequest {
+                module,
+                stream: crate::lookup::stream_id(),
+            };
+            Box::into_raw(Box::new(per_request)).cast_const().cast()
+        }
+        Some(module) => std::ptr::from_ref(&module.every_request).cast(),
+        None => std::ptr::null(),
+    }
 }
 
 #[no_mangle]
@@ -659,19 +705,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     if filter.is_null() {
         return;
     }
-    // SAFETY: `filter` came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
-    let per_request = unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) };
-    // SAFETY: the config outlives its filters.
-    if let Some(config) = unsafe { config_of(per_request.config.cast()) } {
-        if per_request.stream != 0
-            && catch_unwind(AssertUnwindSafe(|| {
-                filter::request_ended(config, per_request.stream)
-            }))
-            .is_err()
-        {
-            log(LogLevel::Error, "keygate: ending a request panicked");
-        }
+    // SAFETY: `filter` came from `filter_new`, and Envoy destroys it once.
+    let Some((config, stream)) = (unsafe { request_of(filter) }) else {
+        return;
+    };
+    if stream == 0 {
+        // The module's shared one: it goes with the module.
+        return;
     }
+    guarded("ending a request", || filter::request_ended(config, stream));
+    // SAFETY: a request with a number of its own got it from `Box::into_raw` in
+    // `filter_new`; this is its one destroy, and nothing reads it after.
+    drop(unsafe { Box::from_raw(filter.cast_mut().cast::<PerRequest>()) });
 }
 
 /// The config of a config pointer from `config_new`.
@@ -681,7 +726,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
 /// (Envoy destroys a config after its filters).
 unsafe fn config_of<'a>(config: *const c_void) -> Option<&'a Filter> {
     // SAFETY: by this function's contract; a `Filter` is only read, from any worker.
-    unsafe { config.cast::<Filter>().as_ref() }
+    unsafe {
+        config
+            .cast::<Module>()
+            .as_ref()
+            .map(|module| &module.filter)
+    }
 }
 
 /// The config and stream number of a filter pointer from `filter_new`.
@@ -692,7 +742,7 @@ unsafe fn request_of<'a>(filter: *const c_void) -> Option<(&'a Filter, u32)> {
     // SAFETY: by this function's contract, and the config outlives its filters.
     unsafe {
         let per_request = filter.cast::<PerRequest>().as_ref()?;
-        Some((config_of(per_request.config.cast())?, per_request.stream))
+        Some((config_of(per_request.module.cast())?, per_request.stream))
     }
 }
 
@@ -718,17 +768,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     match proceed {
         Ok(true) => CONTINUE,
         Ok(false) => STOP_ITERATION,
-        Err(_) => {
-            log(
-                LogLevel::Error,
-                "keygate: deciding a request panicked; it is refused (503)",
-            );
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                filter::unavailable(config, &mut request)
-            }));
-            STOP_ITERATION
-        }
+        Err(_) => refuse(
+            config,
+            &mut request,
+            "keygate: deciding a request panicked; it is refused (503)",
+        ),
     }
+}
+
+/// Logs `why` and answers the request 503: it cannot be decided safely.
+fn refuse(config: Option<&Filter>, request: &mut Request, why: &str) -> u32 {
+    log(LogLevel::Error, why);
+    let _ = catch_unwind(AssertUnwindSafe(|| filter::unavailable(config, request)));
+    STOP_ITERATION
 }
 
 #[no_mangle]
@@ -753,18 +805,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         Ok(Some(true)) => return STOP_ITERATION,
         _ => {}
     }
-    log(
-        LogLevel::Warn,
+    refuse(
+        config,
+        &mut request,
         "keygate: a request trailer could not be removed; the request is refused",
-    );
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        filter::unavailable(config, &mut request)
-    }));
-    STOP_ITERATION
+    )
 }
-
-// The hooks keygate does nothing in: each continues. Their further arguments (the ABI
-// passes them in registers) are not read.
 
 /// A body arriving while the request waits for its key must not move it on (a body let
 /// through would resume the request): only the key service's answer does.
@@ -784,6 +830,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         Ok(true) | Err(_) => STOP_ITERATION,
     }
 }
+
+// The hooks keygate does nothing in: each continues. Their further arguments (the ABI
+// passes them in registers) are not read.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers() -> u32 {
@@ -821,22 +870,39 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         return;
     };
     // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns.
-    let answer = unsafe {
+    let answer =
+        unsafe { call_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+    guarded("reading a key lookup's answer", || {
+        filter::request_called(config, stream, callout_id, &answer)
+    });
+}
+
+/// Runs `f`, a hook's work that answers no request, catching a panic (logged).
+fn guarded(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        log(LogLevel::Error, &format!("keygate: {what} panicked"));
+    }
+}
+
+/// A callout's answer as a `..._callout_done` hook receives it.
+///
+/// # Safety
+/// `headers` and `chunks` are null, or point to `headers_size` headers and `chunks_size`
+/// buffers that stay valid (with what they point to) while the answer is used.
+unsafe fn call_answer<'a>(
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const Buffer,
+    chunks_size: usize,
+) -> CallAnswer<'a> {
+    // SAFETY: by this function's contract.
+    unsafe {
         CallAnswer {
             received: result == CALLOUT_SUCCESS,
             headers: slice(headers, headers_size),
-            chunks: slice(body_chunks, body_chunks_size),
+            chunks: slice(chunks, chunks_size),
         }
-    };
-    if catch_unwind(AssertUnwindSafe(|| {
-        filter::request_called(config, stream, callout_id, &answer)
-    }))
-    .is_err()
-    {
-        log(
-            LogLevel::Error,
-            "keygate: reading a key lookup's answer panicked",
-        );
     }
 }
 
@@ -856,13 +922,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     let Some(filter) = (unsafe { config_of(config) }) else {
         return;
     };
-    if catch_unwind(AssertUnwindSafe(|| {
+    guarded("a scheduled task", || {
         filter::scheduled(filter, host, event_id)
-    }))
-    .is_err()
-    {
-        log(LogLevel::Error, "keygate: a scheduled task panicked");
-    }
+    });
 }
 
 /// The answer to a call a config made ([`ConfigHost::call`]), on the main thread.
@@ -887,23 +949,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     };
     // SAFETY: Envoy's answer headers and body chunks, valid until this hook returns (null
     // when the call failed).
-    let answer = unsafe {
-        CallAnswer {
-            received: result == CALLOUT_SUCCESS,
-            headers: slice(headers, headers_size),
-            chunks: slice(body_chunks, body_chunks_size),
-        }
-    };
-    if catch_unwind(AssertUnwindSafe(|| {
+    let answer =
+        unsafe { call_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+    guarded("reading a key service's answer", || {
         filter::called(filter, host, callout_id, &answer)
-    }))
-    .is_err()
-    {
-        log(
-            LogLevel::Error,
-            "keygate: reading a key service's answer panicked",
-        );
-    }
+    });
 }
 
 #[no_mangle]

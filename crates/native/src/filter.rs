@@ -27,6 +27,9 @@ pub trait Host {
     fn trailer_names(&self) -> Option<Vec<&str>>;
     /// Replaces every value of request header `name`; false when Envoy refused.
     fn set(&mut self, name: &str, value: &[u8]) -> bool;
+    /// Adds a value of request header `name`, which the request does not hold (Envoy then
+    /// looks for none to replace); false when Envoy refused.
+    fn add(&mut self, name: &str, value: &[u8]) -> bool;
     /// Removes request header `name`; false when Envoy refused.
     fn remove(&mut self, name: &str) -> bool;
     fn remove_trailer(&mut self, name: &str) -> bool;
@@ -82,16 +85,15 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
             return None;
         }
     };
-    let unsupported = match (&config.keys, &config.jwt) {
-        (_, Some(_)) => Some("jwt"),
-        _ => None,
-    };
+    // The 1.40 ABI reads top-level dynamic-metadata values only; jwt_authn's payload is a
+    // nested struct (README "Native build (Envoy dynamic module)").
+    let unsupported = config.jwt.as_ref().map(|_| "jwt");
     if let Some(what) = unsupported {
         log(
             LogLevel::Error,
             &format!(
                 "keygate: configuration refused: {what} is not supported by the native build \
-                 yet (inline keys only); use the wasm filter (keygate.wasm)"
+                 yet; use the wasm filter (keygate.wasm)"
             ),
         );
         return None;
@@ -118,57 +120,17 @@ pub fn new_config(name: &[u8], json: &[u8], host: ConfigHost) -> Option<Filter> 
         },
     };
     let (mut key_set, mut lookup) = (None, None);
+    log(
+        LogLevel::Info,
+        &format!(
+            "keygate: configuration accepted (native, filter {name}): {}",
+            config.summary()
+        ),
+    );
     match &config.keys {
-        KeySource::Inline(set) => {
-            metrics.keys_loaded(host, set.len());
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): {} keys, {} rules",
-                    set.len(),
-                    config.rules.rules.len()
-                ),
-            );
-        }
-        KeySource::KeySet(fetch) => {
-            let watch = match fetch.watch_seconds {
-                0 => String::new(),
-                s => format!("watched in {s} s long-polls where the service syncs, else "),
-            };
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): key set from \
-                     cluster {} path {} ({watch}polled every {} s), {} rules",
-                    fetch.endpoint.cluster,
-                    fetch.path,
-                    fetch.refresh_seconds,
-                    config.rules.rules.len()
-                ),
-            );
-            key_set = Some(KeySet::start(fetch, scheduler.clone()?)?);
-        }
-        KeySource::Lookup(fetch) => {
-            let watch = fetch.watch.as_ref().map_or_else(
-                || "no change feed (watch_seconds 0)".to_string(),
-                |w| {
-                    format!(
-                        "change feed {} ({} s long-polls)",
-                        w.changes_path, w.wait_seconds
-                    )
-                },
-            );
-            log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: configuration accepted (native, filter {name}): keys looked up \
-                     on cluster {}, {watch}, {} rules",
-                    fetch.endpoint.cluster,
-                    config.rules.rules.len()
-                ),
-            );
-            lookup = Some(LookupMode::new(fetch));
-        }
+        KeySource::Inline(set) => metrics.keys_loaded(host, set.len()),
+        KeySource::KeySet(fetch) => key_set = Some(KeySet::start(fetch, scheduler.clone()?)?),
+        KeySource::Lookup(fetch) => lookup = Some(LookupMode::new(fetch)),
     }
     let usage = config.usage.as_ref().map(|usage| {
         log(
@@ -434,5 +396,15 @@ impl<H: Host> HeaderEditor for Editor<'_, H> {
 
     fn remove(&mut self, name: &str) {
         self.failed |= !self.host.remove(name);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        // Envoy's ABI adds no empty value; set drops it (README "What the upstream sees").
+        let added = if value.is_empty() {
+            self.host.set(name, value.as_bytes())
+        } else {
+            self.host.add(name, value.as_bytes())
+        };
+        self.failed |= !added;
     }
 }

@@ -12,8 +12,10 @@ use crate::abi::{log, ConfigHost, LogLevel, Scheduler};
 use crate::metrics::Metrics;
 use crate::ticker;
 use keygate_core::config::Config;
-use keygate_core::key_set::{FetchAnswer, Fetched, Progress, SharedSet, SharedStore, Turn};
-use keygate_core::record::{count_keys, KeyHash, KeyRecord};
+use keygate_core::key_set::{
+    FetchAnswer, FetchStat, Fetched, Progress, SharedSet, SharedStore, Turn,
+};
+use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -43,6 +45,11 @@ impl SharedStore for Memory {
         }
     }
 
+    fn read<R>(&self, key: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let entries = MEMORY.read().unwrap_or_else(PoisonError::into_inner);
+        f(entries.get(key).map(|(value, _)| value.as_slice()))
+    }
+
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         let mut entries = MEMORY.write().unwrap_or_else(PoisonError::into_inner);
         match entries.get_mut(key) {
@@ -50,8 +57,9 @@ impl SharedStore for Memory {
                 if cas.is_some_and(|want| want != 0 && want != *version) {
                     return false;
                 }
-                old.clear();
-                old.extend_from_slice(value);
+                // A fresh allocation, not the old one refilled: a bucket that once grew
+                // large would otherwise keep that capacity for the life of the process.
+                *old = value.to_vec();
                 *version = version.wrapping_add(1).max(1);
             }
             None => {
@@ -236,59 +244,21 @@ impl KeySet {
     }
 
     fn report(&self, host: ConfigHost, metrics: &Metrics, fetched: Fetched, loaded: bool) {
-        let cluster = &*self.fetch.endpoint.cluster;
-        match fetched {
-            Fetched::Loaded { keys, version } => {
-                metrics.fetched(host, Some(true));
-                metrics.fetch_age(host, 0);
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "keygate: key set loaded from cluster {cluster}: {}, version {}",
-                        count_keys(keys),
-                        version.as_deref().unwrap_or("-")
-                    ),
-                );
-            }
-            Fetched::Updated {
-                changed,
-                keys,
-                version,
-            } => {
-                metrics.fetched(host, Some(true));
-                metrics.fetch_age(host, 0);
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "keygate: key set updated from cluster {cluster}: {} changed, {} in \
-                         force, version {version}",
-                        count_keys(changed),
-                        count_keys(keys)
-                    ),
-                );
-            }
-            Fetched::NotModified => {
-                metrics.fetched(host, None);
-                metrics.fetch_age(host, 0);
-            }
-            Fetched::Failed {
-                reason,
-                retry_in_ms,
-            } => {
-                metrics.fetched(host, Some(false));
-                let kept = if loaded {
-                    "keeping the last good set"
-                } else {
-                    "no key set loaded yet (protected routes answer 503)"
-                };
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "keygate: key set fetch from cluster {cluster} failed, {kept}, \
-                         retrying in {retry_in_ms} ms: {reason}"
-                    ),
-                );
-            }
+        let report = fetched.report(&self.fetch.endpoint.cluster, loaded);
+        metrics.fetched(host, report.stat);
+        if report.stat != FetchStat::Failed {
+            metrics.fetch_age(host, 0);
+        }
+        if let Some(keys) = report.keys {
+            metrics.keys_loaded(host, keys);
+        }
+        if let Some((warning, line)) = report.line {
+            let level = if warning {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
+            log(level, &line);
         }
     }
 }

@@ -282,9 +282,23 @@ pub fn answered(
 /// Request `stream` ends: it waits no more, and what waited on its call asks again.
 pub fn ended(filter: &Filter, mode: &LookupMode, stream: u32) {
     let worker = worker(mode);
-    worker.paused.borrow_mut().remove(&stream);
-    worker.calls.borrow_mut().retain(|(id, _), _| *id != stream);
+    let waited = worker.paused.borrow_mut().remove(&stream).is_some();
+    let mut lost = Vec::new();
+    worker.calls.borrow_mut().retain(|&(id, _), &mut token| {
+        if id == stream {
+            lost.push(token);
+        }
+        id != stream
+    });
+    if !waited && lost.is_empty() {
+        // Decided from the cache (most requests): nobody waits on it, it made no call.
+        return;
+    }
     worker.lookups.done(stream);
+    // Its calls go with it (Envoy cancels a request's callouts), whoever they were for.
+    for token in lost {
+        worker.lookups.lost(token);
+    }
     let mut host = Host {
         filter,
         mode,

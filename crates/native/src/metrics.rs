@@ -3,6 +3,7 @@
 //! filter config; Envoy hands out the same stat for the same name, so configs add up.
 
 use crate::abi::{ConfigHost, MetricKind};
+use keygate_core::key_set::FetchStat;
 use keygate_core::stats::{self, Outcome};
 
 /// The ids of one config's stats (`None` where Envoy would not define one).
@@ -69,13 +70,12 @@ impl Metrics {
         }
     }
 
-    /// A fetch that brought a set (`Some(true)`), failed (`Some(false)`) or found the set
-    /// current (`None`).
-    pub fn fetched(&self, host: ConfigHost, outcome: Option<bool>) {
-        let id = match outcome {
-            Some(true) => self.fetch_ok,
-            Some(false) => self.fetch_failed,
-            None => self.fetch_not_modified,
+    /// A key-set fetch, counted as [`FetchStat`] says.
+    pub fn fetched(&self, host: ConfigHost, stat: FetchStat) {
+        let id = match stat {
+            FetchStat::Ok => self.fetch_ok,
+            FetchStat::NotModified => self.fetch_not_modified,
+            FetchStat::Failed => self.fetch_failed,
         };
         Metrics::add(host, id, 1);
     }

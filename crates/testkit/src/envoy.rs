@@ -2,6 +2,7 @@
 //! free ports, with its admin endpoint, stats and listener at hand. Killed when dropped.
 
 use crate::bootstrap::{bootstrap, NATIVE_MODULE};
+use crate::build::Build;
 use crate::http1::{request, try_request, Request, Response};
 use crate::{envoy_binary, native_module_dir, TempDir, Upstream};
 use serde_json::Value;
@@ -77,10 +78,14 @@ fn spawn(
         }
     };
     // A bootstrap that loads keygate's native module (or another dynamic module put beside
-    // it, as `make bench`'s empty one): Envoy finds it in this folder.
+    // it, as `make bench`'s empty one), or the native pass (whose listeners may come from a
+    // file Envoy watches): Envoy finds the module in this folder.
     let mut command = Command::new(envoy_binary());
     let text = String::from_utf8_lossy(&text);
-    if text.contains(NATIVE_MODULE) || text.contains(DYNAMIC_MODULE_FILTER) {
+    if Build::current() == Build::Native
+        || text.contains(NATIVE_MODULE)
+        || text.contains(DYNAMIC_MODULE_FILTER)
+    {
         command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
     }
     let admin_file = dir.path().join("admin-address");
@@ -238,6 +243,16 @@ impl Envoy {
         keygate_stat_in(&self.keygate_stats(), name)
     }
 
+    /// The wasm build: keygate's VM was never restarted (`wasm.keygate.vm_reload` is 0),
+    /// so what a test saw came from the VM that loaded the configuration. The native
+    /// build runs in Envoy's process, with no VM to restart: nothing to check.
+    pub fn assert_no_vm_reload(&self) {
+        if Build::current() == Build::Wasm {
+            let stats = self.keygate_stats();
+            assert_eq!(stats.get("wasm.keygate.vm_reload"), Some(&0), "{stats:?}");
+        }
+    }
+
     /// Sends a request to the listener.
     pub fn send(&self, request: &Request) -> Response {
         self::request(self.listener, request)
@@ -253,15 +268,25 @@ fn parse_stats(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One keygate stat (`fetch.ok`) of stats read earlier, the wasm filter's
-/// (`wasmcustom.keygate.*`) or else the native module's (`dynamicmodulescustom.keygate.*`,
-/// README "Native build (Envoy dynamic module)"); 0 when absent.
+/// One keygate stat (`fetch.ok`) of stats read earlier, under the name of the build the
+/// tests run, or else the other build's (a tool running both builds side by side, as
+/// `make bench-memory` does); 0 when absent.
 pub fn keygate_stat_in(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    ["wasmcustom", "dynamicmodulescustom"]
+    let other = match Build::current() {
+        Build::Wasm => Build::Native,
+        Build::Native => Build::Wasm,
+    };
+    [Build::current(), other]
         .iter()
-        .find_map(|prefix| stats.get(&format!("{prefix}.keygate.{name}")))
+        .find_map(|build| stats.get(&format!("{}keygate.{name}", build.stat_prefix())))
         .copied()
         .unwrap_or(0)
+}
+
+/// The full name Envoy shows keygate's stat `name` (`allowed`, `fetch.ok`) under, for the
+/// build the tests run: `wasmcustom.keygate.allowed`, `dynamicmodulescustom.keygate.allowed`.
+pub fn keygate_stat_name(name: &str) -> String {
+    format!("{}keygate.{name}", Build::current().stat_prefix())
 }
 
 impl Drop for Envoy {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod artifacts;
 pub mod bootstrap;
+pub mod build;
 pub mod cli;
 pub mod envoy;
 pub mod fixtures;
@@ -30,11 +31,13 @@ pub use artifacts::{
     envoy_binary, keygate_binary, native_module, native_module_dir, repo_root, wasm_module,
 };
 pub use bootstrap::{
-    admin, bootstrap, bootstrap_native, bootstrap_with_key_service, free_port, http_listener,
-    key_service_cluster, listener, native_filter, upstream_cluster, wasm_filter, wasm_to_native,
-    with_access_log, NATIVE_MODULE,
+    admin, bootstrap, bootstrap_for, bootstrap_with_key_service, filter_for, free_port,
+    http_listener, key_service_cluster, keygate_filter, listener, listener_for, native_filter,
+    shipped_for_build, upstream_cluster, wasm_filter, wasm_to_native, with_access_log,
+    NATIVE_MODULE,
 };
-pub use envoy::{keygate_stat_in, Bootstrap, Envoy, EnvoyOptions, Refused};
+pub use build::{native_only, native_pending, wasm_only, Build, NATIVE_PENDING};
+pub use envoy::{keygate_stat_in, keygate_stat_name, Bootstrap, Envoy, EnvoyOptions, Refused};
 pub use fixtures::{
     bench_key, bench_records_json, bench_records_json_range, bench_records_json_with, hash_of,
     immport_every_source, immport_rules,

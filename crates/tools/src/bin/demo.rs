@@ -3,6 +3,10 @@
 //!
 //! `--check` runs every printed example against the gateway, checks its status, and exits
 //! (`make test` uses it to prove `make run` works).
+//!
+//! `KEYGATE_BUILD` picks the filter: `wasm` (the default, keygate.wasm) or `native` (the
+//! Envoy dynamic module, libkeygate_native.so: README "Native build (Envoy dynamic module)").
+//! The demo's keys are inline, which both builds serve.
 
 // A tool: a failed step should stop it loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,7 +15,7 @@ use keygate_testkit as support;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use support::{hash_of, Envoy, EnvoyOptions, Refused, Request, Upstream};
+use support::{hash_of, Build, Envoy, EnvoyOptions, Refused, Request, Upstream};
 
 /// The listener port when `KEYGATE_PORT` is not set; 0 picks a free one.
 const DEFAULT_PORT: u16 = 10000;
@@ -231,6 +235,20 @@ fn examples(base: &str, keys: &[DemoKey]) -> Vec<Example> {
     out
 }
 
+/// The build the demo loads (`KEYGATE_BUILD`, see [`Build::parse`]), or what to do about
+/// an unknown value.
+fn chosen_build(value: Option<&str>) -> Result<Build, String> {
+    Build::parse(value.unwrap_or_default())
+        .map_err(|message| format!("{message} (e.g. KEYGATE_BUILD=native make run)"))
+}
+
+fn describe(build: Build) -> &'static str {
+    match build {
+        Build::Wasm => "keygate.wasm, the wasm filter",
+        Build::Native => "libkeygate_native.so, the native build as an Envoy dynamic module",
+    }
+}
+
 /// One line on stderr, exit 1: what went wrong and what to do about it.
 fn fail(line: &str) -> ! {
     eprintln!("keygate demo: {line}");
@@ -275,11 +293,15 @@ fn main() {
         Err(_) => DEFAULT_PORT,
     };
 
+    let build = chosen_build(std::env::var("KEYGATE_BUILD").ok().as_deref())
+        .unwrap_or_else(|message| fail(&message));
+
     let keys = demo_keys();
     let config = plugin_config(&keys);
     let upstream = Upstream::start();
+    let bootstrap = support::bootstrap_for(build, &config, upstream.addr, port);
     let envoy = Envoy::try_start(
-        &support::bootstrap(&config, upstream.addr, port),
+        &bootstrap,
         EnvoyOptions {
             port,
             ..EnvoyOptions::default()
@@ -299,6 +321,11 @@ fn main() {
     let examples = examples(&base, &keys);
     let mut failures = 0;
     println!("keygate demo: Envoy with keygate on {base}, in front of an echo upstream.");
+    println!(
+        "Filter: {} (KEYGATE_BUILD={}); keys inline.",
+        describe(build),
+        build.name()
+    );
     println!(
         "Plugin configuration (hashes only): {}",
         config_file.display()
@@ -348,7 +375,11 @@ fn main() {
             eprintln!("demo check: {failures} example(s) got an unexpected status");
             std::process::exit(1);
         }
-        println!("demo check: all {} examples as expected", examples.len());
+        println!(
+            "demo check ({}): all {} examples as expected",
+            describe(build),
+            examples.len()
+        );
         return;
     }
 
@@ -379,6 +410,22 @@ mod tests {
             why_refused(&refused, 10000),
             "port 10000 is already in use on 127.0.0.1: stop what listens there, or pick \
              another port with KEYGATE_PORT (e.g. KEYGATE_PORT=10001 make run; 0 picks a free one)"
+        );
+    }
+
+    #[test]
+    fn keygate_build_is_wasm_by_default_and_names_the_allowed_values_otherwise() {
+        assert_eq!(chosen_build(None), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("")), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("wasm")), Ok(Build::Wasm));
+        assert_eq!(chosen_build(Some("native")), Ok(Build::Native));
+        assert_eq!(
+            chosen_build(Some("so")),
+            Err(
+                "KEYGATE_BUILD is \"so\": it takes `wasm` (the default) or `native` \
+                 (e.g. KEYGATE_BUILD=native make run)"
+                    .to_string()
+            )
         );
     }
 

@@ -450,7 +450,7 @@ fn bootstrap(keygate: &Value, key_service: Option<SocketAddr>) -> Value {
             })
         })
         .collect();
-    let filters = vec![support::wasm_filter(keygate)];
+    let filters = vec![support::keygate_filter(keygate)];
     let clusters: Vec<Value> = key_service
         .map(|addr| support::key_service_cluster("keyservice", addr))
         .into_iter()
@@ -1476,9 +1476,16 @@ fn sample_rss(pid: u32, done: &AtomicU64, finished: &AtomicBool) -> Vec<Sample> 
     samples
 }
 
-/// Envoy's counters of the listener, its wasm stats and keygate's.
+/// Envoy's counters of the listener, its wasm stats and keygate's (under `wasmcustom.` or,
+/// for the native build, `dynamicmodulescustom.`).
 fn stats(envoy: &Envoy) -> BTreeMap<String, u64> {
-    envoy.stats("^(http\\.soak\\.downstream_rq_|wasm)")
+    envoy.stats("^(http\\.soak\\.downstream_rq_|wasm|dynamicmodulescustom)")
+}
+
+/// keygate's counter `keygate.<name>` as Envoy shows it for the build soaked
+/// (`KEYGATE_BUILD`).
+fn counter(metric: &str) -> String {
+    format!("{}{metric}", support::Build::current().stat_prefix())
 }
 
 fn get(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
@@ -1860,7 +1867,9 @@ fn judge(run: &Run) -> Findings {
             )
         })
         .collect();
-    if !wasm_stats.keys().any(|name| name.contains("vm_reload")) {
+    // The native build has no VM (it runs in Envoy's process): nothing to count.
+    let wasm = support::Build::current() == support::Build::Wasm;
+    if wasm && !wasm_stats.keys().any(|name| name.contains("vm_reload")) {
         failures.push("no vm_reload stat on /stats".into());
     }
     for (name, (b, a)) in &wasm_stats {
@@ -1875,9 +1884,10 @@ fn judge(run: &Run) -> Findings {
         }
     }
     for suffix in ["created", "active"] {
-        if !wasm_stats
-            .keys()
-            .any(|name| name.ends_with(&format!("runtime.v8.{suffix}")))
+        if wasm
+            && !wasm_stats
+                .keys()
+                .any(|name| name.ends_with(&format!("runtime.v8.{suffix}")))
         {
             failures.push(format!("no wasm runtime.v8.{suffix} stat on /stats"));
         }
@@ -1886,7 +1896,7 @@ fn judge(run: &Run) -> Findings {
     // keygate's counters against the client's tallies.
     let mut outcomes = Vec::new();
     for outcome in Outcome::ALL {
-        let counted = run.delta(&format!("wasmcustom.{}", outcome.metric_name()));
+        let counted = run.delta(&counter(outcome.metric_name()));
         let expected = tally.by_outcome[outcome.index()];
         if counted != expected {
             failures.push(format!(
@@ -1899,7 +1909,7 @@ fn judge(run: &Run) -> Findings {
         }
     }
     if run.mode != Mode::Lookup {
-        let keys_loaded = get(&run.after, "wasmcustom.keygate.keys_loaded");
+        let keys_loaded = get(&run.after, &counter("keygate.keys_loaded"));
         if keys_loaded != run.records_left {
             failures.push(format!(
                 "keygate.keys_loaded is {keys_loaded}, not {}",
@@ -1908,7 +1918,7 @@ fn judge(run: &Run) -> Findings {
         }
     }
     for failed in ["keygate.fetch.failed", "keygate.lookup.failed"] {
-        let n = run.delta(&format!("wasmcustom.{failed}"));
+        let n = run.delta(&counter(failed));
         if n > 0 {
             failures.push(format!("{failed}: {n}"));
         }
@@ -1989,6 +1999,11 @@ fn judge(run: &Run) -> Findings {
 
 /// The Markdown report.
 fn report(run: &Run, f: &Findings) -> String {
+    // The build soaked (`KEYGATE_BUILD`) and its file.
+    let module = match support::Build::current() {
+        support::Build::Wasm => ("keygate.wasm", support::wasm_module()),
+        support::Build::Native => ("libkeygate_native.so", support::native_module()),
+    };
     let tally = &run.tally;
     let requests = tally.requests();
     let mut r = String::new();
@@ -2007,14 +2022,15 @@ fn report(run: &Run, f: &Findings) -> String {
         thousands(requests)
     ));
     r.push_str(&format!(
-        "Envoy {} `--concurrency {}`, keygate.wasm {} bytes, {} keys {}, the ImmPort-like \
+        "Envoy {} `--concurrency {}`, {} {} bytes, {} keys {}, the ImmPort-like \
          rules; {} keep-alive HTTP/1.1 connections from a client on the same {}-CPU machine \
          ({}). Each {PATTERN_LEN} requests: {} ({} kinds of request, crates/tools/src/bin/soak.rs). \
          Every answer checked: status, keygate's `WWW-Authenticate` and JSON body on \
          refusals, the route's header and the forwarded identity on 200s.\n\n",
         envoy_version(),
         run.workers,
-        thousands(std::fs::metadata(support::wasm_module()).map_or(0, |m| m.len())),
+        module.0,
+        thousands(std::fs::metadata(&module.1).map_or(0, |m| m.len())),
         thousands(key_count()),
         run.keys_from,
         run.connections,
@@ -2120,11 +2136,14 @@ fn report(run: &Run, f: &Findings) -> String {
         ));
     }
 
-    r.push_str("| wasm stat | before | after |\n|---|---:|---:|\n");
-    for (name, (b, a)) in &f.wasm_stats {
-        r.push_str(&format!("| `{name}` | {b} | {a} |\n"));
+    // The native build has no VM, so no wasm stats to show.
+    if !f.wasm_stats.is_empty() {
+        r.push_str("| wasm stat | before | after |\n|---|---:|---:|\n");
+        for (name, (b, a)) in &f.wasm_stats {
+            r.push_str(&format!("| `{name}` | {b} | {a} |\n"));
+        }
+        r.push('\n');
     }
-    r.push('\n');
 
     if f.failures.is_empty() {
         r.push_str(
@@ -2206,7 +2225,7 @@ fn revocation_report(run: &Run, revocations: &Revocations) -> String {
             thousands(past),
         ));
     }
-    let stat = |name: &str| thousands(run.delta(&format!("wasmcustom.keygate.{name}")));
+    let stat = |name: &str| thousands(run.delta(&counter(&format!("keygate.{name}"))));
     r.push_str(&match run.mode {
         Mode::KeySet => format!(
             "\nKey-set fetches during the load: {} ok, {} not modified, {} failed.",
