@@ -123,6 +123,17 @@ impl Verdict<'_> {
             Verdict::Deny(denial) => denial.outcome(),
         }
     }
+
+    /// For a refusal, the request's `:path` without a query-parameter key
+    /// ([`redacted_target`]): Envoy's access log records the path as it stands, so the
+    /// shells set it before answering. `None` for an allowed request, whose path
+    /// [`Allowed::apply`] sets.
+    pub fn redacted_path(&self, config: &Config, headers: &[impl Header]) -> Option<Vec<u8>> {
+        match self {
+            Verdict::Deny(_) => redacted_target(config, headers),
+            Verdict::Allow(_) => None,
+        }
+    }
 }
 
 /// The host side of header edits: implemented by the proxy-wasm shell, and by a recorder

@@ -327,7 +327,7 @@ impl HttpContext for Request {
         let now = host::request_time;
         let check = match begin_with_token(config, &headers, claims) {
             Step::Done(verdict) => {
-                let redacted = denied_path(config, &verdict, &headers);
+                let redacted = verdict.redacted_path(config, &headers);
                 return action(carry_out(
                     config,
                     metrics,
@@ -369,7 +369,7 @@ impl HttpContext for Request {
             // A mode without its state (not made in `on_configure`): fail closed.
             _ => check.unavailable(config),
         };
-        let redacted = denied_path(config, &verdict, &headers);
+        let redacted = verdict.redacted_path(config, &headers);
         let used = verdict.outcome() == Outcome::Allowed;
         let proceed = carry_out(config, metrics, verdict, redacted.as_deref(), false);
         if let (true, true, Some(usage)) = (used, proceed, &shared.usage) {
@@ -409,19 +409,6 @@ impl Request {
             Some(lookups) if lookups.is_waiting(self.context_id) => Action::Pause,
             _ => Action::Continue,
         }
-    }
-}
-
-/// For a refused request, its `:path` without a query-parameter key (Envoy's access log
-/// records the path as it stands).
-fn denied_path(
-    config: &Config,
-    verdict: &Verdict<'_>,
-    headers: &[(&str, &[u8])],
-) -> Option<Vec<u8>> {
-    match verdict {
-        Verdict::Deny(_) => redacted_target(config, headers),
-        Verdict::Allow(_) => None,
     }
 }
 

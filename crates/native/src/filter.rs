@@ -288,7 +288,7 @@ pub fn request_headers(filter: &Filter, stream: u32, host: &mut Request) -> bool
                 _ => check.unavailable(config),
             },
         };
-        let redacted = denied_path(config, &verdict, &headers);
+        let redacted = verdict.redacted_path(config, &headers);
         let used = hash.map(|hash| (hash, verdict.outcome()));
         (verdict, redacted, used)
     };
@@ -297,19 +297,6 @@ pub fn request_headers(filter: &Filter, stream: u32, host: &mut Request) -> bool
         record_use(filter, host, &hash);
     }
     proceed
-}
-
-/// For a refused request, its `:path` without a query-parameter key (Envoy's access log
-/// records the path as it stands).
-fn denied_path(
-    config: &Config,
-    verdict: &Verdict<'_>,
-    headers: &[(&str, &[u8])],
-) -> Option<Vec<u8>> {
-    match verdict {
-        Verdict::Deny(_) => redacted_target(config, headers),
-        Verdict::Allow(_) => None,
-    }
 }
 
 /// The instant a key's `expires_at` is checked against (read only for a key with one).
