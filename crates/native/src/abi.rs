@@ -374,6 +374,11 @@ impl CallAnswer<'_> {
         })
     }
 
+    /// The answer's status, when Envoy received one.
+    pub fn status(&self) -> Option<&str> {
+        self.header(":status").filter(|_| self.received)
+    }
+
     /// The body, copied out of Envoy's buffers.
     pub fn body(&self) -> Vec<u8> {
         let size = self.chunks.iter().map(|c| c.length).sum();

@@ -3,6 +3,7 @@
 
 use crate::abi::Request;
 use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
+use crate::clock::request_time;
 use crate::key_set::{KeySet, NotLoaded};
 use crate::lookup::{self, LookupMode, Started};
 use crate::metrics::Metrics;
@@ -15,9 +16,7 @@ use keygate_core::decision::{
 use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::response::{self, LocalResponse};
 use keygate_core::stats::Outcome;
-use keygate_core::timestamp::Timestamp;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// The request as Envoy holds it during a hook.
 pub trait Host {
@@ -297,11 +296,6 @@ pub fn request_headers(filter: &Filter, stream: u32, host: &mut Request) -> bool
         record_use(filter, host, &hash);
     }
     proceed
-}
-
-/// The instant a key's `expires_at` is checked against (read only for a key with one).
-fn request_time() -> Timestamp {
-    Timestamp::from_system_time(SystemTime::now())
 }
 
 /// The wasm shell's `carry_out`: the allowed request's edits, or the denial's answer (with

@@ -9,6 +9,7 @@
 //! worker is held up by a large document.
 
 use crate::abi::{log, ConfigHost, LogLevel, Scheduler};
+use crate::clock::{jitter, now_ms};
 use crate::metrics::Metrics;
 use crate::ticker;
 use keygate_core::config::Config;
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 /// [`KeySet::bits`] before a first set has loaded.
 const NO_LAYOUT: u8 = u8::MAX;
 
@@ -214,7 +214,7 @@ impl KeySet {
         main.in_flight = None;
         main.loading = true;
         drop(main);
-        let answer = match answer.header(":status").filter(|_| answer.received) {
+        let answer = match answer.status() {
             Some("200") => FetchAnswer::Set {
                 etag: answer.header("etag").map(str::to_string),
                 body: answer.body(),
@@ -291,7 +291,7 @@ fn load(
                 let turn = Turn {
                     holder,
                     now_ms: now,
-                    jitter: jitter(holder, now),
+                    jitter: jitter(holder),
                 };
                 let mut progress = set.complete(&mut Memory, turn, asked_ms, answer, usize::MAX);
                 let fetched = loop {
@@ -310,20 +310,6 @@ fn load(
             Ok(Work::Stop) | Err(_) => return,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A number that differs from call to call, to spread retries.
-fn jitter(holder: u64, now_ms: u64) -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    (nanos ^ now_ms ^ holder.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
 }
 
 /// No key set has loaded yet.

@@ -12,6 +12,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod abi;
+mod clock;
 mod filter;
 mod key_set;
 mod lookup;

@@ -10,6 +10,7 @@
 //! again at once, through one of them ([`Lookups::sweep`]).
 
 use crate::abi::{log, CallAnswer, LogLevel, Request};
+use crate::clock::{now_ms, request_time};
 use crate::filter::{self, Filter, Host as _};
 use crate::lookup_watch::Feed;
 use keygate_core::decision::Verdict;
@@ -22,7 +23,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The context id the core's sweep asks "as the root" with: no request has it.
 const ROOT: u32 = 0;
@@ -136,7 +136,7 @@ impl LookupHost for Host<'_> {
     }
 
     fn request_time(&self) -> Timestamp {
-        Timestamp::from_system_time(SystemTime::now())
+        request_time()
     }
 
     fn dispatch(&mut self, path: &str) -> Result<u32, String> {
@@ -238,9 +238,7 @@ pub fn start<'f>(
     {
         Next::Decide(check, found) => {
             let found = answer_slot.insert(found);
-            Started::Decided(check.finish(config, found.record(), || {
-                Timestamp::from_system_time(SystemTime::now())
-            }))
+            Started::Decided(check.finish(config, found.record(), request_time))
         }
         Next::Unavailable(check) => Started::Decided(check.unavailable(config)),
         Next::Paused => {
@@ -262,7 +260,7 @@ pub fn answered(
     let Some(token) = worker.calls.borrow_mut().remove(&(stream, callout)) else {
         return;
     };
-    let status = answer.header(":status").filter(|_| answer.received);
+    let status = answer.status();
     let body = if status == Some("200") {
         answer.body()
     } else {
@@ -332,10 +330,4 @@ fn sweep_now_and_then(filter: &Filter, mode: &LookupMode, worker: &Worker) {
         current: None,
     };
     worker.lookups.sweep(&mut host, &filter.config, ROOT);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

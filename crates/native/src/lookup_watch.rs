@@ -6,13 +6,13 @@
 //! the core ([`Watch`]).
 
 use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
+use crate::clock::{jitter, now_ms};
 use crate::metrics::Metrics;
 use keygate_core::lookup::Lookups;
 use keygate_core::remote::{Endpoint, WatchConfig};
 use keygate_core::watch::{Forget, Outcome, Step, Watch, MAX_BODY_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Past this many entries the log is folded into one "forget everything": a worker that
 /// has not read it for that long drops its whole cache, which is always safe.
@@ -60,7 +60,7 @@ impl Feed {
     pub fn poll(&self, host: ConfigHost, metrics: &Metrics) {
         let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
         let now = now_ms();
-        if let Some(step) = watch.overdue(now, jitter()) {
+        if let Some(step) = watch.overdue(now, jitter(0)) {
             self.settle(host, metrics, &watch, step, 0);
         }
         let Some(call) = watch.due(now) else {
@@ -78,7 +78,7 @@ impl Feed {
         match sent {
             Ok(token) => watch.sent(token, &call, now),
             Err(reason) => {
-                let step = watch.not_sent(reason, now, jitter());
+                let step = watch.not_sent(reason, now, jitter(0));
                 self.settle(host, metrics, &watch, step, 0);
             }
         }
@@ -100,13 +100,14 @@ impl Feed {
             if !watch.is_call(token) {
                 return false;
             }
-            let status = answer.header(":status").filter(|_| answer.received);
+            let status = answer.status();
             let body = match status {
                 Some("200") => Some(answer.body()).filter(|b| b.len() <= MAX_BODY_BYTES),
                 _ => Some(Vec::new()),
             };
             let failures = watch.failures();
-            if let Some(step) = watch.answered(token, status, body.as_deref(), now_ms(), jitter()) {
+            if let Some(step) = watch.answered(token, status, body.as_deref(), now_ms(), jitter(0))
+            {
                 self.settle(host, metrics, &watch, step, failures);
             }
         }
@@ -184,18 +185,4 @@ impl Feed {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Spreads retries.
-fn jitter() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
 }

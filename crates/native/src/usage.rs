@@ -4,11 +4,11 @@
 //! config-level callouts, fire and forget. Nothing here can hold up or fail a request.
 
 use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use keygate_core::record::KeyHash;
 use keygate_core::usage::{Recorded, ReportHost, Reporter, UsageConfig};
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Usage {
     config: UsageConfig,
@@ -105,13 +105,7 @@ impl Usage {
             metrics,
             envoy,
         };
-        let status = answer.header(":status").filter(|_| answer.received);
+        let status = answer.status();
         reporter.answered(&mut host, token, status)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
