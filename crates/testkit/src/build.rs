@@ -42,6 +42,20 @@ impl Build {
         }
     }
 
+    /// A comma-separated list of builds (a tool's `--builds wasm,native`); every item must
+    /// name one.
+    pub fn parse_list(value: &str) -> Result<Vec<Build>, String> {
+        value
+            .split(',')
+            .map(|item| match item.trim() {
+                "" => Err(format!(
+                    "{value:?} has an empty item: name `wasm` or `native`"
+                )),
+                item => Build::parse(item),
+            })
+            .collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Build::Wasm => "wasm",
@@ -177,6 +191,17 @@ mod tests {
                 file.display()
             );
         }
+    }
+
+    #[test]
+    fn a_list_names_a_build_in_every_item() {
+        assert_eq!(
+            Build::parse_list("wasm,native"),
+            Ok(vec![Build::Wasm, Build::Native])
+        );
+        assert_eq!(Build::parse_list("native"), Ok(vec![Build::Native]));
+        assert!(Build::parse_list("wasm,").is_err());
+        assert!(Build::parse_list("wasm,so").is_err());
     }
 
     #[test]

@@ -40,8 +40,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{
-    bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Envoy,
-    EnvoyOptions, Request, Served, TempDir, Upstream,
+    bench_key, bench_records_json, bootstrap, bootstrap_with_key_service, try_request, Build,
+    Envoy, EnvoyOptions, Request, Served, TempDir, Upstream,
 };
 
 const REFRESH_SECONDS: u32 = 2;
@@ -102,15 +102,9 @@ fn options() -> Options {
             "--inline" => options.inline = list(flag, value),
             "--workers" => options.workers = list(flag, value),
             "--builds" => {
-                let builds: Vec<&str> = value.split(',').collect();
-                for build in &builds {
-                    assert!(
-                        ["wasm", "native"].contains(build),
-                        "--builds: {build:?} is neither wasm nor native"
-                    );
-                }
-                options.wasm = builds.contains(&"wasm");
-                options.native = builds.contains(&"native");
+                let builds = Build::parse_list(value).unwrap_or_else(|e| panic!("--builds: {e}"));
+                options.wasm = builds.contains(&Build::Wasm);
+                options.native = builds.contains(&Build::Native);
             }
             "--requests" => options.requests = list(flag, value).first().copied().unwrap_or(0),
             "--window" => {

@@ -75,7 +75,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::process::{cpu_ticks, rss_kib, status_kib, ticks_per_second};
 use support::{
-    bench_key, bootstrap_with_key_service, keygate_binary, try_request, Background, Envoy,
+    bench_key, bootstrap_with_key_service, keygate_binary, try_request, Background, Build, Envoy,
     EnvoyOptions, Request, Serve, Served, TempDir, Upstream,
 };
 
@@ -157,15 +157,9 @@ fn options() -> Options {
             "--load-limit" => o.load_limit = Duration::from_secs(one() as u64),
             "--skip" => o.skip = value.split(',').map(str::to_string).collect(),
             "--builds" => {
-                let builds: Vec<&str> = value.split(',').collect();
-                for build in &builds {
-                    assert!(
-                        ["wasm", "native"].contains(build),
-                        "--builds: {build:?} is neither wasm nor native"
-                    );
-                }
-                o.wasm = builds.contains(&"wasm");
-                o.native = builds.contains(&"native");
+                let builds = Build::parse_list(&value).unwrap_or_else(|e| panic!("--builds: {e}"));
+                o.wasm = builds.contains(&Build::Wasm);
+                o.native = builds.contains(&Build::Native);
             }
             _ => panic!(
                 "unknown option {flag}: use --keys, --revocations, --poll-revocations, \
