@@ -24,7 +24,8 @@
 //! shell implements the store with proxy-wasm's shared-data calls.
 
 use crate::key_set_bucket::{self as bucket, bits_for, relayout};
-use crate::key_set_scan::{Scan, Scanned, Staged, Step};
+pub use crate::key_set_scan::Scan;
+use crate::key_set_scan::{Scanned, Staged, Step};
 use crate::record::{count_keys, KeyHash, KeyRecord};
 use crate::record_codec;
 use crate::remote::KeySetConfig;
@@ -86,6 +87,12 @@ pub struct Fetch {
 pub enum FetchAnswer {
     /// 200 with a body.
     Set { etag: Option<String>, body: Vec<u8> },
+    /// 200 with a body read as it came ([`Scan::streaming`], fed all of it, then
+    /// [`Scan::end`]): nobody held the whole document.
+    Streamed {
+        etag: Option<String>,
+        scan: Box<Scan>,
+    },
     /// 304: the set in force is current.
     NotModified,
     /// Anything else: an error status, a timeout, a reset.
@@ -420,6 +427,13 @@ impl SharedSet {
                 });
                 self.resume(store, turn, job, budget)
             }
+            FetchAnswer::Streamed { etag, scan } => {
+                let job = Box::new(Job {
+                    etag,
+                    phase: Phase::Read(*scan),
+                });
+                self.resume(store, turn, job, budget)
+            }
             FetchAnswer::NotModified => {
                 let mut meta = self.read_meta(store);
                 // A long-poll that times out answers 304 after its wait; one that answers
@@ -458,6 +472,13 @@ impl SharedSet {
                     Ok(Step::More) => {
                         job.phase = Phase::Read(scan);
                         return Progress::Working(job);
+                    }
+                    // Only a stream the shell did not end waits for input: it never will.
+                    Ok(Step::Hungry) => {
+                        let mut meta = self.read_meta(store);
+                        let reason = "the key set's answer ended early".to_string();
+                        let failed = self.failed(&meta, reason, jitter);
+                        return self.settle(store, turn, &mut meta, failed, false);
                     }
                     Ok(Step::Done(scanned)) => {
                         let mut meta = self.read_meta(store);

@@ -24,15 +24,34 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 const GROUP_BITS: u8 = crate::key_set_bucket::MAX_BITS;
 const NONE: u32 = u32::MAX;
 
-/// An answer being read.
+/// An answer being read: whole ([`Scan::new`]), or as it arrives ([`Scan::streaming`],
+/// fed a chunk at a time, so that no one ever holds the whole document).
 pub struct Scan {
+    /// What is not read yet of the input given so far (all of it for a whole answer).
     body: Vec<u8>,
     pos: usize,
+    /// Bytes of the answer dropped from the front of `body`, once read.
+    base: usize,
+    /// All of the answer has been given: running out of input is an error, not a wait.
+    ended: bool,
+    /// A read in this step ran into the end of the input given so far.
+    short: std::cell::Cell<bool>,
     state: State,
     fields: Fields,
     /// The index of the next element of the array being read.
     index: usize,
     staged: Staged,
+}
+
+/// What the log or a test may see of a scan: never the answer's bytes.
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("read", &(self.base + self.pos))
+            .field("ended", &self.ended)
+            .field("staged", &self.staged.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,6 +64,10 @@ enum State {
     Array {
         list: List,
         first: bool,
+    },
+    /// After a record of a list: `,` or the list's end.
+    AfterRecord {
+        list: List,
     },
     /// After a field's value.
     Next,
@@ -372,19 +395,30 @@ fn repeated_id(mut ids: Vec<(u64, &Item)>) -> Result<(), String> {
     Ok(())
 }
 
+/// The most a single value (a record, a field's name or value) may take while it is
+/// being streamed in: a key service that sends one larger is refused rather than held.
+pub const MAX_STREAMED_VALUE: usize = 1 << 20;
+
 /// What a step of reading came to.
 pub enum Step {
     /// Read up to the budget; call again.
     More,
+    /// A streamed answer needs more input ([`Scan::feed`], or [`Scan::end`] if there is
+    /// no more) before it can go on.
+    Hungry,
     /// The whole answer is read and checked.
     Done(Scanned),
 }
 
 impl Scan {
+    /// Reads a whole answer.
     pub fn new(body: Vec<u8>) -> Scan {
         Scan {
             body,
             pos: 0,
+            base: 0,
+            ended: true,
+            short: std::cell::Cell::new(false),
             state: State::Start,
             fields: Fields::default(),
             index: 0,
@@ -392,9 +426,43 @@ impl Scan {
         }
     }
 
-    /// The body's size, for the log.
+    /// Reads an answer as it arrives: [`Scan::feed`] each chunk, [`Scan::step`] until
+    /// [`Step::Hungry`], and [`Scan::end`] once the answer is complete.
+    pub fn streaming() -> Scan {
+        Scan {
+            ended: false,
+            ..Scan::new(Vec::new())
+        }
+    }
+
+    /// Gives a streamed answer its next bytes. What was read is dropped first, so the
+    /// scan holds at most one value in progress and the chunk; a value in progress larger
+    /// than [`MAX_STREAMED_VALUE`] refuses the answer.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if self.ended {
+            return Err("the answer went on after its end".into());
+        }
+        self.body.drain(..self.pos);
+        self.base += self.pos;
+        self.pos = 0;
+        if self.body.len() > MAX_STREAMED_VALUE {
+            return Err(self.error(&format!(
+                "a value larger than {} KiB: refused",
+                MAX_STREAMED_VALUE / 1024
+            )));
+        }
+        self.body.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// A streamed answer is complete: what is left must read to its end.
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// The answer's size so far, for the log.
     pub fn body_len(&self) -> usize {
-        self.body.len()
+        self.base + self.body.len()
     }
 
     pub fn staged(&self) -> &Staged {
@@ -410,54 +478,84 @@ impl Scan {
     /// refuses the whole answer.
     pub fn step(&mut self, budget: &mut usize) -> Result<Step, String> {
         loop {
-            if *budget == 0 {
-                return Ok(Step::More);
+            // After a record, what follows it is read without charge: a record is one.
+            let after_record = matches!(self.state, State::AfterRecord { .. });
+            if !after_record {
+                if *budget == 0 {
+                    return Ok(Step::More);
+                }
+                *budget -= 1;
             }
-            *budget -= 1;
-            match self.state {
-                State::Start => {
-                    self.expect(b'{', "the answer must be a JSON object")?;
-                    self.state = State::Field { first: true };
-                }
-                State::Field { first } => {
-                    if !self.closed((b'}', State::End), first, "expected a field after ','")? {
-                        self.field()?;
+            // Each state is read whole or not at all: when a streamed answer runs out of
+            // input partway, the state and position go back to where it began, and the
+            // read is done again once more input has come.
+            let (pos, state) = (self.pos, self.state);
+            self.short.set(false);
+            match self.advance(budget) {
+                Ok(None) => {}
+                Ok(Some(step)) => return Ok(step),
+                Err(_) if self.short.get() && !self.ended => {
+                    self.pos = pos;
+                    self.state = state;
+                    if !after_record {
+                        *budget += 1;
                     }
+                    return Ok(Step::Hungry);
                 }
-                State::Array { list, first } => {
-                    if self.closed((b']', State::Next), first, "expected a value after ','")? {
-                        continue;
-                    }
-                    self.element(list)?;
-                    self.after_value(
-                        (b']', State::Next),
-                        State::Array { list, first: false },
-                        "expected ',' or ']' after a record",
-                    )?;
-                }
-                State::Next => self.after_value(
-                    (b'}', State::End),
-                    State::Field { first: false },
-                    "expected ',' or '}' after a field",
-                )?,
-                State::End => {
-                    self.skip_ws();
-                    if self.pos != self.body.len() {
-                        return Err(self.error("trailing characters after the answer"));
-                    }
-                    self.state = State::Check(0);
-                }
-                State::Check(group) => match self.staged.check(group, budget)? {
-                    Some(next) => self.state = State::Check(next),
-                    None => return self.finish().map(Step::Done),
-                },
+                Err(why) => return Err(why),
             }
         }
     }
 
+    /// Reads what the state in force calls for; `Some` ends the step.
+    fn advance(&mut self, budget: &mut usize) -> Result<Option<Step>, String> {
+        match self.state {
+            State::Start => {
+                self.expect(b'{', "the answer must be a JSON object")?;
+                self.state = State::Field { first: true };
+            }
+            State::Field { first } => {
+                if !self.closed((b'}', State::End), first, "expected a field after ','")? {
+                    self.field()?;
+                }
+            }
+            State::Array { list, first } => {
+                if !self.closed((b']', State::Next), first, "expected a value after ','")? {
+                    self.element(list)?;
+                    self.state = State::AfterRecord { list };
+                }
+            }
+            State::AfterRecord { list } => self.after_value(
+                (b']', State::Next),
+                State::Array { list, first: false },
+                "expected ',' or ']' after a record",
+            )?,
+            State::Next => self.after_value(
+                (b'}', State::End),
+                State::Field { first: false },
+                "expected ',' or '}' after a field",
+            )?,
+            State::End => {
+                self.skip_ws();
+                if self.pos != self.body.len() {
+                    return Err(self.error("trailing characters after the answer"));
+                }
+                if !self.ended {
+                    return Ok(Some(Step::Hungry));
+                }
+                self.state = State::Check(0);
+            }
+            State::Check(group) => match self.staged.check(group, budget)? {
+                Some(next) => self.state = State::Check(next),
+                None => return self.finish().map(|scanned| Some(Step::Done(scanned))),
+            },
+        }
+        Ok(None)
+    }
+
     fn field(&mut self) -> Result<(), String> {
         let start = self.pos;
-        let end = skip_value(&self.body, start).map_err(|e| self.error(&e))?;
+        let end = self.skip(start)?;
         let name: String = serde_json::from_slice(&self.body[start..end])
             .map_err(|_| self.error("expected a field name"))?;
         self.pos = end;
@@ -466,7 +564,7 @@ impl Scan {
         let seen = match name.as_str() {
             "version" | "epoch" | "since" => {
                 let start = self.pos;
-                let end = skip_value(&self.body, start).map_err(|e| self.error(&e))?;
+                let end = self.skip(start)?;
                 let text: String = serde_json::from_slice(&self.body[start..end])
                     .map_err(|_| format!("{name}: expected a string"))?;
                 self.pos = end;
@@ -484,11 +582,19 @@ impl Scan {
                     "upsert" => (List::Upsert, &mut self.fields.upsert),
                     _ => (List::Delete, &mut self.fields.delete),
                 };
-                let again = std::mem::replace(flag, true);
+                if *flag {
+                    return Err(format!("duplicate field {name:?}"));
+                }
                 self.expect(b'[', &format!("{name}: expected an array"))?;
+                let flag = match list {
+                    List::Keys => &mut self.fields.keys,
+                    List::Upsert => &mut self.fields.upsert,
+                    List::Delete => &mut self.fields.delete,
+                };
+                *flag = true;
                 self.index = 0;
                 self.state = State::Array { list, first: true };
-                again
+                false
             }
             other => {
                 return Err(format!(
@@ -505,7 +611,7 @@ impl Scan {
 
     fn element(&mut self, list: List) -> Result<(), String> {
         let start = self.pos;
-        let end = skip_value(&self.body, start).map_err(|e| self.error(&e))?;
+        let end = self.skip(start)?;
         let place = format!("{}[{}]", list.name(), self.index);
         let index = u32::try_from(self.index).map_err(|_| "too many keys".to_string())?;
         let value = &self.body[start..end];
@@ -654,7 +760,23 @@ impl Scan {
     }
 
     fn peek(&self) -> Option<u8> {
-        self.body.get(self.pos).copied()
+        let byte = self.body.get(self.pos).copied();
+        if byte.is_none() {
+            self.short.set(true);
+        }
+        byte
+    }
+
+    /// Where the value at `start` ends (see [`skip_value`]).
+    fn skip(&self, start: usize) -> Result<usize, String> {
+        match skip_value(&self.body, start, self.ended) {
+            Ok(end) => Ok(end),
+            Err(Skip::Short(why)) => {
+                self.short.set(true);
+                Err(self.error(why))
+            }
+            Err(Skip::Bad(why)) => Err(self.error(&why)),
+        }
     }
 
     fn expect(&mut self, byte: u8, what: &str) -> Result<(), String> {
@@ -667,26 +789,30 @@ impl Scan {
     }
 
     fn error(&self, what: &str) -> String {
-        format!("invalid key set answer at byte {}: {what}", self.pos)
+        format!(
+            "invalid key set answer at byte {}: {what}",
+            self.base + self.pos
+        )
     }
 }
 
 /// Where the JSON value starting at `start` ends: strings with their escapes, nested
 /// arrays and objects with their closers matched, scalars up to a delimiter. The value is
-/// then read by serde, which checks it fully.
-fn skip_value(body: &[u8], start: usize) -> Result<usize, String> {
+/// then read by serde, which checks it fully. `ended`: `body` holds the rest of the answer
+/// (a scalar may end with it); otherwise a value that reaches its end is cut short.
+fn skip_value(body: &[u8], start: usize, ended: bool) -> Result<usize, Skip> {
     let mut closers: Vec<u8> = Vec::new();
     let mut pos = start;
     loop {
         let Some(&byte) = body.get(pos) else {
-            return Err("the answer ends inside a value".into());
+            return Err(Skip::Short("the answer ends inside a value"));
         };
         match byte {
             b'"' => {
                 pos += 1;
                 loop {
                     match body.get(pos) {
-                        None => return Err("the answer ends inside a string".into()),
+                        None => return Err(Skip::Short("the answer ends inside a string")),
                         Some(b'\\') => pos += 2,
                         Some(b'"') => break,
                         Some(_) => pos += 1,
@@ -704,7 +830,7 @@ fn skip_value(body: &[u8], start: usize) -> Result<usize, String> {
             }
             b'}' | b']' => {
                 if closers.pop() != Some(byte) {
-                    return Err(format!("unexpected '{}'", byte as char));
+                    return Err(Skip::Bad(format!("unexpected '{}'", byte as char)));
                 }
                 pos += 1;
             }
@@ -717,8 +843,11 @@ fn skip_value(body: &[u8], start: usize) -> Result<usize, String> {
                     }
                     pos += 1;
                 }
+                if pos == body.len() && !ended {
+                    return Err(Skip::Short("the answer ends inside a value"));
+                }
                 if pos == start {
-                    return Err("expected a value".into());
+                    return Err(Skip::Bad("expected a value".into()));
                 }
                 return Ok(pos);
             }
@@ -727,6 +856,13 @@ fn skip_value(body: &[u8], start: usize) -> Result<usize, String> {
             return Ok(pos);
         }
     }
+}
+
+/// Why [`skip_value`] found no end.
+enum Skip {
+    /// The input ran out first.
+    Short(&'static str),
+    Bad(String),
 }
 
 #[cfg(test)]

@@ -5,7 +5,27 @@ fn h(key: &str) -> String {
     KeyHash::of_key(key).to_hex()
 }
 
+/// Reads `body` whole, and checks that reading it streamed, in chunks of several sizes,
+/// comes to the same: the same shape and records, or the same error.
 fn scan_with(body: &[u8], budget: usize) -> Result<(Scanned, Staged), String> {
+    let whole = scan_whole(body, budget);
+    let sizes: &[usize] = if body.len() <= 64 * 1024 {
+        &[1, 2, 7, 64, 4096]
+    } else {
+        &[4096, 65536]
+    };
+    for &size in sizes {
+        let streamed = scan_streamed(body, size, budget);
+        assert_eq!(
+            outcome(&streamed),
+            outcome(&whole),
+            "fed {size} bytes at a time"
+        );
+    }
+    whole
+}
+
+fn scan_whole(body: &[u8], budget: usize) -> Result<(Scanned, Staged), String> {
     let mut scan = Scan::new(body.to_vec());
     loop {
         let mut left = budget;
@@ -13,6 +33,100 @@ fn scan_with(body: &[u8], budget: usize) -> Result<(Scanned, Staged), String> {
             return Ok((scanned, scan.into_staged()));
         }
     }
+}
+
+fn scan_streamed(body: &[u8], size: usize, budget: usize) -> Result<(Scanned, Staged), String> {
+    let mut scan = Scan::streaming();
+    let mut chunks = body.chunks(size);
+    let mut ended = false;
+    loop {
+        let mut left = budget;
+        match scan.step(&mut left)? {
+            Step::Done(scanned) => return Ok((scanned, scan.into_staged())),
+            Step::More => {}
+            Step::Hungry => {
+                assert!(!ended, "a scan that was given its end asked for more");
+                match chunks.next() {
+                    Some(chunk) => scan.feed(chunk)?,
+                    None => {
+                        scan.end();
+                        ended = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a scan came to, comparable: the shape and every item with its record.
+type Outcome = Result<(String, Vec<([u8; 32], Option<Vec<u8>>)>), String>;
+
+fn outcome(result: &Result<(Scanned, Staged), String>) -> Outcome {
+    let (scanned, staged) = result.as_ref().map_err(Clone::clone)?;
+    let items = staged
+        .sorted()
+        .iter()
+        .map(|item| (item.hash, staged.record(item).map(<[u8]>::to_vec)))
+        .collect();
+    Ok((format!("{scanned:?}"), items))
+}
+
+#[test]
+fn a_streamed_answer_holds_only_the_value_in_progress() {
+    let keys: Vec<_> = (0..2000)
+        .map(|i| rec(&format!("k{i}"), &format!("key{i}")))
+        .collect();
+    let body = json!({"version": "1", "keys": keys}).to_string();
+    let mut scan = Scan::streaming();
+    let mut most = 0;
+    for chunk in body.as_bytes().chunks(1000) {
+        scan.feed(chunk).unwrap();
+        most = most.max(scan.body.capacity());
+        loop {
+            let mut left = usize::MAX;
+            match scan.step(&mut left).unwrap() {
+                Step::Hungry => break,
+                Step::More => {}
+                Step::Done(_) => panic!("done before its end"),
+            }
+        }
+    }
+    scan.end();
+    let mut left = usize::MAX;
+    assert!(matches!(scan.step(&mut left).unwrap(), Step::Done(_)));
+    assert_eq!(scan.body_len(), body.len());
+    assert_eq!(scan.staged().len(), 2000);
+    assert!(
+        most < 4 * 1000,
+        "held {most} bytes of a {} byte answer",
+        body.len()
+    );
+}
+
+#[test]
+fn a_streamed_value_too_large_to_hold_is_refused() {
+    let mut scan = Scan::streaming();
+    scan.feed(br#"{"keys": [{"id": ""#).unwrap();
+    let filler = vec![b'a'; 64 * 1024];
+    let refused = (0..40).find_map(|_| {
+        let mut left = usize::MAX;
+        assert!(matches!(scan.step(&mut left), Ok(Step::Hungry)));
+        scan.feed(&filler).err()
+    });
+    let why = refused.expect("a 2 MiB value was held");
+    assert!(why.contains("a value larger than 1024 KiB"), "{why}");
+}
+
+#[test]
+fn a_streamed_answer_cut_short_or_fed_after_its_end_is_refused() {
+    let mut scan = Scan::streaming();
+    scan.feed(br#"{"keys": [{"id": "a""#).unwrap();
+    let mut left = usize::MAX;
+    assert!(matches!(scan.step(&mut left), Ok(Step::Hungry)));
+    scan.end();
+    let why = scan.step(&mut left).err().unwrap();
+    assert!(why.contains("ends inside a value"), "{why}");
+    assert!(scan.feed(b"}]}").is_err());
 }
 
 fn scan(value: serde_json::Value) -> Result<(Scanned, Staged), String> {

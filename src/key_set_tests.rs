@@ -750,3 +750,52 @@ fn an_outcome_is_reported_with_its_stat_keys_and_line() {
         .1
         .contains("keeping the last good set"));
 }
+
+#[test]
+fn a_streamed_answer_loads_as_a_whole_one_does() {
+    let set = shared(30);
+    let mut store = Store::default();
+    let holder = set.new_holder(&mut store);
+    let _ = set.claim(&mut store, holder, 0);
+    let body = doc("7", &[("a", "ka"), ("b", "kb")]);
+    let mut scan = Scan::streaming();
+    for chunk in body.chunks(5) {
+        scan.feed(chunk).unwrap();
+        let mut budget = usize::MAX;
+        while !matches!(
+            scan.step(&mut budget).unwrap(),
+            crate::key_set_scan::Step::Hungry
+        ) {}
+    }
+    scan.end();
+    let streamed = FetchAnswer::Streamed {
+        etag: Some("\"e\"".into()),
+        scan: Box::new(scan),
+    };
+    let (fetched, _) = answer_in_slices(&set, &mut store, holder, 100, streamed, usize::MAX);
+    assert_eq!(
+        fetched,
+        Fetched::Loaded {
+            keys: 2,
+            version: Some("7".into())
+        }
+    );
+    assert_eq!(id_of(&set, &store, "kb").as_deref(), Some("b"));
+    assert_eq!(set.read_meta(&store).etag.as_deref(), Some("\"e\""));
+
+    // A stream the shell never ended is a failure, and the set in force stays.
+    let _ = set.claim(&mut store, holder, 200_000);
+    let mut cut = Scan::streaming();
+    cut.feed(&doc("8", &[("c", "kc")])).unwrap();
+    let cut = FetchAnswer::Streamed {
+        etag: None,
+        scan: Box::new(cut),
+    };
+    let (fetched, _) = answer_in_slices(&set, &mut store, holder, 200_100, cut, usize::MAX);
+    let Fetched::Failed { reason, .. } = fetched else {
+        panic!("{fetched:?}");
+    };
+    assert!(reason.contains("ended early"), "{reason}");
+    assert_eq!(id_of(&set, &store, "kb").as_deref(), Some("b"));
+    assert_eq!(id_of(&set, &store, "kc"), None);
+}
