@@ -225,28 +225,44 @@ pub fn key_set(data: &[u8]) {
     }
 }
 
-/// The filter reads a key set a slice at a time (`key_set_scan`): in slices of any size
-/// it reads what one pass reads, and accepts a plain document exactly when the document
-/// parser does.
+/// The filter reads a key set a slice at a time (`key_set_scan`): in slices of any size,
+/// and streamed in chunks of any size (the native build), it reads what one pass reads
+/// (the same error too), and accepts a plain document exactly when the document parser
+/// does.
 fn scanned_alike(data: &[u8]) {
-    let scan = |budget: usize| {
-        let mut scan = Scan::new(data.to_vec());
+    // `chunk` 0: the whole body at once.
+    let scan = |budget: usize, chunk: usize| {
+        let (mut scan, mut chunks) = if chunk == 0 {
+            (Scan::new(data.to_vec()), data.chunks(1))
+        } else {
+            (Scan::streaming(), data.chunks(chunk))
+        };
         loop {
             let mut left = budget;
             match scan.step(&mut left) {
                 Ok(Step::More) => continue,
+                Ok(Step::Hungry) => match chunks.next() {
+                    Some(bytes) => scan.feed(bytes)?,
+                    None => scan.end(),
+                },
                 Ok(Step::Done(scanned)) => return Ok((scanned, scan.into_staged().len())),
                 Err(e) => return Err(e),
             }
         }
     };
-    let whole = scan(usize::MAX);
-    let sliced = scan(3);
-    assert_eq!(
-        whole.as_ref().map(|(s, n)| (format!("{s:?}"), *n)).ok(),
-        sliced.as_ref().map(|(s, n)| (format!("{s:?}"), *n)).ok(),
-        "slices read otherwise than one pass"
-    );
+    let outcome = |r: &Result<(Scanned, usize), String>| {
+        r.as_ref()
+            .map(|(s, n)| (format!("{s:?}"), *n))
+            .map_err(Clone::clone)
+    };
+    let whole = scan(usize::MAX, 0);
+    for (budget, chunk) in [(3, 0), (usize::MAX, 1), (3, 5), (usize::MAX, 64)] {
+        assert_eq!(
+            outcome(&scan(budget, chunk)),
+            outcome(&whole),
+            "read otherwise than one pass: slices of {budget}, chunks of {chunk}"
+        );
+    }
     let doc = KeySetDoc::parse(data);
     if let Ok(doc) = &doc {
         let (_, n) = whole
