@@ -140,6 +140,20 @@ extern "C" {
         body: Buffer,
         timeout_milliseconds: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+        filter_config_envoy_ptr: *mut c_void,
+        stream_id_out: *mut u64,
+        cluster_name: Buffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: Buffer,
+        end_stream: bool,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_reset_http_stream(
+        filter_config_envoy_ptr: *mut c_void,
+        stream_id: u64,
+    );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
         filter_config_envoy_ptr: *mut c_void,
     ) -> *mut c_void;
@@ -281,6 +295,46 @@ impl ConfigHost {
         call_started(result, id, cluster)
     }
 
+    /// Sends a GET-like request (no body) to `cluster` whose answer comes as it arrives:
+    /// its headers, each part of its body, then its end or a reset, to the
+    /// `envoy_dynamic_module_on_http_filter_config_http_stream_*` hooks with the id
+    /// returned. Envoy holds none of the body: a large answer never sits whole in memory.
+    pub fn stream(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, String> {
+        let raw = raw_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
+        // the cluster name and headers are valid for the call and Envoy copies them; `id`
+        // is written once.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+                self.envoy,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                raw.as_ptr(),
+                raw.len(),
+                Buffer::of(&[]),
+                true,
+                timeout_ms,
+            )
+        };
+        call_started(result, id, cluster)
+    }
+
+    /// Ends stream `id` (see [`ConfigHost::stream`]) if it is still open; its reset hook
+    /// follows at once.
+    pub fn reset_stream(&self, id: u64) {
+        // SAFETY: `self.envoy` is the config of the running hook (on the main thread); Envoy
+        // ignores an id it does not hold.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_reset_http_stream(self.envoy, id)
+        }
+    }
+
     /// A scheduler for this config: events committed on it, from any thread, come back to
     /// `envoy_dynamic_module_on_http_filter_config_scheduled` on the main thread.
     pub fn scheduler(&self) -> Option<Scheduler> {
@@ -377,6 +431,14 @@ impl CallAnswer<'_> {
     /// The answer's status, when Envoy received one.
     pub fn status(&self) -> Option<&str> {
         self.header(":status").filter(|_| self.received)
+    }
+
+    /// The body's parts, as Envoy holds them.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(|chunk| {
+            // SAFETY: Envoy's answer body chunks, valid during the hook.
+            unsafe { bytes(chunk.ptr, chunk.length) }
+        })
     }
 
     /// The body, copied out of Envoy's buffers.
@@ -636,6 +698,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     match catch_unwind(AssertUnwindSafe(|| filter::new_config(name, json, host))) {
         Ok(Some(filter)) => {
             let module = Box::into_raw(Box::new(Module {
+                envoy: filter_config_envoy_ptr,
                 every_request: PerRequest {
                     module: std::ptr::null(),
                     stream: 0,
@@ -666,6 +729,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys it
     // once, after its last filter.
     let module = unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) };
+    // Its streams are ended first, while the config can still hear of it, so that Envoy
+    // never calls in about them once it is gone.
+    let host = ConfigHost {
+        envoy: module.envoy,
+    };
+    guarded("ending a configuration's calls", || {
+        filter::ending(&module.filter, host)
+    });
     // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
     guarded("ending a configuration", move || drop(module));
 }
@@ -674,6 +745,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 /// request shares when it needs no state of its own (all modes but lookup), so that no
 /// request allocates one.
 struct Module {
+    /// Envoy's config, which outlives this (it is destroyed after its destroy hook).
+    envoy: *mut c_void,
     every_request: PerRequest,
     filter: Filter,
 }
@@ -959,6 +1032,98 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     guarded("reading a key service's answer", || {
         filter::called(filter, host, callout_id, &answer)
     });
+}
+
+/// What a config's stream ([`ConfigHost::stream`]) brought; its headers and body parts
+/// are valid during the hook that hands it over.
+pub enum StreamEvent<'a> {
+    /// The answer's headers (`end`: no body follows).
+    Headers { answer: CallAnswer<'a>, end: bool },
+    /// A part of the body (`end`: the last).
+    Data { answer: CallAnswer<'a>, end: bool },
+    /// The answer is complete (after its headers, body and any trailers).
+    Complete,
+    /// The stream was reset: a timeout, a lost connection, or ended by keygate.
+    Reset,
+}
+
+/// Hands a stream event to the filter, on the main thread.
+///
+/// # Safety
+/// `config` is what `config_new` returned, and Envoy calls the hook while it lives.
+unsafe fn on_stream_event(config: *const c_void, stream_id: u64, event: StreamEvent<'_>) {
+    // SAFETY: by this function's contract.
+    let Some(filter) = (unsafe { config_of(config) }) else {
+        return;
+    };
+    guarded("reading a key service's answer", || {
+        filter::streamed(filter, stream_id, event)
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    stream_id: u64,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    end_stream: bool,
+) {
+    // SAFETY: Envoy's answer headers, valid until this hook returns.
+    let answer =
+        unsafe { call_answer(CALLOUT_SUCCESS, headers, headers_size, std::ptr::null(), 0) };
+    let event = StreamEvent::Headers {
+        answer,
+        end: end_stream,
+    };
+    // SAFETY: Envoy calls a config's stream hooks while the config lives (it resets its
+    // streams, without calling in, once the config is destroyed).
+    unsafe { on_stream_event(config, stream_id, event) }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    stream_id: u64,
+    data: *const Buffer,
+    data_count: usize,
+    end_stream: bool,
+) {
+    // SAFETY: Envoy's body parts, valid until this hook returns.
+    let answer = unsafe { call_answer(CALLOUT_SUCCESS, std::ptr::null(), 0, data, data_count) };
+    let event = StreamEvent::Data {
+        answer,
+        end: end_stream,
+    };
+    // SAFETY: as in `config_http_stream_headers`.
+    unsafe { on_stream_event(config, stream_id, event) }
+}
+
+/// Trailers end the answer too; `..._stream_complete` follows, which is what keygate acts on.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers() {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    stream_id: u64,
+) {
+    // SAFETY: as in `config_http_stream_headers`.
+    unsafe { on_stream_event(config, stream_id, StreamEvent::Complete) }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    stream_id: u64,
+    _reason: u32,
+) {
+    // SAFETY: as in `config_http_stream_headers`.
+    unsafe { on_stream_event(config, stream_id, StreamEvent::Reset) }
 }
 
 #[no_mangle]

@@ -2,7 +2,7 @@
 //! the wasm shell's `on_configure` and `on_http_request_headers`. No decision is made here.
 
 use crate::abi::Request;
-use crate::abi::{log, CallAnswer, ConfigHost, LogLevel};
+use crate::abi::{log, CallAnswer, ConfigHost, LogLevel, StreamEvent};
 use crate::clock::request_time;
 use crate::key_set::{KeySet, NotLoaded};
 use crate::lookup::{self, LookupMode, Started};
@@ -215,13 +215,22 @@ pub fn scheduled(filter: &Filter, host: ConfigHost, event: u64) {
     }
 }
 
+/// What a stream the config opened brought (the key set's fetch), on the main thread.
+pub fn streamed(filter: &Filter, id: u64, event: StreamEvent<'_>) {
+    if let Some(key_set) = &filter.key_set {
+        key_set.streamed(id, event);
+    }
+}
+
+/// The config is being destroyed: its open streams are ended while it can still hear of it.
+pub fn ending(filter: &Filter, host: ConfigHost) {
+    if let Some(key_set) = &filter.key_set {
+        key_set.end_stream(host);
+    }
+}
+
 /// The answer to a call the config made, on the main thread.
 pub fn called(filter: &Filter, host: ConfigHost, id: u64, answer: &CallAnswer<'_>) {
-    if let Some(key_set) = &filter.key_set {
-        if key_set.answered(id, answer) {
-            return;
-        }
-    }
     if let Some(feed) = filter.lookup.as_ref().and_then(|l| l.feed.as_ref()) {
         if feed.answered(host, &filter.metrics, id, answer) {
             return;

@@ -8,14 +8,15 @@
 //! thread per config reads and writes what they bring, so neither the main thread nor a
 //! worker is held up by a large document.
 
-use crate::abi::{log, ConfigHost, LogLevel, Scheduler};
+use crate::abi::{log, ConfigHost, LogLevel, Scheduler, StreamEvent};
 use crate::clock::{jitter, now_ms};
 use crate::metrics::Metrics;
 use crate::ticker;
 use keygate_core::config::Config;
 use keygate_core::key_set::{
-    FetchAnswer, FetchStat, Fetched, Progress, SharedSet, SharedStore, Turn,
+    FetchAnswer, FetchStat, Fetched, Progress, Scan, SharedSet, SharedStore, Turn,
 };
+use keygate_core::key_set_scan::Step;
 use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
@@ -72,11 +73,22 @@ impl SharedStore for Memory {
 
 /// What the main thread hands the loader thread.
 enum Work {
-    /// The answer to a fetch asked at `asked_ms`.
+    /// The answer to a fetch asked at `asked_ms`, other than a set: a 304 or a failure.
     Answer {
         asked_ms: u64,
         answer: FetchAnswer,
     },
+    /// A set begins to arrive, in answer to a fetch asked at `asked_ms`.
+    Begin {
+        asked_ms: u64,
+        etag: Option<String>,
+    },
+    /// The next part of its body.
+    Part(Vec<u8>),
+    /// The body is complete.
+    End,
+    /// The set stopped arriving partway.
+    Cut(String),
     Stop,
 }
 
@@ -97,10 +109,29 @@ pub struct KeySet {
 /// What only the main thread reads and writes.
 #[derive(Default)]
 struct MainThread {
-    /// The fetch on its way: its call id, when it was asked and until when to wait.
-    in_flight: Option<(u64, u64, u64)>,
+    /// The fetch on its way.
+    in_flight: Option<InFlight>,
     /// The loader is working on an answer.
     loading: bool,
+}
+
+/// A fetch on its way: a stream ([`ConfigHost::stream`]), whose body goes to the loader a
+/// part at a time as it arrives.
+struct InFlight {
+    id: u64,
+    asked_ms: u64,
+    /// After this, the stream is given up (Envoy's own timeout should have ended it).
+    until_ms: u64,
+    answer: Arriving,
+}
+
+enum Arriving {
+    /// No headers yet.
+    Nothing,
+    /// A 200: the loader reads its body.
+    Set,
+    /// A 304 or an error status, handed over when the stream completes.
+    Other(FetchAnswer),
 }
 
 impl KeySet {
@@ -175,10 +206,17 @@ impl KeySet {
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(host, now.saturating_sub(ok) / 1000);
         }
-        if main.loading || main.in_flight.is_some_and(|(_, _, until)| now < until) {
+        if main.loading || main.in_flight.as_ref().is_some_and(|f| now < f.until_ms) {
             return;
         }
-        main.in_flight = None;
+        if let Some(stale) = main.in_flight.take() {
+            // Given up: its reset hook finds nothing in flight.
+            main.loading = true;
+            drop(main);
+            host.reset_stream(stale.id);
+            self.ended(stale, Some("no end to the answer within the fetch timeout"));
+            return;
+        }
         let Some(fetch) = self.set.claim(&mut Memory, self.holder, now) else {
             return;
         };
@@ -191,13 +229,15 @@ impl KeySet {
         if let Some(etag) = fetch.etag.as_deref() {
             headers.push(("if-none-match", etag));
         }
-        match host.call(
-            &self.fetch.endpoint.cluster,
-            &headers,
-            &[],
-            fetch.timeout_ms,
-        ) {
-            Ok(id) => main.in_flight = Some((id, now, now + fetch.timeout_ms + 1000)),
+        match host.stream(&self.fetch.endpoint.cluster, &headers, fetch.timeout_ms) {
+            Ok(id) => {
+                main.in_flight = Some(InFlight {
+                    id,
+                    asked_ms: now,
+                    until_ms: now + fetch.timeout_ms + 1000,
+                    answer: Arriving::Nothing,
+                })
+            }
             Err(reason) => {
                 main.loading = true;
                 self.hand_over(now, FetchAnswer::Failed(reason));
@@ -205,37 +245,94 @@ impl KeySet {
         }
     }
 
-    /// The answer to a config call; false when it is not this key set's.
-    pub fn answered(&self, id: u64, answer: &crate::abi::CallAnswer<'_>) -> bool {
+    /// What the fetch's stream brought: the status and ETag, each part of a set's body
+    /// (to the loader, which reads it as it comes), its end or a reset.
+    pub fn streamed(&self, id: u64, event: StreamEvent<'_>) {
         let mut main = self.main.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((_, asked_ms, _)) = main.in_flight.filter(|(mine, _, _)| *mine == id) else {
-            return false;
+        let Some(fetch) = main.in_flight.as_mut().filter(|f| f.id == id) else {
+            return;
         };
-        main.in_flight = None;
+        let cut = match event {
+            StreamEvent::Headers { answer, end } => {
+                fetch.answer = match answer.status() {
+                    Some("200") => {
+                        self.send(Work::Begin {
+                            asked_ms: fetch.asked_ms,
+                            etag: answer.header("etag").map(str::to_string),
+                        });
+                        Arriving::Set
+                    }
+                    Some("304") => Arriving::Other(FetchAnswer::NotModified),
+                    other => Arriving::Other(FetchAnswer::Failed(format!(
+                        "key service answered {}",
+                        other.unwrap_or("with no status")
+                    ))),
+                };
+                if !end {
+                    return;
+                }
+                None
+            }
+            StreamEvent::Data { answer, end } => {
+                if matches!(fetch.answer, Arriving::Set) {
+                    let size = answer.chunks().map(<[u8]>::len).sum();
+                    let mut part = Vec::with_capacity(size);
+                    answer.chunks().for_each(|c| part.extend_from_slice(c));
+                    if !part.is_empty() {
+                        self.send(Work::Part(part));
+                    }
+                }
+                if !end {
+                    return;
+                }
+                None
+            }
+            StreamEvent::Complete => None,
+            StreamEvent::Reset => Some("the call was reset: a timeout, or a lost connection"),
+        };
+        // The answer is complete, or cut: the loader takes it from here, and whatever else
+        // Envoy says of this stream is ignored.
+        let Some(fetch) = main.in_flight.take() else {
+            return;
+        };
         main.loading = true;
         drop(main);
-        let answer = match answer.status() {
-            Some("200") => FetchAnswer::Set {
-                etag: answer.header("etag").map(str::to_string),
-                body: answer.body(),
-            },
-            Some("304") => FetchAnswer::NotModified,
-            Some(other) => FetchAnswer::Failed(format!("key service answered {other}")),
-            // Envoy resets a call whose answer outgrows its buffer limit, and says so only
-            // in its own log, now and then: name that cause here, it is the likely one for a
-            // large set.
-            None => FetchAnswer::Failed(
-                "the call was reset: an answer larger than Envoy's \
-                 http.async_response_buffer_limit (32 MiB by default), or a lost connection"
-                    .into(),
+        self.ended(fetch, cut);
+    }
+
+    /// Hands a fetch that has ended (`cut`: partway, and why) to the loader.
+    fn ended(&self, fetch: InFlight, cut: Option<&str>) {
+        match (fetch.answer, cut) {
+            (Arriving::Set, None) => self.send(Work::End),
+            (Arriving::Set, Some(why)) => self.send(Work::Cut(why.into())),
+            (Arriving::Other(answer), None) => self.hand_over(fetch.asked_ms, answer),
+            (Arriving::Nothing, None) => self.hand_over(
+                fetch.asked_ms,
+                FetchAnswer::Failed("the key service's answer had no headers".into()),
             ),
-        };
-        self.hand_over(asked_ms, answer);
-        true
+            (_, Some(why)) => self.hand_over(fetch.asked_ms, FetchAnswer::Failed(why.into())),
+        }
+    }
+
+    /// Ends the fetch's stream, if one is open (the config is being destroyed).
+    pub fn end_stream(&self, host: ConfigHost) {
+        let open = self
+            .main
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight
+            .take();
+        if let Some(fetch) = open {
+            host.reset_stream(fetch.id);
+        }
     }
 
     fn hand_over(&self, asked_ms: u64, answer: FetchAnswer) {
-        if self.work.send(Work::Answer { asked_ms, answer }).is_err() {
+        self.send(Work::Answer { asked_ms, answer });
+    }
+
+    fn send(&self, work: Work) {
+        if self.work.send(work).is_err() {
             log(
                 LogLevel::Error,
                 "keygate: the key set's loader thread is gone; the set in force stays",
@@ -275,8 +372,8 @@ impl Drop for KeySet {
     }
 }
 
-/// The loader thread: deals with each answer whole (no worker waits on it: they read the
-/// buckets already written), then has the main thread take its turn at once.
+/// The loader thread: reads a set as it arrives, then writes it (no worker waits on it:
+/// they read the buckets already written), and has the main thread take its turn at once.
 fn load(
     set: &SharedSet,
     holder: u64,
@@ -284,31 +381,103 @@ fn load(
     done: &Mutex<Vec<Fetched>>,
     scheduler: &Scheduler,
 ) {
+    let mut reading: Option<Reading> = None;
     loop {
-        match inbox.recv() {
-            Ok(Work::Answer { asked_ms, answer }) => {
-                let now = now_ms();
-                let turn = Turn {
-                    holder,
-                    now_ms: now,
-                    jitter: jitter(holder),
-                };
-                let mut progress = set.complete(&mut Memory, turn, asked_ms, answer, usize::MAX);
-                let fetched = loop {
-                    match progress {
-                        Progress::Done(fetched) => break fetched,
-                        Progress::Working(job) => {
-                            progress = set.resume(&mut Memory, turn, job, usize::MAX);
-                        }
-                    }
-                };
-                done.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(fetched);
-                scheduler.commit(ticker::EVENT);
+        let (asked_ms, answer) = match inbox.recv() {
+            Ok(Work::Begin { asked_ms, etag }) => {
+                reading = Some(Reading {
+                    asked_ms,
+                    etag,
+                    scan: Box::new(Scan::streaming()),
+                    refused: None,
+                });
+                continue;
             }
+            Ok(Work::Part(part)) => {
+                if let Some(reading) = &mut reading {
+                    reading.read(&part);
+                }
+                continue;
+            }
+            Ok(Work::End) => match reading.take() {
+                Some(reading) => reading.answer(),
+                None => continue,
+            },
+            Ok(Work::Cut(why)) => match reading.take() {
+                Some(reading) => (reading.asked_ms, FetchAnswer::Failed(why)),
+                None => continue,
+            },
+            Ok(Work::Answer { asked_ms, answer }) => (asked_ms, answer),
             Ok(Work::Stop) | Err(_) => return,
+        };
+        let now = now_ms();
+        let turn = Turn {
+            holder,
+            now_ms: now,
+            jitter: jitter(holder),
+        };
+        let mut progress = set.complete(&mut Memory, turn, asked_ms, answer, usize::MAX);
+        let fetched = loop {
+            match progress {
+                Progress::Done(fetched) => break fetched,
+                Progress::Working(job) => {
+                    progress = set.resume(&mut Memory, turn, job, usize::MAX);
+                }
+            }
+        };
+        done.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fetched);
+        scheduler.commit(ticker::EVENT);
+    }
+}
+
+/// A set being read as it arrives: only the record in progress and what was read of the
+/// others (a few bytes each) are held, never the document.
+struct Reading {
+    asked_ms: u64,
+    etag: Option<String>,
+    scan: Box<Scan>,
+    /// The answer was refused partway: the rest of it is not read.
+    refused: Option<String>,
+}
+
+impl Reading {
+    fn read(&mut self, part: &[u8]) {
+        if self.refused.is_some() {
+            return;
         }
+        if let Err(why) = self.scan.feed(part) {
+            self.refused = Some(why);
+            return;
+        }
+        loop {
+            let mut budget = usize::MAX;
+            match self.scan.step(&mut budget) {
+                Ok(Step::More) => {}
+                // The end is only reached once the answer is (`Reading::answer`).
+                Ok(Step::Hungry | Step::Done(_)) => return,
+                Err(why) => {
+                    self.refused = Some(why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The whole answer has come.
+    fn answer(mut self) -> (u64, FetchAnswer) {
+        let answer = match self.refused {
+            Some(why) => FetchAnswer::Failed(why),
+            None => {
+                self.scan.end();
+                FetchAnswer::Streamed {
+                    etag: self.etag,
+                    scan: self.scan,
+                }
+            }
+        };
+        (self.asked_ms, answer)
     }
 }
 
