@@ -6,6 +6,11 @@
 
 #![allow(unsafe_code)]
 
+mod large_alloc;
+
+#[global_allocator]
+static ALLOCATOR: large_alloc::LargeAlloc = large_alloc::LargeAlloc;
+
 use crate::filter::{self, Filter, Host};
 use keygate_core::response::LocalResponse;
 use std::ffi::{c_char, c_void};
