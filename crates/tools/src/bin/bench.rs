@@ -130,6 +130,9 @@ enum Filter {
     },
     /// An Envoy dynamic module that does nothing (`benches/empty-native`).
     EmptyNative,
+    /// The same module making only the host calls forwarding keygate's identity takes:
+    /// every header read, the credential removed, four headers added, one count.
+    NativeFloor,
     /// keygate's native build (crates/native, an Envoy dynamic module) with inline keys.
     NativeInline {
         keys: usize,
@@ -170,6 +173,7 @@ impl Case {
         matches!(
             self.filter,
             Filter::EmptyNative
+                | Filter::NativeFloor
                 | Filter::NativeInline { .. }
                 | Filter::KeySet { native: true }
                 | Filter::Lookup { native: true }
@@ -229,6 +233,7 @@ fn cases(options: &Options) -> Vec<Case> {
         case("no filter", None, Filter::Nothing),
         case("empty wasm filter", None, Filter::EmptyWasm),
         case("empty native module", None, Filter::EmptyNative),
+        case("native job floor", None, Filter::NativeFloor),
         case("api_key_auth", Some(TABLE_KEYS), Filter::ApiKeyAuth),
         case("lua", Some(TABLE_KEYS), Filter::Lua),
     ];
@@ -488,7 +493,8 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
     match &case.filter {
         Filter::Nothing => bootstrap(None, vec![]),
         Filter::EmptyWasm => bootstrap(Some(wasm(&empty_module(), "")), vec![]),
-        Filter::EmptyNative => bootstrap(Some(empty_native_filter()), vec![]),
+        Filter::EmptyNative => bootstrap(Some(empty_native_filter("")), vec![]),
+        Filter::NativeFloor => bootstrap(Some(empty_native_filter("floor")), vec![]),
         Filter::ApiKeyAuth => bootstrap(Some(api_key_auth(TABLE_KEYS)), vec![]),
         Filter::Lua => bootstrap(Some(lua_filter(TABLE_KEYS)), vec![]),
         Filter::Inline { keys, module } => {
@@ -523,8 +529,9 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
     }
 }
 
-/// The dynamic-modules filter entry of the empty module: no configuration to read.
-fn empty_native_filter() -> Value {
+/// The dynamic-modules filter entry of the empty module: `""` does nothing, `"floor"`
+/// makes the job floor's host calls.
+fn empty_native_filter(mode: &str) -> Value {
     json!({
         "name": "envoy.filters.http.dynamic_modules",
         "typed_config": {
@@ -533,7 +540,7 @@ fn empty_native_filter() -> Value {
             "filter_name": "empty",
             "filter_config": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": ""
+                "value": mode
             }
         }
     })
@@ -1137,6 +1144,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     };
     let empty = added_of("empty wasm filter");
     let api_key_auth = added_of("api_key_auth");
+    let native_floor = added_of("native job floor");
     let mut out = String::new();
     out.push_str(&format!(
         "Machine: {}. Envoy `--concurrency 1` on CPU {ENVOY_CPU}, load on CPU {LOAD_CPU}. \
@@ -1150,8 +1158,9 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     ));
     out.push_str(
         "| case | keys | Envoy CPU µs/req | added µs/req | middle half of rounds | \
-         added ÷ empty wasm | added ÷ api_key_auth | req/s | p50 µs | p99 µs | RSS MiB | start s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         added ÷ empty wasm | added ÷ api_key_auth | added ÷ native job floor | req/s | p50 µs | \
+         p99 µs | RSS MiB | start s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let added = row.added_us;
@@ -1161,6 +1170,12 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
             _ => "–".into(),
         };
         let (ratio, to_api_key_auth) = (ratio_to(empty), ratio_to(api_key_auth));
+        // Only the native build makes the floor's calls through the same interface.
+        let to_floor = if row.name.starts_with("keygate native") {
+            ratio_to(native_floor)
+        } else {
+            "–".into()
+        };
         let start = match row.load_seconds {
             Some(load) => format!("{:.2} (loaded {load:.2})", row.start_seconds),
             None => format!("{:.2}", row.start_seconds),
@@ -1170,7 +1185,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
             .filter(|_| row.name != "no filter")
             .map_or("–".into(), |(lo, hi)| format!("{lo:.1} – {hi:.1}"));
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_api_key_auth} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
+            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_api_key_auth} | {to_floor} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
             row.name,
             row.keys.map_or("–".into(), |k| k.to_string()),
             row.cpu_us,
@@ -1185,10 +1200,9 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         "keygate.wasm {} bytes",
         module_size(&support::wasm_module())
     )];
-    if running
-        .iter()
-        .any(|r| r.case.native() && !matches!(r.case.filter, Filter::EmptyNative))
-    {
+    if running.iter().any(|r| {
+        r.case.native() && !matches!(r.case.filter, Filter::EmptyNative | Filter::NativeFloor)
+    }) {
         modules.push(format!(
             "libkeygate_native.so {} bytes",
             module_size(&support::native_module())
@@ -1196,7 +1210,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     }
     if running
         .iter()
-        .any(|r| matches!(r.case.filter, Filter::EmptyNative))
+        .any(|r| matches!(r.case.filter, Filter::EmptyNative | Filter::NativeFloor))
     {
         modules.push(format!(
             "empty native module {} bytes",
