@@ -6,8 +6,11 @@
 use keygate_testkit as support;
 
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{hash_of, Background, Envoy, EnvoyOptions, Request, TempDir, Upstream};
 
@@ -145,4 +148,112 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     );
     drop(envoy);
     assert!(upstream.take().len() > 3);
+}
+
+/// A key service that sends the headers and half of a key-set document, then holds the
+/// rest back for a while: a fetch stays in flight. Counts the answers it began; ends by
+/// itself once `stop` is set or after 30 s.
+fn trickling_key_service(
+    doc: Vec<u8>,
+    begun: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let Ok((mut client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            client.set_nonblocking(false).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut request = [0u8; 4096];
+            let _ = client.read(&mut request);
+            let half = doc.len() / 2;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                doc.len()
+            );
+            let _ = client.write_all(head.as_bytes());
+            let _ = client.write_all(&doc[..half]);
+            let _ = client.flush();
+            begun.fetch_add(1, Ordering::SeqCst);
+            // The rest comes late, if the client is still there to take it.
+            let held = Instant::now();
+            while !stop.load(Ordering::Relaxed) && held.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = client.write_all(&doc[half..]);
+        }
+    });
+    (addr, serve)
+}
+
+/// A configuration replaced while its key set is still arriving: Envoy drops the old
+/// configuration's fetch (the native build ends its stream first, so that Envoy never calls
+/// into a configuration that is gone), serves the new one at once, and stays up.
+#[test]
+fn replacing_a_key_set_configuration_while_its_set_arrives_keeps_envoy_serving() {
+    let records: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"id": format!("k{i}"), "hash": hash_of(&format!("kg_trickled_{i}")),
+                   "owner": "reload", "scopes": ["browse"]})
+        })
+        .collect();
+    let doc = serde_json::to_vec(&json!({"version": "1", "keys": records})).unwrap();
+    let (begun, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (service, serving) = trickling_key_service(doc, Arc::clone(&begun), Arc::clone(&stop));
+
+    let dir = TempDir::new("lds");
+    let lds = dir.join("listeners.json");
+    let port = support::free_port();
+    let fetched = json!({
+        "key_set": {"cluster": "trickle", "path": "/v1/keyset", "watch_seconds": 0,
+                    "refresh_seconds": 30, "timeout_ms": 20000},
+        "rules": [{"path_prefix": "/", "scopes": ["browse"]}]
+    });
+    write_listener(&lds, &fetched, port);
+    let upstream = Upstream::start();
+    let bootstrap = json!({
+        "node": {"id": "keygate-reload-test", "cluster": "keygate"},
+        "admin": support::admin(),
+        "dynamic_resources": {"lds_config": {
+            "path_config_source": {"path": lds},
+            "resource_api_version": "V3"
+        }},
+        "static_resources": {"clusters": [
+            support::upstream_cluster(upstream.addr),
+            support::key_service_cluster("trickle", service)
+        ]}
+    });
+    let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
+    wait_for("the first half of the set", || {
+        begun.load(Ordering::SeqCst) >= 1
+    });
+    // Still arriving: nothing in force.
+    assert_eq!(status(&envoy, "kg_trickled_1"), 503);
+
+    write_listener(&lds, &plugin_config(&[("added", ADDED, "enabled")]), port);
+    wait_for("the new configuration", || status(&envoy, ADDED) == 200);
+    assert_eq!(status(&envoy, "kg_trickled_1"), 401);
+    // The old configuration's fetch, ended or not, reaches nothing: Envoy keeps serving
+    // after the rest of the set would have come.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(status(&envoy, ADDED), 200);
+    assert!(
+        envoy.admin_get("/ready").contains("LIVE"),
+        "{}",
+        envoy.log()
+    );
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+    stop.store(true, Ordering::Relaxed);
+    serving.join().unwrap();
 }
