@@ -41,6 +41,19 @@ fn write_listener(file: &Path, plugin_config: &Value, port: u16) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
+/// A bootstrap whose listeners come from the file `lds` (Envoy watches it), with `clusters`.
+fn lds_bootstrap(lds: &Path, clusters: Vec<Value>) -> Value {
+    json!({
+        "node": {"id": "keygate-reload-test", "cluster": "keygate"},
+        "admin": support::admin(),
+        "dynamic_resources": {"lds_config": {
+            "path_config_source": {"path": lds},
+            "resource_api_version": "V3"
+        }},
+        "static_resources": {"clusters": clusters}
+    })
+}
+
 fn status(envoy: &Envoy, key: &str) -> u16 {
     envoy.send(&Request::get("/data").bearer(key)).status
 }
@@ -73,15 +86,7 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     ];
     write_listener(&lds, &plugin_config(&before), port);
     let upstream = Upstream::start();
-    let bootstrap = json!({
-        "node": {"id": "keygate-reload-test", "cluster": "keygate"},
-        "admin": support::admin(),
-        "dynamic_resources": {"lds_config": {
-            "path_config_source": {"path": lds},
-            "resource_api_version": "V3"
-        }},
-        "static_resources": {"clusters": [support::upstream_cluster(upstream.addr)]}
-    });
+    let bootstrap = lds_bootstrap(&lds, vec![support::upstream_cluster(upstream.addr)]);
     let envoy = Envoy::start_bootstrap(
         &bootstrap,
         EnvoyOptions {
@@ -222,18 +227,13 @@ fn replacing_a_key_set_configuration_while_its_set_arrives_keeps_envoy_serving()
     });
     write_listener(&lds, &fetched, port);
     let upstream = Upstream::start();
-    let bootstrap = json!({
-        "node": {"id": "keygate-reload-test", "cluster": "keygate"},
-        "admin": support::admin(),
-        "dynamic_resources": {"lds_config": {
-            "path_config_source": {"path": lds},
-            "resource_api_version": "V3"
-        }},
-        "static_resources": {"clusters": [
+    let bootstrap = lds_bootstrap(
+        &lds,
+        vec![
             support::upstream_cluster(upstream.addr),
-            support::key_service_cluster("trickle", service)
-        ]}
-    });
+            support::key_service_cluster("trickle", service),
+        ],
+    );
     let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
     wait_for("the first half of the set", || {
         begun.load(Ordering::SeqCst) >= 1
