@@ -281,23 +281,22 @@ impl ConfigHost {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, String> {
-        let raw = raw_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
-        // the cluster name, headers and body are valid for the call and Envoy copies them;
-        // `id` is written once.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.envoy,
-                &mut id,
-                Buffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                Buffer::of(body),
-                timeout_ms,
-            )
-        };
-        call_started(result, id, cluster)
+        start_call(cluster, headers, |name, raw, id| {
+            // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
+            // the cluster name, headers and body are valid for the call and Envoy copies
+            // them; `id` is written once.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_http_callout(
+                    self.envoy,
+                    id,
+                    name,
+                    raw.as_ptr(),
+                    raw.len(),
+                    Buffer::of(body),
+                    timeout_ms,
+                )
+            }
+        })
     }
 
     /// Sends a GET-like request (no body) to `cluster` whose answer comes as it arrives:
@@ -310,24 +309,23 @@ impl ConfigHost {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u64, String> {
-        let raw = raw_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
-        // the cluster name and headers are valid for the call and Envoy copies them; `id`
-        // is written once.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_start_http_stream(
-                self.envoy,
-                &mut id,
-                Buffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                Buffer::of(&[]),
-                true,
-                timeout_ms,
-            )
-        };
-        call_started(result, id, cluster)
+        start_call(cluster, headers, |name, raw, id| {
+            // SAFETY: `self.envoy` is the config of the running hook (on the main thread);
+            // the cluster name and headers are valid for the call and Envoy copies them;
+            // `id` is written once.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+                    self.envoy,
+                    id,
+                    name,
+                    raw.as_ptr(),
+                    raw.len(),
+                    Buffer::of(&[]),
+                    true,
+                    timeout_ms,
+                )
+            }
+        })
     }
 
     /// Ends stream `id` (see [`ConfigHost::stream`]) if it is still open; its reset hook
@@ -360,6 +358,20 @@ fn raw_headers(headers: &[(&str, &str)]) -> Vec<HttpHeader> {
             value_length: value.len(),
         })
         .collect()
+}
+
+/// Starts a call or stream to `cluster` with `headers` through `start` (given the cluster
+/// name, the headers as Envoy reads them and where to write the id), and gives its id or
+/// why Envoy would not start it.
+fn start_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    start: impl FnOnce(Buffer, &[HttpHeader], &mut u64) -> u32,
+) -> Result<u64, String> {
+    let raw = raw_headers(headers);
+    let mut id = 0u64;
+    let result = start(Buffer::of(cluster.as_bytes()), &raw, &mut id);
+    call_started(result, id, cluster)
 }
 
 /// A callout's id, or why Envoy would not start it.
@@ -582,23 +594,22 @@ impl Request {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u64, String> {
-        let raw = raw_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: `self.envoy` is a live request's filter (see `Request`), used on its
-        // worker; the cluster name and headers are valid for the call and Envoy copies
-        // them; `id` is written once.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
-                self.envoy,
-                &mut id,
-                Buffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                Buffer::of(&[]),
-                timeout_ms,
-            )
-        };
-        call_started(result, id, cluster)
+        start_call(cluster, headers, |name, raw, id| {
+            // SAFETY: `self.envoy` is a live request's filter (see `Request`), used on its
+            // worker; the cluster name and headers are valid for the call and Envoy copies
+            // them; `id` is written once.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_http_callout(
+                    self.envoy,
+                    id,
+                    name,
+                    raw.as_ptr(),
+                    raw.len(),
+                    Buffer::of(&[]),
+                    timeout_ms,
+                )
+            }
+        })
     }
 
     /// Resumes a request that stopped in its headers hook.
