@@ -7,6 +7,7 @@ use keygate_testkit as support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::held_back::HeldBack;
 use support::key_service::{Behaviour, KeyService};
 use support::{
     bootstrap_with_key_service, eventually, free_port, hash_of, Build, Envoy, EnvoyOptions,
@@ -369,4 +370,49 @@ fn a_set_loaded_over_many_slices_serves_every_key_and_is_replaced_whole() {
     envoy.await_stats_flush();
     assert_eq!(envoy.keygate_stat("keys_loaded"), 1);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}
+
+/// The native build reads a set as it arrives: a set refused partway (here its second
+/// record) ends its fetch at once, without taking in the rest, and the log names the record.
+/// The wasm build receives an answer whole, so it can only refuse it once all has come.
+#[test]
+fn a_set_refused_partway_ends_its_fetch_without_waiting_for_the_rest() {
+    if support::native_only("the wasm build receives a key set whole before reading it") {
+        return;
+    }
+    let mut records: Vec<Value> = (0..2000)
+        .map(|i| record(&format!("id{i}"), &format!("kg_partway_{i}")))
+        .collect();
+    records[1]["hash"] = json!("not a hash");
+    let body = serde_json::to_vec(&doc("1", records)).unwrap();
+    let service = HeldBack::start(body, Duration::from_secs(20));
+    let upstream = Upstream::start();
+    let config = json!({
+        "key_set": {"cluster": "keyservice", "path": "/v1/keyset", "refresh_seconds": 30,
+                    "watch_seconds": 0, "timeout_ms": 30000},
+        "rules": [{"path_prefix": "/data", "scopes": ["browse"]}]
+    });
+    let envoy = Envoy::start_bootstrap(
+        &bootstrap_with_key_service(&config, upstream.addr, service.addr),
+        EnvoyOptions {
+            // The refusal's log line is read below: written out within 100 ms.
+            extra_args: vec!["--file-flush-interval-msec", "100"],
+            ..EnvoyOptions::default()
+        },
+    );
+    assert!(eventually(Duration::from_secs(10), || service.begun() >= 1));
+    // Well before the rest would come (20 s).
+    assert!(
+        eventually(Duration::from_secs(10), || envoy
+            .keygate_stat("fetch.failed")
+            >= 1),
+        "the fetch waited for the rest of the set:\n{}",
+        envoy.log()
+    );
+    assert_eq!(status(&envoy, "kg_partway_0"), 503, "nothing in force");
+    assert!(
+        eventually(Duration::from_secs(15), || envoy.log().contains("keys[1]")),
+        "{}",
+        envoy.log()
+    );
 }

@@ -6,12 +6,10 @@
 use keygate_testkit as support;
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::held_back::HeldBack;
 use support::{hash_of, Background, Envoy, EnvoyOptions, Request, TempDir, Upstream};
 
 const STAYS: &str = "kg_reload_valid_throughout";
@@ -155,50 +153,6 @@ fn rewriting_the_inline_key_set_takes_effect_without_restart() {
     assert!(upstream.take().len() > 3);
 }
 
-/// A key service that sends the headers and half of a key-set document, then holds the
-/// rest back for a while: a fetch stays in flight. Counts the answers it began; ends by
-/// itself once `stop` is set or after 30 s.
-fn trickling_key_service(
-    doc: Vec<u8>,
-    begun: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serve = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let Ok((mut client, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            client.set_nonblocking(false).unwrap();
-            client
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut request = [0u8; 4096];
-            let _ = client.read(&mut request);
-            let half = doc.len() / 2;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                doc.len()
-            );
-            let _ = client.write_all(head.as_bytes());
-            let _ = client.write_all(&doc[..half]);
-            let _ = client.flush();
-            begun.fetch_add(1, Ordering::SeqCst);
-            // The rest comes late, if the client is still there to take it.
-            let held = Instant::now();
-            while !stop.load(Ordering::Relaxed) && held.elapsed() < Duration::from_secs(3) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = client.write_all(&doc[half..]);
-        }
-    });
-    (addr, serve)
-}
-
 /// A configuration replaced while its key set is still arriving: Envoy drops the old
 /// configuration's fetch (the native build ends its stream first, so that Envoy never calls
 /// into a configuration that is gone), serves the new one at once, and stays up.
@@ -211,11 +165,7 @@ fn replacing_a_key_set_configuration_while_its_set_arrives_keeps_envoy_serving()
         })
         .collect();
     let doc = serde_json::to_vec(&json!({"version": "1", "keys": records})).unwrap();
-    let (begun, stop) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (service, serving) = trickling_key_service(doc, Arc::clone(&begun), Arc::clone(&stop));
+    let service = HeldBack::start(doc, Duration::from_secs(3));
 
     let dir = TempDir::new("lds");
     let lds = dir.join("listeners.json");
@@ -231,13 +181,11 @@ fn replacing_a_key_set_configuration_while_its_set_arrives_keeps_envoy_serving()
         &lds,
         vec![
             support::upstream_cluster(upstream.addr),
-            support::key_service_cluster("trickle", service),
+            support::key_service_cluster("trickle", service.addr),
         ],
     );
     let envoy = Envoy::start_bootstrap(&bootstrap, EnvoyOptions::default());
-    wait_for("the first half of the set", || {
-        begun.load(Ordering::SeqCst) >= 1
-    });
+    wait_for("the first half of the set", || service.begun() >= 1);
     // Still arriving: nothing in force.
     assert_eq!(status(&envoy, "kg_trickled_1"), 503);
 
@@ -254,6 +202,4 @@ fn replacing_a_key_set_configuration_while_its_set_arrives_keeps_envoy_serving()
         envoy.log()
     );
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
-    stop.store(true, Ordering::Relaxed);
-    serving.join().unwrap();
 }

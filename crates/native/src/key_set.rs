@@ -20,7 +20,7 @@ use keygate_core::key_set_scan::Step;
 use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -102,6 +102,9 @@ pub struct KeySet {
     main: Mutex<MainThread>,
     /// What the loader came to, for the main thread's stats and log.
     done: Arc<Mutex<Vec<Fetched>>>,
+    /// The loader refused the set arriving before its end: the main thread ends its stream
+    /// rather than take in the rest.
+    refused: Arc<AtomicBool>,
     work: Sender<Work>,
     loader: Option<JoinHandle<()>>,
 }
@@ -142,11 +145,19 @@ impl KeySet {
         let holder = set.new_holder(&mut Memory);
         let (work, inbox) = mpsc::channel();
         let done = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicBool::new(false));
         let loader = {
-            let (set, done) = (set.clone(), Arc::clone(&done));
+            let (set, done, refused) = (set.clone(), Arc::clone(&done), Arc::clone(&refused));
             std::thread::Builder::new()
                 .name("keygate-keyset".into())
-                .spawn(move || load(&set, holder, &inbox, &done, &scheduler))
+                .spawn(move || {
+                    let reports = Reports {
+                        done: &done,
+                        refused: &refused,
+                        scheduler: &scheduler,
+                    };
+                    load(&set, holder, &inbox, &reports)
+                })
         };
         let loader = match loader {
             Ok(loader) => loader,
@@ -166,6 +177,7 @@ impl KeySet {
             bits: AtomicU8::new(bits),
             main: Mutex::new(MainThread::default()),
             done,
+            refused,
             work,
             loader: Some(loader),
         })
@@ -205,6 +217,20 @@ impl KeySet {
         metrics.keys_loaded(host, meta.keys);
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(host, now.saturating_sub(ok) / 1000);
+        }
+        let arriving = main
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| matches!(f.answer, Arriving::Set));
+        if arriving && self.refused.swap(false, Ordering::AcqRel) {
+            // The loader has refused the set: the rest of it would be read for nothing.
+            if let Some(refused) = main.in_flight.take() {
+                main.loading = true;
+                drop(main);
+                host.reset_stream(refused.id);
+                self.ended(refused, Some("refused before its end"));
+            }
+            return;
         }
         if main.loading || main.in_flight.as_ref().is_some_and(|f| now < f.until_ms) {
             return;
@@ -256,6 +282,7 @@ impl KeySet {
             StreamEvent::Headers { answer, end } => {
                 fetch.answer = match answer.status() {
                     Some("200") => {
+                        self.refused.store(false, Ordering::Release);
                         self.send(Work::Begin {
                             asked_ms: fetch.asked_ms,
                             etag: answer.header("etag").map(str::to_string),
@@ -374,13 +401,15 @@ impl Drop for KeySet {
 
 /// The loader thread: reads a set as it arrives, then writes it (no worker waits on it:
 /// they read the buckets already written), and has the main thread take its turn at once.
-fn load(
-    set: &SharedSet,
-    holder: u64,
-    inbox: &Receiver<Work>,
-    done: &Mutex<Vec<Fetched>>,
-    scheduler: &Scheduler,
-) {
+/// How the loader reports to the main thread: what each answer came to, and a set refused
+/// while it still arrives; either way the main thread's turn is called at once.
+struct Reports<'a> {
+    done: &'a Mutex<Vec<Fetched>>,
+    refused: &'a AtomicBool,
+    scheduler: &'a Scheduler,
+}
+
+fn load(set: &SharedSet, holder: u64, inbox: &Receiver<Work>, reports: &Reports<'_>) {
     let mut reading: Option<Reading> = None;
     loop {
         let (asked_ms, answer) = match inbox.recv() {
@@ -395,7 +424,10 @@ fn load(
             }
             Ok(Work::Part(part)) => {
                 if let Some(reading) = &mut reading {
-                    reading.read(&part);
+                    if reading.read(&part) {
+                        reports.refused.store(true, Ordering::Release);
+                        reports.scheduler.commit(ticker::EVENT);
+                    }
                 }
                 continue;
             }
@@ -404,7 +436,11 @@ fn load(
                 None => continue,
             },
             Ok(Work::Cut(why)) => match reading.take() {
-                Some(reading) => (reading.asked_ms, FetchAnswer::Failed(why)),
+                // Cut because it was refused: the refusal says why.
+                Some(reading) => (
+                    reading.asked_ms,
+                    FetchAnswer::Failed(reading.refused.unwrap_or(why)),
+                ),
                 None => continue,
             },
             Ok(Work::Answer { asked_ms, answer }) => (asked_ms, answer),
@@ -425,10 +461,12 @@ fn load(
                 }
             }
         };
-        done.lock()
+        reports
+            .done
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(fetched);
-        scheduler.commit(ticker::EVENT);
+        reports.scheduler.commit(ticker::EVENT);
     }
 }
 
@@ -443,23 +481,24 @@ struct Reading {
 }
 
 impl Reading {
-    fn read(&mut self, part: &[u8]) {
+    /// Reads the next part; true when this part has the set refused.
+    fn read(&mut self, part: &[u8]) -> bool {
         if self.refused.is_some() {
-            return;
+            return false;
         }
         if let Err(why) = self.scan.feed(part) {
             self.refused = Some(why);
-            return;
+            return true;
         }
         loop {
             let mut budget = usize::MAX;
             match self.scan.step(&mut budget) {
                 Ok(Step::More) => {}
                 // The end is only reached once the answer is (`Reading::answer`).
-                Ok(Step::Hungry | Step::Done(_)) => return,
+                Ok(Step::Hungry | Step::Done(_)) => return false,
                 Err(why) => {
                     self.refused = Some(why);
-                    return;
+                    return true;
                 }
             }
         }

@@ -3,8 +3,9 @@
 //! ([`temp`]), an echo upstream that records what reached it ([`upstream`]), Envoy started
 //! from `.venv` with a generated bootstrap on free ports ([`envoy`], [`bootstrap`]), a raw
 //! HTTP/1.1 client that sends exactly the bytes asked for ([`http1`]) and an h2 one
-//! ([`h2`]), the real `keygate` binary ([`cli`]) and `keygate serve` ([`serve`]), and a key
-//! service the tests control ([`key_service`]).
+//! ([`h2`]), the real `keygate` binary ([`cli`]) and `keygate serve` ([`serve`]), and key
+//! services the tests control ([`key_service`], and [`held_back`], which keeps an answer
+//! in flight).
 // A harness: a failed step should stop the test (or the tool) loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +19,7 @@ pub mod envoy;
 pub mod fixtures;
 pub mod h2;
 pub mod h2_upstream;
+pub mod held_back;
 pub mod http1;
 pub mod key_service;
 pub mod keysvc;
