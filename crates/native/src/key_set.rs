@@ -222,25 +222,25 @@ impl KeySet {
             .in_flight
             .as_ref()
             .is_some_and(|f| matches!(f.answer, Arriving::Set));
-        if arriving && self.refused.swap(false, Ordering::AcqRel) {
-            // The loader has refused the set: the rest of it would be read for nothing.
-            if let Some(refused) = main.in_flight.take() {
+        // The loader has refused the set: the rest of it would be read for nothing.
+        let refused = arriving && self.refused.swap(false, Ordering::AcqRel);
+        let stale = main.in_flight.as_ref().is_some_and(|f| now >= f.until_ms);
+        if refused || (stale && !main.loading) {
+            if let Some(fetch) = main.in_flight.take() {
+                // Its reset hook finds nothing in flight.
                 main.loading = true;
                 drop(main);
-                host.reset_stream(refused.id);
-                self.ended(refused, Some("refused before its end"));
+                host.reset_stream(fetch.id);
+                let why = if refused {
+                    "refused before its end"
+                } else {
+                    "no end to the answer within the fetch timeout"
+                };
+                self.ended(fetch, Some(why));
             }
             return;
         }
-        if main.loading || main.in_flight.as_ref().is_some_and(|f| now < f.until_ms) {
-            return;
-        }
-        if let Some(stale) = main.in_flight.take() {
-            // Given up: its reset hook finds nothing in flight.
-            main.loading = true;
-            drop(main);
-            host.reset_stream(stale.id);
-            self.ended(stale, Some("no end to the answer within the fetch timeout"));
+        if main.loading || main.in_flight.is_some() {
             return;
         }
         let Some(fetch) = self.set.claim(&mut Memory, self.holder, now) else {
