@@ -486,6 +486,11 @@ impl Scan {
                 }
                 *budget -= 1;
             }
+            // White space between tokens is passed once, so that a rewind below never
+            // reads it again nor counts it toward a value's size.
+            if !matches!(self.state, State::Check(_)) {
+                self.skip_ws();
+            }
             // Each state is read whole or not at all: when a streamed answer runs out of
             // input partway, the state and position go back to where it began, and the
             // read is done again once more input has come.
@@ -493,6 +498,13 @@ impl Scan {
             self.short.set(false);
             match self.advance(budget) {
                 Ok(None) => {}
+                Ok(Some(Step::Hungry)) => {
+                    // Nothing was read: the step is not charged.
+                    if !after_record {
+                        *budget += 1;
+                    }
+                    return Ok(Step::Hungry);
+                }
                 Ok(Some(step)) => return Ok(step),
                 Err(_) if self.short.get() && !self.ended => {
                     self.pos = pos;

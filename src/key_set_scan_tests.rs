@@ -419,3 +419,20 @@ fn deltas_are_bounded() {
     doc["delete"] = json!(hashes);
     assert!(scan(doc).err().unwrap().contains("more than"));
 }
+
+#[test]
+fn white_space_between_values_is_not_held_as_a_value() {
+    // 2 MiB of white space, more than a value may take while streamed: passed once, not
+    // held and read again with every chunk.
+    let gap = " ".repeat(2 << 20);
+    let body = format!(r#"{{"keys":[{gap}{}{gap}]{gap}}}"#, rec("a", "ka"));
+    let (scanned, staged) = scan_with(body.as_bytes(), usize::MAX).unwrap();
+    assert_eq!(
+        scanned,
+        Scanned::Full {
+            version: None,
+            epoch: None
+        }
+    );
+    assert_eq!(staged.len(), 1);
+}

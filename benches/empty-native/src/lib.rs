@@ -5,8 +5,8 @@
 //!
 //! With the filter configuration `floor`, it makes instead the host calls that forwarding
 //! keygate's identity takes whatever decides it (README "What the upstream sees"), and
-//! nothing else: every request header read (spoofed identity headers are found by name
-//! among them), the credential removed, the four identity headers added, one counter
+//! nothing else: every request header read (keygate looks through them for spoofed identity
+//! headers; the floor only reads them), the credential removed, the four identity headers added, one counter
 //! counted. The difference between this floor and keygate's native build is keygate's own
 //! work: finding and hashing the key, the lookup, the rules (BENCHMARKS.md).
 
@@ -168,8 +168,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _name: Buffer,
     config: Buffer,
 ) -> *const c_void {
-    // SAFETY: Envoy's configuration bytes, valid during this call.
-    let config = unsafe { std::slice::from_raw_parts(config.ptr, config.length) };
+    // SAFETY: Envoy's configuration bytes, valid during this call (null when empty).
+    let config = if config.ptr.is_null() || config.length == 0 {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(config.ptr, config.length) }
+    };
     if config != b"floor" {
         return something();
     }

@@ -216,9 +216,9 @@ pub fn scheduled(filter: &Filter, host: ConfigHost, event: u64) {
 }
 
 /// What a stream the config opened brought (the key set's fetch), on the main thread.
-pub fn streamed(filter: &Filter, id: u64, event: StreamEvent<'_>) {
+pub fn streamed(filter: &Filter, host: ConfigHost, id: u64, event: StreamEvent<'_>) {
     if let Some(key_set) = &filter.key_set {
-        key_set.streamed(id, event);
+        key_set.streamed(host, id, event);
     }
 }
 

@@ -20,10 +20,18 @@ use keygate_core::key_set_scan::Step;
 use keygate_core::record::{KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
+/// The largest key set read (about eight million keys): a key service that sends more is
+/// refused, and the rest of its answer not taken in.
+const MAX_SET_BYTES: usize = 1 << 30;
+/// The most of a set's body handed to the loader and not read yet. Envoy cannot be asked
+/// to wait, so a loader that falls this far behind the network refuses the answer rather
+/// than hold it; the next fetch tries again.
+const MAX_WAITING_BYTES: usize = 256 << 20;
 /// [`KeySet::bits`] before a first set has loaded.
 const NO_LAYOUT: u8 = u8::MAX;
 
@@ -105,6 +113,9 @@ pub struct KeySet {
     /// The loader refused the set arriving before its end: the main thread ends its stream
     /// rather than take in the rest.
     refused: Arc<AtomicBool>,
+    /// Bytes of the set arriving handed to the loader and not read yet.
+    waiting: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
     work: Sender<Work>,
     loader: Option<JoinHandle<()>>,
 }
@@ -126,6 +137,8 @@ struct InFlight {
     /// After this, the stream is given up (Envoy's own timeout should have ended it).
     until_ms: u64,
     answer: Arriving,
+    /// Bytes of a set's body received so far.
+    received: usize,
 }
 
 enum Arriving {
@@ -146,14 +159,20 @@ impl KeySet {
         let (work, inbox) = mpsc::channel();
         let done = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(AtomicBool::new(false));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
         let loader = {
-            let (set, done, refused) = (set.clone(), Arc::clone(&done), Arc::clone(&refused));
+            let set = set.clone();
+            let (done, refused) = (Arc::clone(&done), Arc::clone(&refused));
+            let (waiting, stopping) = (Arc::clone(&waiting), Arc::clone(&stopping));
             std::thread::Builder::new()
                 .name("keygate-keyset".into())
                 .spawn(move || {
                     let reports = Reports {
                         done: &done,
                         refused: &refused,
+                        waiting: &waiting,
+                        stopping: &stopping,
                         scheduler: &scheduler,
                     };
                     load(&set, holder, &inbox, &reports)
@@ -178,6 +197,8 @@ impl KeySet {
             main: Mutex::new(MainThread::default()),
             done,
             refused,
+            waiting,
+            stopping,
             work,
             loader: Some(loader),
         })
@@ -262,6 +283,7 @@ impl KeySet {
                     asked_ms: now,
                     until_ms: now + fetch.timeout_ms + 1000,
                     answer: Arriving::Nothing,
+                    received: 0,
                 })
             }
             Err(reason) => {
@@ -273,7 +295,7 @@ impl KeySet {
 
     /// What the fetch's stream brought: the status and ETag, each part of a set's body
     /// (to the loader, which reads it as it comes), its end or a reset.
-    pub fn streamed(&self, id: u64, event: StreamEvent<'_>) {
+    pub fn streamed(&self, host: ConfigHost, id: u64, event: StreamEvent<'_>) {
         let mut main = self.main.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(fetch) = main.in_flight.as_mut().filter(|f| f.id == id) else {
             return;
@@ -301,13 +323,38 @@ impl KeySet {
                 None
             }
             StreamEvent::Data { answer, end } => {
+                let mut cut = None;
                 if matches!(fetch.answer, Arriving::Set) {
-                    let size = answer.chunks().map(<[u8]>::len).sum();
-                    let mut part = Vec::with_capacity(size);
-                    answer.chunks().for_each(|c| part.extend_from_slice(c));
-                    if !part.is_empty() {
+                    let size: usize = answer.chunks().map(<[u8]>::len).sum();
+                    fetch.received += size;
+                    if fetch.received > MAX_SET_BYTES {
+                        cut = Some("a key set larger than 1 GiB: refused");
+                    } else if self.waiting.fetch_add(size, Ordering::AcqRel) + size
+                        > MAX_WAITING_BYTES
+                    {
+                        self.waiting.fetch_sub(size, Ordering::AcqRel);
+                        cut = Some(
+                            "the key set arrives faster than it can be read \
+                             (256 MiB waiting): refused",
+                        );
+                    } else if size > 0 {
+                        let mut part = Vec::with_capacity(size);
+                        answer.chunks().for_each(|c| part.extend_from_slice(c));
                         self.send(Work::Part(part));
                     }
+                }
+                if let Some(why) = cut {
+                    // The rest is not taken in: the stream is ended (its reset hook finds
+                    // nothing in flight).
+                    let id = fetch.id;
+                    let fetch = main.in_flight.take();
+                    main.loading = true;
+                    drop(main);
+                    host.reset_stream(id);
+                    if let Some(fetch) = fetch {
+                        self.ended(fetch, Some(why));
+                    }
+                    return;
                 }
                 if !end {
                     return;
@@ -391,6 +438,7 @@ impl Drop for KeySet {
     /// Stops the loader (after the answer it is working on) and gives the lease up, so a
     /// config that replaces this one fetches at once.
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.work.send(Work::Stop);
         if let Some(loader) = self.loader.take() {
             let _ = loader.join();
@@ -406,68 +454,113 @@ impl Drop for KeySet {
 struct Reports<'a> {
     done: &'a Mutex<Vec<Fetched>>,
     refused: &'a AtomicBool,
+    /// Bytes of parts handed over and not read yet.
+    waiting: &'a AtomicUsize,
+    /// The config is going: the loader stops at its next piece of work.
+    stopping: &'a AtomicBool,
     scheduler: &'a Scheduler,
 }
 
 fn load(set: &SharedSet, holder: u64, inbox: &Receiver<Work>, reports: &Reports<'_>) {
     let mut reading: Option<Reading> = None;
     loop {
-        let (asked_ms, answer) = match inbox.recv() {
-            Ok(Work::Begin { asked_ms, etag }) => {
-                reading = Some(Reading {
-                    asked_ms,
-                    etag,
-                    scan: Box::new(Scan::streaming()),
-                    refused: None,
-                });
-                continue;
-            }
-            Ok(Work::Part(part)) => {
-                if let Some(reading) = &mut reading {
-                    if reading.read(&part) {
-                        reports.refused.store(true, Ordering::Release);
-                        reports.scheduler.commit(ticker::EVENT);
-                    }
-                }
-                continue;
-            }
-            Ok(Work::End) => match reading.take() {
-                Some(reading) => reading.answer(),
-                None => continue,
-            },
-            Ok(Work::Cut(why)) => match reading.take() {
-                // Cut because it was refused: the refusal says why.
-                Some(reading) => (
-                    reading.asked_ms,
-                    FetchAnswer::Failed(reading.refused.unwrap_or(why)),
-                ),
-                None => continue,
-            },
-            Ok(Work::Answer { asked_ms, answer }) => (asked_ms, answer),
+        let work = match inbox.recv() {
             Ok(Work::Stop) | Err(_) => return,
+            // The config is going: what is still queued is not read.
+            Ok(_) if reports.stopping.load(Ordering::Acquire) => return,
+            Ok(work) => work,
         };
-        let now = now_ms();
-        let turn = Turn {
-            holder,
-            now_ms: now,
-            jitter: jitter(holder),
-        };
-        let mut progress = set.complete(&mut Memory, turn, asked_ms, answer, usize::MAX);
-        let fetched = loop {
-            match progress {
-                Progress::Done(fetched) => break fetched,
-                Progress::Working(job) => {
-                    progress = set.resume(&mut Memory, turn, job, usize::MAX);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            take(set, holder, &mut reading, work, reports)
+        }));
+        if outcome.is_err() {
+            // Fail this answer, as a failed fetch, and go on with the next.
+            reading = None;
+            log(
+                LogLevel::Error,
+                "keygate: reading the key set's answer panicked; the set in force stays",
+            );
+            reports
+                .done
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Fetched::Failed {
+                    reason: "reading the answer panicked".into(),
+                    retry_in_ms: PANIC_RETRY_MS,
+                });
+            reports.scheduler.commit(ticker::EVENT);
+        }
+    }
+}
+
+/// How long after a panic the next fetch is made.
+const PANIC_RETRY_MS: u64 = 30_000;
+
+/// Deals with one piece of work: reads a part of a set, or completes an answer (writing a
+/// set read whole) and reports what it came to.
+fn take(
+    set: &SharedSet,
+    holder: u64,
+    reading: &mut Option<Reading>,
+    work: Work,
+    reports: &Reports<'_>,
+) {
+    let (asked_ms, answer) = match work {
+        Work::Begin { asked_ms, etag } => {
+            *reading = Some(Reading {
+                asked_ms,
+                etag,
+                scan: Box::new(Scan::streaming()),
+                refused: None,
+            });
+            return;
+        }
+        Work::Part(part) => {
+            reports.waiting.fetch_sub(part.len(), Ordering::AcqRel);
+            if let Some(reading) = reading {
+                if reading.read(&part) {
+                    reports.refused.store(true, Ordering::Release);
+                    reports.scheduler.commit(ticker::EVENT);
                 }
             }
-        };
-        reports
-            .done
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(fetched);
-        reports.scheduler.commit(ticker::EVENT);
-    }
+            return;
+        }
+        Work::End => match reading.take() {
+            Some(reading) => reading.answer(),
+            None => return,
+        },
+        Work::Cut(why) => match reading.take() {
+            // Cut because it was refused: the refusal says why.
+            Some(reading) => (
+                reading.asked_ms,
+                FetchAnswer::Failed(reading.refused.unwrap_or(why)),
+            ),
+            None => return,
+        },
+        Work::Answer { asked_ms, answer } => (asked_ms, answer),
+        Work::Stop => return,
+    };
+    let now = now_ms();
+    let turn = Turn {
+        holder,
+        now_ms: now,
+        jitter: jitter(holder),
+    };
+    let mut progress = set.complete(&mut Memory, turn, asked_ms, answer, usize::MAX);
+    let fetched = loop {
+        match progress {
+            Progress::Done(fetched) => break fetched,
+            Progress::Working(job) => {
+                progress = set.resume(&mut Memory, turn, job, usize::MAX);
+            }
+        }
+    };
+    reports
+        .done
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(fetched);
+    reports.scheduler.commit(ticker::EVENT);
 }
 
 /// A set being read as it arrives: only the record in progress and what was read of the

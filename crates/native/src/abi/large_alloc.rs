@@ -56,6 +56,17 @@ unsafe impl GlobalAlloc for LargeAlloc {
         }
     }
 
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !is_large(layout) {
+            // SAFETY: the caller's contract, handed on.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // A fresh anonymous mapping reads as zeros: writing them would only make every
+        // page resident.
+        // SAFETY: the caller's contract, handed on.
+        unsafe { self.alloc(layout) }
+    }
+
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !is_large(layout) {
             // SAFETY: the caller's contract: `ptr` came from `alloc` with `layout`.

@@ -742,17 +742,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     if config.is_null() {
         return;
     }
+    // Its streams are ended first, while the config can still hear of it (the reset hook
+    // runs at once and reads the module: it is still only borrowed), so that Envoy never
+    // calls in about them once it is gone.
+    // SAFETY: `config` came from `Box::into_raw` in `config_new`; nothing frees it before
+    // the `Box::from_raw` below.
+    if let Some(module) = unsafe { config.cast::<Module>().as_ref() } {
+        let host = ConfigHost {
+            envoy: module.envoy,
+        };
+        guarded("ending a configuration's calls", || {
+            filter::ending(&module.filter, host)
+        });
+    }
     // SAFETY: `config` came from `Box::into_raw` in `config_new`, and Envoy destroys it
-    // once, after its last filter.
+    // once, after its last filter; no borrow of it is left.
     let module = unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) };
-    // Its streams are ended first, while the config can still hear of it, so that Envoy
-    // never calls in about them once it is gone.
-    let host = ConfigHost {
-        envoy: module.envoy,
-    };
-    guarded("ending a configuration's calls", || {
-        filter::ending(&module.filter, host)
-    });
     // Dropping it stops its threads (`ticker`, the key set's loader) and gives up its lease.
     guarded("ending a configuration", move || drop(module));
 }
@@ -1067,19 +1072,27 @@ pub enum StreamEvent<'a> {
 ///
 /// # Safety
 /// `config` is what `config_new` returned, and Envoy calls the hook while it lives.
-unsafe fn on_stream_event(config: *const c_void, stream_id: u64, event: StreamEvent<'_>) {
+unsafe fn on_stream_event(
+    filter_config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    stream_id: u64,
+    event: StreamEvent<'_>,
+) {
+    let host = ConfigHost {
+        envoy: filter_config_envoy_ptr,
+    };
     // SAFETY: by this function's contract.
     let Some(filter) = (unsafe { config_of(config) }) else {
         return;
     };
     guarded("reading a key service's answer", || {
-        filter::streamed(filter, stream_id, event)
+        filter::streamed(filter, host, stream_id, event)
     });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     config: *const c_void,
     stream_id: u64,
     headers: *const HttpHeader,
@@ -1095,12 +1108,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers
     };
     // SAFETY: Envoy calls a config's stream hooks while the config lives (it resets its
     // streams, without calling in, once the config is destroyed).
-    unsafe { on_stream_event(config, stream_id, event) }
+    unsafe { on_stream_event(filter_config_envoy_ptr, config, stream_id, event) }
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     config: *const c_void,
     stream_id: u64,
     data: *const Buffer,
@@ -1114,7 +1127,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
         end: end_stream,
     };
     // SAFETY: as in `config_http_stream_headers`.
-    unsafe { on_stream_event(config, stream_id, event) }
+    unsafe { on_stream_event(filter_config_envoy_ptr, config, stream_id, event) }
 }
 
 /// Trailers end the answer too; `..._stream_complete` follows, which is what keygate acts on.
@@ -1123,23 +1136,37 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailer
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     config: *const c_void,
     stream_id: u64,
 ) {
     // SAFETY: as in `config_http_stream_headers`.
-    unsafe { on_stream_event(config, stream_id, StreamEvent::Complete) }
+    unsafe {
+        on_stream_event(
+            filter_config_envoy_ptr,
+            config,
+            stream_id,
+            StreamEvent::Complete,
+        )
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
-    _filter_config_envoy_ptr: *mut c_void,
+    filter_config_envoy_ptr: *mut c_void,
     config: *const c_void,
     stream_id: u64,
     _reason: u32,
 ) {
     // SAFETY: as in `config_http_stream_headers`.
-    unsafe { on_stream_event(config, stream_id, StreamEvent::Reset) }
+    unsafe {
+        on_stream_event(
+            filter_config_envoy_ptr,
+            config,
+            stream_id,
+            StreamEvent::Reset,
+        )
+    }
 }
 
 #[no_mangle]
