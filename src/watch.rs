@@ -189,6 +189,29 @@ pub struct Step {
     pub outcome: Outcome,
 }
 
+/// How loud a line of [`Watch::report`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// Which of the feed's counters a step counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedStat {
+    Changes,
+    Failed,
+}
+
+/// What [`Watch::report`] says of a step: the counter it counts in and the log lines, the
+/// same in every shell.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FeedReport {
+    pub stat: Option<FeedStat>,
+    pub lines: Vec<(Level, String)>,
+}
+
 #[derive(Debug)]
 struct InFlight {
     token: u32,
@@ -422,6 +445,79 @@ impl Watch {
     /// Failures in a row (to log the first of a streak, not each one).
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// How the shells report `outcome`, the step just taken on the feed of `cluster`, which
+    /// had failed `failures_before` times in a row before it.
+    pub fn report(&self, outcome: &Outcome, cluster: &str, failures_before: u32) -> FeedReport {
+        let mut lines = Vec::new();
+        if failures_before > 0 && self.failures == 0 {
+            lines.push((
+                Level::Info,
+                format!("keygate: change feed of cluster {cluster} answers again"),
+            ));
+        }
+        let stat = match outcome {
+            Outcome::Changed {
+                version,
+                keys,
+                baseline,
+            } => {
+                lines.push(if *baseline {
+                    let epoch = self.position().map_or("-", |(_, epoch)| epoch);
+                    (
+                        Level::Info,
+                        format!(
+                            "keygate: following the change feed of cluster {cluster} from \
+                             version {version} (epoch {epoch}); cached answers dropped"
+                        ),
+                    )
+                } else {
+                    (
+                        Level::Debug,
+                        format!("keygate: change feed: version {version}, {keys} key(s) changed"),
+                    )
+                });
+                Some(FeedStat::Changes)
+            }
+            Outcome::NotModified => None,
+            Outcome::Gone => {
+                lines.push((
+                    Level::Info,
+                    format!(
+                        "keygate: the change feed of cluster {cluster} no longer holds our \
+                         version (410); cached answers dropped"
+                    ),
+                ));
+                None
+            }
+            Outcome::Failed {
+                reason,
+                retry_in_ms,
+            } => {
+                // The first failure of a streak is worth a warning; the rest repeat it.
+                lines.push(if self.failures == 1 {
+                    (
+                        Level::Warn,
+                        format!(
+                            "keygate: change feed of cluster {cluster} failed, retrying in \
+                             {retry_in_ms} ms (cached answers expire as usual meanwhile): \
+                             {reason}"
+                        ),
+                    )
+                } else {
+                    (
+                        Level::Debug,
+                        format!(
+                            "keygate: change feed failed again, retrying in {retry_in_ms} ms: \
+                             {reason}"
+                        ),
+                    )
+                });
+                Some(FeedStat::Failed)
+            }
+        };
+        FeedReport { stat, lines }
     }
 }
 

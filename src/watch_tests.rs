@@ -327,3 +327,69 @@ fn no_answer_from_before_the_baseline_survives_it() {
     forget(&mut cache, step);
     assert_eq!(cache.probe(&late, 7, 90), Probe::Ask);
 }
+
+#[test]
+fn report_counts_each_step_and_warns_once_a_streak() {
+    let mut watch = Watch::new(&config(25));
+    send(&mut watch, 1, 0);
+    let step = answer(&mut watch, 1, "200", &body(7, "e1", &[]), 100);
+    assert_eq!(
+        watch.report(&step.outcome, "ks", 0),
+        FeedReport {
+            stat: Some(FeedStat::Changes),
+            lines: vec![(
+                Level::Info,
+                "keygate: following the change feed of cluster ks from version 7 (epoch e1); \
+                 cached answers dropped"
+                    .into()
+            )]
+        }
+    );
+    send(&mut watch, 2, 100);
+    let step = answer(&mut watch, 2, "200", &body(8, "e1", &["k"]), 200);
+    let report = watch.report(&step.outcome, "ks", 0);
+    assert_eq!(report.stat, Some(FeedStat::Changes));
+    assert_eq!(report.lines[0].0, Level::Debug);
+
+    // A streak of failures: a warning for the first, the rest quieter.
+    send(&mut watch, 3, 200);
+    let first = answer(&mut watch, 3, "500", b"", 200);
+    let report = watch.report(&first.outcome, "ks", 0);
+    assert_eq!(report.stat, Some(FeedStat::Failed));
+    assert_eq!(report.lines.len(), 1);
+    assert_eq!(report.lines[0].0, Level::Warn);
+    assert!(report.lines[0]
+        .1
+        .contains("change feed of cluster ks failed"));
+    let now = 200 + 2_000;
+    send(&mut watch, 4, now);
+    let again = answer(&mut watch, 4, "500", b"", now);
+    assert_eq!(
+        watch.report(&again.outcome, "ks", 1).lines[0].0,
+        Level::Debug
+    );
+
+    // The feed answers again: said once, with the step's own report.
+    let now = now + 4_000;
+    send(&mut watch, 5, now);
+    let back = answer(&mut watch, 5, "304", b"", now + 25_000);
+    assert_eq!(
+        watch.report(&back.outcome, "ks", 2),
+        FeedReport {
+            stat: None,
+            lines: vec![(
+                Level::Info,
+                "keygate: change feed of cluster ks answers again".into()
+            )]
+        }
+    );
+
+    // 410: started over.
+    send(&mut watch, 6, now + 25_000);
+    let gone = answer(&mut watch, 6, "410", b"", now + 25_000);
+    let report = watch.report(&gone.outcome, "ks", 0);
+    assert_eq!(report.stat, None);
+    assert!(report.lines[0]
+        .1
+        .contains("no longer holds our version (410)"));
+}

@@ -6,7 +6,7 @@
 use crate::host::{self, Metrics};
 use keygate_core::lookup::Lookups;
 use keygate_core::remote::LookupConfig;
-use keygate_core::watch::{Outcome, Step, Watch, MAX_BODY_BYTES};
+use keygate_core::watch::{FeedStat, Level, Step, Watch, MAX_BODY_BYTES};
 use log::{debug, info, warn};
 
 /// What a watch works with.
@@ -64,48 +64,21 @@ impl Feed<'_> {
 
     fn settle(&self, watch: &Watch, step: Step, failures_before: u32) {
         self.lookups.forget(&step.forget);
-        let cluster = &*self.lookup.endpoint.cluster;
-        if failures_before > 0 && watch.failures() == 0 {
-            info!("keygate: change feed of cluster {cluster} answers again");
+        let report = watch.report(
+            &step.outcome,
+            &self.lookup.endpoint.cluster,
+            failures_before,
+        );
+        match report.stat {
+            Some(FeedStat::Changes) => self.metrics.lookup_watch_changes.add(),
+            Some(FeedStat::Failed) => self.metrics.lookup_watch_failed.add(),
+            None => {}
         }
-        match step.outcome {
-            Outcome::Changed {
-                version,
-                keys,
-                baseline,
-            } => {
-                self.metrics.lookup_watch_changes.add();
-                if baseline {
-                    let epoch = watch.position().map_or("-", |(_, epoch)| epoch);
-                    info!(
-                        "keygate: following the change feed of cluster {cluster} from version \
-                         {version} (epoch {epoch}); cached answers dropped"
-                    );
-                } else {
-                    debug!("keygate: change feed: version {version}, {keys} key(s) changed");
-                }
-            }
-            Outcome::NotModified => {}
-            Outcome::Gone => info!(
-                "keygate: the change feed of cluster {cluster} no longer holds our version \
-                 (410); cached answers dropped"
-            ),
-            Outcome::Failed {
-                reason,
-                retry_in_ms,
-            } => {
-                self.metrics.lookup_watch_failed.add();
-                // The first failure of a streak is worth a warning; the rest repeat it.
-                if watch.failures() == 1 {
-                    warn!(
-                        "keygate: change feed of cluster {cluster} failed, retrying in \
-                         {retry_in_ms} ms (cached answers expire as usual meanwhile): {reason}"
-                    );
-                } else {
-                    debug!(
-                        "keygate: change feed failed again, retrying in {retry_in_ms} ms: {reason}"
-                    );
-                }
+        for (level, line) in report.lines {
+            match level {
+                Level::Debug => debug!("{line}"),
+                Level::Info => info!("{line}"),
+                Level::Warn => warn!("{line}"),
             }
         }
     }

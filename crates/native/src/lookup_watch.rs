@@ -10,7 +10,7 @@ use crate::clock::{jitter, now_ms};
 use crate::metrics::Metrics;
 use keygate_core::lookup::Lookups;
 use keygate_core::remote::{Endpoint, WatchConfig};
-use keygate_core::watch::{Forget, Outcome, Step, Watch, MAX_BODY_BYTES};
+use keygate_core::watch::{FeedStat, Forget, Level, Step, Watch, MAX_BODY_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -135,53 +135,18 @@ impl Feed {
             }
             self.newest.store(number, Ordering::Release);
         }
-        let cluster = &*self.endpoint.cluster;
-        if failures_before > 0 && watch.failures() == 0 {
-            log(
-                LogLevel::Info,
-                &format!("keygate: change feed of cluster {cluster} answers again"),
-            );
+        let report = watch.report(&step.outcome, &self.endpoint.cluster, failures_before);
+        match report.stat {
+            Some(FeedStat::Changes) => Metrics::add(host, metrics.lookup_watch_changes, 1),
+            Some(FeedStat::Failed) => Metrics::add(host, metrics.lookup_watch_failed, 1),
+            None => {}
         }
-        match step.outcome {
-            Outcome::Changed {
-                version, baseline, ..
-            } => {
-                Metrics::add(host, metrics.lookup_watch_changes, 1);
-                if baseline {
-                    let epoch = watch.position().map_or("-", |(_, epoch)| epoch);
-                    log(
-                        LogLevel::Info,
-                        &format!(
-                            "keygate: following the change feed of cluster {cluster} from \
-                             version {version} (epoch {epoch}); cached answers dropped"
-                        ),
-                    );
-                }
-            }
-            Outcome::NotModified => {}
-            Outcome::Gone => log(
-                LogLevel::Info,
-                &format!(
-                    "keygate: the change feed of cluster {cluster} no longer holds our version \
-                     (410); cached answers dropped"
-                ),
-            ),
-            Outcome::Failed {
-                reason,
-                retry_in_ms,
-            } => {
-                Metrics::add(host, metrics.lookup_watch_failed, 1);
-                // The first failure of a streak is worth a warning; the rest repeat it.
-                if watch.failures() == 1 {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "keygate: change feed of cluster {cluster} failed, retrying in \
-                             {retry_in_ms} ms (cached answers expire as usual meanwhile): \
-                             {reason}"
-                        ),
-                    );
-                }
+        for (level, line) in report.lines {
+            // The native build logs from info up, as it did.
+            match level {
+                Level::Debug => {}
+                Level::Info => log(LogLevel::Info, &line),
+                Level::Warn => log(LogLevel::Warn, &line),
             }
         }
     }
