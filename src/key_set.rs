@@ -421,19 +421,9 @@ impl SharedSet {
         let Turn { now_ms, jitter, .. } = turn;
         match answer {
             FetchAnswer::Set { etag, body } => {
-                let job = Box::new(Job {
-                    etag,
-                    phase: Phase::Read(Scan::new(body)),
-                });
-                self.resume(store, turn, job, budget)
+                self.read(store, turn, etag, Scan::new(body), budget)
             }
-            FetchAnswer::Streamed { etag, scan } => {
-                let job = Box::new(Job {
-                    etag,
-                    phase: Phase::Read(*scan),
-                });
-                self.resume(store, turn, job, budget)
-            }
+            FetchAnswer::Streamed { etag, scan } => self.read(store, turn, etag, *scan, budget),
             FetchAnswer::NotModified => {
                 let mut meta = self.read_meta(store);
                 // A long-poll that times out answers 304 after its wait; one that answers
@@ -449,6 +439,22 @@ impl SharedSet {
                 self.settle(store, turn, &mut meta, failed, false)
             }
         }
+    }
+
+    /// Starts the job of reading a full document (or a delta) and works on it.
+    fn read(
+        &self,
+        store: &mut impl SharedStore,
+        turn: Turn,
+        etag: Option<String>,
+        scan: Scan,
+        budget: usize,
+    ) -> Progress {
+        let job = Box::new(Job {
+            etag,
+            phase: Phase::Read(scan),
+        });
+        self.resume(store, turn, job, budget)
     }
 
     /// Works on `job` for about `budget` records or buckets.

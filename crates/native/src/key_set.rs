@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 /// The largest key set read (about eight million keys): a key service that sends more is
 /// refused, and the rest of its answer not taken in.
@@ -247,18 +247,12 @@ impl KeySet {
         let refused = arriving && self.refused.swap(false, Ordering::AcqRel);
         let stale = main.in_flight.as_ref().is_some_and(|f| now >= f.until_ms);
         if refused || (stale && !main.loading) {
-            if let Some(fetch) = main.in_flight.take() {
-                // Its reset hook finds nothing in flight.
-                main.loading = true;
-                drop(main);
-                host.reset_stream(fetch.id);
-                let why = if refused {
-                    "refused before its end"
-                } else {
-                    "no end to the answer within the fetch timeout"
-                };
-                self.ended(fetch, Some(why));
-            }
+            let why = if refused {
+                "refused before its end"
+            } else {
+                "no end to the answer within the fetch timeout"
+            };
+            self.give_up(main, host, why);
             return;
         }
         if main.loading || main.in_flight.is_some() {
@@ -325,7 +319,8 @@ impl KeySet {
             StreamEvent::Data { answer, end } => {
                 let mut cut = None;
                 if matches!(fetch.answer, Arriving::Set) {
-                    let size: usize = answer.chunks().map(<[u8]>::len).sum();
+                    let part = answer.body();
+                    let size = part.len();
                     fetch.received += size;
                     if fetch.received > MAX_SET_BYTES {
                         cut = Some("a key set larger than 1 GiB: refused");
@@ -338,22 +333,12 @@ impl KeySet {
                              (256 MiB waiting): refused",
                         );
                     } else if size > 0 {
-                        let mut part = Vec::with_capacity(size);
-                        answer.chunks().for_each(|c| part.extend_from_slice(c));
                         self.send(Work::Part(part));
                     }
                 }
                 if let Some(why) = cut {
-                    // The rest is not taken in: the stream is ended (its reset hook finds
-                    // nothing in flight).
-                    let id = fetch.id;
-                    let fetch = main.in_flight.take();
-                    main.loading = true;
-                    drop(main);
-                    host.reset_stream(id);
-                    if let Some(fetch) = fetch {
-                        self.ended(fetch, Some(why));
-                    }
+                    // The rest is not taken in.
+                    self.give_up(main, host, why);
                     return;
                 }
                 if !end {
@@ -372,6 +357,18 @@ impl KeySet {
         main.loading = true;
         drop(main);
         self.ended(fetch, cut);
+    }
+
+    /// Gives up the fetch in flight: its stream is ended (the reset hook finds nothing in
+    /// flight, the lock is let go first) and the loader told why.
+    fn give_up(&self, mut main: MutexGuard<'_, MainThread>, host: ConfigHost, why: &str) {
+        let Some(fetch) = main.in_flight.take() else {
+            return;
+        };
+        main.loading = true;
+        drop(main);
+        host.reset_stream(fetch.id);
+        self.ended(fetch, Some(why));
     }
 
     /// Hands a fetch that has ended (`cut`: partway, and why) to the loader.

@@ -450,14 +450,6 @@ impl CallAnswer<'_> {
         self.header(":status").filter(|_| self.received)
     }
 
-    /// The body's parts, as Envoy holds them.
-    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
-        self.chunks.iter().map(|chunk| {
-            // SAFETY: Envoy's answer body chunks, valid during the hook.
-            unsafe { bytes(chunk.ptr, chunk.length) }
-        })
-    }
-
     /// The body, copied out of Envoy's buffers.
     pub fn body(&self) -> Vec<u8> {
         let size = self.chunks.iter().map(|c| c.length).sum();
