@@ -6,12 +6,12 @@
 use crate::error::{Error, Result};
 use keygate_keyservice::duration::Lifetime;
 use keygate_keyservice::secret;
-use keygate_keyservice::sqlite::SqliteStore;
 use keygate_keyservice::store::{
     self, AdminStore, AuditEntry, KeyChange, ListQuery, NewKey, Status, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A key as the admin API shows it (`GET /v1/admin/keys`): the record plus usage.
 pub use keygate_keyservice::store::KeyView as Key;
@@ -73,26 +73,28 @@ pub trait Admin {
     fn audit(&self, since: Option<i64>) -> Result<Vec<Audit>>;
 }
 
-/// `--db PATH`.
+/// `--db PATH` (SQLite) or `--db postgres://...` (PostgreSQL).
 pub struct Db {
+    /// What messages name: the path, or the DSN without its password.
     path: PathBuf,
-    store: SqliteStore,
+    store: Arc<dyn AdminStore>,
     actor: String,
 }
 
 impl Db {
     /// `create`: whether a missing database is made (only `keygate new` makes one).
     pub fn open(path: &Path, create: bool) -> Result<Db> {
-        if !create && !path.is_file() {
+        let db = keygate_keyservice::Db::parse(path).map_err(Error::new)?;
+        if !create && db.is_missing_file() {
             return Err(Error::at(
                 path,
                 "no such database (`keygate import --keys FILE --db PATH` or `keygate new \
                  --db PATH` makes one)",
             ));
         }
-        let store = SqliteStore::open(path).map_err(Error::new)?;
+        let store = db.open().map_err(Error::new)?;
         Ok(Db {
-            path: path.to_path_buf(),
+            path: PathBuf::from(db.shown()),
             store,
             actor: keygate_keyservice::local_actor(),
         })

@@ -16,6 +16,7 @@ pub mod changes;
 pub mod duration;
 pub mod etag;
 pub mod file;
+pub mod pg;
 pub mod secret;
 pub mod server;
 pub mod sqlite;
@@ -29,8 +30,62 @@ use std::sync::Arc;
 pub enum Source {
     /// `--keys keys.json`: read-only.
     File(PathBuf),
-    /// `--db PATH`: SQLite, read-write, with the admin API.
+    /// `--db PATH` (SQLite) or `--db postgres://...` (PostgreSQL): read-write, with the
+    /// admin API.
     Db(PathBuf),
+}
+
+/// What `--db` names: a SQLite file, or a PostgreSQL database (`postgres://` or
+/// `postgresql://`). Every command that takes `--db` opens its store here.
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres(Box<pg::Dsn>),
+}
+
+impl Db {
+    pub fn parse(value: &Path) -> Result<Db, String> {
+        match value.to_str() {
+            Some(text) if pg::is_dsn(text) => {
+                pg::Dsn::parse(text).map(|dsn| Db::Postgres(Box::new(dsn)))
+            }
+            _ => Ok(Db::Sqlite(value.to_path_buf())),
+        }
+    }
+
+    /// What errors name: the path, or the DSN without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Db::Sqlite(path) => path.display().to_string(),
+            Db::Postgres(dsn) => dsn.shown().to_string(),
+        }
+    }
+
+    /// Whether this is a SQLite file that does not exist (a PostgreSQL database is made
+    /// by its operator, and its tables at the first open).
+    pub fn is_missing_file(&self) -> bool {
+        matches!(self, Db::Sqlite(path) if !path.is_file())
+    }
+
+    /// Opens the store (creating a missing SQLite file, or missing tables).
+    pub fn open(&self) -> Result<Arc<dyn store::AdminStore>, String> {
+        Ok(match self {
+            Db::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+            Db::Postgres(dsn) => Arc::new(pg::PgStore::open(dsn)?),
+        })
+    }
+
+    /// Opens the store for `keygate serve`: on PostgreSQL, also listens for the changes
+    /// other replicas make.
+    pub fn open_to_serve(&self) -> Result<Arc<dyn store::AdminStore>, String> {
+        Ok(match self {
+            Db::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+            Db::Postgres(dsn) => {
+                let store = pg::PgStore::open(dsn)?;
+                store.listen()?;
+                Arc::new(store)
+            }
+        })
+    }
 }
 
 /// `keygate serve`: opens the store and serves until Ctrl-C or SIGTERM. Errors are lines
@@ -44,7 +99,9 @@ pub fn run(source: Source, options: server::Options, threads: usize) -> Result<(
             app::App::new(store, None, require_client_cert).with_usage_file(Arc::new(usage))
         }
         Source::Db(path) => {
-            let store = Arc::new(sqlite::SqliteStore::open(&path).map_err(|e| vec![e])?);
+            let store = Db::parse(&path)
+                .and_then(|db| db.open_to_serve())
+                .map_err(|e| vec![e])?;
             app::App::new(store.clone(), Some(store), require_client_cert)
         }
     };
@@ -78,26 +135,27 @@ pub fn local_actor() -> String {
 /// `keygate admin new --db PATH`: makes an admin key; answers `(id, key)`. The key is
 /// stored hashed and shown only by the caller, once.
 pub fn admin_new(db: &Path, label: Option<&str>) -> Result<(String, String), String> {
-    use store::AdminStore;
-    let store = sqlite::SqliteStore::open(db)?;
+    let db = Db::parse(db)?;
+    let store = db.open()?;
     let key = secret::new_key(secret::ADMIN_PREFIX)?;
     let id = secret::new_id()?;
     store
         .add_admin_key(&local_actor(), &id, &secret::hash(&key).to_hex(), label)
-        .map_err(|e| format!("{}: {e}", db.display()))?;
+        .map_err(|e| format!("{}: {e}", db.shown()))?;
     Ok((id, key))
 }
 
 /// `keygate admin revoke --db PATH ID`: the admin key `id` is refused from now on (by a
 /// running `keygate serve` too: admin keys are looked up on every request).
 pub fn admin_revoke(db: &Path, id: &str) -> Result<(), String> {
-    use store::{AdminStore, StoreError};
-    let store = sqlite::SqliteStore::open(db)?;
+    use store::StoreError;
+    let db = Db::parse(db)?;
+    let store = db.open()?;
     store
         .revoke_admin_key(&local_actor(), id)
         .map_err(|e| match e {
-            StoreError::NotFound => format!("{}: no admin key with the id {id:?}", db.display()),
-            e => format!("{}: {e}", db.display()),
+            StoreError::NotFound => format!("{}: no admin key with the id {id:?}", db.shown()),
+            e => format!("{}: {e}", db.shown()),
         })
 }
 
@@ -110,9 +168,9 @@ pub fn policy(
     max_expiry: Option<&str>,
 ) -> Result<store::Policy, String> {
     use duration::Lifetime;
-    use store::AdminStore;
-    let store = sqlite::SqliteStore::open(db)?;
-    let at = |e: store::StoreError| format!("{}: {e}", db.display());
+    let db = Db::parse(db)?;
+    let store = db.open()?;
+    let at = |e: store::StoreError| format!("{}: {e}", db.shown());
     let mut policy = store.policy().map_err(at)?;
     let changing = scopes.is_some() || default_expiry.is_some() || max_expiry.is_some();
     if let Some(scopes) = scopes {
@@ -148,7 +206,7 @@ pub fn policy(
 /// applied: these keys exist already. Answers how many.
 pub fn import(keys: &Path, db: &Path) -> Result<usize, Vec<String>> {
     use keygate_core::record::{KeySetDoc, KeyStatus};
-    use store::{AdminStore, NewKey, Status};
+    use store::{NewKey, Status};
     let at = |what: String| format!("{}: {what}", keys.display());
     let bytes = std::fs::read(keys).map_err(|e| vec![at(format!("cannot read: {e}"))])?;
     let doc = KeySetDoc::parse(&bytes).map_err(|problems| {
@@ -194,24 +252,25 @@ pub fn import(keys: &Path, db: &Path) -> Result<usize, Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    let store = sqlite::SqliteStore::open(db).map_err(|e| vec![e])?;
+    let db = Db::parse(db).map_err(|e| vec![e])?;
+    let store = db.open().map_err(|e| vec![e])?;
     store
         .import_keys(&local_actor(), &records)
-        .map_err(|e| vec![format!("{}: {e} (nothing imported)", db.display())])
+        .map_err(|e| vec![format!("{}: {e} (nothing imported)", db.shown())])
 }
 
 /// `keygate export --db PATH --keys FILE`: writes the key set as gateways get it (no
 /// revoked keys, no usage) to FILE, atomically (a temporary file, fsync, rename), so
 /// file mode or any static server can serve it. Answers how many keys.
 pub fn export(db: &Path, keys: &Path) -> Result<usize, String> {
-    use store::GatewayStore;
-    if !db.is_file() {
-        return Err(format!("{}: no such database", db.display()));
+    let db = Db::parse(db)?;
+    if db.is_missing_file() {
+        return Err(format!("{}: no such database", db.shown()));
     }
-    let store = sqlite::SqliteStore::open(db)?;
+    let store = db.open()?;
     let set = store
         .key_set()
-        .map_err(|e| format!("{}: {e}", db.display()))?;
+        .map_err(|e| format!("{}: {e}", db.shown()))?;
     atomic_file::write_atomically(keys, &[&set.body[..], b"\n"].concat())
         .map_err(|e| format!("{}: cannot write: {e}", keys.display()))?;
     Ok(set.keys)

@@ -103,7 +103,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 /// A record as gateways get it (README "Configuration reference"): no usage, no
 /// revocation fields, which the filter would refuse.
 #[derive(Serialize)]
-struct GatewayRecord<'a> {
+pub(crate) struct GatewayRecord<'a> {
     id: &'a str,
     hash: &'a str,
     owner: &'a str,
@@ -117,7 +117,7 @@ struct GatewayRecord<'a> {
 }
 
 impl<'a> GatewayRecord<'a> {
-    fn of(row: &'a KeyRow) -> GatewayRecord<'a> {
+    pub(crate) fn of(row: &'a KeyRow) -> GatewayRecord<'a> {
         GatewayRecord {
             id: &row.id,
             hash: &row.hash,
@@ -134,7 +134,7 @@ impl<'a> GatewayRecord<'a> {
 
 /// The key set document (README "Configuration reference"), `{"version","keys"}`, and
 /// where its `keys` array is in it.
-fn key_set_document(
+pub(crate) fn key_set_document(
     version: &str,
     keys: &[GatewayRecord<'_>],
 ) -> serde_json::Result<(Vec<u8>, std::ops::Range<usize>)> {

@@ -23,6 +23,7 @@ pub mod held_back;
 pub mod http1;
 pub mod key_service;
 pub mod keysvc;
+pub mod postgres;
 pub mod process;
 pub mod serve;
 pub mod temp;
