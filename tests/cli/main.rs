@@ -9,6 +9,7 @@ mod console;
 mod keyservice;
 mod keyset_delta;
 mod next_steps;
+mod postgres;
 mod serve;
 mod store_modes;
 mod usage;

@@ -153,7 +153,8 @@ enum Command {
             conflicts_with = "db"
         )]
         keys: Option<PathBuf>,
-        /// A SQLite database (created if missing), served read-write with the admin API
+        /// A SQLite database (created if missing) or postgres://USER:PASSWORD@HOST:PORT/DB
+        /// (one of several replicas), served read-write with the admin API
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the address is printed)
@@ -179,13 +180,13 @@ enum Command {
         /// The key file to read
         #[arg(long, value_name = "FILE")]
         keys: PathBuf,
-        /// The key service's database (created if missing)
+        /// The key service's database: a SQLite file (created if missing) or postgres://...
         #[arg(long, value_name = "PATH")]
         db: PathBuf,
     },
     /// Write a key service database's key set (revoked keys left out) to a key file
     Export {
-        /// The key service's database
+        /// The key service's database: a SQLite file or postgres://...
         #[arg(long, value_name = "PATH")]
         db: PathBuf,
         /// The key file to write (replaced atomically)
@@ -198,7 +199,7 @@ enum Command {
     /// Show or set the key service's policy: the scope catalog and the default and
     /// maximum expiry of new keys
     Policy {
-        /// The key service's database
+        /// The key service's database: a SQLite file or postgres://...
         #[arg(long, value_name = "PATH")]
         db: PathBuf,
         /// The scope catalog, comma-separated: keys may hold only these
@@ -220,7 +221,7 @@ enum Command {
 enum AdminCommand {
     /// Make an admin key: printed once, stored hashed in the database
     New {
-        /// The key service's database (created if missing)
+        /// The key service's database: a SQLite file (created if missing) or postgres://...
         #[arg(long, value_name = "PATH")]
         db: PathBuf,
         /// What the admin key is for
@@ -229,7 +230,7 @@ enum AdminCommand {
     },
     /// Revoke an admin key: refused from then on, by a running `keygate serve` too
     Revoke {
-        /// The key service's database
+        /// The key service's database: a SQLite file or postgres://...
         #[arg(long, value_name = "PATH")]
         db: PathBuf,
         /// The admin key's id (as `admin new` printed it, and as the audit trail names it)

@@ -12,7 +12,8 @@ pub struct TargetArgs {
     /// The key file
     #[arg(long, value_name = "FILE", env = "KEYGATE_KEYS", default_value = DEFAULT_KEYS)]
     pub keys: PathBuf,
-    /// A key service database (SQLite), changed directly and audited as the local user
+    /// A key service database (a SQLite file or postgres://...), changed directly and
+    /// audited as the local user
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// A key service's URL (https://...): its admin API, with the admin key from
