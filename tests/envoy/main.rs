@@ -17,6 +17,7 @@ mod lookup;
 mod lookup_watch;
 mod native;
 mod operations;
+mod postgres;
 mod reload;
 mod requests;
 mod rules;

@@ -40,6 +40,8 @@ const POOL_SIZE: u32 = 8;
 /// How long a call waits for a connection before the store is reported unavailable
 /// (`/readyz` 503, gateways keep their last good set).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/readyz` waits for a connection.
+const READY_TIMEOUT: Duration = Duration::from_millis(800);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -711,7 +713,12 @@ impl GatewayStore for PgStore {
     }
 
     fn ready(&self) -> StoreResult<()> {
-        let mut conn = self.conn()?;
+        // A probe answers within its own timeout (Kubernetes' default is 1 s): a lost
+        // server is a quick 503, not a wait for the pool's full timeout.
+        let mut conn = self
+            .pool
+            .get_timeout(READY_TIMEOUT)
+            .map_err(|e| pool_error(&self.dsn.shown, &e))?;
         version_text(&mut *conn).map(|_| ())
     }
 
