@@ -1,11 +1,13 @@
 """`make validate-deploy`: every deployment target under envoy/ checked without a cluster or
 a Docker engine, and every check shown able to fail on a broken copy.
 
-- envoy/k8s/: a kustomize base (the key service) and five overlays (plain Envoy, Istio,
-  Envoy Gateway, and the native build, libkeygate_native.so, on Istio and on Envoy Gateway),
-  each rendered with `kubectl kustomize` (every file must be named by a kustomization; every
-  overlay must deploy the base unchanged). In the renders: core kinds (Namespace, ConfigMap,
-  Deployment, Service, PersistentVolumeClaim) with kubernetes-validate in strict mode
+- envoy/k8s/: a kustomize base (the key service) and six overlays (plain Envoy, Istio,
+  Envoy Gateway, the native build, libkeygate_native.so, on Istio and on Envoy Gateway, and
+  the key service as 3 replicas on PostgreSQL), each rendered with `kubectl kustomize`
+  (every file must be named by a kustomization; every gateway overlay must deploy the base
+  unchanged; keyservice-postgres changes the key service as keyservice_postgres() checks).
+  In the renders: core kinds (Namespace, ConfigMap, Deployment, Service,
+  PersistentVolumeClaim, PodDisruptionBudget) with kubernetes-validate in strict mode
   (unknown fields refused) for the oldest and newest Kubernetes versions named below;
   WasmPlugin, EnvoyExtensionPolicy, EnvoyProxy and HTTPRoute against the OpenAPI schemas kept
   in tests/schemas/ (see the README there: EnvoyProxy's is partial), also strict; Istio's
@@ -396,7 +398,9 @@ def with_certificates(text, paths):
 
 # `kubectl kustomize` (kubectl embeds kustomize), or KUSTOMIZE='kustomize build'.
 KUSTOMIZE = shlex.split(os.environ.get("KUSTOMIZE", "kubectl kustomize"))
-OVERLAYS = ["envoy", "envoy-gateway", "envoy-gateway-native", "istio", "istio-native"]
+OVERLAYS = ["envoy", "envoy-gateway", "envoy-gateway-native", "istio", "istio-native", "keyservice-postgres"]
+# The overlays that add a gateway to the base's key service, unchanged.
+GATEWAY_OVERLAYS = [o for o in OVERLAYS if o != "keyservice-postgres"]
 # The overlays that load keygate.wasm; the two -native ones are checked by native_overlays().
 WASM_OVERLAYS = ["envoy", "envoy-gateway", "istio"]
 
@@ -465,7 +469,7 @@ def kubernetes():
             ok(f"kubectl kustomize overlays/{name}: {name_of(doc)} ({schema})")
         rendered[name] = docs
     base = render(os.path.join(k8s, "base"))
-    for name in OVERLAYS:
+    for name in GATEWAY_OVERLAYS:
         missing = [name_of(d) for d in base if d not in rendered[name]]
         if missing:
             fail(f"overlays/{name} does not deploy the base unchanged", missing)
@@ -639,6 +643,76 @@ def kubernetes():
     ok("refused: config with a rule neither public nor scoped (rules[0])")
 
     native_overlays(rendered)
+    keyservice_postgres(rendered["keyservice-postgres"], base)
+
+
+# ---------------------------------------------------------------------------------------
+# The key service as replicas on PostgreSQL (overlays/keyservice-postgres)
+
+
+def postgres_problems(docs):
+    """What makes this render not 3 replicas of `keygate serve` sharing the PostgreSQL that
+    the Secret's DSN names: a list of messages."""
+    problems = []
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    if ("PersistentVolumeClaim", "keygate-keyservice-data") in kinds:
+        problems.append("the SQLite claim is still deployed")
+    deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "keygate-keyservice"]
+    if len(deployments) != 1:
+        return problems + ["no Deployment keygate-keyservice"]
+    spec = deployments[0]["spec"]
+    if spec.get("replicas") != 3:
+        problems.append(f"replicas: {spec.get('replicas')}, not 3")
+    if spec.get("strategy", {}).get("type") != "RollingUpdate":
+        problems.append(f"strategy: {spec.get('strategy')}: replicas on one database roll one at a time")
+    pod = spec["template"]["spec"]
+    if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+        problems.append("a pod still mounts a claim")
+    (container,) = [c for c in pod["containers"] if c["name"] == "keygate-serve"]
+    args = container.get("args", [])
+    if not args or args[0] != "serve" or "--db" in args:
+        problems.append(f"args {args}: `serve` with --db from KEYGATE_DB (no DSN on a command line)")
+    for flag in ("--tls-cert", "--tls-key", "--client-ca"):
+        if flag not in args:
+            problems.append(f"args {args}: {flag} is gone")
+    env = {e["name"]: e for e in container.get("env", [])}
+    ref = env.get("KEYGATE_DB", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    # Messages never repeat a DSN: it may hold a password.
+    if "value" in env.get("KEYGATE_DB", {}) or any(d["kind"] == "Secret" for d in docs):
+        problems.append("a DSN (with its password) in the manifests: the Secret is made by the operator")
+    if ref != {"name": "keygate-keyservice-postgres", "key": "dsn"}:
+        problems.append("KEYGATE_DB is not from Secret keygate-keyservice-postgres, key dsn")
+    if container.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+        problems.append("no /readyz readiness probe: a replica cut off from PostgreSQL would keep its traffic")
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    if not pdbs or pdbs[0]["spec"].get("selector", {}).get("matchLabels") != spec["selector"]["matchLabels"]:
+        problems.append("no PodDisruptionBudget over the key service's pods")
+    return problems
+
+
+def keyservice_postgres(docs, base):
+    print("The key service on PostgreSQL (overlays/keyservice-postgres)")
+    problems = postgres_problems(docs)
+    if problems:
+        fail("overlays/keyservice-postgres", "\n".join(problems))
+    ok("overlays/keyservice-postgres: 3 replicas rolled one at a time, no claim, --db from Secret keygate-keyservice-postgres (key dsn), /readyz, a PodDisruptionBudget")
+    kept = [name_of(d) for d in base if d["kind"] in ("Namespace", "Service") and d not in docs]
+    if kept:
+        fail("overlays/keyservice-postgres changes the base's Namespace or Service", kept)
+    ok("overlays/keyservice-postgres keeps the base's Namespace and Service (gateways call the same name)")
+    # The check refuses the base itself (SQLite, one pod) and a DSN written into the manifest.
+    if not postgres_problems(base):
+        fail("refusal: the base's single SQLite pod passed the PostgreSQL checks")
+    ok(f"refused: the base as replicas on PostgreSQL ({postgres_problems(base)[0]})")
+    broken = copy.deepcopy(docs)
+    for d in broken:
+        if d["kind"] == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                c["env"] = [{"name": "KEYGATE_DB", "value": "postgres://keygate:hunter2@db/keygate"}]
+    problem = postgres_problems(broken)
+    if not problem:
+        fail("refusal: a DSN written into the Deployment")
+    ok(f"refused: a DSN written into the Deployment ({problem[0][:80]})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ enum Command {
         keys: Option<PathBuf>,
         /// A SQLite database (created if missing) or postgres://USER:PASSWORD@HOST:PORT/DB
         /// (one of several replicas), served read-write with the admin API
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "KEYGATE_DB", hide_env_values = true)]
         db: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the address is printed)
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081",
@@ -222,7 +222,7 @@ enum AdminCommand {
     /// Make an admin key: printed once, stored hashed in the database
     New {
         /// The key service's database: a SQLite file (created if missing) or postgres://...
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "KEYGATE_DB", hide_env_values = true)]
         db: PathBuf,
         /// What the admin key is for
         #[arg(long)]
@@ -231,7 +231,7 @@ enum AdminCommand {
     /// Revoke an admin key: refused from then on, by a running `keygate serve` too
     Revoke {
         /// The key service's database: a SQLite file or postgres://...
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "KEYGATE_DB", hide_env_values = true)]
         db: PathBuf,
         /// The admin key's id (as `admin new` printed it, and as the audit trail names it)
         id: String,

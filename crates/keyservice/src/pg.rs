@@ -212,13 +212,21 @@ fn describe_error(shown: &str, e: &postgres::Error) -> String {
             db.code().code()
         );
     }
-    if e.is_closed() || std::error::Error::source(e).is_some() && e.code().is_none() {
+    // The cause (connection refused, timed out, ...) is in the source chain.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        why.push_str(": ");
+        why.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_closed() || std::error::Error::source(e).is_some() {
         return format!(
-            "cannot reach PostgreSQL at {shown} ({e}): is it running and reachable from here? \
-             Check the host, port and credentials of --db"
+            "cannot reach PostgreSQL at {shown} ({why}): is it running and reachable from \
+             here? Check the host, port and credentials of --db"
         );
     }
-    format!("PostgreSQL at {shown}: {e}")
+    format!("PostgreSQL at {shown}: {why}")
 }
 
 fn pool_error(shown: &str, e: &r2d2::Error) -> StoreError {
