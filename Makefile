@@ -43,7 +43,7 @@ upstream:
 # Envoy integration tests (tests/envoy) once per build: the wasm filter (within
 # `cargo test --all-targets`) then the native module (`make test-native`), then `make run`'s
 # demo checked end to end, with the wasm filter and with the native module.
-test: tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
+test: tools postgres-tools lint wasm native-dev cli validate validate-deploy check-oci check-monitoring check-readme console-test
 	KEYGATE_BUILD=wasm cargo test --all-targets
 	$(MAKE) --no-print-directory test-native
 	KEYGATE_BUILD=wasm cargo run --quiet -p keygate-tools --bin demo -- --check
@@ -54,10 +54,22 @@ test: tools lint wasm native-dev cli validate validate-deploy check-oci check-mo
 # wasm filter. Tests the native build does not pass yet are listed, with why, in
 # NATIVE_PENDING there and print that they were skipped.
 .PHONY: test-native
-test-native: tools wasm native-dev cli
+test-native: tools postgres-tools wasm native-dev cli
 	KEYGATE_BUILD=native cargo test --test envoy
 
 tools: toolchain envoy
+
+# PostgreSQL for the tests of `keygate serve --db postgres://...` (crates/testkit/src/postgres.rs
+# runs a throwaway cluster as `nobody` on 127.0.0.1): Debian's postgresql-15, server binaries
+# only (its own cluster is not started).
+PG_BIN := /usr/lib/postgresql/15/bin
+.PHONY: postgres-tools
+postgres-tools:
+	@test -x $(PG_BIN)/postgres -a -x $(PG_BIN)/initdb -a -x $(PG_BIN)/psql || { \
+	  echo "installing Debian's postgresql-15 (for the PostgreSQL store's tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; } || { \
+	  echo "the tests need PostgreSQL 15: apt-get install postgresql-15"; exit 1; }
 
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
