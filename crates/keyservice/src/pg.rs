@@ -299,8 +299,9 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(CONNECT_TIMEOUT)
-            // A lost server is found at the next checkout, not by the request after it.
-            .test_on_check_out(true)
+            // No round trip per checkout (it would double a lookup's): a connection the
+            // server closed is skipped in `conn` instead.
+            .test_on_check_out(false)
             .error_handler(Box::new(PoolErrors))
             .build_unchecked(manager);
         Ok(PgStore {
@@ -327,6 +328,17 @@ impl PgStore {
     }
 
     fn conn(&self) -> StoreResult<Conn> {
+        // After a server restart every pooled connection is closed: each is dropped (the
+        // pool discards a closed one) and the next taken, until a live or a new one.
+        for _ in 0..=POOL_SIZE {
+            let conn = self
+                .pool
+                .get()
+                .map_err(|e| pool_error(&self.dsn.shown, &e))?;
+            if !conn.is_closed() {
+                return Ok(conn);
+            }
+        }
         self.pool.get().map_err(|e| pool_error(&self.dsn.shown, &e))
     }
 
@@ -727,6 +739,10 @@ impl GatewayStore for PgStore {
             .pool
             .get_timeout(READY_TIMEOUT)
             .map_err(|e| pool_error(&self.dsn.shown, &e))?;
+        if conn.is_closed() {
+            drop(conn);
+            conn = self.conn()?;
+        }
         version_text(&mut *conn).map(|_| ())
     }
 

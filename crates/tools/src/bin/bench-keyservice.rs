@@ -25,6 +25,14 @@
 //! `--admin-seconds 5` (each create / revoke round), `--connections 8`, `--missing 20`
 //! (percent of lookups for hashes that are not there), `--revokes 200` (single db revokes, 20 ms apart),
 //! `--file-revokes 3`. Prints Markdown. Exits 1 on a wrong answer.
+//!
+//! `--postgres 1,3` measures PostgreSQL instead (README "Replicas on PostgreSQL"): a
+//! throwaway PostgreSQL 15 on 127.0.0.1 (the test kit's), `keygate import` of the key file
+//! into a new database for each replica count, then that many `keygate serve --db
+//! postgres://...` replicas: lookups/s over all of them (connections spread evenly), and
+//! `--long-polls 3000` long-polls (`/v1/changes?since=V&epoch=E&wait=60`) held over the
+//! replicas, then one revoke through replica 0 and the time until every long-poll, on every
+//! replica, has its answer. Everything, PostgreSQL included, shares the machine's cores.
 
 // A tool: a failed step should stop it loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -52,6 +60,10 @@ struct Options {
     missing_percent: u64,
     revokes: usize,
     file_revokes: usize,
+    /// `--postgres 1,3`: the PostgreSQL mode, with these numbers of replicas.
+    postgres: Vec<usize>,
+    /// Long-polls held in the PostgreSQL mode (spread over the replicas).
+    long_polls: usize,
 }
 
 fn options() -> Options {
@@ -64,6 +76,8 @@ fn options() -> Options {
         missing_percent: 20,
         revokes: 200,
         file_revokes: 3,
+        postgres: Vec::new(),
+        long_polls: 3000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -85,6 +99,17 @@ fn options() -> Options {
             "--missing" => o.missing_percent = number(),
             "--revokes" => o.revokes = number() as usize,
             "--file-revokes" => o.file_revokes = number() as usize,
+            "--postgres" => {
+                o.postgres = value
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .unwrap_or_else(|_| panic!("--postgres {value}"))
+                    })
+                    .collect()
+            }
+            "--long-polls" => o.long_polls = number() as usize,
             _ => panic!("unknown option {flag}"),
         }
     }
@@ -265,8 +290,21 @@ fn load(
     bearer: Option<&str>,
     next: &(dyn Fn(&mut Rng) -> Option<Req> + Sync),
 ) -> Load {
+    load_on(&[served], connections, duration, bearer, next)
+}
+
+/// As [`load`], over several servers: connection `c` goes to server `c % servers`, and the
+/// server CPU is theirs added up.
+fn load_on(
+    servers: &[&Served],
+    connections: usize,
+    duration: Duration,
+    bearer: Option<&str>,
+    next: &(dyn Fn(&mut Rng) -> Option<Req> + Sync),
+) -> Load {
     let ticks = ticks_per_second();
-    let cpu_before = cpu_ticks(served.pid());
+    let servers_cpu = || servers.iter().map(|s| cpu_ticks(s.pid())).sum::<u64>();
+    let cpu_before = servers_cpu();
     let own_before = cpu_ticks(std::process::id());
     let start = Instant::now();
     let deadline = start + duration;
@@ -275,7 +313,7 @@ fn load(
             .map(|c| {
                 scope.spawn(move || {
                     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) << 32) ^ nanos());
-                    let mut conn = Conn::open(served.addr);
+                    let mut conn = Conn::open(servers[c % servers.len()].addr);
                     let mut latencies = Vec::with_capacity(200_000);
                     let mut wrong = 0;
                     let mut statuses = BTreeMap::new();
@@ -304,7 +342,7 @@ fn load(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = start.elapsed();
-    let server_cpu = (cpu_ticks(served.pid()) - cpu_before) as f64 / ticks;
+    let server_cpu = (servers_cpu() - cpu_before) as f64 / ticks;
     let client_cpu = (cpu_ticks(std::process::id()) - own_before) as f64 / ticks;
     let mut latencies = Vec::new();
     let mut wrong = 0;
@@ -415,6 +453,10 @@ fn keyset(served: &Served) -> (Duration, usize) {
 
 fn main() {
     let o = options();
+    if !o.postgres.is_empty() {
+        postgres::run(&o);
+        return;
+    }
     let n = o.keys;
     let dir = TempDir::new("bench-keyservice");
     let keys_path = dir.join("keys.json");
@@ -800,5 +842,227 @@ fn main() {
     if wrong > 0 {
         eprintln!("bench-keyservice: {wrong} wrong answers");
         std::process::exit(1);
+    }
+}
+
+/// `--postgres 1,3`: replicas on PostgreSQL.
+mod postgres {
+    use super::*;
+    use support::postgres::Postgres;
+
+    /// What one replica count measured.
+    struct Row {
+        replicas: usize,
+        lookups: Summary,
+        held: usize,
+        woken_all: Duration,
+        woken_p50: Duration,
+        rss_mib: Vec<f64>,
+        import: Duration,
+    }
+
+    pub fn run(o: &Options) {
+        let n = o.keys;
+        let dir = TempDir::new("bench-keyservice-pg");
+        let keys_path = dir.join("keys.json");
+        std::fs::write(&keys_path, key_file(n)).unwrap();
+        let mut pg = Postgres::start();
+        eprintln!(
+            "bench-keyservice --postgres: {n} keys, PostgreSQL on 127.0.0.1:{}, keygate = {}",
+            pg.port,
+            keygate_binary().display()
+        );
+        let rows: Vec<Row> = o
+            .postgres
+            .iter()
+            .map(|&replicas| one(o, &mut pg, &keys_path, replicas))
+            .collect();
+        println!();
+        println!(
+            "| replicas | lookups/s (all replicas) | p50 / p99 ms | long-polls held | all woken after a change through replica 0 (p50 / all) | RSS a replica, long-polls held |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for r in &rows {
+            let rss: Vec<String> = r.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
+            println!(
+                "| {} | {:.0} ({}) | {:.2} / {:.2} | {} | {:.0} ms / {:.0} ms | {} MiB |",
+                r.replicas,
+                r.lookups.per_second,
+                rounds_text(&r.lookups.rounds),
+                r.lookups.p50,
+                r.lookups.p99,
+                r.held,
+                r.woken_p50.as_secs_f64() * 1000.0,
+                r.woken_all.as_secs_f64() * 1000.0,
+                rss.join(" / ")
+            );
+        }
+        println!();
+        for r in &rows {
+            println!(
+                "{} replica(s): `keygate import` of {n} keys into PostgreSQL in {:.1} s; lookups {:?}",
+                r.replicas,
+                r.import.as_secs_f64(),
+                r.lookups.statuses
+            );
+        }
+        if rows.iter().any(|r| r.lookups.wrong > 0) {
+            eprintln!("wrong answers: see above");
+            std::process::exit(1);
+        }
+    }
+
+    fn one(o: &Options, pg: &mut Postgres, keys_path: &Path, replicas: usize) -> Row {
+        let n = o.keys;
+        let dsn = pg.new_database();
+        let (_, import) = keygate(&[
+            "import",
+            "--keys",
+            keys_path.to_str().unwrap(),
+            "--db",
+            &dsn,
+        ]);
+        let (admin, _) = keygate(&["admin", "new", "--db", &dsn, "--label", "bench"]);
+        let admin: serde_json::Value = serde_json::from_str(&admin).unwrap();
+        let admin = admin["admin_key"].as_str().unwrap().to_string();
+        let servers: Vec<Served> = (0..replicas)
+            .map(|_| {
+                Serve::new(["--db", dsn.as_str()])
+                    .start_timeout(Duration::from_secs(120))
+                    .start()
+            })
+            .collect();
+        let refs: Vec<&Served> = servers.iter().collect();
+        eprintln!("{replicas} replica(s) up; imported {n} keys in {import:?}");
+
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ nanos());
+        let pool: Vec<String> = (0..n.min(200_000))
+            .map(|_| format!("/v1/keys/{}", hash_of(&bench_key(rng.below(n - 10)))))
+            .collect();
+        let missing = o.missing_percent;
+        let lookup = |rng: &mut Rng| {
+            Some(if rng.below(100) < missing as usize {
+                Req {
+                    method: "GET",
+                    path: format!("/v1/keys/{}", hash_of(&format!("missing-{}", rng.next()))),
+                    body: String::new(),
+                    expect: &[404],
+                }
+            } else {
+                Req {
+                    method: "GET",
+                    path: pool[rng.below(pool.len())].clone(),
+                    body: String::new(),
+                    expect: &[200],
+                }
+            })
+        };
+        load_on(&refs, o.connections, Duration::from_secs(1), None, &lookup);
+        let runs: Vec<Load> = (0..o.rounds)
+            .map(|_| {
+                load_on(
+                    &refs,
+                    o.connections,
+                    Duration::from_secs(o.seconds),
+                    None,
+                    &lookup,
+                )
+            })
+            .collect();
+        let lookups = summarize(&runs);
+        eprintln!("{replicas} replica(s): {:.0} lookups/s", lookups.per_second);
+
+        // Long-polls over every replica, at the current version.
+        let mut conn = Conn::open(servers[0].addr);
+        let (status, body) = conn.send("GET", "/v1/changes", None, "");
+        assert_eq!(status, 200);
+        let feed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (version, epoch) = (
+            feed["version"].as_str().unwrap().to_string(),
+            feed["epoch"].as_str().unwrap().to_string(),
+        );
+        let path = format!("/v1/changes?since={version}&epoch={epoch}&wait=60");
+        let streams: Vec<TcpStream> = (0..o.long_polls)
+            .map(|i| {
+                let mut s = TcpStream::connect(servers[i % replicas].addr).unwrap();
+                s.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        // None answered yet: each is held.
+        let held = streams
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let mut byte = [0u8; 1];
+                let waiting = matches!(s.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                s.set_nonblocking(false).unwrap();
+                waiting
+            })
+            .count();
+        let rss_mib: Vec<f64> = servers
+            .iter()
+            .map(|s| mib(rss_kib(s.pid()).unwrap_or(0)))
+            .collect();
+
+        // One revoke through replica 0 wakes them all, on every replica.
+        let mut admin_conn = Conn::open(servers[0].addr);
+        let changed = Instant::now();
+        let (status, _) = admin_conn.send(
+            "DELETE",
+            &format!("/v1/admin/keys/{}", record_id(n - 1)),
+            Some(&admin),
+            "",
+        );
+        assert_eq!(status, 200, "revoke");
+        let chunks: Vec<Vec<TcpStream>> = {
+            let mut chunks: Vec<Vec<TcpStream>> = (0..8).map(|_| Vec::new()).collect();
+            for (i, s) in streams.into_iter().enumerate() {
+                chunks[i % 8].push(s);
+            }
+            chunks
+        };
+        let mut woken: Vec<Duration> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|s| {
+                                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                                let mut reader = BufReader::new(s);
+                                let mut line = String::new();
+                                reader.read_line(&mut line).unwrap();
+                                assert!(line.contains(" 200 "), "long-poll answered {line:?}");
+                                changed.elapsed()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        woken.sort();
+        let woken_all = *woken.last().unwrap();
+        let woken_p50 = woken[woken.len() / 2];
+        eprintln!(
+            "{replicas} replica(s): {held} of {} long-polls held; all woken {woken_all:?} after the change",
+            o.long_polls
+        );
+        Row {
+            replicas,
+            lookups,
+            held,
+            woken_all,
+            woken_p50,
+            rss_mib,
+            import,
+        }
     }
 }
