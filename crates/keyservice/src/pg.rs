@@ -212,14 +212,7 @@ fn describe_error(shown: &str, e: &postgres::Error) -> String {
             db.code().code()
         );
     }
-    // The cause (connection refused, timed out, ...) is in the source chain.
-    let mut why = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        why.push_str(": ");
-        why.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let why = chain(e);
     if e.is_closed() || std::error::Error::source(e).is_some() {
         return format!(
             "cannot reach PostgreSQL at {shown} ({why}): is it running and reachable from \
@@ -227,6 +220,22 @@ fn describe_error(shown: &str, e: &postgres::Error) -> String {
         );
     }
     format!("PostgreSQL at {shown}: {why}")
+}
+
+/// An error with its causes (connection refused, the server's message, ...), which
+/// `postgres::Error`'s own text leaves out.
+fn chain(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        why.push_str(": ");
+        why.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    why
 }
 
 fn pool_error(shown: &str, e: &r2d2::Error) -> StoreError {
@@ -237,7 +246,7 @@ fn pool_error(shown: &str, e: &r2d2::Error) -> StoreError {
 
 fn key_row(row: &Row) -> StoreResult<(i64, KeyRow)> {
     let bad = |what: &str| unavailable(format!("bad {what} in the keys table"));
-    let get = |e: postgres::Error| unavailable(format!("the keys table: {e}"));
+    let get = |e: postgres::Error| unavailable(format!("the keys table: {}", chain(&e)));
     let scopes: String = row.try_get(5).map_err(get)?;
     let status: String = row.try_get(8).map_err(get)?;
     let uses: i64 = row.try_get(12).map_err(get)?;
@@ -299,9 +308,9 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(CONNECT_TIMEOUT)
-            // No round trip per checkout (it would double a lookup's): a connection the
-            // server closed is skipped in `conn` instead.
-            .test_on_check_out(false)
+            // Each checkout is checked with an empty query: after a server restart every
+            // pooled connection is stale, and is replaced here rather than failing a call.
+            .test_on_check_out(true)
             .error_handler(Box::new(PoolErrors))
             .build_unchecked(manager);
         Ok(PgStore {
@@ -328,17 +337,6 @@ impl PgStore {
     }
 
     fn conn(&self) -> StoreResult<Conn> {
-        // After a server restart every pooled connection is closed: each is dropped (the
-        // pool discards a closed one) and the next taken, until a live or a new one.
-        for _ in 0..=POOL_SIZE {
-            let conn = self
-                .pool
-                .get()
-                .map_err(|e| pool_error(&self.dsn.shown, &e))?;
-            if !conn.is_closed() {
-                return Ok(conn);
-            }
-        }
         self.pool.get().map_err(|e| pool_error(&self.dsn.shown, &e))
     }
 
@@ -583,7 +581,7 @@ fn migrate(client: &mut postgres::Client, shown: &str) -> Result<(), String> {
 fn get_meta(tx: &mut impl GenericClient, name: &str) -> StoreResult<Option<String>> {
     tx.query_opt("SELECT value FROM meta WHERE name = $1", &[&name])
         .and_then(|row| row.map(|r| r.try_get::<_, String>(0)).transpose())
-        .map_err(|e| unavailable(format!("the meta table: {e}")))
+        .map_err(|e| unavailable(format!("the meta table: {}", chain(&e))))
 }
 
 fn version_text(tx: &mut impl GenericClient) -> StoreResult<String> {
@@ -739,10 +737,6 @@ impl GatewayStore for PgStore {
             .pool
             .get_timeout(READY_TIMEOUT)
             .map_err(|e| pool_error(&self.dsn.shown, &e))?;
-        if conn.is_closed() {
-            drop(conn);
-            conn = self.conn()?;
-        }
         version_text(&mut *conn).map(|_| ())
     }
 
