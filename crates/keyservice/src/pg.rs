@@ -187,6 +187,7 @@ fn shown_of(config: &Config) -> String {
 pub struct PgStore {
     dsn: Dsn,
     pool: Pool,
+    pool_errors: Arc<PoolErrors>,
     cache: Mutex<Option<Arc<KeySetBody>>>,
     epoch: Epoch,
     /// The feed's version; the listener holds it weakly, and ends when the store goes.
@@ -238,9 +239,10 @@ fn chain(e: &postgres::Error) -> String {
     why
 }
 
-fn pool_error(shown: &str, e: &r2d2::Error) -> StoreError {
+fn pool_error(shown: &str, e: &r2d2::Error, last: &PoolErrors) -> StoreError {
+    let why = lock(&last.0).clone().unwrap_or_else(|| e.to_string());
     StoreError::Unavailable(format!(
-        "cannot reach PostgreSQL at {shown} ({e}): is it running and reachable from here?"
+        "cannot reach PostgreSQL at {shown} ({why}): is it running and reachable from here?"
     ))
 }
 
@@ -304,6 +306,7 @@ impl PgStore {
         read.commit().map_err(reach)?;
         drop(client);
         let manager = PostgresConnectionManager::new(dsn.config.clone(), NoTls);
+        let pool_errors = Arc::new(PoolErrors::default());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -311,11 +314,12 @@ impl PgStore {
             // Each checkout is checked with an empty query: after a server restart every
             // pooled connection is stale, and is replaced here rather than failing a call.
             .test_on_check_out(true)
-            .error_handler(Box::new(PoolErrors))
+            .error_handler(Box::new(PoolErrorsHandle(pool_errors.clone())))
             .build_unchecked(manager);
         Ok(PgStore {
             dsn: dsn.clone(),
             pool,
+            pool_errors,
             cache: Mutex::new(None),
             epoch,
             feed: Arc::new(tokio::sync::watch::channel(version).0),
@@ -337,7 +341,9 @@ impl PgStore {
     }
 
     fn conn(&self) -> StoreResult<Conn> {
-        self.pool.get().map_err(|e| pool_error(&self.dsn.shown, &e))
+        self.pool
+            .get()
+            .map_err(|e| pool_error(&self.dsn.shown, &e, &self.pool_errors))
     }
 
     fn err(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
@@ -594,14 +600,19 @@ fn feed_version_of(tx: &mut impl GenericClient) -> StoreResult<u64> {
         .map_err(|e| unavailable(format!("meta.version: {e}")))
 }
 
-/// The pool's failures to connect, logged (without the password: the pool's errors carry
-/// no DSN).
-#[derive(Debug)]
-struct PoolErrors;
+/// The pool's last failure to connect, with its cause (connection refused, a wrong
+/// password...), which the pool's own timeout error leaves out. The pool's errors carry no
+/// DSN, so no password.
+#[derive(Debug, Default)]
+struct PoolErrors(Mutex<Option<String>>);
 
-impl r2d2::HandleError<postgres::Error> for PoolErrors {
+/// What the pool is handed: the shared [`PoolErrors`].
+#[derive(Debug)]
+struct PoolErrorsHandle(Arc<PoolErrors>);
+
+impl r2d2::HandleError<postgres::Error> for PoolErrorsHandle {
     fn handle_error(&self, error: postgres::Error) {
-        log::debug!("PostgreSQL connection pool: {error}");
+        *lock(&self.0 .0) = Some(chain(&error));
     }
 }
 
@@ -615,15 +626,21 @@ fn listener(config: Config, shown: String, feed: Weak<tokio::sync::watch::Sender
         if feed.strong_count() == 0 {
             return;
         }
-        match listen_once(&config, &feed) {
+        let mut up = || {
+            if was_down {
+                eprintln!("keygate serve: listening for changes on PostgreSQL at {shown} again");
+            }
+        };
+        match listen_once(&config, &feed, &mut up) {
             Ok(()) => return,
             Err((heard, e)) => {
                 if heard {
                     backoff = Duration::from_millis(100);
                 }
                 if heard || !was_down {
-                    log::warn!(
-                        "{}; long-polls are woken by polling every 100 ms until it is back",
+                    eprintln!(
+                        "keygate serve: {}; long-polls are woken by polling every 100 ms until \
+                         it is back",
                         describe_error_for_listener(&shown, &e)
                     );
                 }
@@ -636,10 +653,7 @@ fn listener(config: Config, shown: String, feed: Weak<tokio::sync::watch::Sender
 }
 
 fn describe_error_for_listener(shown: &str, e: &postgres::Error) -> String {
-    format!(
-        "listening for changes on PostgreSQL at {shown}: {}",
-        describe_error(shown, e)
-    )
+    format!("listening for changes: {}", describe_error(shown, e))
 }
 
 /// One connection's worth of listening: `Ok` when the store is gone, else the error and
@@ -647,11 +661,13 @@ fn describe_error_for_listener(shown: &str, e: &postgres::Error) -> String {
 fn listen_once(
     config: &Config,
     feed: &Weak<tokio::sync::watch::Sender<u64>>,
+    up: &mut dyn FnMut(),
 ) -> Result<(), (bool, postgres::Error)> {
     let mut client = config.connect(NoTls).map_err(|e| (false, e))?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .map_err(|e| (false, e))?;
+    up();
     // Changes made while not listening: announced now.
     let version = client
         .query_one("SELECT value FROM meta WHERE name = 'version'", &[])
@@ -736,7 +752,7 @@ impl GatewayStore for PgStore {
         let mut conn = self
             .pool
             .get_timeout(READY_TIMEOUT)
-            .map_err(|e| pool_error(&self.dsn.shown, &e))?;
+            .map_err(|e| pool_error(&self.dsn.shown, &e, &self.pool_errors))?;
         version_text(&mut *conn).map(|_| ())
     }
 
