@@ -70,6 +70,44 @@ fn key_commands_admin_keys_policy_and_export_work_on_a_postgres_dsn() {
     let out = dir.join("keys.json");
     let exported = keygate(&["export", "--db", db, "--keys", out.to_str().unwrap()]).ok();
     assert!(exported.stdout.contains("exported 0 keys"), "{exported:?}");
+    // From a key file, all or none; named without a password.
+    let file = dir.join("file.json");
+    let bob = Issued::parse(
+        &keygate(&[
+            "new",
+            "--keys",
+            file.to_str().unwrap(),
+            "--owner",
+            "bob",
+            "--scopes",
+            "browse",
+            "--expires-in",
+            "30d",
+        ])
+        .ok()
+        .stdout,
+    );
+    let secret_dsn = dsn.replace("keygate@", "keygate:s3cret@");
+    let imported = keygate(&[
+        "import",
+        "--keys",
+        file.to_str().unwrap(),
+        "--db",
+        &secret_dsn,
+    ])
+    .ok();
+    assert!(
+        imported
+            .stdout
+            .contains("imported 1 key into postgres://keygate@"),
+        "{imported:?}"
+    );
+    assert!(!imported.stdout.contains("s3cret"), "{imported:?}");
+    let again = keygate(&["import", "--keys", file.to_str().unwrap(), "--db", db]).failed();
+    assert!(again.stderr.contains("nothing imported"), "{again:?}");
+    let exported = keygate(&["export", "--db", db, "--keys", out.to_str().unwrap()]).ok();
+    assert!(exported.stdout.contains("exported 1 key"), "{exported:?}");
+    assert!(std::fs::read_to_string(&out).unwrap().contains(&bob.id));
 
     // The password is never repeated, whatever fails.
     let port = keygate_testkit::free_port();

@@ -114,7 +114,10 @@ pub fn policy(
 /// `keygate import`: records from a key file into the database.
 pub fn import(keys: &std::path::Path, db: &std::path::Path) -> Result<()> {
     let n = keygate_keyservice::import(keys, db).map_err(|lines| Error { lines })?;
-    println!("imported {} into {}", count_keys(n), db.display());
+    // A PostgreSQL URL is named without its password.
+    let shown =
+        keygate_keyservice::Db::parse(db).map_or_else(|_| db.display().to_string(), |d| d.shown());
+    println!("imported {} into {shown}", count_keys(n));
     Ok(())
 }
 

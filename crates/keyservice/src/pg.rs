@@ -43,6 +43,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `/readyz` waits for a connection.
 const READY_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// `meta.schema` once [`SCHEMA`] is made: a later schema change migrates from it.
+const SCHEMA_VERSION: &str = "1";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
@@ -568,6 +571,16 @@ impl PgStore {
 /// (the first insert wins) and read back by every replica.
 fn migrate(client: &mut postgres::Client, shown: &str) -> Result<(), String> {
     let reach = |e: postgres::Error| describe_error(shown, &e);
+    // Made already: no DDL, which would need the CREATE privilege on the schema even
+    // where every table exists (a role may have been given only what it uses).
+    let made = client
+        .query_opt("SELECT value FROM meta WHERE name = 'schema'", &[])
+        .ok()
+        .flatten()
+        .and_then(|row| row.try_get::<_, String>(0).ok());
+    if made.as_deref() == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
     let epoch = crate::secret::new_id()?;
     let mut tx = client.transaction().map_err(reach)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -576,9 +589,9 @@ fn migrate(client: &mut postgres::Client, shown: &str) -> Result<(), String> {
     tx.execute(
         "INSERT INTO meta (name, value) VALUES
              ('version', '0'), ('epoch', $1), ('changes_from', '0'), ('changes_rows', '0'),
-             ('schema', '1')
+             ('schema', $2)
          ON CONFLICT (name) DO NOTHING",
-        &[&epoch],
+        &[&epoch, &SCHEMA_VERSION],
     )
     .map_err(reach)?;
     tx.commit().map_err(reach)
