@@ -1,6 +1,6 @@
 //! keygate's key service (README "The key service"): the store behind `keygate serve`
-//! (keys.json read-only, or SQLite read-write), the HTTP app (gateway endpoints, health,
-//! the admin API), TLS and mTLS.
+//! (keys.json read-only, or SQLite or PostgreSQL read-write), the HTTP app (gateway
+//! endpoints, health, the admin API), TLS and mTLS.
 
 pub mod app;
 pub mod atomic_file;
