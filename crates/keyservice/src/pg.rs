@@ -12,6 +12,9 @@
 //! on a connection of its own ([`PgStore::listen`]) and announces what it hears. When that
 //! connection is lost it reconnects with backoff, and meanwhile the 100 ms refresh of the
 //! long-poll machinery (changes.rs) finds changes by reading the version.
+//!
+//! `sslmode=require` is TLS with the server's certificate checked (pg/tls.rs); the URL's
+//! password is never shown ([`Dsn::shown`]).
 
 use crate::changes::MAX_LOG_HASHES;
 use crate::duration::Lifetime;
@@ -22,13 +25,15 @@ use crate::store::*;
 use keygate_core::record::{count_keys, KeyHash};
 use keygate_core::watch::Epoch;
 use postgres::error::SqlState;
-use postgres::{Config, GenericClient, IsolationLevel, NoTls, Row};
+use postgres::{Config, GenericClient, IsolationLevel, Row};
 use r2d2_postgres::PostgresConnectionManager;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 mod admin;
+mod tls;
 
 /// The channel the writers notify and every replica listens on.
 const CHANNEL: &str = "keygate_changes";
@@ -89,7 +94,7 @@ CREATE TABLE IF NOT EXISTS changes (
 const KEY_COLUMNS: &str = "seq, id, hash, owner, label, scopes, created_at, expires_at, status, \
                            read_only, revoked_at, last_used_at, uses";
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<tls::Rustls>>;
 
 /// Whether `--db` names PostgreSQL rather than a SQLite file.
 pub fn is_dsn(value: &str) -> bool {
@@ -101,6 +106,7 @@ pub fn is_dsn(value: &str) -> bool {
 pub struct Dsn {
     config: Config,
     shown: String,
+    tls: tls::Rustls,
 }
 
 impl std::fmt::Debug for Dsn {
@@ -110,40 +116,96 @@ impl std::fmt::Debug for Dsn {
 }
 
 impl Dsn {
-    /// Reads `postgres://user:password@host:port/db?sslmode=...`. TLS is not supported
-    /// yet: a DSN that asks for it is refused, never connected to in plaintext.
+    /// Reads `postgres://user:password@host:port/db?sslmode=...&sslrootcert=PATH`.
+    /// `sslmode=require` is TLS with the server's certificate verified (against
+    /// `sslrootcert`, else the system's CAs); anything else is plaintext.
     pub fn parse(text: &str) -> Result<Dsn, String> {
         let shown_raw = redact(text);
-        let mut config = Config::from_str(text).map_err(|e| {
+        let (text, root_file) = take_param(text, "sslrootcert");
+        let mut config = Config::from_str(&text).map_err(|e| {
             format!("{shown_raw}: not a PostgreSQL URL ({e}); the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE")
         })?;
         let shown = shown_of(&config);
-        match config.get_ssl_mode() {
+        let tls = match config.get_ssl_mode() {
             postgres::config::SslMode::Require => {
-                return Err(format!(
-                    "{shown}: sslmode=require asks for TLS, which keygate's PostgreSQL \
-                     store does not support yet; reach PostgreSQL over a private network \
-                     (or a TLS sidecar) and use sslmode=disable"
-                ))
+                tls::Rustls::new(root_file.as_deref().map(Path::new))
+                    .map_err(|e| format!("{shown}: {e}"))?
             }
-            // `prefer` (the default) would try TLS first: there is none to try.
+            // `prefer` (the default) would settle for whatever the server offers, and
+            // fail where it offers TLS with a certificate this host cannot check: ask for
+            // TLS with sslmode=require instead.
             _ => {
+                if root_file.is_some() {
+                    return Err(format!(
+                        "{shown}: sslrootcert is for TLS: add sslmode=require, or leave \
+                         sslrootcert out"
+                    ));
+                }
                 config.ssl_mode(postgres::config::SslMode::Disable);
+                tls::Rustls::unused()
             }
-        }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("keygate");
         }
-        Ok(Dsn { config, shown })
+        Ok(Dsn { config, shown, tls })
     }
 
     /// `postgres://user@host:port/db`: what errors and logs name.
     pub fn shown(&self) -> &str {
         &self.shown
     }
+}
+
+/// `text` without its query parameter `name` (which the PostgreSQL client does not read),
+/// and that parameter's value (percent-decoded).
+fn take_param(text: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = text.split_once('?') else {
+        return (text.to_string(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(percent_decode(v));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_string(), value)
+    } else {
+        (format!("{base}?{}", kept.join("&")), value)
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The DSN without its password, for a DSN that does not even parse.
@@ -217,6 +279,13 @@ fn describe_error(shown: &str, e: &postgres::Error) -> String {
         );
     }
     let why = chain(e);
+    if why.contains("TLS handshake") {
+        return format!(
+            "cannot reach PostgreSQL at {shown} ({why}): with sslmode=require, the server \
+             must offer TLS with a certificate for this host name signed by a CA in \
+             sslrootcert (or the system's CAs)"
+        );
+    }
     if e.is_closed() || std::error::Error::source(e).is_some() {
         return format!(
             "cannot reach PostgreSQL at {shown} ({why}): is it running and reachable from \
@@ -285,7 +354,7 @@ fn int(n: u64) -> i64 {
 
 /// A connection from the pool, or one made for a one-shot command: what a change or a
 /// read runs on.
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<tls::Rustls>>;
 
 impl PgStore {
     /// Connects, creates the schema if missing (one replica at a time) and reads the
@@ -293,7 +362,7 @@ impl PgStore {
     pub fn open(dsn: &Dsn) -> Result<PgStore, String> {
         let shown = dsn.shown().to_string();
         let reach = |e: postgres::Error| describe_error(&shown, &e);
-        let mut client = dsn.config.connect(NoTls).map_err(reach)?;
+        let mut client = dsn.config.connect(dsn.tls.clone()).map_err(reach)?;
         migrate(&mut client, &shown)?;
         let mut read = client
             .build_transaction()
@@ -308,7 +377,7 @@ impl PgStore {
         let version = feed_version_of(&mut read).map_err(|e| format!("{shown}: {e}"))?;
         read.commit().map_err(reach)?;
         drop(client);
-        let manager = PostgresConnectionManager::new(dsn.config.clone(), NoTls);
+        let manager = PostgresConnectionManager::new(dsn.config.clone(), dsn.tls.clone());
         let pool_errors = Arc::new(PoolErrors::default());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
@@ -334,11 +403,12 @@ impl PgStore {
     /// and wakes this process's long-polls at once. It ends when the store is dropped.
     pub fn listen(&self) -> Result<(), String> {
         let config = self.dsn.config.clone();
+        let tls = self.dsn.tls.clone();
         let shown = self.dsn.shown.clone();
         let feed = Arc::downgrade(&self.feed);
         std::thread::Builder::new()
             .name("keygate-pg-listen".into())
-            .spawn(move || listener(config, shown, feed))
+            .spawn(move || listener(config, tls, shown, feed))
             .map(|_| ())
             .map_err(|e| format!("cannot start the PostgreSQL listener thread: {e}"))
     }
@@ -632,7 +702,12 @@ impl r2d2::HandleError<postgres::Error> for PoolErrorsHandle {
 /// The listener thread: `LISTEN keygate_changes` on its own connection, announcing each
 /// version heard. On a lost connection, reconnects with backoff (up to 5 s); meanwhile the
 /// long-poll refresh (every 100 ms) finds changes by reading the version.
-fn listener(config: Config, shown: String, feed: Weak<tokio::sync::watch::Sender<u64>>) {
+fn listener(
+    config: Config,
+    tls: tls::Rustls,
+    shown: String,
+    feed: Weak<tokio::sync::watch::Sender<u64>>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut was_down = false;
     loop {
@@ -644,7 +719,7 @@ fn listener(config: Config, shown: String, feed: Weak<tokio::sync::watch::Sender
                 eprintln!("keygate serve: listening for changes on PostgreSQL at {shown} again");
             }
         };
-        match listen_once(&config, &feed, &mut up) {
+        match listen_once(&config, &tls, &feed, &mut up) {
             Ok(()) => return,
             Err((heard, e)) => {
                 if heard {
@@ -673,10 +748,11 @@ fn describe_error_for_listener(shown: &str, e: &postgres::Error) -> String {
 /// whether the connection was up first.
 fn listen_once(
     config: &Config,
+    tls: &tls::Rustls,
     feed: &Weak<tokio::sync::watch::Sender<u64>>,
     up: &mut dyn FnMut(),
 ) -> Result<(), (bool, postgres::Error)> {
-    let mut client = config.connect(NoTls).map_err(|e| (false, e))?;
+    let mut client = config.connect(tls.clone()).map_err(|e| (false, e))?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .map_err(|e| (false, e))?;

@@ -36,13 +36,31 @@ fn changed(s: &PgStore, since: u64) -> (u64, Vec<String>) {
 }
 
 #[test]
-fn dsns_are_shown_without_their_password_and_tls_is_refused() {
+fn dsns_are_shown_without_their_password() {
     let dsn = Dsn::parse("postgres://kg:s3cret@db.example:5433/keys").unwrap();
     assert_eq!(dsn.shown(), "postgres://kg@db.example:5433/keys");
     assert!(!format!("{dsn:?}").contains("s3cret"));
-    let e = Dsn::parse("postgresql://kg:s3cret@db.example/keys?sslmode=require").unwrap_err();
-    assert!(e.contains("sslmode=require") && e.contains("TLS"), "{e}");
+    let e = Dsn::parse(
+        "postgresql://kg:s3cret@db.example/keys?sslmode=require&sslrootcert=/no/such/ca.pem",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("sslrootcert /no/such/ca.pem: cannot read"),
+        "{e}"
+    );
     assert!(!e.contains("s3cret"), "{e}");
+    let e = Dsn::parse("postgres://kg:s3cret@db.example/keys?sslrootcert=%2Fca.pem").unwrap_err();
+    assert!(e.contains("add sslmode=require"), "{e}");
+    assert_eq!(
+        take_param(
+            "postgres://h/d?a=1&sslrootcert=%2Fx%20y.pem&b=2",
+            "sslrootcert"
+        ),
+        (
+            "postgres://h/d?a=1&b=2".to_string(),
+            Some("/x y.pem".to_string())
+        )
+    );
     let e = Dsn::parse("postgres://kg:s3cret@db.example/keys?bogus=1").unwrap_err();
     assert!(!e.contains("s3cret"), "{e}");
     assert!(is_dsn("postgres://x") && is_dsn("postgresql://x") && !is_dsn("keys.db"));
@@ -69,6 +87,16 @@ fn the_store_on_postgres() {
     the_change_log_is_bounded(&pg.new_database());
     let dsn = pg.new_database();
     a_lost_server_is_unavailable_then_recovers(&mut pg, &dsn);
+    // TLS asked of a server that offers none: refused, never plaintext.
+    let dir = keygate_testkit::TempDir::new("pg-no-tls");
+    let pki = keygate_testkit::keysvc::tls::Pki::generate(dir.path());
+    let tls = format!("{dsn}?sslmode=require&sslrootcert={}", pki.ca.display());
+    let e = PgStore::open(&Dsn::parse(&tls).unwrap()).err().unwrap();
+    println!("TLS asked of a server without: {e}");
+    assert!(
+        e.contains("cannot reach PostgreSQL") && e.contains("TLS"),
+        "{e}"
+    );
 }
 
 fn keys_versions_and_the_feed(dsn: &str) {
@@ -367,4 +395,55 @@ fn a_lost_server_is_unavailable_then_recovers(pg: &mut Postgres, dsn: &str) {
     let (_, b) = key("bob", 2);
     s.create_key("cli:test", b).unwrap();
     assert_eq!(s.feed_version().unwrap(), 2);
+}
+
+/// `sslmode=require`: TLS, the server's certificate checked against `sslrootcert`.
+#[test]
+fn tls_to_postgres_with_the_certificate_checked() {
+    let mut pg = Postgres::start_tls();
+    let dsn = pg.new_database();
+    let ca = pg.ca.clone().unwrap();
+    let tls_dsn = format!("{dsn}?sslmode=require&sslrootcert={}", ca.display());
+    let s = open(&tls_dsn);
+    let encrypted: bool = s
+        .conn()
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(encrypted);
+    // Long-polls are woken over TLS too.
+    a_change_through_one_replica_wakes_the_others(&tls_dsn);
+    // By name as well as by address: the certificate names both.
+    open(&tls_dsn.replace("127.0.0.1", "localhost"));
+    // A certificate no trusted CA signed: refused, never plaintext.
+    let other = keygate_testkit::TempDir::new("pg-other-ca");
+    let stranger = keygate_testkit::keysvc::tls::Pki::generate(other.path());
+    let untrusted = format!(
+        "{dsn}?sslmode=require&sslrootcert={}",
+        stranger.ca.display()
+    );
+    let e = PgStore::open(&Dsn::parse(&untrusted).unwrap())
+        .err()
+        .unwrap();
+    println!("an untrusted certificate: {e}");
+    assert!(
+        e.contains("cannot reach PostgreSQL") && e.contains("certificate"),
+        "{e}"
+    );
+    // Without sslmode=require, plaintext on a server that offers TLS.
+    let plain = open(&dsn);
+    let encrypted: bool = plain
+        .conn()
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!encrypted);
 }

@@ -50,11 +50,25 @@ pub struct Postgres {
     pub port: u16,
     child: Option<Child>,
     next_db: u32,
+    /// `-c ssl=on ...` when started with TLS.
+    tls_args: Vec<String>,
+    /// The CA that signed the server's certificate (PEM), when started with TLS.
+    pub ca: Option<PathBuf>,
 }
 
 impl Postgres {
     /// A new cluster, started; panics (with the server's log) if it does not start.
     pub fn start() -> Postgres {
+        Self::start_inner(false)
+    }
+
+    /// As [`Postgres::start`], and offering TLS with a certificate for 127.0.0.1 and
+    /// localhost from a CA made here ([`Postgres::ca`]).
+    pub fn start_tls() -> Postgres {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Postgres {
         let bin = bin_dir();
         let dir = TempDir::new("pg");
         let data = dir.join("data");
@@ -84,12 +98,40 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let (mut tls_args, mut ca) = (Vec::new(), None);
+        if tls {
+            let tls_dir = dir.join("tls");
+            std::fs::create_dir_all(&tls_dir).unwrap();
+            let pki = crate::keysvc::tls::Pki::generate(&tls_dir);
+            // PostgreSQL wants its key readable by its user only.
+            std::fs::set_permissions(
+                &pki.server_key,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            if running_as_root() {
+                for path in [&pki.server_cert, &pki.server_key] {
+                    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+                }
+            }
+            tls_args = vec![
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", pki.server_cert.display()),
+                "-c".into(),
+                format!("ssl_key_file={}", pki.server_key.display()),
+            ];
+            ca = Some(pki.ca);
+        }
         let mut pg = Postgres {
             bin,
             dir,
             port: crate::free_port(),
             child: None,
             next_db: 0,
+            tls_args,
+            ca,
         };
         pg.start_again();
         pg
@@ -117,6 +159,7 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ])
+            .args(&self.tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
