@@ -60,16 +60,18 @@ test-native: tools postgres-tools wasm native-dev cli
 tools: toolchain envoy
 
 # PostgreSQL for the tests of `keygate serve --db postgres://...` (crates/testkit/src/postgres.rs
-# runs a throwaway cluster as `nobody` on 127.0.0.1): Debian's postgresql-15, server binaries
-# only (its own cluster is not started).
+# runs a throwaway cluster as `nobody` on 127.0.0.1): Debian's postgresql-15 (or, where a later
+# Debian has another version, its postgresql).
 PG_BIN := /usr/lib/postgresql/15/bin
 .PHONY: postgres-tools
 postgres-tools:
 	@test -x $(PG_BIN)/postgres -a -x $(PG_BIN)/initdb -a -x $(PG_BIN)/psql || { \
 	  echo "installing Debian's postgresql-15 (for the PostgreSQL store's tests)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; } || { \
-	  echo "the tests need PostgreSQL 15: apt-get install postgresql-15"; exit 1; }
+	  apt-get update -qq && { DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null || \
+	    DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; } || { \
+	  echo "the tests need PostgreSQL: apt-get install postgresql-15 (or postgresql)"; exit 1; }
 
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1

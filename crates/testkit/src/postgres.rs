@@ -19,11 +19,22 @@ pub const USER: &str = "keygate";
 /// `nobody`: who runs the server when the tests run as root.
 const NOBODY: u32 = 65534;
 
-/// Where the server's binaries are: `$PATH`, or Debian's postgresql-15.
+/// Where the server's binaries are: Debian's postgresql-15 (or, on a later Debian, the
+/// newest /usr/lib/postgresql/N), or `$PATH`.
 fn bin_dir() -> PathBuf {
     let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
     if debian.join("postgres").is_file() {
         return debian;
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+        .filter(|(_, dir)| dir.join("bin/postgres").is_file())
+        .max();
+    if let Some((_, dir)) = newest {
+        return dir.join("bin");
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
