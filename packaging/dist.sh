@@ -42,7 +42,7 @@ fi
 cp -r target/oci "$DIST/oci"
 python3 packaging/check_oci.py --wasm "$DIST/keygate.wasm" --oci "$DIST/oci" --tag "$VERSION" >/dev/null
 
-for overlay in envoy istio envoy-gateway; do
+for overlay in envoy istio envoy-gateway keyservice-postgres; do
   {
     echo "# keygate $VERSION: kubectl kustomize envoy/k8s/overlays/$overlay (README \"Kustomize\")"
     $KUSTOMIZE "envoy/k8s/overlays/$overlay"
