@@ -84,6 +84,7 @@ fn the_store_on_postgres() {
     admin_side(&pg.new_database());
     replicas_starting_at_once_share_one_schema_and_epoch(&pg.new_database());
     a_change_through_one_replica_wakes_the_others(&pg.new_database());
+    polling_covers_a_lost_listener_until_it_is_back(&pg.new_database());
     the_change_log_is_bounded(&pg.new_database());
     let dsn = pg.new_database();
     a_lost_server_is_unavailable_then_recovers(&mut pg, &dsn);
@@ -446,4 +447,35 @@ fn tls_to_postgres_with_the_certificate_checked() {
         .unwrap()
         .get(0);
     assert!(!encrypted);
+}
+
+fn polling_covers_a_lost_listener_until_it_is_back(dsn: &str) {
+    let watching = open(dsn);
+    watching.listen().unwrap();
+    let writing = open(dsn);
+    let feed = watching.subscribe();
+    std::thread::sleep(Duration::from_millis(300));
+    // Every other connection to the database cut: the listener's among them.
+    writing
+        .conn()
+        .unwrap()
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    let (_, a) = key("alice", 1);
+    writing.create_key("cli:test", a).unwrap();
+    // What the long-polls' 100 ms refresh does while the listener is down.
+    watching.refresh();
+    assert_eq!(*feed.borrow(), 1);
+    // The listener is back (after its backoff) and hears the next change by itself.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, b) = key("bob", 2);
+    writing.create_key("cli:test", b).unwrap();
+    assert!(
+        keygate_testkit::eventually(Duration::from_secs(2), || *feed.borrow() == 2),
+        "the listener did not come back"
+    );
 }
