@@ -208,19 +208,19 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The DSN without its password, for a DSN that does not even parse.
+/// The DSN without its user and password, for a DSN that does not even parse: what
+/// follows the last `@` (a password may hold `/`, `:` or `?`), without the query.
 fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return "the PostgreSQL URL".to_string();
     };
-    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let path = path.split('?').next().unwrap_or("");
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}{path}")
+    let rest = rest.split('?').next().unwrap_or("");
+    match text.rfind('@') {
+        Some(at) => {
+            let after = text[at + 1..].split('?').next().unwrap_or("");
+            format!("{scheme}://***@{after}")
         }
-        None => format!("{scheme}://{authority}{path}"),
+        None => format!("{scheme}://{rest}"),
     }
 }
 

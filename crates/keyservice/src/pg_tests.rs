@@ -63,6 +63,17 @@ fn dsns_are_shown_without_their_password() {
     );
     let e = Dsn::parse("postgres://kg:s3cret@db.example/keys?bogus=1").unwrap_err();
     assert!(!e.contains("s3cret"), "{e}");
+    for broken in [
+        "postgres://kg:se/cr?et@db.example/keys?bogus=1",
+        "postgres://kg:s3cret@db.example:port/keys",
+    ] {
+        let e = Dsn::parse(broken).unwrap_err();
+        assert!(e.starts_with("postgres://***@db.example"), "{e}");
+        assert!(
+            !e.contains("se/cr") && !e.contains("s3cret") && !e.contains("kg"),
+            "{e}"
+        );
+    }
     assert!(is_dsn("postgres://x") && is_dsn("postgresql://x") && !is_dsn("keys.db"));
 }
 
