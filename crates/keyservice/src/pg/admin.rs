@@ -22,7 +22,7 @@ impl AdminStore for PgStore {
         let mut conn = self.conn()?;
         let limit = i64::from(query.limit.max(1));
         let rows = conn
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT {KEY_COLUMNS} FROM keys
                      WHERE seq > $1 AND ($2::TEXT IS NULL OR owner = $2)
@@ -30,10 +30,10 @@ impl AdminStore for PgStore {
                      ORDER BY seq LIMIT $4"
                 ),
                 &[
-                    &query.after.unwrap_or(0),
-                    &query.owner,
-                    &query.status.map(Status::as_str),
-                    &(limit + 1),
+                    (&query.after.unwrap_or(0), Type::INT8),
+                    (&query.owner, Type::TEXT),
+                    (&query.status.map(Status::as_str), Type::TEXT),
+                    (&(limit + 1), Type::INT8),
                 ],
             )
             .map_err(self.err())?
@@ -263,9 +263,12 @@ impl AdminStore for PgStore {
 
     fn admin_key(&self, hash: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn()?;
-        conn.query_opt("SELECT id FROM admin_keys WHERE hash = $1", &[&hash])
-            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
-            .map_err(self.err())
+        conn.query_typed_opt(
+            "SELECT id FROM admin_keys WHERE hash = $1",
+            &[(&hash, Type::TEXT)],
+        )
+        .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+        .map_err(self.err())
     }
 
     fn import_keys(&self, actor: &str, keys: &[(NewKey, Status)]) -> StoreResult<usize> {
@@ -322,20 +325,23 @@ impl PgStore {
     /// Audit entries from `sql`, which takes a bound (`$1`) and a limit (`$2`).
     fn audit_query(&self, sql: &str, bound: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
         let mut conn = self.conn()?;
-        conn.query(sql, &[&bound, &i64::from(limit)])
-            .map_err(self.err())?
-            .iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    seq: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    key_id: r.try_get(4)?,
-                    detail: r.try_get(5)?,
-                })
+        conn.query_typed(
+            sql,
+            &[(&bound, Type::INT8), (&i64::from(limit), Type::INT8)],
+        )
+        .map_err(self.err())?
+        .iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                seq: r.try_get(0)?,
+                at: r.try_get(1)?,
+                actor: r.try_get(2)?,
+                action: r.try_get(3)?,
+                key_id: r.try_get(4)?,
+                detail: r.try_get(5)?,
             })
-            .collect::<Result<Vec<_>, postgres::Error>>()
-            .map_err(self.err())
+        })
+        .collect::<Result<Vec<_>, postgres::Error>>()
+        .map_err(self.err())
     }
 }
