@@ -8,8 +8,8 @@
 use crate::config::check_text;
 use crate::error::ConfigError;
 use crate::header_map;
+use crate::json::{Fields, FromJson, Json};
 use crate::scope::{Scope, ScopeIndex, ScopeMask};
-use serde::Deserialize;
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 pub const DEFAULT_PAYLOAD_KEY: &str = "jwt_payload";
@@ -43,17 +43,40 @@ impl JwtConfig {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub(crate) struct JwtDoc {
-    #[serde(default)]
     metadata_namespace: Option<String>,
-    #[serde(default)]
     payload_key: Option<String>,
-    #[serde(default)]
     scope_claim: Option<String>,
-    #[serde(default)]
     subject_claim: Option<String>,
+}
+
+impl FromJson for JwtDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "jwt: an object",
+            &[
+                "metadata_namespace",
+                "payload_key",
+                "scope_claim",
+                "subject_claim",
+            ],
+            errors,
+        )?;
+        let metadata_namespace = f.optional::<Option<String>>("metadata_namespace");
+        let payload_key = f.optional::<Option<String>>("payload_key");
+        let scope_claim = f.optional::<Option<String>>("scope_claim");
+        let subject_claim = f.optional::<Option<String>>("subject_claim");
+        f.done()?;
+        Some(JwtDoc {
+            metadata_namespace: metadata_namespace.flatten(),
+            payload_key: payload_key.flatten(),
+            scope_claim: scope_claim.flatten(),
+            subject_claim: subject_claim.flatten(),
+        })
+    }
 }
 
 impl JwtDoc {

@@ -642,8 +642,7 @@ impl Scan {
                 self.staged.add(item, None)?;
             }
             List::Keys | List::Upsert => {
-                let doc: KeyRecordDoc =
-                    serde_json::from_slice(value).map_err(|e| format!("{place}: {e}"))?;
+                let doc = KeyRecordDoc::parse(value, &place)?;
                 let record = record_codec::encode(&doc);
                 let at = u32::try_from(self.staged.arena.len())
                     .map_err(|_| "the key set is too large to hold".to_string())?;

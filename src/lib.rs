@@ -16,6 +16,7 @@ pub mod decision;
 pub mod error;
 pub mod header;
 pub mod header_map;
+pub mod json;
 pub mod jwt;
 pub mod key_format;
 pub mod key_set;

@@ -8,11 +8,11 @@
 //! (bounded: [`MAX_KEYS_PER_VM`]), [`Reporter`] the timer and the calls behind a
 //! [`ReportHost`], and [`UsageReport`] the document both sides read and write.
 
-use crate::error::{parse_json, ConfigError};
+use crate::error::ConfigError;
+use crate::json::{self, Fields, FromJson, Json};
 use crate::record::{DigestHasher, KeyHash};
 use crate::remote::{check_endpoint, check_path, check_range, Endpoint};
 use crate::timestamp::Timestamp;
-use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::hash::BuildHasherDefault;
@@ -39,18 +39,43 @@ pub const MAX_KEYS_PER_VM: usize = 10_000;
 /// a report is dropped rather than kept waiting.
 pub const MAX_REPORTS_IN_FLIGHT: usize = 16;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct UsageDoc {
     cluster: String,
-    #[serde(default)]
     path: Option<String>,
-    #[serde(default)]
     authority: Option<String>,
-    #[serde(default)]
     report_seconds: Option<u32>,
-    #[serde(default)]
     timeout_ms: Option<u32>,
+}
+
+impl FromJson for UsageDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "usage: an object with cluster",
+            &[
+                "cluster",
+                "path",
+                "authority",
+                "report_seconds",
+                "timeout_ms",
+            ],
+            errors,
+        )?;
+        let cluster = f.required("cluster");
+        let path = f.optional::<Option<String>>("path");
+        let authority = f.optional::<Option<String>>("authority");
+        let report_seconds = f.optional::<Option<u32>>("report_seconds");
+        let timeout_ms = f.optional::<Option<u32>>("timeout_ms");
+        f.done()?;
+        Some(UsageDoc {
+            cluster: cluster?,
+            path: path.flatten(),
+            authority: authority.flatten(),
+            report_seconds: report_seconds.flatten(),
+            timeout_ms: timeout_ms.flatten(),
+        })
+    }
 }
 
 impl UsageDoc {
@@ -187,24 +212,50 @@ pub struct UsageReport {
     pub entries: Vec<UsageEntry>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a usage report: {\"reports\": [...]}"
-)]
 struct ReportDoc {
     reports: Vec<EntryDoc>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a usage entry: an object with hash, count and last_used_at"
-)]
+impl FromJson for ReportDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a usage report: {\"reports\": [...]}",
+            &["reports"],
+            errors,
+        )?;
+        let reports = f.required("reports");
+        f.done()?;
+        Some(ReportDoc { reports: reports? })
+    }
+}
+
 struct EntryDoc {
     hash: KeyHash,
     count: u64,
     last_used_at: Timestamp,
+}
+
+impl FromJson for EntryDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a usage entry: an object with hash, count and last_used_at",
+            &["hash", "count", "last_used_at"],
+            errors,
+        )?;
+        let hash = f.required("hash");
+        let count = f.required("count");
+        let last_used_at = f.required("last_used_at");
+        f.done()?;
+        Some(EntryDoc {
+            hash: hash?,
+            count: count?,
+            last_used_at: last_used_at?,
+        })
+    }
 }
 
 impl UsageReport {
@@ -232,7 +283,7 @@ impl UsageReport {
     /// Reads a report as the key service receives it; every problem is named by its field
     /// (`reports[3].count`). The same hash may appear more than once.
     pub fn parse(json: &[u8]) -> Result<UsageReport, Vec<ConfigError>> {
-        let doc: ReportDoc = parse_json(json, "usage report")?;
+        let doc = json::read_document(json, "usage report", |v, e| ReportDoc::read(v, "", e))?;
         let mut errors = Vec::new();
         if doc.reports.len() > MAX_REPORT_ENTRIES {
             errors.push(ConfigError::new(

@@ -2,7 +2,7 @@ use super::*;
 use serde_json::{json, Value};
 
 fn config(value: Value) -> Result<UsageConfig, Vec<String>> {
-    let doc: UsageDoc = serde_json::from_value(value).map_err(|e| vec![e.to_string()])?;
+    let doc: UsageDoc = crate::json::from_value(value).map_err(|e| vec![e.to_string()])?;
     let mut errors = Vec::new();
     doc.check(&mut errors)
         .ok_or_else(|| errors.iter().map(ToString::to_string).collect())
