@@ -200,7 +200,7 @@ impl Staged {
     /// Every item, sorted by hash: for a delta, whose size bounds the work.
     pub fn sorted(&self) -> Vec<Item> {
         let mut items = self.items.clone();
-        items.sort_unstable_by_key(|item| item.hash);
+        items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
         items
     }
 
@@ -233,7 +233,7 @@ impl Staged {
             }
         };
         let cost = 1 + items.len() + self.groups.as_ref().map_or(0, |_| 1 << (GROUP_BITS - bits));
-        items.sort_unstable_by_key(|item| item.hash);
+        items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
         (items, cost)
     }
 
@@ -275,7 +275,7 @@ impl Staged {
     /// returns the next group to check, `None` when all are checked.
     fn check(&mut self, from: u32, budget: &mut usize) -> Result<Option<u32>, String> {
         let Some(groups) = &self.groups else {
-            self.items.sort_unstable_by_key(|item| item.hash);
+            self.items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
             let items: Vec<&Item> = self.items.iter().collect();
             repeated_hash(&items)?;
             // Sorting moved the items: their id hashes go with them.
@@ -297,7 +297,7 @@ impl Staged {
                     .members(&groups.heads, &groups.next, group)
                     .filter_map(|at| self.items.get(at as usize)),
             );
-            items.sort_unstable_by_key(|item| item.hash);
+            items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
             repeated_hash(&items)?;
             let ids: Vec<(u64, &Item)> = groups
                 .members(&groups.id_heads, &groups.id_next, group)
@@ -343,6 +343,13 @@ impl Groups {
             Some(this)
         })
     }
+}
+
+/// Hashes in byte order, out of line: wasm has no byte swap, so each 32-byte comparison
+/// inlined is some 400 bytes of shifts, and a sort inlines hundreds (issue #24: 68 KB).
+#[inline(never)]
+fn by_hash(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    a.cmp(b)
 }
 
 /// The id hash of an item, wherever sorting put it: items are numbered by where they were
