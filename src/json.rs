@@ -1,13 +1,11 @@
 //! A JSON document as keygate reads configuration, key records and reports: one tree that
 //! each reader walks field by field, naming every problem by its path (`keys[3].scopes[0]`).
 //!
-//! serde_json still reads the text (its syntax errors carry line and column, and it refuses
-//! nesting deeper than 128), but into this one tree: a derived deserializer per type, each
-//! wrapped for path tracking, made most of the wasm module's size (issue #24).
+//! The text is read by [`crate::json_text`]: a derived deserializer per type, each wrapped
+//! for path tracking, made most of the wasm module's size (issue #24).
 
 use crate::error::ConfigError;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use std::fmt;
+use crate::json_text::{self, SyntaxError};
 
 /// A JSON value. An object keeps its fields in document order, repeats included, so that a
 /// repeated field is refused rather than silently overwritten.
@@ -17,7 +15,9 @@ pub enum Json {
     Bool(bool),
     UInt(u64),
     NegInt(i64),
-    Float(f64),
+    /// A number with a fraction or an exponent, or an integer beyond 64 bits: keygate
+    /// reads none, so its value is not kept.
+    Float,
     Str(String),
     Array(Vec<Json>),
     Object(Vec<(String, Json)>),
@@ -32,7 +32,7 @@ impl Json {
             Json::UInt(n) => format!("integer `{n}`"),
             Json::NegInt(n) => format!("integer `{n}`"),
             // Floating-point formatting would be linked for this message alone.
-            Json::Float(_) => "floating point number".into(),
+            Json::Float => "floating point number".into(),
             Json::Str(s) => format!("string {s:?}"),
             Json::Array(_) => "sequence".into(),
             Json::Object(_) => "map".into(),
@@ -48,97 +48,16 @@ impl Json {
     }
 }
 
-/// Where the reader is, so that a syntax error inside a field is named by its path.
-enum Step {
-    Field(String),
-    Index(usize),
-}
-
-/// Reads one value, keeping `steps` as the path to it; a step stays when reading fails
-/// under it, so that the path then names where.
-struct Node<'p>(&'p mut Vec<Step>);
-
-impl<'de> DeserializeSeed<'de> for Node<'_> {
-    type Value = Json;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Node<'_> {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
-        Ok(Json::Bool(b))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
-        Ok(Json::UInt(n))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
-        Ok(u64::try_from(n).map_or(Json::NegInt(n), Json::UInt))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
-        Ok(Json::Float(n))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
-        Ok(Json::Str(s.to_owned()))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Json, E> {
-        Ok(Json::Str(s))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        let mut items = Vec::new();
-        loop {
-            self.0.push(Step::Index(items.len()));
-            let item = seq.next_element_seed(Node(&mut *self.0))?;
-            self.0.pop();
-            match item {
-                Some(item) => items.push(item),
-                None => return Ok(Json::Array(items)),
-            }
-        }
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-        let mut fields = Vec::new();
-        while let Some(name) = map.next_key::<String>()? {
-            self.0.push(Step::Field(name));
-            let value = map.next_value_seed(Node(&mut *self.0))?;
-            if let Some(Step::Field(name)) = self.0.pop() {
-                fields.push((name, value));
-            }
-        }
-        Ok(Json::Object(fields))
-    }
-}
-
-/// The path `steps` spell, as `keys[0].scopes`.
-fn spelled(steps: &[Step]) -> String {
-    let mut path = String::new();
-    for step in steps {
-        path = match step {
-            Step::Field(name) => field_path(&path, name),
-            Step::Index(i) => index_path(&path, *i),
-        };
-    }
-    path
-}
-
 /// Parses one JSON document (`what` names it in messages). Text after it is refused.
 pub fn parse(json: &[u8], what: &str) -> Result<Json, ConfigError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let mut steps = Vec::new();
-    let doc = Node(&mut steps)
-        .deserialize(&mut deserializer)
-        .map_err(|e| ConfigError::new(spelled(&steps), e.to_string()))?;
-    deserializer
-        .end()
-        .map_err(|e| ConfigError::new("", format!("unexpected text after the {what}: {e}")))?;
+    let to_error = |e: SyntaxError| ConfigError::new(e.path, e.message);
+    let (doc, trailing) = json_text::parse(json).map_err(to_error)?;
+    if let Some(e) = trailing {
+        return Err(ConfigError::new(
+            "",
+            format!("unexpected text after the {what}: {}", e.message),
+        ));
+    }
     Ok(doc)
 }
 
@@ -159,6 +78,39 @@ pub fn read_document<T>(
     }
 }
 
+/// Reads one value on its own (an element of a key set, a key service's answer): its
+/// first problem, named by its place (`at`, as `keys[3]`) and field.
+pub fn read_one<T: FromJson>(json: &[u8], at: &str) -> Result<T, String> {
+    let mut errors = Vec::new();
+    let read = match parse(json, "value") {
+        Ok(doc) => {
+            let read = T::read(&doc, "", &mut errors);
+            place_problems(json, &mut errors);
+            read
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    match (read, errors.first_mut()) {
+        (Some(value), None) => Ok(value),
+        (_, Some(first)) => {
+            first.path = field_path(at, &first.path);
+            Err(first.to_string())
+        }
+        (None, None) => Err(format!("{at}: refused")),
+    }
+}
+
+/// The text of a JSON string (`"..."`, escapes and all), if that is what `json` is.
+pub fn string(json: &[u8]) -> Option<String> {
+    match json_text::parse(json) {
+        Ok((Json::Str(text), None)) => Some(text),
+        _ => None,
+    }
+}
+
 /// `at.name`, or `name` at the top (`at` for no name).
 pub(crate) fn field_path(at: &str, name: &str) -> String {
     let mut path = String::with_capacity(at.len() + 1 + name.len());
@@ -170,7 +122,7 @@ pub(crate) fn field_path(at: &str, name: &str) -> String {
     path
 }
 
-fn index_path(at: &str, i: usize) -> String {
+pub(crate) fn index_path(at: &str, i: usize) -> String {
     let mut path = String::with_capacity(at.len() + 8);
     path.push_str(at);
     path.push('[');
@@ -444,7 +396,7 @@ parsed_text! {
 }
 
 /// Appends to each problem where its value ends in `text` (" at line 1 column 11"), as
-/// serde_json places its own: the path alone may be hard to find in a long document.
+/// serde_json places its own (and [`crate::json_text`] a syntax error): the path alone may be hard to find in a long document.
 pub fn place_problems(text: &[u8], errors: &mut [ConfigError]) {
     for error in errors {
         if let Some((line, column)) = place_of(text, &error.path) {
@@ -561,4 +513,30 @@ fn skip_value(text: &[u8], mut pos: usize) -> Option<usize> {
             return Some(pos);
         }
     }
+}
+
+/// Writes `text` as a JSON string, escaped as serde_json escapes it: `"` and `\`, and
+/// control characters (`\n`, `\u001b`); everything else as is.
+pub fn write_str(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c < ' ' => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                let b = c as u8;
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }

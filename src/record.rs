@@ -189,27 +189,7 @@ impl KeyRecordDoc {
     /// Reads one record on its own (a key service's answer, an element of a key set);
     /// `at` names it in the problem, as `keys[3]`.
     pub fn parse(json: &[u8], at: &str) -> Result<KeyRecordDoc, String> {
-        let doc = json::parse(json, "key record").map_err(|e| join_place(at, &e))?;
-        let mut errors = Vec::new();
-        let read = KeyRecordDoc::read(&doc, "", &mut errors);
-        json::place_problems(json, &mut errors);
-        for error in &mut errors {
-            error.path = json::field_path(at, &error.path);
-        }
-        match (read, errors.first()) {
-            (Some(doc), None) => Ok(doc),
-            (_, Some(first)) => Err(first.to_string()),
-            (None, None) => Err(format!("{at}: not a key record")),
-        }
-    }
-}
-
-/// A problem of the whole text (a syntax error), named by the record's place.
-fn join_place(at: &str, e: &ConfigError) -> String {
-    if at.is_empty() {
-        e.to_string()
-    } else {
-        format!("{at}: {e}")
+        json::read_one(json, at)
     }
 }
 
