@@ -163,7 +163,7 @@ fn scope_claim(raw: &[u8]) -> Option<Vec<Scope>> {
             scopes.push(Scope::parse(word).ok()?);
         }
     }
-    scopes.sort();
+    scopes.sort_unstable();
     scopes.dedup();
     Some(scopes)
 }
