@@ -321,21 +321,26 @@ impl UsageReport {
 
 /// An instant as RFC 3339 in UTC, to the millisecond: `2026-11-30T10:12:29.500Z`.
 pub fn rfc3339_millis(t: Timestamp) -> String {
-    let nanos = t.unix_nanos() - t.unix_nanos().rem_euclid(1_000_000);
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(at) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second(),
-            at.millisecond()
-        ),
-        // Out of `time`'s range (beyond the year 9999): the latest instant it writes.
-        Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
+    let millis = t.unix_nanos().div_euclid(1_000_000);
+    let seconds = millis.div_euclid(1_000);
+    let days = seconds.div_euclid(86_400);
+    let (year, month, day) = match i64::try_from(days) {
+        Ok(days) => crate::timestamp::civil_from_days(days),
+        Err(_) => (i64::MAX, 0, 0),
+    };
+    // Beyond the years -9999 to 9999 (where the `time` crate stopped): the latest instant
+    // it wrote.
+    if !(-9999..=9999).contains(&year) {
+        return "9999-12-31T23:59:59.999Z".to_string();
     }
+    let of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60,
+        millis.rem_euclid(1_000)
+    )
 }
 
 /// What the reporter needs of its host.
