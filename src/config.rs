@@ -101,34 +101,34 @@ const FIELDS: [&str; 13] = [
 impl FromJson for ConfigDoc {
     fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
         let mut f = Fields::of(value, at, "a configuration object", &FIELDS, errors)?;
-        let realm = f.optional::<Option<String>>("realm");
-        let sources = f.optional::<Option<Vec<SourceDoc>>>("sources");
-        let strip_prefixes = f.optional::<Option<Vec<String>>>("strip_prefixes");
-        let keys = f.optional::<Option<Vec<KeyRecordDoc>>>("keys");
-        let key_set = f.optional::<Option<FetchDoc>>("key_set");
-        let lookup = f.optional::<Option<LookupDoc>>("lookup");
+        let realm = f.nullable::<String>("realm");
+        let sources = f.nullable::<Vec<SourceDoc>>("sources");
+        let strip_prefixes = f.nullable::<Vec<String>>("strip_prefixes");
+        let keys = f.nullable::<Vec<KeyRecordDoc>>("keys");
+        let key_set = f.nullable::<FetchDoc>("key_set");
+        let lookup = f.nullable::<LookupDoc>("lookup");
         let rules = f.optional("rules");
         let unmatched = f.optional("unmatched");
         let forward = f.optional("forward");
-        let hide_credentials = f.optional::<Option<bool>>("hide_credentials");
-        let usage = f.optional::<Option<UsageDoc>>("usage");
-        let key_format = f.optional::<Option<KeyFormatDoc>>("key_format");
-        let jwt = f.optional::<Option<JwtDoc>>("jwt");
+        let hide_credentials = f.nullable::<bool>("hide_credentials");
+        let usage = f.nullable::<UsageDoc>("usage");
+        let key_format = f.nullable::<KeyFormatDoc>("key_format");
+        let jwt = f.nullable::<JwtDoc>("jwt");
         f.done()?;
         Some(ConfigDoc {
-            realm: realm.flatten(),
-            sources: sources.flatten(),
-            strip_prefixes: strip_prefixes.flatten(),
-            keys: keys.flatten(),
-            key_set: key_set.flatten(),
-            lookup: lookup.flatten(),
+            realm,
+            sources,
+            strip_prefixes,
+            keys,
+            key_set,
+            lookup,
             rules: rules.unwrap_or_default(),
             unmatched: unmatched.unwrap_or_default(),
             forward: forward.unwrap_or_default(),
-            hide_credentials: hide_credentials.flatten(),
-            usage: usage.flatten(),
-            key_format: key_format.flatten(),
-            jwt: jwt.flatten(),
+            hide_credentials,
+            usage,
+            key_format,
+            jwt,
         })
     }
 }
@@ -221,12 +221,12 @@ impl FromJson for AuthorizationDoc {
             &["schemes", "basic_username"],
             errors,
         )?;
-        let schemes = f.optional::<Option<Vec<Scheme>>>("schemes");
-        let basic_username = f.optional::<Option<String>>("basic_username");
+        let schemes = f.nullable::<Vec<Scheme>>("schemes");
+        let basic_username = f.nullable::<String>("basic_username");
         f.done()?;
         Some(AuthorizationDoc {
-            schemes: schemes.flatten(),
-            basic_username: basic_username.flatten(),
+            schemes,
+            basic_username,
         })
     }
 }
@@ -248,16 +248,16 @@ impl FromJson for ForwardDoc {
             &["id", "owner", "scopes", "kind"],
             errors,
         )?;
-        let id = f.optional::<Option<HeaderName>>("id");
-        let owner = f.optional::<Option<HeaderName>>("owner");
-        let scopes = f.optional::<Option<HeaderName>>("scopes");
-        let kind = f.optional::<Option<HeaderName>>("kind");
+        let id = f.nullable::<HeaderName>("id");
+        let owner = f.nullable::<HeaderName>("owner");
+        let scopes = f.nullable::<HeaderName>("scopes");
+        let kind = f.nullable::<HeaderName>("kind");
         f.done()?;
         Some(ForwardDoc {
-            id: id.flatten(),
-            owner: owner.flatten(),
-            scopes: scopes.flatten(),
-            kind: kind.flatten(),
+            id,
+            owner,
+            scopes,
+            kind,
         })
     }
 }

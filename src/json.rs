@@ -350,6 +350,15 @@ impl<'a, 'e> Fields<'a, 'e> {
         self.with(name, value)
     }
 
+    /// A field that may be left out or `null`, as serde reads an `Option` (`None` then, or
+    /// after a problem).
+    pub(crate) fn nullable<T: FromJson>(&mut self, name: &str) -> Option<T> {
+        match self.get(name)? {
+            Json::Null => None,
+            value => self.with(name, value),
+        }
+    }
+
     fn with<T: FromJson>(&mut self, name: &str, value: &Json) -> Option<T> {
         let read = T::read(value, &field_path(self.at, name), self.errors);
         self.ok &= read.is_some();

@@ -65,16 +65,16 @@ impl FromJson for JwtDoc {
             ],
             errors,
         )?;
-        let metadata_namespace = f.optional::<Option<String>>("metadata_namespace");
-        let payload_key = f.optional::<Option<String>>("payload_key");
-        let scope_claim = f.optional::<Option<String>>("scope_claim");
-        let subject_claim = f.optional::<Option<String>>("subject_claim");
+        let metadata_namespace = f.nullable::<String>("metadata_namespace");
+        let payload_key = f.nullable::<String>("payload_key");
+        let scope_claim = f.nullable::<String>("scope_claim");
+        let subject_claim = f.nullable::<String>("subject_claim");
         f.done()?;
         Some(JwtDoc {
-            metadata_namespace: metadata_namespace.flatten(),
-            payload_key: payload_key.flatten(),
-            scope_claim: scope_claim.flatten(),
-            subject_claim: subject_claim.flatten(),
+            metadata_namespace,
+            payload_key,
+            scope_claim,
+            subject_claim,
         })
     }
 }

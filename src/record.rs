@@ -160,25 +160,25 @@ impl FromJson for KeyRecordDoc {
         let id = f.required("id");
         let hash = f.required("hash");
         let owner = f.required("owner");
-        let label = f.optional("label");
+        let label = f.nullable("label");
         let scopes = f.optional("scopes");
-        let created_at = f.optional("created_at");
-        let expires_at = f.optional("expires_at");
+        let created_at = f.nullable("created_at");
+        let expires_at = f.nullable("expires_at");
         let status = f.optional("status");
         let read_only = f.optional("read_only");
         // What `keygate list --json` adds from the usage reports (README "Usage (last
         // used)"), so that its output stays a configuration's `"keys"`: checked, not kept.
-        f.optional::<Option<Timestamp>>("last_used_at");
+        f.nullable::<Timestamp>("last_used_at");
         f.optional::<u64>("uses");
         f.done()?;
         Some(KeyRecordDoc {
             id: id?,
             hash: hash?,
             owner: owner?,
-            label: label.flatten(),
+            label,
             scopes: scopes.unwrap_or_default(),
-            created_at: created_at.flatten(),
-            expires_at: expires_at.flatten(),
+            created_at,
+            expires_at,
             status: status.unwrap_or_default(),
             read_only: read_only.unwrap_or_default(),
         })
@@ -314,11 +314,11 @@ impl FromJson for KeySetDoc {
             &["version", "keys"],
             errors,
         )?;
-        let version = f.optional::<Option<String>>("version");
+        let version = f.nullable::<String>("version");
         let keys = f.required("keys");
         f.done()?;
         Some(KeySetDoc {
-            version: version.flatten(),
+            version,
             keys: keys?,
         })
     }

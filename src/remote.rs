@@ -109,18 +109,18 @@ impl FromJson for FetchDoc {
         )?;
         let cluster = f.required("cluster");
         let path = f.required("path");
-        let authority = f.optional::<Option<String>>("authority");
-        let refresh_seconds = f.optional::<Option<u32>>("refresh_seconds");
-        let timeout_ms = f.optional::<Option<u32>>("timeout_ms");
-        let watch_seconds = f.optional::<Option<u32>>("watch_seconds");
+        let authority = f.nullable::<String>("authority");
+        let refresh_seconds = f.nullable::<u32>("refresh_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
+        let watch_seconds = f.nullable::<u32>("watch_seconds");
         f.done()?;
         Some(FetchDoc {
             cluster: cluster?,
             path: path?,
-            authority: authority.flatten(),
-            refresh_seconds: refresh_seconds.flatten(),
-            timeout_ms: timeout_ms.flatten(),
-            watch_seconds: watch_seconds.flatten(),
+            authority,
+            refresh_seconds,
+            timeout_ms,
+            watch_seconds,
         })
     }
 }
@@ -145,22 +145,22 @@ impl FromJson for LookupDoc {
         )?;
         let cluster = f.required("cluster");
         let path = f.required("path");
-        let authority = f.optional::<Option<String>>("authority");
-        let cache_seconds = f.optional::<Option<u32>>("cache_seconds");
-        let negative_cache_seconds = f.optional::<Option<u32>>("negative_cache_seconds");
-        let timeout_ms = f.optional::<Option<u32>>("timeout_ms");
-        let watch_seconds = f.optional::<Option<u32>>("watch_seconds");
-        let changes_path = f.optional::<Option<String>>("changes_path");
+        let authority = f.nullable::<String>("authority");
+        let cache_seconds = f.nullable::<u32>("cache_seconds");
+        let negative_cache_seconds = f.nullable::<u32>("negative_cache_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
+        let watch_seconds = f.nullable::<u32>("watch_seconds");
+        let changes_path = f.nullable::<String>("changes_path");
         f.done()?;
         Some(LookupDoc {
             cluster: cluster?,
             path: path?,
-            authority: authority.flatten(),
-            cache_seconds: cache_seconds.flatten(),
-            negative_cache_seconds: negative_cache_seconds.flatten(),
-            timeout_ms: timeout_ms.flatten(),
-            watch_seconds: watch_seconds.flatten(),
-            changes_path: changes_path.flatten(),
+            authority,
+            cache_seconds,
+            negative_cache_seconds,
+            timeout_ms,
+            watch_seconds,
+            changes_path,
         })
     }
 }

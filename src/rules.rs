@@ -26,16 +26,16 @@ impl FromJson for RuleDoc {
             &["path", "path_prefix", "methods", "scopes", "public"],
             errors,
         )?;
-        let path = f.optional::<Option<String>>("path");
-        let path_prefix = f.optional::<Option<String>>("path_prefix");
-        let methods = f.optional::<Option<Vec<String>>>("methods");
+        let path = f.nullable::<String>("path");
+        let path_prefix = f.nullable::<String>("path_prefix");
+        let methods = f.nullable::<Vec<String>>("methods");
         let scopes = f.optional("scopes");
         let public = f.optional("public");
         f.done()?;
         Some(RuleDoc {
-            path: path.flatten(),
-            path_prefix: path_prefix.flatten(),
-            methods: methods.flatten(),
+            path,
+            path_prefix,
+            methods,
             scopes: scopes.unwrap_or_default(),
             public: public.unwrap_or_default(),
         })

@@ -63,17 +63,17 @@ impl FromJson for UsageDoc {
             errors,
         )?;
         let cluster = f.required("cluster");
-        let path = f.optional::<Option<String>>("path");
-        let authority = f.optional::<Option<String>>("authority");
-        let report_seconds = f.optional::<Option<u32>>("report_seconds");
-        let timeout_ms = f.optional::<Option<u32>>("timeout_ms");
+        let path = f.nullable::<String>("path");
+        let authority = f.nullable::<String>("authority");
+        let report_seconds = f.nullable::<u32>("report_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
         f.done()?;
         Some(UsageDoc {
             cluster: cluster?,
-            path: path.flatten(),
-            authority: authority.flatten(),
-            report_seconds: report_seconds.flatten(),
-            timeout_ms: timeout_ms.flatten(),
+            path,
+            authority,
+            report_seconds,
+            timeout_ms,
         })
     }
 }
