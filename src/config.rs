@@ -3,8 +3,9 @@
 //! by its field path.
 
 use crate::credential::{Scheme, Source};
-use crate::error::{parse_json, ConfigError};
+use crate::error::ConfigError;
 use crate::header::HeaderName;
+use crate::json::{self, invalid_type, Fields, FromJson, Json};
 use crate::jwt::{JwtConfig, JwtDoc};
 use crate::key_format::{KeyFormat, Prefix};
 use crate::record::{InlineKeys, KeyRecordDoc};
@@ -12,7 +13,6 @@ use crate::remote::{FetchDoc, KeySetConfig, LookupConfig, LookupDoc};
 use crate::rules::{RuleDoc, RuleSet, Unmatched};
 use crate::scope::ScopeIndex;
 use crate::usage::{UsageConfig, UsageDoc};
-use serde::Deserialize;
 
 /// The names of the headers that carry the caller's identity upstream. They are removed
 /// from every request before anything else, so a client cannot send them.
@@ -65,77 +65,201 @@ pub struct Config {
 /// The most sources a configuration may list (they are tracked as bits of a `u32`).
 pub const MAX_SOURCES: usize = 32;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ConfigDoc {
-    #[serde(default)]
     realm: Option<String>,
-    #[serde(default)]
     sources: Option<Vec<SourceDoc>>,
-    #[serde(default)]
     strip_prefixes: Option<Vec<String>>,
-    #[serde(default)]
     keys: Option<Vec<KeyRecordDoc>>,
-    #[serde(default)]
     key_set: Option<FetchDoc>,
-    #[serde(default)]
     lookup: Option<LookupDoc>,
-    #[serde(default)]
     rules: Vec<RuleDoc>,
-    #[serde(default)]
     unmatched: Unmatched,
-    #[serde(default)]
     forward: ForwardDoc,
-    #[serde(default)]
     hide_credentials: Option<bool>,
-    #[serde(default)]
     usage: Option<UsageDoc>,
-    #[serde(default)]
     key_format: Option<KeyFormatDoc>,
-    #[serde(default)]
     jwt: Option<JwtDoc>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The top-level fields of a configuration.
+const FIELDS: [&str; 13] = [
+    "realm",
+    "sources",
+    "strip_prefixes",
+    "keys",
+    "key_set",
+    "lookup",
+    "rules",
+    "unmatched",
+    "forward",
+    "hide_credentials",
+    "usage",
+    "key_format",
+    "jwt",
+];
+
+impl FromJson for ConfigDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(value, at, "a configuration object", &FIELDS, errors)?;
+        let realm = f.nullable::<String>("realm");
+        let sources = f.nullable::<Vec<SourceDoc>>("sources");
+        let strip_prefixes = f.nullable::<Vec<String>>("strip_prefixes");
+        let keys = f.nullable::<Vec<KeyRecordDoc>>("keys");
+        let key_set = f.nullable::<FetchDoc>("key_set");
+        let lookup = f.nullable::<LookupDoc>("lookup");
+        let rules = f.optional("rules");
+        let unmatched = f.optional("unmatched");
+        let forward = f.optional("forward");
+        let hide_credentials = f.nullable::<bool>("hide_credentials");
+        let usage = f.nullable::<UsageDoc>("usage");
+        let key_format = f.nullable::<KeyFormatDoc>("key_format");
+        let jwt = f.nullable::<JwtDoc>("jwt");
+        f.done()?;
+        Some(ConfigDoc {
+            realm,
+            sources,
+            strip_prefixes,
+            keys,
+            key_set,
+            lookup,
+            rules: rules.unwrap_or_default(),
+            unmatched: unmatched.unwrap_or_default(),
+            forward: forward.unwrap_or_default(),
+            hide_credentials,
+            usage,
+            key_format,
+            jwt,
+        })
+    }
+}
+
 struct KeyFormatDoc {
     prefixes: Vec<Prefix>,
-    #[serde(default = "yes")]
     checksum: bool,
 }
 
-fn yes() -> bool {
-    true
+impl FromJson for KeyFormatDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "key_format: an object with prefixes",
+            &["prefixes", "checksum"],
+            errors,
+        )?;
+        let prefixes = f.required("prefixes");
+        let checksum = f.optional("checksum");
+        f.done()?;
+        Some(KeyFormatDoc {
+            prefixes: prefixes?,
+            checksum: checksum.unwrap_or(true),
+        })
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum SourceDoc {
     Authorization(AuthorizationDoc),
     Header(HeaderName),
     Query(String),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Read as serde reads an externally tagged enum: an object of one field, the variant.
+impl FromJson for SourceDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let pairs = match value {
+            Json::Object(pairs) => pairs.as_slice(),
+            other => {
+                errors.push(ConfigError::new(
+                    at,
+                    invalid_type(
+                        other,
+                        "a source: an object of one field, authorization, header or query",
+                    ),
+                ));
+                return None;
+            }
+        };
+        let [(name, inner)] = pairs else {
+            errors.push(ConfigError::new(
+                at,
+                "invalid value: map, expected map with a single key",
+            ));
+            return None;
+        };
+        let inner_at = json::field_path(at, name);
+        match name.as_str() {
+            "authorization" => {
+                AuthorizationDoc::read(inner, &inner_at, errors).map(SourceDoc::Authorization)
+            }
+            "header" => HeaderName::read(inner, &inner_at, errors).map(SourceDoc::Header),
+            "query" => String::read(inner, &inner_at, errors).map(SourceDoc::Query),
+            other => {
+                errors.push(ConfigError::new(
+                    at,
+                    format!(
+                        "unknown variant `{other}`, expected one of `authorization`, `header`, \
+                         `query`"
+                    ),
+                ));
+                None
+            }
+        }
+    }
+}
+
 struct AuthorizationDoc {
-    #[serde(default)]
     schemes: Option<Vec<Scheme>>,
-    #[serde(default)]
     basic_username: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+impl FromJson for AuthorizationDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "an object",
+            &["schemes", "basic_username"],
+            errors,
+        )?;
+        let schemes = f.nullable::<Vec<Scheme>>("schemes");
+        let basic_username = f.nullable::<String>("basic_username");
+        f.done()?;
+        Some(AuthorizationDoc {
+            schemes,
+            basic_username,
+        })
+    }
+}
+
+#[derive(Default)]
 struct ForwardDoc {
-    #[serde(default)]
     id: Option<HeaderName>,
-    #[serde(default)]
     owner: Option<HeaderName>,
-    #[serde(default)]
     scopes: Option<HeaderName>,
-    #[serde(default)]
     kind: Option<HeaderName>,
+}
+
+impl FromJson for ForwardDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "forward: an object",
+            &["id", "owner", "scopes", "kind"],
+            errors,
+        )?;
+        let id = f.nullable::<HeaderName>("id");
+        let owner = f.nullable::<HeaderName>("owner");
+        let scopes = f.nullable::<HeaderName>("scopes");
+        let kind = f.nullable::<HeaderName>("kind");
+        f.done()?;
+        Some(ForwardDoc {
+            id,
+            owner,
+            scopes,
+            kind,
+        })
+    }
 }
 
 pub const DEFAULT_REALM: &str = "api";
@@ -191,13 +315,19 @@ impl Config {
                 "configuration must be a JSON object ({\"keys\": [...], \"rules\": [...]})",
             )]);
         }
-        let doc: ConfigDoc = match parse_json(json, "configuration object") {
-            Ok(doc) => doc,
-            Err(first) => {
-                // The parser stops at the first problem: look at each field on its own so
-                // that every structural problem is named at once.
-                let all = structural_problems(json);
-                return Err(if all.is_empty() { first } else { all });
+        let doc = json::parse(json, "configuration object").map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        let doc = ConfigDoc::read(&doc, "", &mut errors);
+        let doc = match doc {
+            Some(doc) if errors.is_empty() => doc,
+            _ => {
+                by_field(&mut errors);
+                // One problem reads as a parser names it, with its place in the text; many
+                // are named by their field paths alone, which keeps the list short.
+                if errors.len() == 1 {
+                    json::place_problems(json, &mut errors);
+                }
+                return Err(errors);
             }
         };
         Config::from_doc(doc)
@@ -287,95 +417,22 @@ impl Config {
     }
 }
 
-/// The top-level fields of a configuration, as [`ConfigDoc`] reads them.
-const FIELDS: [&str; 13] = [
-    "realm",
-    "sources",
-    "strip_prefixes",
-    "keys",
-    "key_set",
-    "lookup",
-    "rules",
-    "unmatched",
-    "forward",
-    "hide_credentials",
-    "usage",
-    "key_format",
-    "jwt",
-];
-
-/// Every structural problem of a configuration that is a JSON object: each field, and each
-/// element of its lists, read on its own. Empty when the text is not an object (the
-/// parser's own message then says what is wrong) or when nothing is found this way.
-fn structural_problems(json: &[u8]) -> Vec<ConfigError> {
-    use serde_json::Value;
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<Value>(json) else {
-        return Vec::new();
+/// Orders structural problems by the top-level field that holds them, as the fields of a
+/// JSON object are most easily found; problems of one field keep their order.
+fn by_field(errors: &mut [ConfigError]) {
+    let top = |e: &ConfigError| -> String {
+        e.path
+            .split(['.', '['])
+            .next()
+            .unwrap_or_default()
+            .to_string()
     };
-    let mut errors = Vec::new();
-    for (name, value) in &fields {
-        let at = name.as_str();
-        match at {
-            "realm" => read::<Option<String>>(at, value, &mut errors),
-            "sources" => each::<SourceDoc>(at, value, &mut errors),
-            "strip_prefixes" => read::<Option<Vec<String>>>(at, value, &mut errors),
-            "keys" => each::<KeyRecordDoc>(at, value, &mut errors),
-            "key_set" => read::<Option<FetchDoc>>(at, value, &mut errors),
-            "lookup" => read::<Option<LookupDoc>>(at, value, &mut errors),
-            "rules" => each::<RuleDoc>(at, value, &mut errors),
-            "unmatched" => read::<Unmatched>(at, value, &mut errors),
-            "forward" => read::<ForwardDoc>(at, value, &mut errors),
-            "hide_credentials" => read::<Option<bool>>(at, value, &mut errors),
-            "usage" => read::<Option<UsageDoc>>(at, value, &mut errors),
-            "key_format" => read::<Option<KeyFormatDoc>>(at, value, &mut errors),
-            "jwt" => read::<Option<JwtDoc>>(at, value, &mut errors),
-            _ => errors.push(ConfigError::new(
-                at,
-                format!(
-                    "unknown field `{at}`, expected one of {}",
-                    FIELDS.map(|f| format!("`{f}`")).join(", ")
-                ),
-            )),
+    for i in 1..errors.len() {
+        let mut j = i;
+        while j > 0 && top(&errors[j - 1]) > top(&errors[j]) {
+            errors.swap(j - 1, j);
+            j -= 1;
         }
-    }
-    errors
-}
-
-/// Reads a list element by element, so that each bad element is named.
-fn each<T: serde::de::DeserializeOwned>(
-    at: &str,
-    value: &serde_json::Value,
-    errors: &mut Vec<ConfigError>,
-) {
-    match value {
-        serde_json::Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                read::<T>(&format!("{at}[{i}]"), item, errors);
-            }
-        }
-        other => read::<Vec<T>>(at, other, errors),
-    }
-}
-
-fn read<T: serde::de::DeserializeOwned>(
-    at: &str,
-    value: &serde_json::Value,
-    errors: &mut Vec<ConfigError>,
-) {
-    if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
-        let inner = e.path().to_string();
-        let path = match inner.as_str() {
-            "." | "?" => at.to_string(),
-            p => {
-                let p = p.strip_suffix(".?").unwrap_or(p);
-                if p.starts_with('[') {
-                    format!("{at}{p}")
-                } else {
-                    format!("{at}.{p}")
-                }
-            }
-        };
-        errors.push(ConfigError::new(path, e.into_inner().to_string()));
     }
 }
 

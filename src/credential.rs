@@ -36,14 +36,18 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// A scheme named in configuration, or why not.
+    pub fn parse_name(text: &str) -> Result<Scheme, String> {
+        Scheme::from_name(text.as_bytes())
+            .ok_or_else(|| format!("unknown scheme {text:?} (expected Bearer, ApiKey or Basic)"))
+    }
+}
+
 impl<'de> Deserialize<'de> for Scheme {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <Cow<'de, str>>::deserialize(deserializer)?;
-        Scheme::from_name(text.as_bytes()).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown scheme {text:?} (expected Bearer, ApiKey or Basic)"
-            ))
-        })
+        Scheme::parse_name(&text).map_err(serde::de::Error::custom)
     }
 }
 

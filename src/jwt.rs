@@ -8,8 +8,8 @@
 use crate::config::check_text;
 use crate::error::ConfigError;
 use crate::header_map;
+use crate::json::{Fields, FromJson, Json};
 use crate::scope::{Scope, ScopeIndex, ScopeMask};
-use serde::Deserialize;
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 pub const DEFAULT_PAYLOAD_KEY: &str = "jwt_payload";
@@ -43,17 +43,40 @@ impl JwtConfig {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub(crate) struct JwtDoc {
-    #[serde(default)]
     metadata_namespace: Option<String>,
-    #[serde(default)]
     payload_key: Option<String>,
-    #[serde(default)]
     scope_claim: Option<String>,
-    #[serde(default)]
     subject_claim: Option<String>,
+}
+
+impl FromJson for JwtDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "jwt: an object",
+            &[
+                "metadata_namespace",
+                "payload_key",
+                "scope_claim",
+                "subject_claim",
+            ],
+            errors,
+        )?;
+        let metadata_namespace = f.nullable::<String>("metadata_namespace");
+        let payload_key = f.nullable::<String>("payload_key");
+        let scope_claim = f.nullable::<String>("scope_claim");
+        let subject_claim = f.nullable::<String>("subject_claim");
+        f.done()?;
+        Some(JwtDoc {
+            metadata_namespace,
+            payload_key,
+            scope_claim,
+            subject_claim,
+        })
+    }
 }
 
 impl JwtDoc {
@@ -140,7 +163,7 @@ fn scope_claim(raw: &[u8]) -> Option<Vec<Scope>> {
             scopes.push(Scope::parse(word).ok()?);
         }
     }
-    scopes.sort();
+    scopes.sort_unstable();
     scopes.dedup();
     Some(scopes)
 }

@@ -30,7 +30,6 @@ use crate::record::{count_keys, KeyHash, KeyRecord};
 use crate::record_codec;
 use crate::remote::KeySetConfig;
 use crate::scope::ScopeIndex;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Proxy-wasm shared data: a map of byte values with a version (`cas`) per entry.
@@ -52,7 +51,8 @@ pub const LEASE_GRACE_MS: u64 = 5_000;
 pub const FIRST_RETRY_MS: u64 = 1_000;
 
 /// What every worker reads each tick: the layout in force, and when to fetch next.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Held in shared data as JSON ([`crate::meta_codec`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// The layout of the set in force (how many hash bits name a bucket); `None` until a
     /// first set has loaded.
@@ -284,14 +284,12 @@ impl SharedSet {
         store
             .get(&self.name("meta"))
             .0
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .and_then(|bytes| Meta::from_json(&bytes))
             .unwrap_or_default()
     }
 
     fn write_meta(&self, store: &mut impl SharedStore, meta: &Meta) {
-        if let Ok(bytes) = serde_json::to_vec(meta) {
-            store.set(&self.name("meta"), &bytes, None);
-        }
+        store.set(&self.name("meta"), meta.to_json().as_bytes(), None);
     }
 
     /// A number no other VM sharing this store holds: names a lease holder.

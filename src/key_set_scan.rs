@@ -2,7 +2,7 @@
 //!
 //! A million-key document is over 100 MiB of JSON: read in one go, it holds up the
 //! worker that fetched it for seconds and takes several times its size in memory. This
-//! reader walks the answer's top level itself and hands each record to serde on its own,
+//! reader walks the answer's top level itself and hands each record to the JSON reader (crate::json) on its own,
 //! so it can stop after any record and go on at the next call; what it keeps of a record
 //! is the few bytes [`crate::record_codec`] writes, not the parsed document.
 //!
@@ -10,7 +10,7 @@
 //! document `{"version"?, "keys"}`, the incremental sync's full document
 //! `{"version","epoch","keys"}`, and a delta `{"version","epoch","since","upsert","delete"}`.
 //! Every byte is either structure it checks (`{ } [ ] , :` and white space) or part of a
-//! value serde reads strictly, so what it accepts is valid JSON of one of those shapes.
+//! value the JSON reader reads strictly, so what it accepts is valid JSON of one of those shapes.
 
 use crate::key_set_delta::{parse_version, MAX_DELTA_KEYS};
 use crate::record::{KeyHash, KeyRecordDoc};
@@ -200,7 +200,7 @@ impl Staged {
     /// Every item, sorted by hash: for a delta, whose size bounds the work.
     pub fn sorted(&self) -> Vec<Item> {
         let mut items = self.items.clone();
-        items.sort_unstable_by_key(|item| item.hash);
+        items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
         items
     }
 
@@ -233,7 +233,7 @@ impl Staged {
             }
         };
         let cost = 1 + items.len() + self.groups.as_ref().map_or(0, |_| 1 << (GROUP_BITS - bits));
-        items.sort_unstable_by_key(|item| item.hash);
+        items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
         (items, cost)
     }
 
@@ -275,7 +275,8 @@ impl Staged {
     /// returns the next group to check, `None` when all are checked.
     fn check(&mut self, from: u32, budget: &mut usize) -> Result<Option<u32>, String> {
         let Some(groups) = &self.groups else {
-            self.items.sort_unstable_by_key(|item| item.hash);
+            self.items
+                .sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
             let items: Vec<&Item> = self.items.iter().collect();
             repeated_hash(&items)?;
             // Sorting moved the items: their id hashes go with them.
@@ -297,7 +298,7 @@ impl Staged {
                     .members(&groups.heads, &groups.next, group)
                     .filter_map(|at| self.items.get(at as usize)),
             );
-            items.sort_unstable_by_key(|item| item.hash);
+            items.sort_unstable_by(|a, b| by_hash(&a.hash, &b.hash));
             repeated_hash(&items)?;
             let ids: Vec<(u64, &Item)> = groups
                 .members(&groups.id_heads, &groups.id_next, group)
@@ -343,6 +344,13 @@ impl Groups {
             Some(this)
         })
     }
+}
+
+/// Hashes in byte order, out of line: wasm has no byte swap, so each 32-byte comparison
+/// inlined is some 400 bytes of shifts, and a sort inlines hundreds (issue #24: 68 KB).
+#[inline(never)]
+fn by_hash(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    a.cmp(b)
 }
 
 /// The id hash of an item, wherever sorting put it: items are numbered by where they were
@@ -568,8 +576,8 @@ impl Scan {
     fn field(&mut self) -> Result<(), String> {
         let start = self.pos;
         let end = self.skip(start)?;
-        let name: String = serde_json::from_slice(&self.body[start..end])
-            .map_err(|_| self.error("expected a field name"))?;
+        let name = crate::json::string(&self.body[start..end])
+            .ok_or_else(|| self.error("expected a field name"))?;
         self.pos = end;
         self.expect(b':', "expected ':' after a field name")?;
         self.skip_ws();
@@ -577,8 +585,8 @@ impl Scan {
             "version" | "epoch" | "since" => {
                 let start = self.pos;
                 let end = self.skip(start)?;
-                let text: String = serde_json::from_slice(&self.body[start..end])
-                    .map_err(|_| format!("{name}: expected a string"))?;
+                let text = crate::json::string(&self.body[start..end])
+                    .ok_or_else(|| format!("{name}: expected a string"))?;
                 self.pos = end;
                 self.state = State::Next;
                 let slot = match name.as_str() {
@@ -629,8 +637,7 @@ impl Scan {
         let value = &self.body[start..end];
         match list {
             List::Delete => {
-                let hash: KeyHash =
-                    serde_json::from_slice(value).map_err(|e| format!("{place}: {e}"))?;
+                let hash: KeyHash = crate::json::read_one(value, &place)?;
                 let item = Item {
                     hash: *hash.bytes(),
                     at: 0,
@@ -642,8 +649,7 @@ impl Scan {
                 self.staged.add(item, None)?;
             }
             List::Keys | List::Upsert => {
-                let doc: KeyRecordDoc =
-                    serde_json::from_slice(value).map_err(|e| format!("{place}: {e}"))?;
+                let doc = KeyRecordDoc::parse(value, &place)?;
                 let record = record_codec::encode(&doc);
                 let at = u32::try_from(self.staged.arena.len())
                     .map_err(|_| "the key set is too large to hold".to_string())?;
@@ -810,7 +816,7 @@ impl Scan {
 
 /// Where the JSON value starting at `start` ends: strings with their escapes, nested
 /// arrays and objects with their closers matched, scalars up to a delimiter. The value is
-/// then read by serde, which checks it fully. `ended`: `body` holds the rest of the answer
+/// then read by the JSON reader, which checks it fully. `ended`: `body` holds the rest of the answer
 /// (a scalar may end with it); otherwise a value that reaches its end is cut short.
 fn skip_value(body: &[u8], start: usize, ended: bool) -> Result<usize, Skip> {
     let mut closers: Vec<u8> = Vec::new();

@@ -232,8 +232,8 @@ pub fn read_answer(
 ) -> Result<Answer, String> {
     match status {
         Some("200") => {
-            let doc: KeyRecordDoc =
-                serde_json::from_slice(body).map_err(|e| format!("invalid key record: {e}"))?;
+            let doc =
+                KeyRecordDoc::parse(body, "").map_err(|e| format!("invalid key record: {e}"))?;
             if doc.hash != *hash {
                 return Err("the key service answered with another key's record".into());
             }
@@ -251,7 +251,7 @@ mod tests {
     use serde_json::json;
 
     fn record(id: &str) -> Answer {
-        let doc: KeyRecordDoc = serde_json::from_value(
+        let doc: KeyRecordDoc = crate::json::from_value(
             json!({"id": id, "hash": KeyHash::of_key(id).to_hex(), "owner": "o"}),
         )
         .unwrap();

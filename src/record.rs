@@ -1,8 +1,9 @@
 //! Key records and the set they form: looked up by the SHA-256 of the presented key, so
 //! the filter holds and compares hashes, never keys.
 
-use crate::error::{parse_json, ConfigError};
+use crate::error::ConfigError;
 use crate::header::HeaderText;
+use crate::json::{self, Fields, FromJson, Json};
 use crate::scope::{Scope, ScopeIndex, ScopeMask};
 use crate::timestamp::Timestamp;
 use serde::{Deserialize, Deserializer};
@@ -98,8 +99,7 @@ impl<'de> Deserialize<'de> for KeyHash {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KeyStatus {
     #[default]
     Enabled,
@@ -107,42 +107,89 @@ pub enum KeyStatus {
 }
 
 /// A key record as written in configuration or a key-set document (README "Configuration reference").
-#[derive(Clone, Debug, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a key record: an object with id, hash and owner"
-)]
+#[derive(Clone, Debug)]
 pub struct KeyRecordDoc {
     pub id: HeaderText,
     pub hash: KeyHash,
     pub owner: HeaderText,
-    #[serde(default)]
     pub label: Option<String>,
-    #[serde(default)]
     pub scopes: Vec<Scope>,
-    #[serde(default)]
     pub created_at: Option<Timestamp>,
-    #[serde(default)]
     pub expires_at: Option<Timestamp>,
-    #[serde(default)]
     pub status: KeyStatus,
-    #[serde(default)]
     pub read_only: bool,
-    /// What `keygate list --json` adds from the usage reports (README "Usage (last
-    /// used)"), so that its output stays a configuration's `"keys"`: checked, not kept.
-    #[serde(default)]
-    pub last_used_at: Checked<Option<Timestamp>>,
-    #[serde(default)]
-    pub uses: Checked<u64>,
 }
 
-/// A field that is read and checked for its type, then dropped: it takes no room.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Checked<T>(std::marker::PhantomData<T>);
+impl FromJson for KeyStatus {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        json::variant(
+            value,
+            at,
+            errors,
+            &[
+                ("enabled", KeyStatus::Enabled),
+                ("disabled", KeyStatus::Disabled),
+            ],
+        )
+    }
+}
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Checked<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        T::deserialize(deserializer).map(|_| Checked(std::marker::PhantomData))
+const RECORD_FIELDS: [&str; 11] = [
+    "id",
+    "hash",
+    "owner",
+    "label",
+    "scopes",
+    "created_at",
+    "expires_at",
+    "status",
+    "read_only",
+    "last_used_at",
+    "uses",
+];
+
+impl FromJson for KeyRecordDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a key record: an object with id, hash and owner",
+            &RECORD_FIELDS,
+            errors,
+        )?;
+        let id = f.required("id");
+        let hash = f.required("hash");
+        let owner = f.required("owner");
+        let label = f.nullable("label");
+        let scopes = f.optional("scopes");
+        let created_at = f.nullable("created_at");
+        let expires_at = f.nullable("expires_at");
+        let status = f.optional("status");
+        let read_only = f.optional("read_only");
+        // What `keygate list --json` adds from the usage reports (README "Usage (last
+        // used)"), so that its output stays a configuration's `"keys"`: checked, not kept.
+        f.nullable::<Timestamp>("last_used_at");
+        f.optional::<u64>("uses");
+        f.done()?;
+        Some(KeyRecordDoc {
+            id: id?,
+            hash: hash?,
+            owner: owner?,
+            label,
+            scopes: scopes.unwrap_or_default(),
+            created_at,
+            expires_at,
+            status: status.unwrap_or_default(),
+            read_only: read_only.unwrap_or_default(),
+        })
+    }
+}
+
+impl KeyRecordDoc {
+    /// Reads one record on its own (a key service's answer, an element of a key set);
+    /// `at` names it in the problem, as `keys[3]`.
+    pub fn parse(json: &[u8], at: &str) -> Result<KeyRecordDoc, String> {
+        json::read_one(json, at)
     }
 }
 
@@ -252,22 +299,36 @@ pub fn count_keys(n: usize) -> String {
 
 /// A key-set document (README "Configuration reference"): `{"version": "<opaque>", "keys": [records...]}`, as served
 /// on `/v1/keyset` and kept in `keys.json`.
-#[derive(Debug, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a key-set document: an object, {\"keys\": [...]}"
-)]
+#[derive(Debug)]
 pub struct KeySetDoc {
-    #[serde(default)]
     pub version: Option<String>,
     pub keys: Vec<KeyRecordDoc>,
+}
+
+impl FromJson for KeySetDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a key-set document: an object, {\"keys\": [...]}",
+            &["version", "keys"],
+            errors,
+        )?;
+        let version = f.nullable::<String>("version");
+        let keys = f.required("keys");
+        f.done()?;
+        Some(KeySetDoc {
+            version,
+            keys: keys?,
+        })
+    }
 }
 
 impl KeySetDoc {
     /// Parses a document and checks that its records can form a set (no duplicate id or
     /// hash). Errors name the field, as `keys[3].expires_at`.
     pub fn parse(json: &[u8]) -> Result<KeySetDoc, Vec<ConfigError>> {
-        let doc: KeySetDoc = parse_json(json, "key-set document")?;
+        let doc = json::read_document(json, "key-set document", |v, e| KeySetDoc::read(v, "", e))?;
         check_unique(&doc.keys, "keys")?;
         Ok(doc)
     }
@@ -308,7 +369,7 @@ mod tests {
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     fn doc(value: serde_json::Value) -> Result<KeyRecordDoc, String> {
-        serde_json::from_value(value).map_err(|e| e.to_string())
+        crate::json::from_value(value).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -390,7 +451,6 @@ mod tests {
         assert!(doc(bad_time).unwrap_err().contains("RFC 3339"));
         let bad_uses = json!({"id": "k1", "hash": ABC_SHA256, "owner": "a", "uses": -1});
         assert!(doc(bad_uses).is_err());
-        assert_eq!(std::mem::size_of::<Checked<Option<Timestamp>>>(), 0);
     }
 
     #[test]
@@ -517,8 +577,6 @@ mod tests {
                 expires_at: None,
                 status: KeyStatus::Enabled,
                 read_only: false,
-                last_used_at: Checked::default(),
-                uses: Checked::default(),
             })
             .collect();
         let set = InlineKeys::build(docs, &ScopeIndex::default(), "keys").unwrap();

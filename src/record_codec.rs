@@ -118,7 +118,7 @@ mod tests {
     use crate::scope::test_index as index;
 
     fn doc(value: serde_json::Value) -> KeyRecordDoc {
-        serde_json::from_value(value).unwrap()
+        crate::json::from_value(value).unwrap()
     }
 
     #[test]

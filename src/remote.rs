@@ -3,8 +3,8 @@
 //! calls themselves are made by the shell.
 
 use crate::error::ConfigError;
+use crate::json::{Fields, FromJson, Json};
 use crate::record::KeyHash;
-use serde::Deserialize;
 
 /// Where to call: an Envoy cluster, the `:authority` to send, and how long to wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,38 +71,98 @@ pub const MAX_WATCH_SECONDS: u32 = 60;
 pub const DEFAULT_CHANGES_PATH: &str = "/v1/changes";
 const HASH_PLACEHOLDER: &str = "{hash}";
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct FetchDoc {
     cluster: String,
     path: String,
-    #[serde(default)]
     authority: Option<String>,
-    #[serde(default)]
     refresh_seconds: Option<u32>,
-    #[serde(default)]
     timeout_ms: Option<u32>,
-    #[serde(default)]
     watch_seconds: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct LookupDoc {
     cluster: String,
     path: String,
-    #[serde(default)]
     authority: Option<String>,
-    #[serde(default)]
     cache_seconds: Option<u32>,
-    #[serde(default)]
     negative_cache_seconds: Option<u32>,
-    #[serde(default)]
     timeout_ms: Option<u32>,
-    #[serde(default)]
     watch_seconds: Option<u32>,
-    #[serde(default)]
     changes_path: Option<String>,
+}
+
+impl FromJson for FetchDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a key set: an object with cluster and path",
+            &[
+                "cluster",
+                "path",
+                "authority",
+                "refresh_seconds",
+                "timeout_ms",
+                "watch_seconds",
+            ],
+            errors,
+        )?;
+        let cluster = f.required("cluster");
+        let path = f.required("path");
+        let authority = f.nullable::<String>("authority");
+        let refresh_seconds = f.nullable::<u32>("refresh_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
+        let watch_seconds = f.nullable::<u32>("watch_seconds");
+        f.done()?;
+        Some(FetchDoc {
+            cluster: cluster?,
+            path: path?,
+            authority,
+            refresh_seconds,
+            timeout_ms,
+            watch_seconds,
+        })
+    }
+}
+
+impl FromJson for LookupDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a lookup: an object with cluster and path",
+            &[
+                "cluster",
+                "path",
+                "authority",
+                "cache_seconds",
+                "negative_cache_seconds",
+                "timeout_ms",
+                "watch_seconds",
+                "changes_path",
+            ],
+            errors,
+        )?;
+        let cluster = f.required("cluster");
+        let path = f.required("path");
+        let authority = f.nullable::<String>("authority");
+        let cache_seconds = f.nullable::<u32>("cache_seconds");
+        let negative_cache_seconds = f.nullable::<u32>("negative_cache_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
+        let watch_seconds = f.nullable::<u32>("watch_seconds");
+        let changes_path = f.nullable::<String>("changes_path");
+        f.done()?;
+        Some(LookupDoc {
+            cluster: cluster?,
+            path: path?,
+            authority,
+            cache_seconds,
+            negative_cache_seconds,
+            timeout_ms,
+            watch_seconds,
+            changes_path,
+        })
+    }
 }
 
 impl FetchDoc {
@@ -278,14 +338,14 @@ mod tests {
     use serde_json::json;
 
     fn fetch(value: serde_json::Value) -> Result<KeySetConfig, Vec<String>> {
-        let doc: FetchDoc = serde_json::from_value(value).map_err(|e| vec![e.to_string()])?;
+        let doc: FetchDoc = crate::json::from_value(value).map_err(|e| vec![e.to_string()])?;
         let mut errors = Vec::new();
         doc.check(&mut errors)
             .ok_or_else(|| errors.iter().map(ToString::to_string).collect())
     }
 
     fn lookup(value: serde_json::Value) -> Result<LookupConfig, Vec<String>> {
-        let doc: LookupDoc = serde_json::from_value(value).map_err(|e| vec![e.to_string()])?;
+        let doc: LookupDoc = crate::json::from_value(value).map_err(|e| vec![e.to_string()])?;
         let mut errors = Vec::new();
         doc.check(&mut errors)
             .ok_or_else(|| errors.iter().map(ToString::to_string).collect())

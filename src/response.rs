@@ -5,19 +5,12 @@
 use crate::config::Config;
 use crate::credential::{Scheme, Source};
 use crate::decision::Denial;
-use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    error_description: &'a str,
 }
 
 /// Renders a denial for a configuration reading keys from `sources`. `realm` has been
@@ -147,11 +140,12 @@ fn render_with(
             headers.push(("www-authenticate", challenge));
         }
     }
-    let body = serde_json::to_string(&Body {
-        error,
-        error_description: description,
-    })
-    .unwrap_or_else(|_| format!("{{\"error\":\"{error}\"}}"));
+    let mut body = String::with_capacity(40 + error.len() + description.len());
+    body.push_str("{\"error\":");
+    crate::json::write_str(&mut body, error);
+    body.push_str(",\"error_description\":");
+    crate::json::write_str(&mut body, description);
+    body.push('}');
     LocalResponse {
         status,
         headers,

@@ -21,7 +21,7 @@ fn bearer_only() -> Vec<Source> {
 }
 
 fn record() -> KeyRecord {
-    let doc: KeyRecordDoc = serde_json::from_value(json!({
+    let doc: KeyRecordDoc = crate::json::from_value(json!({
         "id": "8c3e4394-10a9-46ef-8af9-b6401ba1400d",
         "hash": KeyHash::of_key(SECRET).to_hex(),
         "owner": "alice",

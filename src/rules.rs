@@ -3,34 +3,66 @@
 
 use crate::error::ConfigError;
 use crate::header::is_token;
+use crate::json::{self, Fields, FromJson, Json};
 use crate::path;
 use crate::scope::{Scope, ScopeIndex, ScopeMask};
-use serde::Deserialize;
 
 /// A rule as written in configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub struct RuleDoc {
-    #[serde(default)]
     pub path: Option<String>,
-    #[serde(default)]
     pub path_prefix: Option<String>,
-    #[serde(default)]
     pub methods: Option<Vec<String>>,
-    #[serde(default)]
     pub scopes: Vec<Scope>,
-    #[serde(default)]
     pub public: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+impl FromJson for RuleDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a rule: an object with path or path_prefix, and scopes or public",
+            &["path", "path_prefix", "methods", "scopes", "public"],
+            errors,
+        )?;
+        let path = f.nullable::<String>("path");
+        let path_prefix = f.nullable::<String>("path_prefix");
+        let methods = f.nullable::<Vec<String>>("methods");
+        let scopes = f.optional("scopes");
+        let public = f.optional("public");
+        f.done()?;
+        Some(RuleDoc {
+            path,
+            path_prefix,
+            methods,
+            scopes: scopes.unwrap_or_default(),
+            public: public.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Unmatched {
     /// 403 for any request no rule matches.
     #[default]
     Deny,
     /// Any valid key may call a route no rule matches.
     Authenticate,
+}
+
+impl FromJson for Unmatched {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        json::variant(
+            value,
+            at,
+            errors,
+            &[
+                ("deny", Unmatched::Deny),
+                ("authenticate", Unmatched::Authenticate),
+            ],
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -397,7 +429,7 @@ mod tests {
     use serde_json::json;
 
     fn build(rules: serde_json::Value, unmatched: Unmatched) -> Result<RuleSet, Vec<String>> {
-        let docs: Vec<RuleDoc> = serde_json::from_value(rules).unwrap();
+        let docs: Vec<RuleDoc> = crate::json::from_value(rules).unwrap();
         RuleSet::build(docs, unmatched, &mut ScopeIndex::default())
             .map_err(|errs| errs.iter().map(ToString::to_string).collect())
     }
@@ -599,7 +631,7 @@ mod tests {
 
     #[test]
     fn unknown_rule_fields_are_refused() {
-        let err = serde_json::from_value::<RuleDoc>(json!({"path": "/a", "scope": ["x"]}))
+        let err = crate::json::from_value::<RuleDoc>(json!({"path": "/a", "scope": ["x"]}))
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `scope`"), "{err}");

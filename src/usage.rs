@@ -8,11 +8,11 @@
 //! (bounded: [`MAX_KEYS_PER_VM`]), [`Reporter`] the timer and the calls behind a
 //! [`ReportHost`], and [`UsageReport`] the document both sides read and write.
 
-use crate::error::{parse_json, ConfigError};
+use crate::error::ConfigError;
+use crate::json::{self, Fields, FromJson, Json};
 use crate::record::{DigestHasher, KeyHash};
 use crate::remote::{check_endpoint, check_path, check_range, Endpoint};
 use crate::timestamp::Timestamp;
-use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::hash::BuildHasherDefault;
@@ -39,18 +39,43 @@ pub const MAX_KEYS_PER_VM: usize = 10_000;
 /// a report is dropped rather than kept waiting.
 pub const MAX_REPORTS_IN_FLIGHT: usize = 16;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct UsageDoc {
     cluster: String,
-    #[serde(default)]
     path: Option<String>,
-    #[serde(default)]
     authority: Option<String>,
-    #[serde(default)]
     report_seconds: Option<u32>,
-    #[serde(default)]
     timeout_ms: Option<u32>,
+}
+
+impl FromJson for UsageDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "usage: an object with cluster",
+            &[
+                "cluster",
+                "path",
+                "authority",
+                "report_seconds",
+                "timeout_ms",
+            ],
+            errors,
+        )?;
+        let cluster = f.required("cluster");
+        let path = f.nullable::<String>("path");
+        let authority = f.nullable::<String>("authority");
+        let report_seconds = f.nullable::<u32>("report_seconds");
+        let timeout_ms = f.nullable::<u32>("timeout_ms");
+        f.done()?;
+        Some(UsageDoc {
+            cluster: cluster?,
+            path,
+            authority,
+            report_seconds,
+            timeout_ms,
+        })
+    }
 }
 
 impl UsageDoc {
@@ -187,24 +212,50 @@ pub struct UsageReport {
     pub entries: Vec<UsageEntry>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a usage report: {\"reports\": [...]}"
-)]
 struct ReportDoc {
     reports: Vec<EntryDoc>,
 }
 
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a usage entry: an object with hash, count and last_used_at"
-)]
+impl FromJson for ReportDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a usage report: {\"reports\": [...]}",
+            &["reports"],
+            errors,
+        )?;
+        let reports = f.required("reports");
+        f.done()?;
+        Some(ReportDoc { reports: reports? })
+    }
+}
+
 struct EntryDoc {
     hash: KeyHash,
     count: u64,
     last_used_at: Timestamp,
+}
+
+impl FromJson for EntryDoc {
+    fn read(value: &Json, at: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let mut f = Fields::of(
+            value,
+            at,
+            "a usage entry: an object with hash, count and last_used_at",
+            &["hash", "count", "last_used_at"],
+            errors,
+        )?;
+        let hash = f.required("hash");
+        let count = f.required("count");
+        let last_used_at = f.required("last_used_at");
+        f.done()?;
+        Some(EntryDoc {
+            hash: hash?,
+            count: count?,
+            last_used_at: last_used_at?,
+        })
+    }
 }
 
 impl UsageReport {
@@ -232,7 +283,7 @@ impl UsageReport {
     /// Reads a report as the key service receives it; every problem is named by its field
     /// (`reports[3].count`). The same hash may appear more than once.
     pub fn parse(json: &[u8]) -> Result<UsageReport, Vec<ConfigError>> {
-        let doc: ReportDoc = parse_json(json, "usage report")?;
+        let doc = json::read_document(json, "usage report", |v, e| ReportDoc::read(v, "", e))?;
         let mut errors = Vec::new();
         if doc.reports.len() > MAX_REPORT_ENTRIES {
             errors.push(ConfigError::new(
@@ -270,21 +321,26 @@ impl UsageReport {
 
 /// An instant as RFC 3339 in UTC, to the millisecond: `2026-11-30T10:12:29.500Z`.
 pub fn rfc3339_millis(t: Timestamp) -> String {
-    let nanos = t.unix_nanos() - t.unix_nanos().rem_euclid(1_000_000);
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(at) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second(),
-            at.millisecond()
-        ),
-        // Out of `time`'s range (beyond the year 9999): the latest instant it writes.
-        Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
+    let millis = t.unix_nanos().div_euclid(1_000_000);
+    let seconds = millis.div_euclid(1_000);
+    let days = seconds.div_euclid(86_400);
+    let (year, month, day) = match i64::try_from(days) {
+        Ok(days) => crate::timestamp::civil_from_days(days),
+        Err(_) => (i64::MAX, 0, 0),
+    };
+    // Beyond the years -9999 to 9999 (where the `time` crate stopped): the latest instant
+    // it wrote.
+    if !(-9999..=9999).contains(&year) {
+        return "9999-12-31T23:59:59.999Z".to_string();
     }
+    let of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60,
+        millis.rem_euclid(1_000)
+    )
 }
 
 /// What the reporter needs of its host.

@@ -2,7 +2,7 @@ use super::*;
 use serde_json::{json, Value};
 
 fn config(value: Value) -> Result<UsageConfig, Vec<String>> {
-    let doc: UsageDoc = serde_json::from_value(value).map_err(|e| vec![e.to_string()])?;
+    let doc: UsageDoc = crate::json::from_value(value).map_err(|e| vec![e.to_string()])?;
     let mut errors = Vec::new();
     doc.check(&mut errors)
         .ok_or_else(|| errors.iter().map(ToString::to_string).collect())
@@ -177,6 +177,50 @@ fn times_are_utc_to_the_millisecond() {
         rfc3339_millis(Timestamp::from_unix_nanos(i128::MAX)),
         "9999-12-31T23:59:59.999Z"
     );
+}
+
+/// Written as the `time` crate wrote it, over its whole range and past it.
+#[test]
+fn rfc3339_millis_writes_as_the_time_crate_wrote() {
+    let theirs = |nanos: i128| {
+        let nanos = nanos - nanos.rem_euclid(1_000_000);
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(at) => format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                at.year(),
+                u8::from(at.month()),
+                at.day(),
+                at.hour(),
+                at.minute(),
+                at.second(),
+                at.millisecond()
+            ),
+            Err(_) => "9999-12-31T23:59:59.999Z".to_string(),
+        }
+    };
+    let second: i128 = 1_000_000_000;
+    let mut nanos: Vec<i128> = vec![0, -1, 1, i128::MIN + second, i128::MAX, -999_999, 999_999];
+    for limit in [253_402_300_799, -377_705_116_800] {
+        for d in -2..=2 {
+            nanos.push((limit + d) * second);
+            nanos.push((limit + d) * second + 999_999_999);
+        }
+    }
+    let mut x: i128 = 12_345;
+    for _ in 0..20_000 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407)
+            & ((1 << 100) - 1);
+        nanos.push(x % (700_000_000_000 * second) - 350_000_000_000 * second);
+    }
+    for n in nanos {
+        assert_eq!(
+            rfc3339_millis(Timestamp::from_unix_nanos(n)),
+            theirs(n),
+            "{n}"
+        );
+    }
 }
 
 #[test]

@@ -27,9 +27,9 @@
 //! While the feed fails (a service without it answers 404), nothing is dropped early:
 //! cached answers live out `cache_seconds`, as without a watch.
 
+use crate::json::{self, FromJson, Json};
 use crate::record::KeyHash;
 use crate::remote::WatchConfig;
-use serde::Deserialize;
 
 /// At most this many hashes in one answer; a service with more to report answers 410.
 pub const MAX_HASHES: usize = 100_000;
@@ -84,31 +84,18 @@ pub enum FeedAnswer {
     Gone,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum VersionDoc<'a> {
-    Text(&'a str),
-    Number(u64),
-}
-
-#[derive(Deserialize)]
-struct ChangesDoc<'a> {
-    #[serde(borrow)]
-    version: VersionDoc<'a>,
-    #[serde(borrow)]
-    epoch: &'a str,
-    hashes: Vec<KeyHash>,
-}
-
-fn parse_version(version: VersionDoc<'_>) -> Result<u64, String> {
+/// The version as a decimal string (as the key service sends it) or a number.
+fn parse_version(version: Option<&Json>) -> Result<u64, String> {
     match version {
-        VersionDoc::Number(n) => Ok(n),
-        VersionDoc::Text(t)
+        Some(Json::UInt(n)) => Ok(*n),
+        Some(Json::Str(t))
             if !t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()) =>
         {
             t.parse().map_err(|e| format!("invalid version: {e}"))
         }
-        VersionDoc::Text(_) => Err("the version must be a decimal integer".into()),
+        Some(Json::Str(_)) => Err("the version must be a decimal integer".into()),
+        Some(_) => Err("invalid changes: the version must be a string or a number".into()),
+        None => Err("invalid changes: missing field `version`".into()),
     }
 }
 
@@ -136,15 +123,34 @@ pub fn read_changes(status: Option<&str>, body: Option<&[u8]>) -> Result<FeedAns
         return Ok(FeedAnswer::Gone);
     };
     let text = std::str::from_utf8(body).map_err(|_| "the changes are not UTF-8".to_string())?;
-    let doc: ChangesDoc<'_> =
-        serde_json::from_str(text).map_err(|e| format!("invalid changes: {e}"))?;
-    if doc.hashes.len() > MAX_HASHES {
+    let doc =
+        json::parse(text.as_bytes(), "changes").map_err(|e| format!("invalid changes: {e}"))?;
+    let Json::Object(fields) = &doc else {
+        return Err("invalid changes: expected an object".into());
+    };
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let epoch = field("epoch")
+        .ok_or("invalid changes: missing field `epoch`")?
+        .as_str()
+        .ok_or("invalid changes: epoch: expected a string")?;
+    let mut errors = Vec::new();
+    let hashes = match field("hashes") {
+        Some(hashes) => Vec::<KeyHash>::read(hashes, "hashes", &mut errors),
+        None => return Err("invalid changes: missing field `hashes`".into()),
+    };
+    let (Some(hashes), None) = (hashes, errors.first()) else {
+        return Err(match errors.first() {
+            Some(e) => format!("invalid changes: {e}"),
+            None => "invalid changes".into(),
+        });
+    };
+    if hashes.len() > MAX_HASHES {
         return Ok(FeedAnswer::Gone);
     }
     Ok(FeedAnswer::Changed(Changes {
-        version: parse_version(doc.version)?,
-        epoch: Epoch::parse(doc.epoch)?,
-        hashes: doc.hashes,
+        version: parse_version(field("version"))?,
+        epoch: Epoch::parse(epoch)?,
+        hashes,
     }))
 }
 
