@@ -87,26 +87,29 @@ $(ENVOY):
 
 # cargo's module (target/wasm32-wasip1/release/deps/keygate.wasm) goes through binaryen's
 # wasm-opt -Oz, 12% smaller again (issue #24), into $(WASM). wasm-opt is the one on PATH,
-# else cargo's (~/.cargo/bin), installed on first use (`cargo install wasm-opt`: it builds
-# binaryen, some minutes once). The features are those rustc targets (its target_features
-# section, which the stripped module no longer carries): wasm-opt may keep using them. It inlines
-# nothing: inlining each function called once into its caller (-Oz's default) made a few
-# very large functions, which cost Envoy ~20 MiB more RSS to compile, for 0.2% of size.
+# else Debian's binaryen, installed on first use (`wasm-opt-tool`). The features are those
+# rustc targets (its target_features section, which the stripped module no longer carries):
+# wasm-opt may keep using them. It inlines nothing: inlining each function called once into
+# its caller (-Oz's default) made a few very large functions, which cost Envoy ~20 MiB more
+# RSS to compile, for 0.2% of size.
 WASM_RAW := target/wasm32-wasip1/release/deps/keygate.wasm
-CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
-WASM_OPT := $(or $(shell command -v wasm-opt 2>/dev/null),$(CARGO_BIN)/wasm-opt)
 WASM_OPT_FLAGS := -Oz --one-caller-inline-max-function-size 0 --always-inline-max-function-size 0 \
   --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-extended-const
 
-wasm: $(WASM_OPT)
+wasm: wasm-opt-tool
 	cargo build --release -p keygate-filter --target wasm32-wasip1
-	$(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM).opt
+	wasm-opt $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM).opt
 	mv $(WASM).opt $(WASM)
 	@ls -l $(WASM) | awk '{print "keygate.wasm: " $$5 " bytes"}'
 
-$(CARGO_BIN)/wasm-opt:
-	cargo install --locked wasm-opt --version 0.116.1
+.PHONY: wasm-opt-tool
+wasm-opt-tool:
+	@command -v wasm-opt >/dev/null || { \
+	  echo "installing Debian's binaryen (wasm-opt, for make wasm)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends binaryen >/dev/null; } || { \
+	  echo "make wasm needs binaryen's wasm-opt: apt-get install binaryen"; exit 1; }
 
 # keygate as an Envoy dynamic module (README "Native build (Envoy dynamic module)"):
 # target/native/libkeygate_native.so, optimized, its panics unwinding (the `native` profile).
