@@ -3,7 +3,8 @@
 //!
 //! Every case is a real Envoy 1.40 (`--concurrency 1`, pinned to CPU 1) answering
 //! `GET /bench/data` with a direct response, so that nothing but the filter differs:
-//! no filter, an empty proxy-wasm filter (`benches/empty-filter`), an empty dynamic module
+//! no filter, an empty proxy-wasm filter (`benches/empty-filter`) and the wasm job floor (the
+//! same module given `floor`: the host calls any API-key filter makes), an empty dynamic module
 //! (`benches/empty-native`), Envoy's native `api_key_auth`, a Lua filter with a key table,
 //! keygate with 10, 10 000 and 100 000 inline keys, keygate with 100 000 keys fetched from
 //! `keygate serve` (`key_set`), keygate in lookup mode answering from its cache, and
@@ -70,6 +71,9 @@ struct Options {
     plot: Option<PathBuf>,
     only: Vec<String>,
     extra: Vec<(String, PathBuf)>,
+    /// Count Envoy's instructions in each full-load window (`perf stat`): a measure the
+    /// other processes on the machine disturb far less than CPU time.
+    perf: bool,
 }
 
 fn options() -> Options {
@@ -82,6 +86,7 @@ fn options() -> Options {
         plot: None,
         only: Vec::new(),
         extra: Vec::new(),
+        perf: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -92,6 +97,11 @@ fn options() -> Options {
                 .unwrap_or_else(|_| panic!("{}: {v:?} is not a number", args[i]))
         };
         match args[i].as_str() {
+            "--perf" => {
+                options.perf = true;
+                i += 1;
+                continue;
+            }
             "--rounds" => options.rounds = number(&value) as usize,
             "--seconds" => options.seconds = number(&value),
             "--rate" => options.rate = number(&value) as u32,
@@ -107,7 +117,7 @@ fn options() -> Options {
             }
             other => panic!(
                 "unknown option {other}; options: --rounds, --seconds, --rate, \
-                 --latency-seconds, --connections, --plot, --only, --extra"
+                 --latency-seconds, --connections, --plot, --only, --extra, --perf"
             ),
         }
         i += 2;
@@ -128,6 +138,9 @@ enum Filter {
         keys: usize,
         module: PathBuf,
     },
+    /// The empty wasm filter given `floor`: `authorization` read with one call, removed,
+    /// one identity header set (issue #24's job floor).
+    WasmFloor,
     /// An Envoy dynamic module that does nothing (`benches/empty-native`).
     EmptyNative,
     /// The same module making only the host calls forwarding keygate's identity takes:
@@ -232,6 +245,7 @@ fn cases(options: &Options) -> Vec<Case> {
     let mut all = vec![
         case("no filter", None, Filter::Nothing),
         case("empty wasm filter", None, Filter::EmptyWasm),
+        case("wasm job floor", None, Filter::WasmFloor),
         case("empty native module", None, Filter::EmptyNative),
         case("native job floor", None, Filter::NativeFloor),
         case("api_key_auth", Some(TABLE_KEYS), Filter::ApiKeyAuth),
@@ -493,6 +507,7 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
     match &case.filter {
         Filter::Nothing => bootstrap(None, vec![]),
         Filter::EmptyWasm => bootstrap(Some(wasm(&empty_module(), "")), vec![]),
+        Filter::WasmFloor => bootstrap(Some(wasm(&empty_module(), "floor")), vec![]),
         Filter::EmptyNative => bootstrap(Some(empty_native_filter("")), vec![]),
         Filter::NativeFloor => bootstrap(Some(empty_native_filter("floor")), vec![]),
         Filter::ApiKeyAuth => bootstrap(Some(api_key_auth(TABLE_KEYS)), vec![]),
@@ -622,6 +637,45 @@ struct Load {
     requests: u64,
     seconds: f64,
     cpu_seconds: f64,
+    /// Envoy's instructions in the window, user and kernel (`--perf`).
+    instructions: Option<(f64, f64)>,
+}
+
+/// Starts `perf stat` counting `pid`'s instructions, user and kernel apart.
+fn perf_start(pid: u32) -> std::process::Child {
+    Command::new("perf")
+        .args([
+            "stat",
+            "-x",
+            ",",
+            "-e",
+            "instructions:u,instructions:k",
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perf (linux-perf)")
+}
+
+/// Stops `perf stat` and reads its counts: (user, kernel).
+fn perf_stop(child: std::process::Child) -> Option<(f64, f64)> {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .ok()?;
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let count = |event: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with(event)))?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((count("instructions:u")?, count("instructions:k")?))
 }
 
 /// keygate hands its counts to Envoy on each VM's tick (every 500 ms).
@@ -632,6 +686,7 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
     let completed =
         |stats: &BTreeMap<String, u64>| counter(stats, "http.bench.downstream_rq_completed");
     let before = completed(&counters(envoy));
+    let perf = options.perf.then(|| perf_start(envoy.pid()));
     let cpu0 = cpu_ticks(envoy.pid());
     let started = Instant::now();
     let out = Command::new("wrk")
@@ -645,6 +700,7 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
         .expect("wrk (apt-get install wrk; `make bench` does)");
     let seconds = started.elapsed().as_secs_f64();
     let cpu1 = cpu_ticks(envoy.pid());
+    let instructions = perf.and_then(perf_stop);
     let after = completed(&counters(envoy));
     let wrk_text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk failed: {wrk_text}");
@@ -653,6 +709,7 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
             requests: after - before,
             seconds,
             cpu_seconds: (cpu1 - cpu0) as f64 / tick,
+            instructions,
         },
         wrk_text,
     )
@@ -831,6 +888,11 @@ struct Samples {
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// Envoy's instructions per request, user and kernel (`--perf`).
+    instr_user: Vec<f64>,
+    instr_kernel: Vec<f64>,
+    /// User instructions per request less the no-filter case's in the same round.
+    added_instr: Vec<f64>,
 }
 
 /// The value a fraction `q` of the way through the sorted values (interpolated).
@@ -948,6 +1010,10 @@ struct Row {
     load_seconds: Option<f64>,
     /// The middle half of the rounds' added costs.
     added_quartiles: Option<(f64, f64)>,
+    /// keygate's wasm filter (a build of it given with `--extra` too).
+    wasm_keygate: bool,
+    /// Medians of instructions per request: user, kernel, user added (`--perf`).
+    instructions: Option<(f64, f64, Option<f64>)>,
 }
 
 /// The decision alone, natively (no Envoy, no VM), per inline key-set size: nanoseconds
@@ -1077,15 +1143,23 @@ fn main() {
             s.rps.push(rps);
             s.p50.push(p50);
             s.p99.push(p99);
+            if let Some((user, kernel)) = load.instructions {
+                s.instr_user.push(user / load.requests as f64);
+                s.instr_kernel.push(kernel / load.requests as f64);
+            }
         }
         if let Some(base) = running
             .iter()
             .position(|r| matches!(r.case.filter, Filter::Nothing))
         {
             let base_us = samples[base].cpu_us[round];
+            let base_instr = samples[base].instr_user.get(round).copied();
             for s in &mut samples {
                 let us = s.cpu_us[round];
                 s.added_us.push(us - base_us);
+                if let (Some(base), Some(instr)) = (base_instr, s.instr_user.get(round)) {
+                    s.added_instr.push(instr - base);
+                }
             }
         }
     }
@@ -1108,6 +1182,20 @@ fn main() {
                 load_seconds: run.load_seconds,
                 added_quartiles: (!s.added_us.is_empty())
                     .then(|| (quantile(&s.added_us, 0.25), quantile(&s.added_us, 0.75))),
+                wasm_keygate: matches!(
+                    run.case.filter,
+                    Filter::Inline { .. }
+                        | Filter::KeySet { native: false }
+                        | Filter::Lookup { native: false }
+                        | Filter::LookupMadeUp
+                ),
+                instructions: (!s.instr_user.is_empty()).then(|| {
+                    (
+                        median(&s.instr_user),
+                        median(&s.instr_kernel),
+                        (!s.added_instr.is_empty()).then(|| median(&s.added_instr)),
+                    )
+                }),
             }
         })
         .collect();
@@ -1145,6 +1233,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     let empty = added_of("empty wasm filter");
     let api_key_auth = added_of("api_key_auth");
     let native_floor = added_of("native job floor");
+    let wasm_floor = added_of("wasm job floor");
     let mut out = String::new();
     out.push_str(&format!(
         "Machine: {}. Envoy `--concurrency 1` on CPU {ENVOY_CPU}, load on CPU {LOAD_CPU}. \
@@ -1158,9 +1247,9 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     ));
     out.push_str(
         "| case | keys | Envoy CPU µs/req | added µs/req | middle half of rounds | \
-         added ÷ empty wasm | added ÷ api_key_auth | added ÷ native job floor | req/s | p50 µs | \
-         p99 µs | RSS MiB | start s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         added ÷ empty wasm | added ÷ wasm job floor | added ÷ api_key_auth | \
+         added ÷ native job floor | req/s | p50 µs | p99 µs | RSS MiB | start s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let added = row.added_us;
@@ -1176,6 +1265,12 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         } else {
             "–".into()
         };
+        // The wasm floor for the wasm builds (and the extra builds, all wasm).
+        let to_wasm_floor = if row.wasm_keygate {
+            ratio_to(wasm_floor)
+        } else {
+            "–".into()
+        };
         let start = match row.load_seconds {
             Some(load) => format!("{:.2} (loaded {load:.2})", row.start_seconds),
             None => format!("{:.2}", row.start_seconds),
@@ -1185,7 +1280,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
             .filter(|_| row.name != "no filter")
             .map_or("–".into(), |(lo, hi)| format!("{lo:.1} – {hi:.1}"));
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_api_key_auth} | {to_floor} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
+            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_wasm_floor} | {to_api_key_auth} | {to_floor} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
             row.name,
             row.keys.map_or("–".into(), |k| k.to_string()),
             row.cpu_us,
@@ -1219,7 +1314,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     }
     if running
         .iter()
-        .any(|r| matches!(r.case.filter, Filter::EmptyWasm))
+        .any(|r| matches!(r.case.filter, Filter::EmptyWasm | Filter::WasmFloor))
     {
         modules.push(format!(
             "empty filter {} bytes",
@@ -1251,7 +1346,81 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         out.push_str(&native_rows.join("\n"));
         out.push('\n');
     }
+    out.push_str(&wasm_goals(rows, wasm_floor));
+    out.push_str(&instructions(rows));
     out
+}
+
+/// With `--perf`: Envoy's instructions per request (medians of the rounds), and what each
+/// case adds to the no-filter case's, as a ratio to what the wasm job floor adds.
+fn instructions(rows: &[Row]) -> String {
+    if rows.iter().all(|r| r.instructions.is_none()) {
+        return String::new();
+    }
+    let floor = rows
+        .iter()
+        .find(|r| r.name == "wasm job floor")
+        .and_then(|r| r.instructions?.2);
+    let mut out = String::from(
+        "\nEnvoy's instructions per request (`perf stat`, medians of the rounds):\n\n\
+         | case | user | kernel | user added | added ÷ wasm job floor |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let Some((user, kernel, added)) = row.instructions else {
+            continue;
+        };
+        let ratio = match (added, floor) {
+            (Some(a), Some(f)) if row.wasm_keygate && f > 0.0 => format!("{:.2}×", a / f),
+            _ => "–".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {user:.0} | {kernel:.0} | {} | {ratio} |\n",
+            row.name,
+            added.map_or("–".into(), |a| format!("{a:.0}"))
+        ));
+    }
+    out
+}
+
+/// Issue #24's goals for the wasm filter (same run): inline 10 000 keys at most 1.10 × the
+/// wasm job floor; key_set and lookup at most 1.05 × inline.
+fn wasm_goals(rows: &[Row], wasm_floor: Option<f64>) -> String {
+    let added_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.added_us)
+    };
+    let line = |name: &str, base_name: &str, base: Option<f64>, goal: f64| {
+        let (a, b) = (added_of(name)?, base?);
+        let ratio = a / b;
+        Some(format!(
+            "- {name}: {a:.2} µs against {base_name}'s {b:.2} µs: {ratio:.2}× (goal ≤ {goal:.2}×) → {}",
+            if b > 0.0 && ratio <= goal { "met" } else { "not met" }
+        ))
+    };
+    let inline = added_of("keygate inline 10000");
+    let lines: Vec<String> = [
+        line(
+            "keygate inline 10000",
+            "the wasm job floor",
+            wasm_floor,
+            1.10,
+        ),
+        line("keygate key_set", "keygate inline 10000", inline, 1.05),
+        line("keygate lookup", "keygate inline 10000", inline, 1.05),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nWasm filter, issue #24 (same run): inline ≤ 1.10 × the wasm job floor; key_set and \
+         lookup ≤ 1.05 × inline:\n{}\n",
+        lines.join("\n")
+    )
 }
 
 /// Added CPU per request against key-set size: keygate's cases on a log axis, the other
@@ -1269,6 +1438,7 @@ fn svg(rows: &[Row]) -> String {
         .map(|r| {
             let color = match r.name.as_str() {
                 "empty wasm filter" => "#555",
+                "wasm job floor" => "#777",
                 "lua" => "#c0392b",
                 "api_key_auth" => "#27ae60",
                 "keygate native inline 10000" => "#d68910",
