@@ -294,6 +294,21 @@ impl SharedSet {
         }
     }
 
+    /// A token that changes whenever a bucket may have: `None` before any was written. The
+    /// store versions every write (proxy-wasm's `cas`), so the token is the entry's
+    /// version. A VM that keeps records it read (the wasm shell's cache) reads the token
+    /// on every tick and drops them when it moves: a revoked key stops being served within
+    /// a tick of its bucket being written.
+    pub fn generation(&self, store: &impl SharedStore) -> Option<u32> {
+        store.get(&self.name("generation")).1
+    }
+
+    /// Moves [`SharedSet::generation`]; after the buckets are written, never before, so a
+    /// record read before the new token is seen is dropped when it is.
+    fn bump_generation(&self, store: &mut impl SharedStore) {
+        store.set(&self.name("generation"), b"g", None);
+    }
+
     /// A number no other VM sharing this store holds: names a lease holder.
     pub fn new_holder(&self, store: &mut impl SharedStore) -> u64 {
         let key = self.name("holders");
@@ -535,9 +550,11 @@ impl SharedSet {
                     }
                 },
                 Phase::Write(mut writing) => {
-                    if !self.write_buckets(store, &mut writing, &mut budget)
-                        || !self.mark_left(store, &mut writing, &mut budget)
-                    {
+                    let done = self.write_buckets(store, &mut writing, &mut budget)
+                        && self.mark_left(store, &mut writing, &mut budget);
+                    // Each slice's buckets are in force as they are written.
+                    self.bump_generation(store);
+                    if !done {
                         job.phase = Phase::Write(writing);
                         return Progress::Working(job);
                     }
@@ -646,6 +663,7 @@ impl SharedSet {
         let items = staged.sorted();
         let mut name = [0u8; BUCKET_NAME_LEN];
         let mut keys = i64::try_from(meta.keys).unwrap_or(i64::MAX);
+        let mut written = false;
         for group in items
             .chunk_by(|a, b| bucket::bucket_of(&a.hash, bits) == bucket::bucket_of(&b.hash, bits))
         {
@@ -666,8 +684,12 @@ impl SharedSet {
             let (new, added) = bucket::apply(&old, &upsert, &delete);
             if new != old {
                 store.set(key, &new, None);
+                written = true;
             }
             keys += added;
+        }
+        if written {
+            self.bump_generation(store);
         }
         meta.keys = usize::try_from(keys.max(0)).unwrap_or(0);
         meta.version = Some(version.to_string());
