@@ -31,7 +31,9 @@
 //! Options: `--rounds 10`, `--seconds 2` (full-load window), `--rate 2000` (requests/s of
 //! the latency phase), `--latency-seconds 1`, `--connections 64` (wrk's), `--plot FILE`
 //! (an SVG of cost against key-set size), `--only a,b` (cases by name),
-//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys); `native` in
+//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys), `--floor
+//! NAME=CONFIG` (the empty filter with that configuration, e.g. `floor+clock:20`: the wasm
+//! job floor and 20 more clock reads, to weigh one host call); `native` in
 //! `--only` names the native decision measurement, which runs otherwise only with every case.
 
 // A tool: a failed step should stop it loudly, with its message.
@@ -71,9 +73,8 @@ struct Options {
     plot: Option<PathBuf>,
     only: Vec<String>,
     extra: Vec<(String, PathBuf)>,
-    /// Count Envoy's instructions in each full-load window (`perf stat`): a measure the
-    /// other processes on the machine disturb far less than CPU time.
-    perf: bool,
+    /// More wasm floors: a name and the empty filter's configuration (`floor+clock:20`).
+    floors: Vec<(String, String)>,
 }
 
 fn options() -> Options {
@@ -86,7 +87,7 @@ fn options() -> Options {
         plot: None,
         only: Vec::new(),
         extra: Vec::new(),
-        perf: false,
+        floors: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -97,11 +98,6 @@ fn options() -> Options {
                 .unwrap_or_else(|_| panic!("{}: {v:?} is not a number", args[i]))
         };
         match args[i].as_str() {
-            "--perf" => {
-                options.perf = true;
-                i += 1;
-                continue;
-            }
             "--rounds" => options.rounds = number(&value) as usize,
             "--seconds" => options.seconds = number(&value),
             "--rate" => options.rate = number(&value) as u32,
@@ -115,9 +111,15 @@ fn options() -> Options {
                     .unwrap_or_else(|| panic!("--extra takes NAME=FILE.wasm, not {value:?}"));
                 options.extra.push((name.to_string(), PathBuf::from(file)));
             }
+            "--floor" => {
+                let (name, config) = value
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("--floor takes NAME=CONFIG, not {value:?}"));
+                options.floors.push((name.to_string(), config.to_string()));
+            }
             other => panic!(
                 "unknown option {other}; options: --rounds, --seconds, --rate, \
-                 --latency-seconds, --connections, --plot, --only, --extra, --perf"
+                 --latency-seconds, --connections, --plot, --only, --extra, --floor"
             ),
         }
         i += 2;
@@ -140,7 +142,9 @@ enum Filter {
     },
     /// The empty wasm filter given `floor`: `authorization` read with one call, removed,
     /// one identity header set (issue #24's job floor).
-    WasmFloor,
+    WasmFloor {
+        config: String,
+    },
     /// An Envoy dynamic module that does nothing (`benches/empty-native`).
     EmptyNative,
     /// The same module making only the host calls forwarding keygate's identity takes:
@@ -245,7 +249,13 @@ fn cases(options: &Options) -> Vec<Case> {
     let mut all = vec![
         case("no filter", None, Filter::Nothing),
         case("empty wasm filter", None, Filter::EmptyWasm),
-        case("wasm job floor", None, Filter::WasmFloor),
+        case(
+            "wasm job floor",
+            None,
+            Filter::WasmFloor {
+                config: "floor".into(),
+            },
+        ),
         case("empty native module", None, Filter::EmptyNative),
         case("native job floor", None, Filter::NativeFloor),
         case("api_key_auth", Some(TABLE_KEYS), Filter::ApiKeyAuth),
@@ -304,6 +314,15 @@ fn cases(options: &Options) -> Vec<Case> {
                 },
             )
         });
+    }
+    for (name, config) in &options.floors {
+        all.push(case(
+            name,
+            None,
+            Filter::WasmFloor {
+                config: config.clone(),
+            },
+        ));
     }
     if !options.only.is_empty() {
         all.retain(|c| options.only.iter().any(|o| o == &c.name));
@@ -507,7 +526,7 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
     match &case.filter {
         Filter::Nothing => bootstrap(None, vec![]),
         Filter::EmptyWasm => bootstrap(Some(wasm(&empty_module(), "")), vec![]),
-        Filter::WasmFloor => bootstrap(Some(wasm(&empty_module(), "floor")), vec![]),
+        Filter::WasmFloor { config } => bootstrap(Some(wasm(&empty_module(), config)), vec![]),
         Filter::EmptyNative => bootstrap(Some(empty_native_filter("")), vec![]),
         Filter::NativeFloor => bootstrap(Some(empty_native_filter("floor")), vec![]),
         Filter::ApiKeyAuth => bootstrap(Some(api_key_auth(TABLE_KEYS)), vec![]),
@@ -637,45 +656,6 @@ struct Load {
     requests: u64,
     seconds: f64,
     cpu_seconds: f64,
-    /// Envoy's instructions in the window, user and kernel (`--perf`).
-    instructions: Option<(f64, f64)>,
-}
-
-/// Starts `perf stat` counting `pid`'s instructions, user and kernel apart.
-fn perf_start(pid: u32) -> std::process::Child {
-    Command::new("perf")
-        .args([
-            "stat",
-            "-x",
-            ",",
-            "-e",
-            "instructions:u,instructions:k",
-            "-p",
-        ])
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("perf (linux-perf)")
-}
-
-/// Stops `perf stat` and reads its counts: (user, kernel).
-fn perf_stop(child: std::process::Child) -> Option<(f64, f64)> {
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .ok()?;
-    let out = child.wait_with_output().ok()?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let count = |event: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with(event)))?
-            .split(',')
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((count("instructions:u")?, count("instructions:k")?))
 }
 
 /// keygate hands its counts to Envoy on each VM's tick (every 500 ms).
@@ -686,7 +666,6 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
     let completed =
         |stats: &BTreeMap<String, u64>| counter(stats, "http.bench.downstream_rq_completed");
     let before = completed(&counters(envoy));
-    let perf = options.perf.then(|| perf_start(envoy.pid()));
     let cpu0 = cpu_ticks(envoy.pid());
     let started = Instant::now();
     let out = Command::new("wrk")
@@ -700,7 +679,6 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
         .expect("wrk (apt-get install wrk; `make bench` does)");
     let seconds = started.elapsed().as_secs_f64();
     let cpu1 = cpu_ticks(envoy.pid());
-    let instructions = perf.and_then(perf_stop);
     let after = completed(&counters(envoy));
     let wrk_text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk failed: {wrk_text}");
@@ -709,7 +687,6 @@ fn full_load(envoy: &Envoy, script: &Path, options: &Options, tick: f64) -> (Loa
             requests: after - before,
             seconds,
             cpu_seconds: (cpu1 - cpu0) as f64 / tick,
-            instructions,
         },
         wrk_text,
     )
@@ -888,11 +865,6 @@ struct Samples {
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
-    /// Envoy's instructions per request, user and kernel (`--perf`).
-    instr_user: Vec<f64>,
-    instr_kernel: Vec<f64>,
-    /// User instructions per request less the no-filter case's in the same round.
-    added_instr: Vec<f64>,
 }
 
 /// The value a fraction `q` of the way through the sorted values (interpolated).
@@ -1012,8 +984,6 @@ struct Row {
     added_quartiles: Option<(f64, f64)>,
     /// keygate's wasm filter (a build of it given with `--extra` too).
     wasm_keygate: bool,
-    /// Medians of instructions per request: user, kernel, user added (`--perf`).
-    instructions: Option<(f64, f64, Option<f64>)>,
 }
 
 /// The decision alone, natively (no Envoy, no VM), per inline key-set size: nanoseconds
@@ -1143,23 +1113,15 @@ fn main() {
             s.rps.push(rps);
             s.p50.push(p50);
             s.p99.push(p99);
-            if let Some((user, kernel)) = load.instructions {
-                s.instr_user.push(user / load.requests as f64);
-                s.instr_kernel.push(kernel / load.requests as f64);
-            }
         }
         if let Some(base) = running
             .iter()
             .position(|r| matches!(r.case.filter, Filter::Nothing))
         {
             let base_us = samples[base].cpu_us[round];
-            let base_instr = samples[base].instr_user.get(round).copied();
             for s in &mut samples {
                 let us = s.cpu_us[round];
                 s.added_us.push(us - base_us);
-                if let (Some(base), Some(instr)) = (base_instr, s.instr_user.get(round)) {
-                    s.added_instr.push(instr - base);
-                }
             }
         }
     }
@@ -1189,13 +1151,6 @@ fn main() {
                         | Filter::Lookup { native: false }
                         | Filter::LookupMadeUp
                 ),
-                instructions: (!s.instr_user.is_empty()).then(|| {
-                    (
-                        median(&s.instr_user),
-                        median(&s.instr_kernel),
-                        (!s.added_instr.is_empty()).then(|| median(&s.added_instr)),
-                    )
-                }),
             }
         })
         .collect();
@@ -1314,7 +1269,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     }
     if running
         .iter()
-        .any(|r| matches!(r.case.filter, Filter::EmptyWasm | Filter::WasmFloor))
+        .any(|r| matches!(r.case.filter, Filter::EmptyWasm | Filter::WasmFloor { .. }))
     {
         modules.push(format!(
             "empty filter {} bytes",
@@ -1347,39 +1302,6 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         out.push('\n');
     }
     out.push_str(&wasm_goals(rows, wasm_floor));
-    out.push_str(&instructions(rows));
-    out
-}
-
-/// With `--perf`: Envoy's instructions per request (medians of the rounds), and what each
-/// case adds to the no-filter case's, as a ratio to what the wasm job floor adds.
-fn instructions(rows: &[Row]) -> String {
-    if rows.iter().all(|r| r.instructions.is_none()) {
-        return String::new();
-    }
-    let floor = rows
-        .iter()
-        .find(|r| r.name == "wasm job floor")
-        .and_then(|r| r.instructions?.2);
-    let mut out = String::from(
-        "\nEnvoy's instructions per request (`perf stat`, medians of the rounds):\n\n\
-         | case | user | kernel | user added | added ÷ wasm job floor |\n\
-         |---|---:|---:|---:|---:|\n",
-    );
-    for row in rows {
-        let Some((user, kernel, added)) = row.instructions else {
-            continue;
-        };
-        let ratio = match (added, floor) {
-            (Some(a), Some(f)) if row.wasm_keygate && f > 0.0 => format!("{:.2}×", a / f),
-            _ => "–".into(),
-        };
-        out.push_str(&format!(
-            "| {} | {user:.0} | {kernel:.0} | {} | {ratio} |\n",
-            row.name,
-            added.map_or("–".into(), |a| format!("{a:.0}"))
-        ));
-    }
     out
 }
 
