@@ -11,6 +11,11 @@
 //! adds a header, `replace` replaces one, `pairs` reads the whole header map, `value`
 //! reads one header, `setpairs` writes the whole map back (as read, less the credential,
 //! with four identity headers), `identity` adds keygate's other three identity headers.
+//!
+//! `calls` makes keygate's host calls on an allowed request, as keygate makes them, and
+//! nothing else: the whole header map read (one call, the buffer kept as it comes), the
+//! clock read (the key's expiry), the credential removed, four identity headers added.
+//! keygate less this is keygate's own work in the VM.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,6 +40,7 @@ enum Call {
 #[derive(Clone, Copy, Default)]
 struct Root {
     floor: bool,
+    calls: bool,
     extra: Call,
     times: usize,
 }
@@ -47,6 +53,7 @@ impl RootContext for Root {
         let config = String::from_utf8_lossy(&config);
         let (floor, extra) = config.split_once('+').unwrap_or((&config, ""));
         self.floor = floor == "floor";
+        self.calls = floor == "calls";
         let (call, times) = extra.split_once(':').unwrap_or(("", "0"));
         self.extra = match call {
             "add" => Call::Add,
@@ -62,7 +69,9 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        if self.floor {
+        if self.calls {
+            Some(Box::new(Calls))
+        } else if self.floor {
             Some(Box::new(Floor(*self)))
         } else {
             Some(Box::new(Pass))
@@ -81,6 +90,37 @@ impl Context for Pass {}
 impl HttpContext for Pass {}
 
 struct Floor(Root);
+
+struct Calls;
+
+impl Context for Calls {}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> u32;
+}
+
+impl HttpContext for Calls {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = MapType::HttpRequestHeaders;
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: both out-pointers are live for the call; the buffer the host allocated
+        // with this VM's allocator is taken over whole.
+        let map = unsafe {
+            proxy_get_header_map_pairs(headers, &mut data, &mut size);
+            (!data.is_null()).then(|| Vec::from_raw_parts(data, size, size))
+        };
+        if map.is_some_and(|map| map.len() > 4) {
+            let _ = hostcalls::get_current_time();
+            let _ = hostcalls::remove_map_value(headers, "authorization");
+            for (name, value) in IDENTITY {
+                let _ = hostcalls::add_map_value(headers, name, value);
+            }
+        }
+        Action::Continue
+    }
+}
 
 impl Context for Floor {}
 
