@@ -248,6 +248,8 @@ pub enum Progress {
 #[derive(Clone, Debug)]
 pub struct SharedSet {
     prefix: String,
+    /// The name of the generation entry ([`SharedSet::generation`]), read per request.
+    generation: String,
     path: String,
     refresh_ms: u64,
     timeout_ms: u64,
@@ -268,6 +270,7 @@ impl SharedSet {
         let prefix = format!("keygate/{}/", hex::encode(&digest[..8]));
         debug_assert_eq!(prefix.len(), PREFIX_LEN);
         SharedSet {
+            generation: format!("{prefix}generation"),
             prefix,
             path: fetch.path.to_string(),
             refresh_ms: u64::from(fetch.refresh_seconds) * 1000,
@@ -294,19 +297,20 @@ impl SharedSet {
         }
     }
 
-    /// A token that changes whenever a bucket may have: `None` before any was written. The
+    /// A token that changes whenever a bucket has: `None` before any was written. The
     /// store versions every write (proxy-wasm's `cas`), so the token is the entry's
     /// version. A VM that keeps records it read (the wasm shell's cache) reads the token
-    /// on every tick and drops them when it moves: a revoked key stops being served within
-    /// a tick of its bucket being written.
+    /// with each request and drops them when it has moved: a key is refused as soon as
+    /// its bucket is, whichever worker asks.
     pub fn generation(&self, store: &impl SharedStore) -> Option<u32> {
-        store.get(&self.name("generation")).1
+        store.get(&self.generation).1
     }
 
-    /// Moves [`SharedSet::generation`]; after the buckets are written, never before, so a
-    /// record read before the new token is seen is dropped when it is.
-    fn bump_generation(&self, store: &mut impl SharedStore) {
-        store.set(&self.name("generation"), b"g", None);
+    /// Writes bucket `key`, then moves [`SharedSet::generation`]: after the write, never
+    /// before, so that a record read before the new token is seen is dropped when it is.
+    fn write_bucket(&self, store: &mut impl SharedStore, key: &str, value: &[u8]) {
+        store.set(key, value, None);
+        store.set(&self.generation, b"g", None);
     }
 
     /// A number no other VM sharing this store holds: names a lease holder.
@@ -550,11 +554,9 @@ impl SharedSet {
                     }
                 },
                 Phase::Write(mut writing) => {
-                    let done = self.write_buckets(store, &mut writing, &mut budget)
-                        && self.mark_left(store, &mut writing, &mut budget);
-                    // Each slice's buckets are in force as they are written.
-                    self.bump_generation(store);
-                    if !done {
+                    if !self.write_buckets(store, &mut writing, &mut budget)
+                        || !self.mark_left(store, &mut writing, &mut budget)
+                    {
                         job.phase = Phase::Write(writing);
                         return Progress::Working(job);
                     }
@@ -601,7 +603,7 @@ impl SharedSet {
             // An empty bucket is written only over one that held keys: names never used
             // stay unused.
             if !value.is_empty() || store.get(key).0.is_some_and(|v| !v.is_empty()) {
-                store.set(key, &value, None);
+                self.write_bucket(store, key, &value);
             }
             writing.next += 1;
         }
@@ -627,11 +629,8 @@ impl SharedSet {
                 return false;
             }
             *budget -= 1;
-            store.set(
-                self.bucket_name(&mut name, left, writing.marked),
-                &marker,
-                None,
-            );
+            let key = self.bucket_name(&mut name, left, writing.marked);
+            self.write_bucket(store, key, &marker);
             writing.marked += 1;
         }
         true
@@ -663,7 +662,6 @@ impl SharedSet {
         let items = staged.sorted();
         let mut name = [0u8; BUCKET_NAME_LEN];
         let mut keys = i64::try_from(meta.keys).unwrap_or(i64::MAX);
-        let mut written = false;
         for group in items
             .chunk_by(|a, b| bucket::bucket_of(&a.hash, bits) == bucket::bucket_of(&b.hash, bits))
         {
@@ -683,13 +681,9 @@ impl SharedSet {
             let old = store.get(key).0.unwrap_or_default();
             let (new, added) = bucket::apply(&old, &upsert, &delete);
             if new != old {
-                store.set(key, &new, None);
-                written = true;
+                self.write_bucket(store, key, &new);
             }
             keys += added;
-        }
-        if written {
-            self.bump_generation(store);
         }
         meta.keys = usize::try_from(keys.max(0)).unwrap_or(0);
         meta.version = Some(version.to_string());

@@ -30,11 +30,11 @@ const MAX_BUDGET: usize = 10_000;
 const CACHED: usize = 4096;
 
 /// Records this VM decoded from the set in force, by key hash: a request for a key read
-/// before makes no host call and decodes nothing. Dropped whole when the set's generation
-/// moves (a bucket was written: a delta, a slice of a load), which every tick checks, so a
-/// revoked or changed key is served from here for at most a tick (500 ms) after its
-/// bucket changed. Keys the set does not hold are not kept: made-up keys cannot push out
-/// the real ones, and an added key is found at once.
+/// before reads the set's generation (a few bytes) in place of its bucket, and decodes
+/// nothing. Dropped whole when the generation has moved (a bucket was written: a delta, a
+/// load), so a revoked or changed key is refused as soon as its bucket is written, as
+/// without the cache. Keys the set does not hold are not kept: made-up keys cannot push
+/// out the real ones, and an added key is found at once.
 #[derive(Default)]
 struct Cache {
     records: DigestMap<Rc<KeyRecord>>,
@@ -75,7 +75,6 @@ impl KeySetState {
             cache: Cell::default(),
         };
         state.bits.set(state.set.read_meta(&SharedData).bits);
-        state.renew_cache();
         state
     }
 
@@ -107,6 +106,7 @@ impl KeySetState {
             bits
         });
         let bits = bits.ok_or(NotLoaded)?;
+        self.renew_cache();
         let mut cache = self.cache.take();
         let cached = cache.records.get(hash).cloned();
         if cached.is_some() {
@@ -146,7 +146,6 @@ impl KeySetState {
         let now = host::now_ms();
         let meta = self.set.read_meta(&SharedData);
         self.bits.set(meta.bits);
-        self.renew_cache();
         metrics.keys_loaded(meta.keys);
         if let Some(ok) = meta.last_ok_ms {
             metrics.fetch_age(now.saturating_sub(ok) / 1000);
@@ -265,8 +264,6 @@ impl KeySetState {
     }
 
     fn progressed(&self, metrics: &Metrics, progress: Progress) {
-        // This worker wrote buckets, perhaps: its own records go now, not at its next tick.
-        self.renew_cache();
         let fetched = match progress {
             Progress::Working(job) => {
                 self.job.set(Some(job));
