@@ -308,9 +308,11 @@ impl SharedSet {
 
     /// Writes bucket `key`, then moves [`SharedSet::generation`]: after the write, never
     /// before, so that a record read before the new token is seen is dropped when it is.
+    /// The entry is empty: only its version is read, and proxy-wasm copies an empty value
+    /// into the VM without allocating there.
     fn write_bucket(&self, store: &mut impl SharedStore, key: &str, value: &[u8]) {
         store.set(key, value, None);
-        store.set(&self.generation, b"g", None);
+        store.set(&self.generation, b"", None);
     }
 
     /// A number no other VM sharing this store holds: names a lease holder.

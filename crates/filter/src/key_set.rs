@@ -30,10 +30,10 @@ const MAX_BUDGET: usize = 10_000;
 const CACHED: usize = 4096;
 
 /// Records this VM decoded from the set in force, by key hash: a request for a key read
-/// before reads the set's generation (a few bytes) in place of its bucket, and decodes
-/// nothing. Dropped whole when the generation has moved (a bucket was written: a delta, a
-/// load), so a revoked or changed key is refused as soon as its bucket is written, as
-/// without the cache. Keys the set does not hold are not kept: made-up keys cannot push
+/// before reads the set's generation (an empty entry's version) in place of its bucket,
+/// and decodes nothing. Dropped whole when the generation has moved (a bucket was written:
+/// a delta, a load), so a revoked or changed key is refused as soon as its bucket is
+/// written, as without the cache. Keys the set does not hold are not kept: made-up keys cannot push
 /// out the real ones, and an added key is found at once.
 #[derive(Default)]
 struct Cache {
