@@ -154,7 +154,8 @@ clean:
 	rm -rf $(VENV) .run
 
 # What keygate (the wasm filter and the native build) adds to every request, side by side
-# with no filter, an empty wasm filter (benches/empty-filter), an empty dynamic module
+# with no filter, an empty wasm filter (benches/empty-filter; given `floor`, the wasm job
+# floor; given `calls`, keygate's host calls alone), an empty dynamic module
 # (benches/empty-native), Envoy's api_key_auth and a Lua filter: Envoy pinned to CPU 1,
 # wrk on CPU 0. Prints the table recorded in BENCHMARKS.md and draws benches/cost-vs-keys.svg.
 # About 15 minutes; BENCH_ARGS passes options (e.g. BENCH_ARGS='--rounds 3').

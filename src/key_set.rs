@@ -248,6 +248,8 @@ pub enum Progress {
 #[derive(Clone, Debug)]
 pub struct SharedSet {
     prefix: String,
+    /// The name of the generation entry ([`SharedSet::generation`]), read per request.
+    generation: String,
     path: String,
     refresh_ms: u64,
     timeout_ms: u64,
@@ -268,6 +270,7 @@ impl SharedSet {
         let prefix = format!("keygate/{}/", hex::encode(&digest[..8]));
         debug_assert_eq!(prefix.len(), PREFIX_LEN);
         SharedSet {
+            generation: format!("{prefix}generation"),
             prefix,
             path: fetch.path.to_string(),
             refresh_ms: u64::from(fetch.refresh_seconds) * 1000,
@@ -290,6 +293,24 @@ impl SharedSet {
 
     fn write_meta(&self, store: &mut impl SharedStore, meta: &Meta) {
         store.set(&self.name("meta"), meta.to_json().as_bytes(), None);
+    }
+
+    /// A token that changes whenever a bucket has: `None` before any was written. The
+    /// store versions every write (proxy-wasm's `cas`), so the token is the entry's
+    /// version. A VM that keeps records it read (the wasm shell's cache) reads the token
+    /// with each request and drops them when it has moved: a key is refused as soon as
+    /// its bucket is, whichever worker asks.
+    pub fn generation(&self, store: &impl SharedStore) -> Option<u32> {
+        store.get(&self.generation).1
+    }
+
+    /// Writes bucket `key`, then moves [`SharedSet::generation`]: after the write, never
+    /// before, so that a record read before the new token is seen is dropped when it is.
+    /// The entry is empty: only its version is read, and proxy-wasm copies an empty value
+    /// into the VM without allocating there.
+    fn write_bucket(&self, store: &mut impl SharedStore, key: &str, value: &[u8]) {
+        store.set(key, value, None);
+        store.set(&self.generation, b"", None);
     }
 
     /// A number no other VM sharing this store holds: names a lease holder.
@@ -582,7 +603,7 @@ impl SharedSet {
             // An empty bucket is written only over one that held keys: names never used
             // stay unused.
             if !value.is_empty() || store.get(key).0.is_some_and(|v| !v.is_empty()) {
-                store.set(key, &value, None);
+                self.write_bucket(store, key, &value);
             }
             writing.next += 1;
         }
@@ -608,11 +629,8 @@ impl SharedSet {
                 return false;
             }
             *budget -= 1;
-            store.set(
-                self.bucket_name(&mut name, left, writing.marked),
-                &marker,
-                None,
-            );
+            let key = self.bucket_name(&mut name, left, writing.marked);
+            self.write_bucket(store, key, &marker);
             writing.marked += 1;
         }
         true
@@ -663,7 +681,7 @@ impl SharedSet {
             let old = store.get(key).0.unwrap_or_default();
             let (new, added) = bucket::apply(&old, &upsert, &delete);
             if new != old {
-                store.set(key, &new, None);
+                self.write_bucket(store, key, &new);
             }
             keys += added;
         }

@@ -333,6 +333,47 @@ fn a_large_document_is_read_and_written_in_slices() {
 }
 
 #[test]
+fn the_generation_moves_with_every_bucket_written_and_only_then() {
+    let set = shared(30);
+    let mut store = Store::default();
+    assert_eq!(set.generation(&store), None);
+    set.claim(&mut store, 1, 0).unwrap();
+    let keys: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("id{i}"), format!("k{i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|(i, k)| (i.as_str(), k.as_str())).collect();
+    // A full document written a few buckets per slice: each bucket is in force as it is
+    // written, so each slice moves the token.
+    let body = full(7, "e1", &pairs);
+    let mut progress = set.complete(
+        &mut store,
+        turn(1, 100, 7),
+        0,
+        FetchAnswer::Set { etag: None, body },
+        3,
+    );
+    let mut seen = vec![set.generation(&store)];
+    while let Progress::Working(job) = progress {
+        progress = set.resume(&mut store, turn(1, 100, 7), job, 3);
+        seen.push(set.generation(&store));
+    }
+    let written: Vec<_> = seen.windows(2).filter(|w| w[0] != w[1]).collect();
+    assert!(written.len() > 1, "{seen:?}");
+    let loaded = set.generation(&store);
+    assert!(loaded.is_some());
+
+    // A 304 writes no bucket: the token stays.
+    set.claim(&mut store, 1, 100).unwrap();
+    not_modified(&set, &mut store, 1, 30_000, 100);
+    assert_eq!(set.generation(&store), loaded);
+
+    // A delta that revokes a key moves it.
+    answer(&set, &mut store, 1, 200, &delta(7, 9, "e1", &[], &["k3"]));
+    assert_eq!(id_of(&set, &store, "k3"), None);
+    assert_ne!(set.generation(&store), loaded);
+}
+
+#[test]
 fn a_watched_service_is_long_polled_and_its_deltas_applied() {
     let set = shared(30);
     let mut store = Store::default();
@@ -367,9 +408,10 @@ fn a_watched_service_is_long_polled_and_its_deltas_applied() {
             version: "9".into()
         }
     );
-    // Two buckets at most, the meta and the lease: the work follows the delta.
+    // Two buckets at most and the generation after each, the meta and the lease: the work
+    // follows the delta.
     assert!(
-        store.writes - writes <= 5,
+        store.writes - writes <= 7,
         "{} writes",
         store.writes - writes
     );

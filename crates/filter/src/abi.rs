@@ -33,6 +33,13 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        name: *const u8,
+        name_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(map_type: MapType, name: *const u8, name_size: usize) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: BufferType,
@@ -122,6 +129,21 @@ pub fn replace_map_value(map_type: MapType, name: &str, value: &[u8]) -> Result<
     // SAFETY: both pointers and sizes describe live slices for the length of the call.
     check(unsafe {
         proxy_replace_header_map_value(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Adds a value of `name`, keeping any the map holds: Envoy appends it without looking
+/// for values to replace.
+pub fn add_map_value(map_type: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: both pointers and sizes describe live slices for the length of the call.
+    check(unsafe {
+        proxy_add_header_map_value(
             map_type,
             name.as_ptr(),
             name.len(),

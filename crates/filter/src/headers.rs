@@ -44,6 +44,11 @@ impl HeaderEditor for HostEditor {
     fn remove(&mut self, name: &str) {
         self.failed |= abi::remove_map_value(MapType::HttpRequestHeaders, name).is_err();
     }
+
+    fn add(&mut self, name: &str, value: &str) {
+        self.failed |=
+            abi::add_map_value(MapType::HttpRequestHeaders, name, value.as_bytes()).is_err();
+    }
 }
 
 /// Replaces the request's `:path` with `path`, bytes as they are (a path Envoy accepted

@@ -2,15 +2,17 @@
 //! ticks every 500 ms (`TICK` in lib.rs) and reads the layout in force; the worker holding
 //! the lease long-polls the key service (or polls a plain server) and writes what it
 //! answers into shared data, a slice at a time on a fast tick (`BUSY_TICK`) while a full
-//! document is being loaded. Requests read their key's bucket from shared data.
+//! document is being loaded. Requests read their key's bucket from shared data, unless
+//! this VM holds the key's record already ([`Cache`]).
 
 use crate::host::{self, Metrics, SharedData};
 use keygate_core::config::Config;
 use keygate_core::key_set::{FetchAnswer, FetchStat, Job, Progress, SharedSet, Turn};
-use keygate_core::record::{KeyHash, KeyRecord};
+use keygate_core::record::{DigestMap, KeyHash, KeyRecord};
 use keygate_core::remote::KeySetConfig;
 use log::{info, warn};
 use std::cell::Cell;
+use std::rc::Rc;
 
 /// A slice of work aims at this long, so that requests on the same worker wait at most
 /// about that long behind it.
@@ -22,6 +24,22 @@ const FIRST_BUDGET: usize = 4_000;
 /// budget grown in a cheap phase must not carry over whole into a dear one. 10,000 records
 /// parse in about 20 ms.
 const MAX_BUDGET: usize = 10_000;
+
+/// Records this VM has read, at most this many: a worker's busy keys. Full, it starts
+/// over (the records come back on the next read of each).
+const CACHED: usize = 4096;
+
+/// Records this VM decoded from the set in force, by key hash: a request for a key read
+/// before reads the set's generation (an empty entry's version) in place of its bucket,
+/// and decodes nothing. Dropped whole when the generation has moved (a bucket was written:
+/// a delta, a load), so a revoked or changed key is refused as soon as its bucket is
+/// written, as without the cache. Keys the set does not hold are not kept: made-up keys cannot push
+/// out the real ones, and an added key is found at once.
+#[derive(Default)]
+struct Cache {
+    records: DigestMap<Rc<KeyRecord>>,
+    generation: Option<u32>,
+}
 
 /// One VM's view of the shared set.
 pub struct KeySetState {
@@ -38,6 +56,8 @@ pub struct KeySetState {
     job: Cell<Option<Box<Job>>>,
     /// Records or buckets per slice.
     budget: Cell<usize>,
+    /// Taken out and put back whole, like `job`.
+    cache: Cell<Cache>,
 }
 
 impl KeySetState {
@@ -52,14 +72,32 @@ impl KeySetState {
             in_flight: Cell::new(None),
             job: Cell::new(None),
             budget: Cell::new(FIRST_BUDGET),
+            cache: Cell::default(),
         };
         state.bits.set(state.set.read_meta(&SharedData).bits);
         state
     }
 
+    /// Drops the cached records if the set's generation has moved since they were read.
+    fn renew_cache(&self) {
+        let generation = self.set.generation(&SharedData);
+        let mut cache = self.cache.take();
+        if cache.generation != generation {
+            cache = Cache {
+                records: DigestMap::default(),
+                generation,
+            };
+        }
+        self.cache.set(cache);
+    }
+
     /// The record of `hash` in the set in force: `Ok(None)` for a key the set does not
     /// hold, `Err(NotLoaded)` before a first set has loaded.
-    pub fn record(&self, config: &Config, hash: &KeyHash) -> Result<Option<KeyRecord>, NotLoaded> {
+    pub fn record(
+        &self,
+        config: &Config,
+        hash: &KeyHash,
+    ) -> Result<Option<Rc<KeyRecord>>, NotLoaded> {
         // Before a first load, look again on every request, so the first set serves at
         // once rather than at the next tick.
         let bits = self.bits.get().or_else(|| {
@@ -68,11 +106,26 @@ impl KeySetState {
             bits
         });
         let bits = bits.ok_or(NotLoaded)?;
+        self.renew_cache();
+        let mut cache = self.cache.take();
+        let cached = cache.records.get(hash).cloned();
+        if cached.is_some() {
+            self.cache.set(cache);
+            return Ok(cached);
+        }
         let (record, found_under) = self.set.lookup(&SharedData, bits, hash, &config.scopes);
         if found_under != bits {
             // Moved to a new layout before this worker's tick said so.
             self.bits.set(Some(found_under));
         }
+        let record = record.map(Rc::new);
+        if let Some(record) = &record {
+            if cache.records.len() >= CACHED {
+                cache.records.clear();
+            }
+            cache.records.insert(*hash, Rc::clone(record));
+        }
+        self.cache.set(cache);
         Ok(record)
     }
 

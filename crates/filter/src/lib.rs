@@ -340,7 +340,7 @@ impl HttpContext for Request {
         };
         let hash = check.hash;
         // Records decoded for this request live here, so the verdict may borrow them.
-        let fetched: Option<KeyRecord>;
+        let fetched: Option<Rc<KeyRecord>>;
         let answer: Answer;
         let verdict = match (&config.keys, &shared.key_set, shared.lookups()) {
             (KeySource::Inline(set), _, _) => {
@@ -350,7 +350,7 @@ impl HttpContext for Request {
             (KeySource::KeySet(_), Some(state), _) => match state.record(config, &check.hash) {
                 Ok(record) => {
                     fetched = record;
-                    check.finish(config, fetched.as_ref(), now)
+                    check.finish(config, fetched.as_deref(), now)
                 }
                 Err(NotLoaded) => check.unavailable(config),
             },

@@ -3,7 +3,9 @@
 //!
 //! Every case is a real Envoy 1.40 (`--concurrency 1`, pinned to CPU 1) answering
 //! `GET /bench/data` with a direct response, so that nothing but the filter differs:
-//! no filter, an empty proxy-wasm filter (`benches/empty-filter`), an empty dynamic module
+//! no filter, an empty proxy-wasm filter (`benches/empty-filter`), the wasm job floor (the
+//! same module given `floor`: the host calls any API-key filter makes) and keygate's host
+//! calls (the same module given `calls`: those of an allowed request), an empty dynamic module
 //! (`benches/empty-native`), Envoy's native `api_key_auth`, a Lua filter with a key table,
 //! keygate with 10, 10 000 and 100 000 inline keys, keygate with 100 000 keys fetched from
 //! `keygate serve` (`key_set`), keygate in lookup mode answering from its cache, and
@@ -30,7 +32,9 @@
 //! Options: `--rounds 10`, `--seconds 2` (full-load window), `--rate 2000` (requests/s of
 //! the latency phase), `--latency-seconds 1`, `--connections 64` (wrk's), `--plot FILE`
 //! (an SVG of cost against key-set size), `--only a,b` (cases by name),
-//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys); `native` in
+//! `--extra NAME=FILE.wasm` (one more keygate build, with 10 000 inline keys), `--floor
+//! NAME=CONFIG` (the empty filter with that configuration, e.g. `floor+clock:20`: the wasm
+//! job floor and 20 more clock reads, to weigh one host call); `native` in
 //! `--only` names the native decision measurement, which runs otherwise only with every case.
 
 // A tool: a failed step should stop it loudly, with its message.
@@ -70,6 +74,8 @@ struct Options {
     plot: Option<PathBuf>,
     only: Vec<String>,
     extra: Vec<(String, PathBuf)>,
+    /// More wasm floors: a name and the empty filter's configuration (`floor+clock:20`).
+    floors: Vec<(String, String)>,
 }
 
 fn options() -> Options {
@@ -82,6 +88,7 @@ fn options() -> Options {
         plot: None,
         only: Vec::new(),
         extra: Vec::new(),
+        floors: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -105,9 +112,15 @@ fn options() -> Options {
                     .unwrap_or_else(|| panic!("--extra takes NAME=FILE.wasm, not {value:?}"));
                 options.extra.push((name.to_string(), PathBuf::from(file)));
             }
+            "--floor" => {
+                let (name, config) = value
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("--floor takes NAME=CONFIG, not {value:?}"));
+                options.floors.push((name.to_string(), config.to_string()));
+            }
             other => panic!(
                 "unknown option {other}; options: --rounds, --seconds, --rate, \
-                 --latency-seconds, --connections, --plot, --only, --extra"
+                 --latency-seconds, --connections, --plot, --only, --extra, --floor"
             ),
         }
         i += 2;
@@ -127,6 +140,11 @@ enum Filter {
     Inline {
         keys: usize,
         module: PathBuf,
+    },
+    /// The empty wasm filter given `floor`: `authorization` read with one call, removed,
+    /// one identity header set (issue #24's job floor).
+    WasmFloor {
+        config: String,
     },
     /// An Envoy dynamic module that does nothing (`benches/empty-native`).
     EmptyNative,
@@ -232,6 +250,22 @@ fn cases(options: &Options) -> Vec<Case> {
     let mut all = vec![
         case("no filter", None, Filter::Nothing),
         case("empty wasm filter", None, Filter::EmptyWasm),
+        case(
+            "wasm job floor",
+            None,
+            Filter::WasmFloor {
+                config: "floor".into(),
+            },
+        ),
+        // keygate's host calls on an allowed request and nothing else: keygate less this
+        // is its own work in the VM.
+        case(
+            "keygate host calls",
+            None,
+            Filter::WasmFloor {
+                config: "calls".into(),
+            },
+        ),
         case("empty native module", None, Filter::EmptyNative),
         case("native job floor", None, Filter::NativeFloor),
         case("api_key_auth", Some(TABLE_KEYS), Filter::ApiKeyAuth),
@@ -290,6 +324,15 @@ fn cases(options: &Options) -> Vec<Case> {
                 },
             )
         });
+    }
+    for (name, config) in &options.floors {
+        all.push(case(
+            name,
+            None,
+            Filter::WasmFloor {
+                config: config.clone(),
+            },
+        ));
     }
     if !options.only.is_empty() {
         all.retain(|c| options.only.iter().any(|o| o == &c.name));
@@ -493,6 +536,7 @@ fn case_bootstrap(case: &Case, key_service: Option<SocketAddr>) -> Value {
     match &case.filter {
         Filter::Nothing => bootstrap(None, vec![]),
         Filter::EmptyWasm => bootstrap(Some(wasm(&empty_module(), "")), vec![]),
+        Filter::WasmFloor { config } => bootstrap(Some(wasm(&empty_module(), config)), vec![]),
         Filter::EmptyNative => bootstrap(Some(empty_native_filter("")), vec![]),
         Filter::NativeFloor => bootstrap(Some(empty_native_filter("floor")), vec![]),
         Filter::ApiKeyAuth => bootstrap(Some(api_key_auth(TABLE_KEYS)), vec![]),
@@ -948,6 +992,9 @@ struct Row {
     load_seconds: Option<f64>,
     /// The middle half of the rounds' added costs.
     added_quartiles: Option<(f64, f64)>,
+    /// keygate's wasm filter (a build of it given with `--extra` too), or the empty filter
+    /// making more host calls than the wasm job floor: compared with that floor.
+    wasm_keygate: bool,
 }
 
 /// The decision alone, natively (no Envoy, no VM), per inline key-set size: nanoseconds
@@ -1108,6 +1155,14 @@ fn main() {
                 load_seconds: run.load_seconds,
                 added_quartiles: (!s.added_us.is_empty())
                     .then(|| (quantile(&s.added_us, 0.25), quantile(&s.added_us, 0.75))),
+                wasm_keygate: match &run.case.filter {
+                    Filter::Inline { .. }
+                    | Filter::KeySet { native: false }
+                    | Filter::Lookup { native: false }
+                    | Filter::LookupMadeUp => true,
+                    Filter::WasmFloor { config } => config != "floor",
+                    _ => false,
+                },
             }
         })
         .collect();
@@ -1145,6 +1200,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     let empty = added_of("empty wasm filter");
     let api_key_auth = added_of("api_key_auth");
     let native_floor = added_of("native job floor");
+    let wasm_floor = added_of("wasm job floor");
     let mut out = String::new();
     out.push_str(&format!(
         "Machine: {}. Envoy `--concurrency 1` on CPU {ENVOY_CPU}, load on CPU {LOAD_CPU}. \
@@ -1158,9 +1214,9 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     ));
     out.push_str(
         "| case | keys | Envoy CPU µs/req | added µs/req | middle half of rounds | \
-         added ÷ empty wasm | added ÷ api_key_auth | added ÷ native job floor | req/s | p50 µs | \
-         p99 µs | RSS MiB | start s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         added ÷ empty wasm | added ÷ wasm job floor | added ÷ api_key_auth | \
+         added ÷ native job floor | req/s | p50 µs | p99 µs | RSS MiB | start s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let added = row.added_us;
@@ -1176,6 +1232,12 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         } else {
             "–".into()
         };
+        // The wasm floor for the wasm builds (and the extra builds, all wasm).
+        let to_wasm_floor = if row.wasm_keygate {
+            ratio_to(wasm_floor)
+        } else {
+            "–".into()
+        };
         let start = match row.load_seconds {
             Some(load) => format!("{:.2} (loaded {load:.2})", row.start_seconds),
             None => format!("{:.2}", row.start_seconds),
@@ -1185,7 +1247,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
             .filter(|_| row.name != "no filter")
             .map_or("–".into(), |(lo, hi)| format!("{lo:.1} – {hi:.1}"));
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_api_key_auth} | {to_floor} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
+            "| {} | {} | {:.2} | {added_text} | {quartiles} | {ratio} | {to_wasm_floor} | {to_api_key_auth} | {to_floor} | {:.0} | {:.0} | {:.0} | {:.0} | {start} |\n",
             row.name,
             row.keys.map_or("–".into(), |k| k.to_string()),
             row.cpu_us,
@@ -1219,7 +1281,7 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
     }
     if running
         .iter()
-        .any(|r| matches!(r.case.filter, Filter::EmptyWasm))
+        .any(|r| matches!(r.case.filter, Filter::EmptyWasm | Filter::WasmFloor { .. }))
     {
         modules.push(format!(
             "empty filter {} bytes",
@@ -1251,7 +1313,48 @@ fn report(rows: &[Row], options: &Options, running: &[Running], machine: &str) -
         out.push_str(&native_rows.join("\n"));
         out.push('\n');
     }
+    out.push_str(&wasm_goals(rows, wasm_floor));
     out
+}
+
+/// Issue #24's goals for the wasm filter (same run): inline 10 000 keys at most 1.10 × the
+/// wasm job floor; key_set and lookup at most 1.05 × inline.
+fn wasm_goals(rows: &[Row], wasm_floor: Option<f64>) -> String {
+    let added_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.added_us)
+    };
+    let line = |name: &str, base_name: &str, base: Option<f64>, goal: f64| {
+        let (a, b) = (added_of(name)?, base?);
+        let ratio = a / b;
+        Some(format!(
+            "- {name}: {a:.2} µs against {base_name}'s {b:.2} µs: {ratio:.2}× (goal ≤ {goal:.2}×) → {}",
+            if b > 0.0 && ratio <= goal { "met" } else { "not met" }
+        ))
+    };
+    let inline = added_of("keygate inline 10000");
+    let lines: Vec<String> = [
+        line(
+            "keygate inline 10000",
+            "the wasm job floor",
+            wasm_floor,
+            1.10,
+        ),
+        line("keygate key_set", "keygate inline 10000", inline, 1.05),
+        line("keygate lookup", "keygate inline 10000", inline, 1.05),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nWasm filter, issue #24 (same run): inline ≤ 1.10 × the wasm job floor; key_set and \
+         lookup ≤ 1.05 × inline:\n{}\n",
+        lines.join("\n")
+    )
 }
 
 /// Added CPU per request against key-set size: keygate's cases on a log axis, the other
@@ -1269,6 +1372,7 @@ fn svg(rows: &[Row]) -> String {
         .map(|r| {
             let color = match r.name.as_str() {
                 "empty wasm filter" => "#555",
+                "wasm job floor" => "#777",
                 "lua" => "#c0392b",
                 "api_key_auth" => "#27ae60",
                 "keygate native inline 10000" => "#d68910",
