@@ -17,10 +17,8 @@
 //! password is never shown ([`Dsn::shown`]).
 
 use crate::changes::MAX_LOG_HASHES;
-use crate::duration::Lifetime;
-use crate::etag;
 use crate::lock;
-use crate::sqlite::{key_set_document, GatewayRecord};
+use crate::sqlite::{key_set_body, GatewayRecord};
 use crate::store::*;
 use keygate_core::record::{count_keys, KeyHash};
 use keygate_core::watch::Epoch;
@@ -822,15 +820,7 @@ impl GatewayStore for PgStore {
                 .iter()
                 .map(|row| key_row(row).map(|(_, row)| row))
                 .collect::<StoreResult<Vec<_>>>()?;
-            let records: Vec<GatewayRecord<'_>> = rows.iter().map(GatewayRecord::of).collect();
-            let (body, keys_at) = key_set_document(&version, &records).map_err(unavailable)?;
-            let set = Arc::new(KeySetBody {
-                etag: etag::of(&body),
-                version,
-                keys: rows.len(),
-                keys_at,
-                body: body.into(),
-            });
+            let set = Arc::new(key_set_body(version, &rows)?);
             *lock(&self.cache) = Some(set.clone());
             Ok(set)
         })

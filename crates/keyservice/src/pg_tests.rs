@@ -2,6 +2,7 @@
 //! semantics as the SQLite store's tests, and what several replicas share.
 
 use super::*;
+use crate::duration::Lifetime;
 use keygate_core::record::KeySetDoc;
 use keygate_testkit::postgres::Postgres;
 

@@ -14,7 +14,6 @@
 //! [`GatewayStore::refresh`].
 
 use crate::changes::MAX_LOG_HASHES;
-use crate::duration::Lifetime;
 use crate::etag;
 use crate::lock;
 use crate::store::*;
@@ -134,7 +133,7 @@ impl<'a> GatewayRecord<'a> {
 
 /// The key set document (README "Configuration reference"), `{"version","keys"}`, and
 /// where its `keys` array is in it.
-pub(crate) fn key_set_document(
+fn key_set_document(
     version: &str,
     keys: &[GatewayRecord<'_>],
 ) -> serde_json::Result<(Vec<u8>, std::ops::Range<usize>)> {
@@ -146,6 +145,19 @@ pub(crate) fn key_set_document(
     let keys_at = start..body.len();
     body.push(b'}');
     Ok((body, keys_at))
+}
+
+/// The key set served at `version`, its rows those not revoked in order.
+pub(crate) fn key_set_body(version: String, rows: &[KeyRow]) -> StoreResult<KeySetBody> {
+    let records: Vec<GatewayRecord<'_>> = rows.iter().map(GatewayRecord::of).collect();
+    let (body, keys_at) = key_set_document(&version, &records).map_err(unavailable)?;
+    Ok(KeySetBody {
+        etag: etag::of(&body),
+        version,
+        keys: rows.len(),
+        keys_at,
+        body: body.into(),
+    })
 }
 
 /// The record of `hash` as gateways get it, unless it is revoked or unknown.
@@ -415,15 +427,7 @@ impl GatewayStore for SqliteStore {
                 .map(|r| r.map(|(_, row)| row))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
-            let records: Vec<GatewayRecord<'_>> = rows.iter().map(GatewayRecord::of).collect();
-            let (body, keys_at) = key_set_document(&version, &records).map_err(unavailable)?;
-            let set = Arc::new(KeySetBody {
-                etag: etag::of(&body),
-                version,
-                keys: rows.len(),
-                keys_at,
-                body: body.into(),
-            });
+            let set = Arc::new(key_set_body(version, &rows)?);
             *lock(&self.cache) = Some(set.clone());
             Ok(set)
         })();

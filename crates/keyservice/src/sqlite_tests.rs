@@ -1,4 +1,5 @@
 use super::*;
+use crate::duration::Lifetime;
 use keygate_core::record::KeySetDoc;
 
 fn key(owner: &str, n: u32) -> (String, NewKey) {

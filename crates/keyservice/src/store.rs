@@ -180,6 +180,69 @@ pub struct KeyChange {
     pub expires_at: Option<Option<Seconds>>,
 }
 
+impl KeyChange {
+    /// Applies the change to `row` (which must not be revoked) and answers the audit
+    /// entry's detail: what changed (`status=disabled scopes=a,b`). Every store writes the
+    /// row it gets back.
+    pub fn apply(self, row: &mut KeyRow) -> StoreResult<String> {
+        if row.status == Status::Revoked {
+            return Err(StoreError::Conflict("the key is revoked".into()));
+        }
+        let mut what = Vec::new();
+        if let Some(status) = self.status {
+            what.push(format!("status={}", status.as_str()));
+            row.status = status;
+        }
+        if let Some(label) = self.label {
+            what.push("label".to_string());
+            row.label = label;
+        }
+        if let Some(scopes) = self.scopes {
+            what.push(format!("scopes={}", scopes.join(",")));
+            row.scopes = scopes;
+        }
+        if let Some(expires_at) = self.expires_at {
+            what.push(format!(
+                "expires_at={}",
+                expires_at.map_or("never".to_string(), rfc3339)
+            ));
+            row.expires_at = expires_at;
+        }
+        Ok(what.join(" "))
+    }
+}
+
+/// A rotation as every store writes it: the new key takes the old one's owner, label,
+/// scopes and read-only flag; the old one expires at `until`.
+pub struct Rotation {
+    pub until: Seconds,
+    /// The audit details of the old key (`rotate`) and of the new one (`create`).
+    pub old_detail: String,
+    pub new_detail: String,
+}
+
+impl Rotation {
+    /// Fills `new` from `old` (which must not be revoked); the old key expires at
+    /// `old_expires_at`, or at its own expiry if that is sooner.
+    pub fn of(old: &KeyRow, new: &mut NewKey, old_expires_at: Seconds) -> StoreResult<Rotation> {
+        if old.status == Status::Revoked {
+            return Err(StoreError::Conflict("the key is revoked".into()));
+        }
+        new.owner = old.owner.clone();
+        new.label = old.label.clone();
+        new.scopes = old.scopes.clone();
+        new.read_only = old.read_only;
+        let until = old
+            .expires_at
+            .map_or(old_expires_at, |e| e.min(old_expires_at));
+        Ok(Rotation {
+            until,
+            old_detail: format!("new key {}; old key expires at {}", new.id, rfc3339(until)),
+            new_detail: format!("rotation of {}", old.id),
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub owner: Option<String>,
@@ -227,6 +290,49 @@ impl Default for Policy {
             default_expiry: Lifetime::Seconds(90 * 86_400),
             max_expiry: Lifetime::Never,
         }
+    }
+}
+
+/// The policy as the stores keep it: three `meta` rows, by name.
+pub const POLICY_SCOPES: &str = "policy.scopes";
+pub const POLICY_DEFAULT_EXPIRY: &str = "policy.default_expiry";
+pub const POLICY_MAX_EXPIRY: &str = "policy.max_expiry";
+
+impl Policy {
+    /// The policy from its `meta` rows (`get` reads one by name); a missing row keeps the
+    /// default.
+    pub fn from_meta(
+        mut get: impl FnMut(&str) -> StoreResult<Option<String>>,
+    ) -> StoreResult<Policy> {
+        let bad = |e: &dyn fmt::Display| StoreError::Unavailable(e.to_string());
+        let mut policy = Policy::default();
+        if let Some(scopes) = get(POLICY_SCOPES)? {
+            policy.scopes = serde_json::from_str(&scopes).map_err(|e| bad(&e))?;
+        }
+        if let Some(d) = get(POLICY_DEFAULT_EXPIRY)? {
+            policy.default_expiry = Lifetime::parse(&d, false).map_err(|e| bad(&e))?;
+        }
+        if let Some(d) = get(POLICY_MAX_EXPIRY)? {
+            policy.max_expiry = Lifetime::parse(&d, false).map_err(|e| bad(&e))?;
+        }
+        Ok(policy)
+    }
+
+    /// The `meta` rows to write (name, value), and the audit entry's detail.
+    pub fn to_meta(&self) -> StoreResult<([(&'static str, String); 3], String)> {
+        let scopes = serde_json::to_string(&self.scopes)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let default = self.default_expiry.to_string();
+        let max = self.max_expiry.to_string();
+        let detail = format!("scopes={scopes} default_expiry={default} max_expiry={max}");
+        Ok((
+            [
+                (POLICY_SCOPES, scopes),
+                (POLICY_DEFAULT_EXPIRY, default),
+                (POLICY_MAX_EXPIRY, max),
+            ],
+            detail,
+        ))
     }
 }
 

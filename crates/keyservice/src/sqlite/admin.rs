@@ -56,29 +56,7 @@ impl AdminStore for SqliteStore {
     fn update_key(&self, actor: &str, id: &str, change: KeyChange) -> StoreResult<KeyRow> {
         self.change(|tx| {
             let mut row = get_by_id(tx, id)?;
-            if row.status == Status::Revoked {
-                return Err(StoreError::Conflict("the key is revoked".into()));
-            }
-            let mut what = Vec::new();
-            if let Some(status) = change.status {
-                what.push(format!("status={}", status.as_str()));
-                row.status = status;
-            }
-            if let Some(label) = change.label {
-                what.push("label".to_string());
-                row.label = label;
-            }
-            if let Some(scopes) = change.scopes {
-                what.push(format!("scopes={}", scopes.join(",")));
-                row.scopes = scopes;
-            }
-            if let Some(expires_at) = change.expires_at {
-                what.push(format!(
-                    "expires_at={}",
-                    expires_at.map_or("never".to_string(), rfc3339)
-                ));
-                row.expires_at = expires_at;
-            }
+            let what = change.apply(&mut row)?;
             tx.execute(
                 "UPDATE keys SET status = ?2, label = ?3, scopes = ?4, expires_at = ?5 WHERE id = ?1",
                 params![
@@ -90,7 +68,7 @@ impl AdminStore for SqliteStore {
                 ],
             )
             .map_err(unavailable)?;
-            audit(tx, actor, "update", Some(id), Some(&what.join(" "))).map_err(unavailable)?;
+            audit(tx, actor, "update", Some(id), Some(&what)).map_err(unavailable)?;
             bump(tx, &[&row.hash], self.log_bound).map_err(unavailable)?;
             Ok(row)
         })
@@ -163,16 +141,8 @@ impl AdminStore for SqliteStore {
     ) -> StoreResult<KeyRow> {
         self.change(|tx| {
             let old = get_by_id(tx, old_id)?;
-            if old.status == Status::Revoked {
-                return Err(StoreError::Conflict("the key is revoked".into()));
-            }
-            new.owner = old.owner.clone();
-            new.label = old.label.clone();
-            new.scopes = old.scopes.clone();
-            new.read_only = old.read_only;
-            let until = old
-                .expires_at
-                .map_or(old_expires_at, |e| e.min(old_expires_at));
+            let rotation = Rotation::of(&old, &mut new, old_expires_at)?;
+            let until = rotation.until;
             tx.execute(
                 "UPDATE keys SET expires_at = ?2 WHERE id = ?1",
                 params![old_id, until],
@@ -184,11 +154,7 @@ impl AdminStore for SqliteStore {
                 actor,
                 "rotate",
                 Some(old_id),
-                Some(&format!(
-                    "new key {}; old key expires at {}",
-                    new.id,
-                    rfc3339(until)
-                )),
+                Some(&rotation.old_detail),
             )
             .map_err(unavailable)?;
             audit(
@@ -196,7 +162,7 @@ impl AdminStore for SqliteStore {
                 actor,
                 "create",
                 Some(&new.id),
-                Some(&format!("rotation of {old_id}")),
+                Some(&rotation.new_detail),
             )
             .map_err(unavailable)?;
             bump(tx, &[&old.hash, &new.hash], self.log_bound).map_err(unavailable)?;
@@ -222,37 +188,20 @@ impl AdminStore for SqliteStore {
 
     fn policy(&self) -> StoreResult<Policy> {
         let conn = lock(&self.reader);
-        let mut policy = Policy::default();
-        if let Some(scopes) = Self::get_meta(&conn, "policy.scopes")? {
-            policy.scopes = serde_json::from_str(&scopes).map_err(unavailable)?;
-        }
-        if let Some(d) = Self::get_meta(&conn, "policy.default_expiry")? {
-            policy.default_expiry = Lifetime::parse(&d, false).map_err(unavailable)?;
-        }
-        if let Some(d) = Self::get_meta(&conn, "policy.max_expiry")? {
-            policy.max_expiry = Lifetime::parse(&d, false).map_err(unavailable)?;
-        }
-        Ok(policy)
+        Policy::from_meta(|name| Self::get_meta(&conn, name))
     }
 
     fn set_policy(&self, actor: &str, policy: &Policy) -> StoreResult<()> {
         self.change(|tx| {
-            let scopes = serde_json::to_string(&policy.scopes).map_err(unavailable)?;
-            let default = policy.default_expiry.to_string();
-            let max = policy.max_expiry.to_string();
-            for (name, value) in [
-                ("policy.scopes", &scopes),
-                ("policy.default_expiry", &default),
-                ("policy.max_expiry", &max),
-            ] {
+            let (rows, detail) = policy.to_meta()?;
+            for (name, value) in &rows {
                 tx.execute(
                     "INSERT INTO meta (name, value) VALUES (?1, ?2)
                      ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    [name, value],
+                    [name, value.as_str()],
                 )
                 .map_err(unavailable)?;
             }
-            let detail = format!("scopes={scopes} default_expiry={default} max_expiry={max}");
             audit(tx, actor, "policy", None, Some(&detail)).map_err(unavailable)
         })
     }
