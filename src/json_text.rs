@@ -392,6 +392,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The words and the place of each syntax error are serde_json's, which the CLI and
     /// the logs showed before this reader.
@@ -529,6 +530,163 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| e.to_string());
             assert_eq!(ours, theirs, "{depth}");
+        }
+    }
+
+    /// serde_json's value as this reader keeps it.
+    fn tree_of(value: &serde_json::Value) -> Json {
+        match value {
+            serde_json::Value::Null => Json::Null,
+            serde_json::Value::Bool(b) => Json::Bool(*b),
+            serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Json::UInt(u),
+                (None, Some(i)) => Json::NegInt(i),
+                _ => Json::Float,
+            },
+            serde_json::Value::String(s) => Json::Str(s.clone()),
+            serde_json::Value::Array(items) => Json::Array(items.iter().map(tree_of).collect()),
+            serde_json::Value::Object(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), tree_of(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Pieces of JSON and of near-JSON: sequences of them are valid documents, broken
+    /// ones, and hostile ones (lone surrogates, control characters, bad escapes, numbers
+    /// at their bounds, bytes that are not UTF-8).
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        "\n",
+        "\"a\"",
+        "\"b\"",
+        "\"\\u00e9\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud800\"",
+        "\"\\udc00x\"",
+        "\"\\x\"",
+        "\"\t\"",
+        "\"",
+        "\\",
+        "0",
+        "-0",
+        "1",
+        "-",
+        "01",
+        "1.5",
+        "1e5",
+        "1.",
+        ".5",
+        "1e",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "true",
+        "false",
+        "null",
+        "nul",
+        "tru",
+        "\u{feff}",
+        "é",
+        "\u{0}",
+        "/",
+    ];
+
+    /// Whether `text` may hold an integer `-0` (not `-0.5`, `-0e1`, `-01`).
+    fn negative_zero(text: &[u8]) -> bool {
+        text.windows(2).enumerate().any(|(i, w)| {
+            w == b"-0" && !matches!(text.get(i + 2), Some(b'.' | b'e' | b'E' | b'0'..=b'9'))
+        })
+    }
+
+    fn near_json() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = proptest::collection::vec(
+            prop_oneof![
+                8 => proptest::sample::select(PIECES).prop_map(|p| p.as_bytes().to_vec()),
+                1 => proptest::collection::vec(any::<u8>(), 1..3),
+            ],
+            0..24,
+        );
+        pieces.prop_map(|parts| parts.concat())
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((any::<String>(), inner), 0..6)
+                    .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Hostile text: accepted exactly when serde_json accepts it, as the same tree,
+        /// and refused with serde_json's words when it refuses it.
+        #[test]
+        fn reads_what_serde_json_reads_and_refuses_what_it_refuses(text in near_json()) {
+            let ours = parse(&text).map(|(value, trailing)| (value, trailing.map(|e| e.message)));
+            let theirs = serde_json::from_slice::<serde_json::Value>(&text);
+            match (ours, theirs) {
+                // A fraction or exponent is not parsed (keygate reads no fractions), so a
+                // float beyond f64 is a number like any other here; where keygate reads a
+                // value, a float is refused all the same.
+                (_, Err(theirs)) if theirs.to_string().starts_with("number out of range") => {}
+                // `-0` is read as the integer 0; serde_json makes it the float -0.0.
+                (Ok((_, None)), Ok(_)) if negative_zero(&text) => {}
+                (Ok((value, None)), Ok(expected)) => {
+                    // serde_json keeps one field of a repeated name; this reader keeps all.
+                    if let Json::Object(fields) = &value {
+                        let mut names: Vec<&String> = fields.iter().map(|(k, _)| k).collect();
+                        names.sort();
+                        names.dedup();
+                        prop_assume!(names.len() == fields.len());
+                    }
+                    prop_assert_eq!(value, tree_of(&expected));
+                }
+                (Ok((_, Some(ours))), Err(theirs)) => {
+                    if std::str::from_utf8(&text).is_ok() {
+                        prop_assert_eq!(ours, theirs.to_string());
+                    }
+                }
+                // Text both broken and not UTF-8 may be worded after either fault.
+                (Err(ours), Err(theirs)) if std::str::from_utf8(&text).is_ok() => {
+                    prop_assert_eq!(ours.message, theirs.to_string())
+                }
+                (Err(_), Err(_)) => {}
+                (ours, theirs) => prop_assert!(
+                    false,
+                    "{:?}: ours {:?}, serde_json's {:?}",
+                    String::from_utf8_lossy(&text),
+                    ours.map_err(|e| e.message),
+                    theirs
+                ),
+            }
+        }
+
+        /// Any document serde_json writes is read back as the same tree.
+        #[test]
+        fn reads_every_document_serde_json_writes(value in json_value()) {
+            let text = serde_json::to_vec(&value).unwrap();
+            let (read, trailing) = parse(&text).unwrap();
+            prop_assert!(trailing.is_none());
+            prop_assert_eq!(read, tree_of(&value));
         }
     }
 
