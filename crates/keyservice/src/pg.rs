@@ -273,11 +273,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// What went wrong talking to PostgreSQL, and what to do about it.
 fn describe_error(shown: &str, e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!(
-            "PostgreSQL at {shown}: {} ({})",
-            db.message(),
-            db.code().code()
-        );
+        let code = db.code().code();
+        let hint = hint(code).map(|h| format!(": {h}")).unwrap_or_default();
+        return format!("PostgreSQL at {shown}: {} ({code}){hint}", db.message());
     }
     let why = chain(e);
     if why.contains("TLS handshake") {
@@ -294,6 +292,26 @@ fn describe_error(shown: &str, e: &postgres::Error) -> String {
         );
     }
     format!("PostgreSQL at {shown}: {why}")
+}
+
+/// What to do next for the errors an operator meets first (README "Replicas on
+/// PostgreSQL"), by SQLSTATE.
+fn hint(code: &str) -> Option<&'static str> {
+    match code {
+        // invalid_catalog_name
+        "3D000" => Some(
+            "make the database first (as the postgres user: createdb -O ROLE DATABASE), \
+             or name another in --db",
+        ),
+        // invalid_password, invalid_authorization_specification
+        "28P01" | "28000" => Some("check the user and password in --db"),
+        // insufficient_privilege
+        "42501" => Some(
+            "the role in --db needs to create tables in this database once \
+             (GRANT CREATE ON DATABASE ... TO ROLE, or make it the database's owner)",
+        ),
+        _ => None,
+    }
 }
 
 /// An error with its causes (connection refused, the server's message, ...), which

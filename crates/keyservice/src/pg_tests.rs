@@ -99,6 +99,16 @@ fn the_store_on_postgres() {
     polling_covers_a_lost_listener_until_it_is_back(&pg.new_database());
     the_change_log_is_bounded(&pg.new_database());
     let dsn = pg.new_database();
+    // A database not made yet: the error says how to make it.
+    let (server, _) = dsn.rsplit_once('/').unwrap();
+    let e = PgStore::open(&Dsn::parse(&format!("{server}/no_such_db")).unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("\"no_such_db\" does not exist (3D000): make the database first")
+            && e.contains("createdb -O ROLE DATABASE"),
+        "{e}"
+    );
     a_lost_server_is_unavailable_then_recovers(&mut pg, &dsn);
     // TLS asked of a server that offers none: refused, never plaintext.
     let dir = keygate_testkit::TempDir::new("pg-no-tls");
