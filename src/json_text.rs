@@ -305,6 +305,34 @@ impl Reader<'_> {
         Ok(n)
     }
 
+    /// After an array's item or an object's field: `close` ends it (true), a comma
+    /// leads to another (false; a comma before `close` is refused), anything else is
+    /// `expected`.
+    fn closed(
+        &mut self,
+        close: u8,
+        eof: &'static str,
+        expected: &'static str,
+    ) -> Result<bool, Fail> {
+        self.skip_space();
+        match self.peek() {
+            None => Err(fail(eof)),
+            Some(b) if b == close => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(b',') => {
+                self.pos += 1;
+                self.skip_space();
+                if self.peek() == Some(close) {
+                    return Err(peek_fail("trailing comma"));
+                }
+                Ok(false)
+            }
+            Some(_) => Err(peek_fail(expected)),
+        }
+    }
+
     /// After `[`.
     fn array(&mut self) -> Result<Json, Fail> {
         let mut items = Vec::new();
@@ -321,21 +349,8 @@ impl Reader<'_> {
             self.steps.push(Step::Index(items.len()));
             items.push(self.value()?);
             self.steps.pop();
-            self.skip_space();
-            match self.peek() {
-                None => return Err(fail(EOF_LIST)),
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Json::Array(items));
-                }
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_space();
-                    if self.peek() == Some(b']') {
-                        return Err(peek_fail("trailing comma"));
-                    }
-                }
-                Some(_) => return Err(peek_fail("expected `,` or `]`")),
+            if self.closed(b']', EOF_LIST, "expected `,` or `]`")? {
+                return Ok(Json::Array(items));
             }
         }
     }
@@ -369,21 +384,8 @@ impl Reader<'_> {
             if let Some(Step::Field(name)) = self.steps.pop() {
                 fields.push((name, value));
             }
-            self.skip_space();
-            match self.peek() {
-                None => return Err(fail(EOF_OBJECT)),
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(Json::Object(fields));
-                }
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_space();
-                    if self.peek() == Some(b'}') {
-                        return Err(peek_fail("trailing comma"));
-                    }
-                }
-                Some(_) => return Err(peek_fail("expected `,` or `}`")),
+            if self.closed(b'}', EOF_OBJECT, "expected `,` or `}`")? {
+                return Ok(Json::Object(fields));
             }
         }
     }
