@@ -892,11 +892,7 @@ impl GatewayStore for PgStore {
 
     fn key_set_at(&self) -> StoreResult<(u64, Arc<KeySetBody>)> {
         let set = self.key_set()?;
-        let version = set
-            .version
-            .parse::<u64>()
-            .map_err(|e| unavailable(format!("meta.version: {e}")))?;
-        Ok((version, set))
+        Ok((set.feed_version()?, set))
     }
 
     fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince> {

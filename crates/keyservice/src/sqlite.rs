@@ -480,11 +480,7 @@ impl GatewayStore for SqliteStore {
     fn key_set_at(&self) -> StoreResult<(u64, Arc<KeySetBody>)> {
         // The key set's version is the feed's (read with its rows).
         let set = self.key_set()?;
-        let version = set
-            .version
-            .parse::<u64>()
-            .map_err(|e| unavailable(format!("meta.version: {e}")))?;
-        Ok((version, set))
+        Ok((set.feed_version()?, set))
     }
 
     fn key_set_since(&self, since: u64) -> StoreResult<KeySetSince> {

@@ -357,6 +357,16 @@ pub struct KeySetBody {
     pub keys_at: std::ops::Range<usize>,
 }
 
+impl KeySetBody {
+    /// The set's `version` as the change feed's: the database stores make the two one
+    /// number.
+    pub fn feed_version(&self) -> StoreResult<u64> {
+        self.version
+            .parse::<u64>()
+            .map_err(|e| StoreError::Unavailable(format!("meta.version: {e}")))
+    }
+}
+
 /// What `/v1/keyset?since=V` (README "`keygate serve`") gets from the store: read in one consistent view
 /// of the change log, the version and the records.
 #[derive(Debug, PartialEq, Eq)]
