@@ -252,7 +252,8 @@ fn shown_of(config: &Config) -> String {
 
 pub struct PgStore {
     dsn: Dsn,
-    pool: Pool,
+    /// Taken when the store is dropped ([`Drop`] below): always there before.
+    pool: Option<Pool>,
     pool_errors: Arc<PoolErrors>,
     cache: Mutex<Option<Arc<KeySetBody>>>,
     epoch: Epoch,
@@ -409,7 +410,7 @@ impl PgStore {
             .build_unchecked(manager);
         Ok(PgStore {
             dsn: dsn.clone(),
-            pool,
+            pool: Some(pool),
             pool_errors,
             cache: Mutex::new(None),
             epoch,
@@ -433,9 +434,20 @@ impl PgStore {
     }
 
     fn conn(&self) -> StoreResult<Conn> {
-        self.pool
-            .get()
-            .map_err(|e| pool_error(&self.dsn.shown, &e, &self.pool_errors))
+        self.checkout(None)
+    }
+
+    /// A pooled connection, waiting at most `timeout` (the pool's own without one).
+    fn checkout(&self, timeout: Option<Duration>) -> StoreResult<Conn> {
+        let pool = self
+            .pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
+        match timeout {
+            Some(timeout) => pool.get_timeout(timeout),
+            None => pool.get(),
+        }
+        .map_err(|e| pool_error(&self.dsn.shown, &e, &self.pool_errors))
     }
 
     fn err(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
@@ -818,6 +830,20 @@ fn listen_once(
     }
 }
 
+/// The pool's connections are closed on a thread of their own: the sync client closes
+/// one by running a runtime of its own, which panics inside an async runtime, where
+/// `keygate serve` drops its store when it stops.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::Builder::new()
+                .name("keygate-pg-close".into())
+                .spawn(move || drop(pool))
+                .map(std::thread::JoinHandle::join);
+        }
+    }
+}
+
 impl GatewayStore for PgStore {
     fn key_set(&self) -> StoreResult<Arc<KeySetBody>> {
         self.read(|tx| {
@@ -852,10 +878,7 @@ impl GatewayStore for PgStore {
     fn ready(&self) -> StoreResult<()> {
         // A probe answers within its own timeout (Kubernetes' default is 1 s): a lost
         // server is a quick 503, not a wait for the pool's full timeout.
-        let mut conn = self
-            .pool
-            .get_timeout(READY_TIMEOUT)
-            .map_err(|e| pool_error(&self.dsn.shown, &e, &self.pool_errors))?;
+        let mut conn = self.checkout(Some(READY_TIMEOUT))?;
         version_text(&mut *conn).map(|_| ())
     }
 

@@ -109,6 +109,7 @@ fn the_store_on_postgres() {
             && e.contains("createdb -O ROLE DATABASE"),
         "{e}"
     );
+    dropped_inside_an_async_runtime(&dsn);
     a_lost_server_is_unavailable_then_recovers(&mut pg, &dsn);
     // TLS asked of a server that offers none: refused, never plaintext.
     let dir = keygate_testkit::TempDir::new("pg-no-tls");
@@ -500,4 +501,17 @@ fn polling_covers_a_lost_listener_until_it_is_back(dsn: &str) {
         keygate_testkit::eventually(Duration::from_secs(2), || *feed.borrow() == 2),
         "the listener did not come back"
     );
+}
+
+/// `keygate serve` drops its store inside its async runtime when it stops: the pool's
+/// connections close without a panic there.
+fn dropped_inside_an_async_runtime(dsn: &str) {
+    let store = PgStore::open(&Dsn::parse(dsn).unwrap()).unwrap();
+    store.feed_version().unwrap();
+    // The pool's own threads (filling it to its idle minimum) are done by then.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async move { drop(store) });
 }
